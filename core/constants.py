@@ -1,0 +1,31 @@
+"""Every Redis key prefix tiercel uses, in one place.
+
+Keys are laid out as ``{namespace}:{kind}:...``. Keys that one Lua script or
+MULTI touches together share a Redis Cluster hash tag: the part between ``{``
+and ``}`` (see :func:`core.keys.hash_tag`).
+"""
+
+from __future__ import annotations
+
+#: Cached value envelopes.
+VALUE = "v"
+#: Lease held by the one computation of a key.
+LEASE = "lease"
+#: Monotonic fencing counter of a key's leases.
+FENCE = "fence"
+#: Per-key invalidation counter (bumped by every invalidation of the key).
+EPOCH = "epoch"
+#: Submit-side in-flight marker: which task id computes a key.
+INFLIGHT = "inflight"
+#: Generation counter of a function (bumped by ``invalidate_all``) or of a tag.
+GENERATION = "gen"
+#: Set of value keys that carry a tag.
+TAG_INDEX = "tag"
+#: Pub/sub channel of invalidation and completion messages.
+CHANNEL = "events"
+#: Per-process metric snapshots.
+METRICS = "metrics"
+#: Overlap guard of periodic tasks.
+PERIODIC_LOCK = "periodic"
+
+DEFAULT_NAMESPACE = "tiercel"

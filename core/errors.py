@@ -1,0 +1,58 @@
+"""The one exception root of tiercel and its subtree, one branch per subsystem.
+
+Messages say what was wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class TiercelError(Exception):
+    """Root of every error tiercel raises on purpose."""
+
+
+class SettingsError(TiercelError, ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class CacheError(TiercelError):
+    """Something went wrong in a cache level or tier."""
+
+
+class CodecError(CacheError):
+    """Bytes could not be encoded or decoded (corrupt, foreign, unsigned or unsafe)."""
+
+
+class ValueTooLarge(CacheError):
+    """An encoded value is larger than the tier accepts."""
+
+
+class TierUnavailable(CacheError):
+    """The Redis tier cannot be reached (or its circuit breaker is open)."""
+
+
+class KeyEncodingError(TiercelError, TypeError):
+    """An argument cannot be encoded into a cache key; the message names the argument."""
+
+
+class LeaseError(TiercelError):
+    """Base of lease (cluster-wide single-flight) errors."""
+
+
+class LeaseLost(LeaseError):
+    """The lease expired or was taken over while its holder was still computing."""
+
+
+class PoolError(TiercelError):
+    """Base of resource pool errors."""
+
+
+class PoolTimeout(PoolError, TimeoutError):
+    """No resource became free within the acquire timeout."""
+
+
+class PoolClosed(PoolError):
+    """The pool was used after it was closed."""
+
+
+class ServerError(TiercelError):
+    """An embedded redis-server could not be started or reached."""

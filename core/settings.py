@@ -1,0 +1,216 @@
+"""tiercel's settings: one typed object read from ``TIERCEL_*`` environment variables.
+
+Every value is validated when the object is built; a bad value raises
+:class:`~core.errors.SettingsError` naming the variable and what was expected.
+URLs may carry passwords: use :func:`redact_url` before showing one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+from core.constants import DEFAULT_NAMESPACE
+from core.errors import SettingsError
+
+PREFIX = "TIERCEL_"
+_T = TypeVar("_T")
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
+_BROKER_SCHEMES = (*_REDIS_SCHEMES, "amqp", "amqps", "pyamqp", "memory", "sentinel")
+_CODECS = ("msgpack", "json", "pickle")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6,
+               "mb": 10**6, "mi": 2**20, "mib": 2**20, "g": 10**9, "gb": 10**9, "gi": 2**30,
+               "gib": 2**30}
+
+
+def redact_url(url: str | None) -> str:
+    """Return ``url`` with any password replaced by ``***`` (safe to log or print)."""
+    if not url:
+        return "(unset)"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _env_name(name: str) -> str:
+    return PREFIX + name.upper()
+
+
+def parse_bytes(text: str) -> int:
+    """Parse a size such as ``64MiB``, ``512kb`` or ``1048576`` into bytes."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError("a size such as 1048576, 512KiB or 64MiB")
+    unit = (match.group(2) or "").lower()
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("true or false")
+
+
+def _parse_keys(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+_PARSERS: dict[type[Any] | str, Callable[[str], Any]] = {
+    "int": int,
+    "float": float,
+    "bool": _parse_bool,
+    "str": str,
+    "str | None": str,
+    "tuple[str, ...]": _parse_keys,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All of tiercel's settings. Build with :meth:`from_env`; override with :meth:`replace`.
+
+    Sizes are bytes, durations seconds. ``None`` URLs mean "not configured":
+    ``tiercel up`` then starts embedded redis-server processes.
+    """
+
+    broker_url: str | None = None
+    result_backend: str | None = None
+    cache_url: str | None = None
+    namespace: str = DEFAULT_NAMESPACE
+    default_ttl: float = 3600.0
+    l1_max_entries: int = 4096
+    l1_ttl: float = 300.0
+    l2_max_bytes: int = 64 * 2**20
+    l2_ttl: float = 3600.0
+    memory_budget_bytes: int = 256 * 2**20
+    max_value_bytes: int = 8 * 2**20
+    compress_min_bytes: int = 16 * 1024
+    codec: str = "msgpack"
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)
+    redis_timeout: float = 0.5
+    redis_max_connections: int = 32
+    breaker_failures: int = 3
+    breaker_reset: float = 0.5
+    lease_ttl: float = 30.0
+    task_time_limit: float = 1800.0
+    visibility_timeout: float = 3600.0
+    embedded_cache_maxmemory: int = 256 * 2**20
+    flower_port: int = 5555
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``TIERCEL_*`` variable from ``environ`` (default ``os.environ``)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for item in fields(cls):
+            raw = env.get(_env_name(item.name))
+            if raw is None or raw.strip() == "":
+                continue
+            values[item.name] = _parse_field(item, raw)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with ``changes`` applied and validated."""
+        updated = dataclasses.replace(self, **changes)
+        updated.validate()
+        return updated
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis URL is configured and tiercel should start its own."""
+        return self.broker_url is None and self.result_backend is None and self.cache_url is None
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` for the first value that is out of range."""
+        _check_url("broker_url", self.broker_url, _BROKER_SCHEMES)
+        _check_url("result_backend", self.result_backend, (*_REDIS_SCHEMES, "rpc"))
+        _check_url("cache_url", self.cache_url, _REDIS_SCHEMES)
+        if not _NAMESPACE_RE.match(self.namespace):
+            _fail("namespace", self.namespace, "1-64 characters of letters, digits, _ . -")
+        if self.codec not in _CODECS:
+            _fail("codec", self.codec, "one of " + ", ".join(_CODECS))
+        if self.codec == "pickle" and not self.signing_keys:
+            raise SettingsError(
+                f"{_env_name('codec')}=pickle needs {_env_name('signing_keys')}: "
+                "a comma-separated list of secret keys, newest first"
+            )
+        if any(len(key) < 16 for key in self.signing_keys):
+            raise SettingsError(f"{_env_name('signing_keys')}: every key needs >= 16 characters")
+        for name in ("l1_max_entries", "l2_max_bytes", "max_value_bytes", "redis_max_connections",
+                     "breaker_failures", "memory_budget_bytes", "embedded_cache_maxmemory"):
+            if getattr(self, name) <= 0:
+                _fail(name, getattr(self, name), "a positive number")
+        for name in ("default_ttl", "l1_ttl", "l2_ttl", "redis_timeout", "breaker_reset",
+                     "lease_ttl", "task_time_limit", "visibility_timeout"):
+            if getattr(self, name) <= 0:
+                _fail(name, getattr(self, name), "a positive number of seconds")
+        if self.compress_min_bytes < 0:
+            _fail("compress_min_bytes", self.compress_min_bytes, "0 or more bytes")
+        if self.visibility_timeout <= self.task_time_limit:
+            raise SettingsError(
+                f"{_env_name('visibility_timeout')}={self.visibility_timeout:g} must exceed "
+                f"{_env_name('task_time_limit')}={self.task_time_limit:g}, or the broker "
+                "redelivers tasks that are still running"
+            )
+        if not 0 < self.flower_port < 65536:
+            _fail("flower_port", self.flower_port, "a TCP port between 1 and 65535")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            _fail("log_level", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+    def describe(self) -> dict[str, str]:
+        """The settings as strings safe to print: URLs redacted, secrets hidden."""
+        shown: dict[str, str] = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if item.name == "signing_keys":
+                shown[item.name] = f"({len(value)} keys)"
+            elif item.name.endswith(("_url", "_backend")):
+                shown[item.name] = redact_url(value)
+            else:
+                shown[item.name] = str(value)
+        return shown
+
+
+def _fail(name: str, value: object, expected: str) -> None:
+    raise SettingsError(f"{_env_name(name)}={value!r} is invalid: expected {expected}")
+
+
+def _check_url(name: str, url: str | None, schemes: tuple[str, ...]) -> None:
+    if url is None:
+        return
+    scheme = urlsplit(url).scheme
+    if scheme not in schemes:
+        _fail(name, redact_url(url), "a URL starting with " + ", ".join(s + "://" for s in schemes))
+
+
+def _parse_field(item: dataclasses.Field[Any], raw: str) -> Any:
+    type_name = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+    parser = _PARSERS.get(type_name, str)
+    name = _env_name(item.name)
+    if item.name.endswith("_bytes") or item.name == "embedded_cache_maxmemory":
+        parser = parse_bytes
+    try:
+        return parser(raw.strip())
+    except ValueError as exc:
+        expected = str(exc) if parser in (parse_bytes, _parse_bool) else f"a value of type {type_name}"
+        shown = "***" if item.name == "signing_keys" else raw
+        raise SettingsError(f"{name}={shown!r} is invalid: expected {expected}") from None
