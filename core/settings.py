@@ -214,3 +214,42 @@ def _parse_field(item: dataclasses.Field[Any], raw: str) -> Any:
         expected = str(exc) if parser in (parse_bytes, _parse_bool) else f"a value of type {type_name}"
         shown = "***" if item.name == "signing_keys" else raw
         raise SettingsError(f"{name}={shown!r} is invalid: expected {expected}") from None
+
+
+_REDISH = ("redis", "rediss", "unix")
+
+
+def resolve_settings(settings: Settings | None = None) -> Settings:
+    """Settings from the environment, completed from a running embedded fleet.
+
+    Order: ``TIERCEL_*`` variables; else the URLs of a fleet started by
+    ``tiercel up`` (see :mod:`core.fleet_file`). A Redis broker also serves as
+    result backend and cache tier when those are not set (a separate
+    ``allkeys-lru`` cache Redis is better in production: see the README).
+    """
+    from core.fleet_file import read_fleet_file
+
+    settings = settings or Settings.from_env()
+    if settings.embedded:
+        record = read_fleet_file()
+        if record is not None:
+            settings = settings.replace(
+                broker_url=record["broker_url"],
+                result_backend=record["result_backend"],
+                cache_url=record["cache_url"],
+            )
+    if settings.broker_url is None:
+        raise SettingsError(
+            "no broker configured: set TIERCEL_BROKER_URL (and TIERCEL_RESULT_BACKEND, "
+            "TIERCEL_CACHE_URL), or start the embedded fleet with `tiercel up`"
+        )
+    redis_broker = urlsplit(settings.broker_url).scheme in _REDISH
+    if settings.result_backend is None:
+        if not redis_broker:
+            raise SettingsError("TIERCEL_RESULT_BACKEND is required when the broker is not Redis")
+        settings = settings.replace(result_backend=settings.broker_url)
+    if settings.cache_url is None:
+        if urlsplit(settings.result_backend or "").scheme not in _REDISH:
+            raise SettingsError("TIERCEL_CACHE_URL is required: the cache tier needs a Redis URL")
+        settings = settings.replace(cache_url=settings.result_backend)
+    return settings

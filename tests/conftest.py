@@ -1,11 +1,15 @@
-"""Shared fixtures: private redis-server processes on free loopback ports.
+"""Shared fixtures: private redis-server processes and real Celery worker nodes.
 
-Never port 6379 and never a fixed port. A server that cannot start fails the
-test that needs it; nothing here skips.
+Two redis-servers (a ``noeviction`` broker/result server and an
+``allkeys-lru`` cache server) start on free loopback ports when the session
+is configured, before any test module imports the Celery app, and the
+``TIERCEL_*`` variables point at them. Never port 6379, never a fixed port.
+A server that cannot start fails the session; nothing here skips.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,12 +17,42 @@ import redis
 
 from core.redis_server import RedisServer
 
+_SERVERS: dict[str, RedisServer] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the session's servers and point tiercel at them."""
+    if hasattr(config, "workerinput"):
+        return  # pragma: no cover - xdist workers inherit the environment
+    os.environ.pop("TIERCEL_RUN_DIR", None)
+    broker = RedisServer(maxmemory_policy="noeviction").start()
+    _SERVERS["broker"] = broker
+    cache = RedisServer(maxmemory=256 * 2**20, maxmemory_policy="allkeys-lru").start()
+    _SERVERS["cache"] = cache
+    os.environ["TIERCEL_BROKER_URL"] = broker.url
+    os.environ["TIERCEL_RESULT_BACKEND"] = broker.url
+    os.environ["TIERCEL_CACHE_URL"] = cache.url
+    # A test must never talk to a fleet someone started with `tiercel up`.
+    os.environ["TIERCEL_RUN_DIR"] = os.path.join(str(config.rootpath), ".tiercel", "test-run")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the session's servers."""
+    for server in _SERVERS.values():
+        server.stop()
+    _SERVERS.clear()
+
 
 @pytest.fixture(scope="session")
-def cache_server() -> Iterator[RedisServer]:
-    """A cache-tier redis-server (allkeys-lru, bounded) for the whole session."""
-    with RedisServer(maxmemory=256 * 2**20, maxmemory_policy="allkeys-lru") as server:
-        yield server
+def broker_server() -> RedisServer:
+    """The session's broker and result-backend redis-server (noeviction)."""
+    return _SERVERS["broker"]
+
+
+@pytest.fixture(scope="session")
+def cache_server() -> RedisServer:
+    """The session's cache-tier redis-server (allkeys-lru, bounded)."""
+    return _SERVERS["cache"]
 
 
 @pytest.fixture()

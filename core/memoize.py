@@ -1,0 +1,131 @@
+"""A cached function without Celery: ``@cached(cache)`` in any Python process.
+
+The key is ``namespace : name : version : digest(generation, arguments)``;
+the generation combines the namespace's and the function's counters so that
+``invalidate_all()`` (a version bump) and a namespace-wide invalidation are
+O(1). :class:`CachedFunction` is also what a Celery cached task computes
+through on a worker.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from core.generations import Generations
+from core.keys import KeyBuilder, function_name
+from core.multilevel import Lookup, MultiLevelCache
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Generation scope of a whole namespace.
+NAMESPACE_SCOPE = "ns"
+
+
+def function_scope(name: str) -> str:
+    """Generation scope of one function (bumped by its ``invalidate_all``)."""
+    return f"fn:{name}"
+
+
+@dataclass
+class CachedFunction(Generic[P, R]):
+    """A function plus how its results are cached: ttl, tags, version, ignored arguments."""
+
+    fn: Callable[P, R]
+    ttl: float | None = None
+    tags: tuple[str, ...] = ()
+    version: str | None = None
+    ignore: tuple[str, ...] = ()
+    name: str = ""
+    _builders: dict[str, KeyBuilder] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or function_name(self.fn)
+
+    def builder(self, namespace: str) -> KeyBuilder:
+        """The key builder for ``namespace`` (built once; signature binding is slow)."""
+        builder = self._builders.get(namespace)
+        if builder is None:
+            builder = KeyBuilder(self.fn, namespace=namespace, name=self.name,
+                                 version=self.version, ignore=self.ignore)
+            self._builders[namespace] = builder
+        return builder
+
+    def key(
+        self,
+        namespace: str,
+        generations: Generations,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> str:
+        """The cache key of one call (raises KeyEncodingError for unencodable arguments)."""
+        generation = (generations.current(NAMESPACE_SCOPE) << 32) | generations.current(
+            function_scope(self.name)
+        )
+        return self.builder(namespace).key(args, kwargs, generation)
+
+    def call(
+        self,
+        cache: MultiLevelCache,
+        generations: Generations,
+        namespace: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> Lookup:
+        """Look up or compute one call through ``cache``."""
+        key = self.key(namespace, generations, args, kwargs)
+        return cache.get_or_compute(key, lambda: self.fn(*args, **kwargs), ttl=self.ttl,
+                                    tags=self.tags)
+
+
+class Memoized(Generic[P, R]):
+    """The callable :func:`cached` returns: call it like the function."""
+
+    def __init__(self, spec: CachedFunction[P, R], cache: MultiLevelCache,
+                 generations: Generations, namespace: str) -> None:
+        self.spec = spec
+        self.cache = cache
+        self.generations = generations
+        self.namespace = namespace
+        functools.update_wrapper(self, spec.fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        found = self.spec.call(self.cache, self.generations, self.namespace, args, kwargs)
+        value: R = found.value
+        return value
+
+    def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
+        """Like calling, but also says where the value came from."""
+        return self.spec.call(self.cache, self.generations, self.namespace, args, kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Forget one call's value in every tier."""
+        self.cache.invalidate(self.spec.key(self.namespace, self.generations, args, kwargs))
+
+    def invalidate_all(self) -> int:
+        """Forget every value of this function (a generation bump); returns the generation."""
+        return self.generations.bump(function_scope(self.spec.name))
+
+
+def cached(
+    cache: MultiLevelCache,
+    *,
+    ttl: float | None = None,
+    tags: Iterable[str] = (),
+    version: str | None = None,
+    ignore: Iterable[str] = (),
+    namespace: str = "tiercel",
+    generations: Generations | None = None,
+) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+    """Decorate a function so its results are cached in ``cache``."""
+    gens = generations or Generations(cache.tier)
+
+    def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
+        spec = CachedFunction(fn, ttl=ttl, tags=tuple(tags), version=version,
+                              ignore=tuple(ignore))
+        return Memoized(spec, cache, gens, namespace)
+
+    return decorate

@@ -1,0 +1,48 @@
+"""Example compute tasks: what the demo, the tests and the benchmarks run."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+from celery import shared_task
+
+from tasks.cached import cached_task
+
+
+@cached_task(ttl=600, tags=("reports",))
+def regional_report(region: str, day: int, compute_ms: int = 200) -> dict[str, Any]:
+    """A slow report: sleeps ``compute_ms`` (an I/O-bound call) and returns a summary."""
+    time.sleep(compute_ms / 1000)
+    seed = hashlib.blake2b(f"{region}:{day}".encode(), digest_size=8).digest()
+    revenue = int.from_bytes(seed[:4], "big") % 100_000
+    return {"region": region, "day": day, "revenue": revenue, "orders": revenue // 37}
+
+
+@cached_task(ttl=600)
+def slow_square(n: int, compute_ms: int = 10) -> int:
+    """``n * n`` after ``compute_ms`` of sleep: the smallest expensive function."""
+    time.sleep(compute_ms / 1000)
+    return n * n
+
+
+@cached_task(ttl=600)
+def digest_rounds(text: str, rounds: int = 20_000) -> str:
+    """A CPU-bound function: iterated BLAKE2b (for scaling benchmarks)."""
+    value = text.encode()
+    for _ in range(rounds):
+        value = hashlib.blake2b(value, digest_size=32).digest()
+    return value.hex()
+
+
+@shared_task(name="tasks.examples.plain_square", acks_late=True)
+def plain_square(n: int, compute_ms: int = 10) -> int:
+    """The same work as :func:`slow_square` as a plain Celery task (the baseline)."""
+    time.sleep(compute_ms / 1000)
+    return n * n
+
+
+@shared_task(name="tasks.examples.noop")
+def noop() -> None:
+    """A task that does nothing: measures a bare queue round trip."""

@@ -1,0 +1,47 @@
+"""Cached tasks by name, for the CLI and maintenance tasks."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from core.errors import TiercelError
+
+_TASKS: dict[str, Any] = {}
+
+#: Modules whose cached tasks are known without importing user code.
+BUILTIN_MODULES = ("tasks.examples",)
+
+
+class UnknownTask(TiercelError, KeyError):
+    """No cached task has that name."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def register(name: str, task: Any) -> None:
+    """Remember a cached task under its Celery name."""
+    _TASKS[name] = task
+
+
+def registered() -> dict[str, Any]:
+    """Every cached task registered so far."""
+    return dict(_TASKS)
+
+
+def find_cached_task(name: str) -> Any:
+    """The cached task called ``name`` (raises UnknownTask listing the known names)."""
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+    if "." in name and name not in _TASKS:
+        module_name = name.rsplit(".", 1)[0]
+        try:
+            importlib.import_module(module_name)
+        except ImportError:
+            pass
+    try:
+        return _TASKS[name]
+    except KeyError:
+        known = ", ".join(sorted(_TASKS)) or "none"
+        raise UnknownTask(f"unknown cached task {name!r}; known: {known}") from None

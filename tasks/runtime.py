@@ -1,0 +1,116 @@
+"""What one process owns: its local levels, its Redis-tier client and its generations.
+
+The runtime is built lazily in the process that uses it and forgotten in a
+forked child (``os.register_at_fork``), so a prefork child never shares the
+parent's sockets or levels; the worker signals in :mod:`workers.signals`
+build it eagerly after fork and close it at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from core.breaker import CircuitBreaker
+from core.codecs import serializer_from_settings
+from core.generations import Generations
+from core.memoize import CachedFunction
+from core.multilevel import Lookup, MultiLevelCache
+from core.redis_tier import RedisTier
+from core.settings import Settings, resolve_settings
+
+log = logging.getLogger("tiercel.runtime")
+
+#: How long a process trusts a generation counter it read (the hard bound on
+#: missing an ``invalidate_all`` when no invalidation message arrives).
+GENERATION_MAX_AGE = 1.0
+
+
+class Runtime:
+    """Per-process cache state: levels, Redis tier, generations."""
+
+    def __init__(self, settings: Settings, *, role: str = "client") -> None:
+        if settings.cache_url is None:
+            raise ValueError("Runtime needs resolved settings with a cache_url")
+        self.settings = settings
+        self.role = role
+        self.pid = os.getpid()
+        self.serializer = serializer_from_settings(settings)
+        breaker = CircuitBreaker(failures=settings.breaker_failures,
+                                 reset_after=settings.breaker_reset)
+        self.tier = RedisTier.from_url(
+            settings.cache_url, serializer=self.serializer, namespace=settings.namespace,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=settings.redis_timeout, breaker=breaker,
+            max_value_bytes=settings.max_value_bytes,
+        )
+        self.cache = MultiLevelCache(serializer=self.serializer, tier=self.tier,
+                                     default_ttl=settings.default_ttl)
+        self.cache.add_level("memory", settings.l1_ttl, settings.l1_max_entries, kind="memory")
+        self.cache.add_level("bytes", settings.l2_ttl, max_size=max(1, settings.l2_max_bytes // 64),
+                             kind="bytes", max_bytes=settings.l2_max_bytes)
+        self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
+
+    @property
+    def namespace(self) -> str:
+        """The key namespace of this deployment."""
+        return self.settings.namespace
+
+    def key(self, spec: CachedFunction[Any, Any], args: Any, kwargs: Any) -> str:
+        """Cache key of one call of ``spec``."""
+        return spec.key(self.namespace, self.generations, args, kwargs)
+
+    def call(self, spec: CachedFunction[Any, Any], args: Any, kwargs: Any) -> Lookup:
+        """Look up or compute one call through every tier."""
+        return spec.call(self.cache, self.generations, self.namespace, args, kwargs)
+
+    def close(self) -> None:
+        """Drop the levels and close connections."""
+        self.cache.close()
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """This process's runtime, built on first use from the resolved settings."""
+    global _current
+    runtime = _current
+    if runtime is not None and runtime.pid == os.getpid():
+        return runtime
+    with _lock:
+        if _current is None or _current.pid != os.getpid():
+            _current = Runtime(resolve_settings())
+        return _current
+
+
+def start(settings: Settings | None = None, *, role: str = "client") -> Runtime:
+    """Build this process's runtime now (worker signals call this after fork)."""
+    global _current
+    with _lock:
+        if _current is not None and _current.pid == os.getpid():
+            _current.close()
+        _current = Runtime(settings or resolve_settings(), role=role)
+        return _current
+
+
+def shutdown() -> None:
+    """Close this process's runtime, if any."""
+    global _current
+    with _lock:
+        runtime, _current = _current, None
+    if runtime is not None and runtime.pid == os.getpid():
+        runtime.close()
+
+
+def _forget_after_fork() -> None:
+    # The child must not use (or close) the parent's sockets: just drop the reference.
+    global _current, _lock
+    _current = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,19 @@
+"""Fixtures that start real worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.fleet import worker_fleet
+from workers.launcher import Fleet
+
+
+@pytest.fixture(scope="session")
+def fleet() -> Iterator[Fleet]:
+    """Two prefork worker nodes with two processes each, for the whole session."""
+    import workers.app  # noqa: F401  (the client side uses the session's servers too)
+
+    with worker_fleet(nodes=2, concurrency=2) as running:
+        yield running

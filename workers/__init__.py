@@ -1,0 +1,1 @@
+"""tiercel workers: the Celery app, per-process lifecycle, the launcher and the CLI."""

@@ -1,0 +1,22 @@
+"""The Celery app: ``celery -A workers.app worker|beat|inspect`` works as Celery users expect.
+
+Settings come from ``TIERCEL_*`` variables, or from the embedded fleet that
+``tiercel up`` runs. The per-process lifecycle (levels, pools, subscriber
+built after fork) is wired in :mod:`workers.signals`.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from core.settings import resolve_settings
+from workers.config import celery_config
+
+settings = resolve_settings()
+
+app = Celery("tiercel", include=["tasks.examples"])
+app.conf.update(celery_config(settings))
+
+import workers.signals  # noqa: E402,F401  (connects the lifecycle handlers)
+
+__all__ = ["app", "settings"]

@@ -1,0 +1,59 @@
+"""The Celery configuration, documented in one place.
+
+Every reliability choice tiercel makes about Celery lives in
+:func:`celery_config`, with the reason next to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery configuration tiercel runs with, each choice with its reason."""
+    transport = {
+        # A task unacknowledged for this long is redelivered (Redis/SQS brokers). It must
+        # exceed the longest task, or a running task is delivered twice; Settings checks
+        # visibility_timeout > task_time_limit.
+        "visibility_timeout": int(settings.visibility_timeout),
+    }
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.result_backend,
+        # JSON only: nothing a client sends can run code in a worker.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Events for Flower and `celery events`.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "result_extended": True,
+        # Acknowledge after the task ran, and requeue it if the worker process died
+        # mid-task (SIGKILL, OOM): no lost work. Cached tasks are idempotent by design.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # A task that raised or timed out is acknowledged: a poison message is not
+        # redelivered forever.
+        "task_acks_on_failure_or_timeout": True,
+        # With acks_late, a prefetched message waits behind a long task; take one at a time.
+        "worker_prefetch_multiplier": 1,
+        # On broker connection loss, running acks_late tasks are redelivered anyway; cancel
+        # them instead of finishing twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": 100,
+        # Hard limit kills a runaway task (its lease is released by the worker's hooks);
+        # the soft limit lets the task clean up first.
+        "task_time_limit": settings.task_time_limit,
+        "task_soft_time_limit": settings.task_time_limit * 0.95,
+        # Results of enqueued computations; the cache tier keeps values, not the backend.
+        "result_expires": max(3600, int(settings.default_ttl)),
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

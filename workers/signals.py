@@ -1,0 +1,45 @@
+"""Per-process lifecycle: resources are built after fork, in the process that uses them.
+
+* prefork: each child builds its runtime in ``worker_process_init`` and closes
+  it in ``worker_process_shutdown``; the main process builds none.
+* solo and threads: the worker process itself builds it in ``worker_init``
+  and closes it in ``worker_shutdown``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from tasks import runtime
+
+log = logging.getLogger("tiercel.worker")
+
+
+def _uses_prefork(sender: Any) -> bool:
+    pool_cls = getattr(sender, "pool_cls", None)
+    name = getattr(pool_cls, "__module__", "") + "." + getattr(pool_cls, "__name__", "")
+    return "prefork" in name or "asynpool" in name
+
+
+@signals.worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    if not _uses_prefork(sender):
+        runtime.start(role="worker")
+
+
+@signals.worker_process_init.connect
+def _on_child_init(**_: Any) -> None:
+    runtime.start(role="worker")
+
+
+@signals.worker_process_shutdown.connect
+def _on_child_shutdown(**_: Any) -> None:
+    runtime.shutdown()
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    runtime.shutdown()
