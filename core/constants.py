@@ -21,6 +21,8 @@ INFLIGHT = "inflight"
 GENERATION = "gen"
 #: Set of value keys that carry a tag.
 TAG_INDEX = "tag"
+#: Suffix of a tag index renamed aside while :meth:`RedisTier.invalidate_tag` drains it.
+TAG_DRAIN = "drain"
 #: Pub/sub channel of invalidation and completion messages.
 CHANNEL = "events"
 #: Per-process metric snapshots.

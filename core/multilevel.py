@@ -14,13 +14,14 @@ in the memory levels.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from core.entry import Entry
-from core.errors import CodecError, ValueTooLarge
+from core.errors import CodecError, TierUnavailable, ValueTooLarge
 from core.levels import BytesLevel, CacheLevel, MemoryLevel
 from core.redis_tier import PayloadSerializer, RedisTier
 from core.singleflight import SingleFlight
@@ -128,7 +129,9 @@ class MultiLevelCache:
         except CodecError:
             self.corrupt += 1
             if self.tier is not None:
-                self.tier.delete(key)
+                # Best effort: a read never fails because cleaning up failed.
+                with contextlib.suppress(TierUnavailable):
+                    self.tier.delete(key)
             return None
         ttl = entry.remaining_ttl(self._wall_clock())
         if ttl is not None and ttl <= 0:

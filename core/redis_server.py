@@ -64,7 +64,8 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return True
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGTERM this process when its parent dies (a ``preexec_fn``)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -136,13 +137,13 @@ class RedisServer:
         ]
         self._process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - needed for PDEATHSIG
+            preexec_fn=die_with_parent,
         )
         self.port = port
         self._wait_ready(logfile)
 
     def _wait_ready(self, logfile: Path) -> None:
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.2,
+        client = redis.Redis(host=self.host, port=self.port or 0, socket_connect_timeout=0.2,
                              socket_timeout=0.5)
         deadline = time.monotonic() + self.startup_timeout
         delay = 0.005

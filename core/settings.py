@@ -211,7 +211,8 @@ def _parse_field(item: dataclasses.Field[Any], raw: str) -> Any:
     try:
         return parser(raw.strip())
     except ValueError as exc:
-        expected = str(exc) if parser in (parse_bytes, _parse_bool) else f"a value of type {type_name}"
+        expected = (str(exc) if parser in (parse_bytes, _parse_bool)
+                    else f"a value of type {type_name}")
         shown = "***" if item.name == "signing_keys" else raw
         raise SettingsError(f"{name}={shown!r} is invalid: expected {expected}") from None
 

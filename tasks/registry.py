@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any
 
@@ -36,10 +37,8 @@ def find_cached_task(name: str) -> Any:
         importlib.import_module(module)
     if "." in name and name not in _TASKS:
         module_name = name.rsplit(".", 1)[0]
-        try:
+        with contextlib.suppress(ImportError):
             importlib.import_module(module_name)
-        except ImportError:
-            pass
     try:
         return _TASKS[name]
     except KeyError:

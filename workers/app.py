@@ -16,6 +16,9 @@ settings = resolve_settings()
 
 app = Celery("tiercel", include=["tasks.examples"])
 app.conf.update(celery_config(settings))
+# The default app in every thread (Celery's current app is thread-local otherwise), so
+# cached tasks submitted from a thread pool find this app's broker and result backend.
+app.set_default()
 
 import workers.signals  # noqa: E402,F401  (connects the lifecycle handlers)
 

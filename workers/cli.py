@@ -193,7 +193,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 "TIERCEL_CACHE_URL": settings.cache_url or ""})
     argv = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-n", node,
             "-P", args.pool, "-c", str(args.concurrency), "-l", args.loglevel, "-E"]
-    os.execve(sys.executable, argv, env)
+    os.execve(sys.executable, argv, env)  # noqa: S606 - argv is ours, no shell
     return 0  # pragma: no cover - execve does not return
 
 

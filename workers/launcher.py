@@ -11,7 +11,6 @@ Every child also gets SIGTERM from the kernel if the launcher itself dies.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -28,18 +27,10 @@ import redis
 
 from core.errors import ServerError, SettingsError
 from core.fleet_file import remove_fleet_file, write_fleet_file
-from core.redis_server import RedisServer, port_is_free
+from core.redis_server import RedisServer, die_with_parent, port_is_free
 from core.settings import Settings, redact_url
 
 log = logging.getLogger("tiercel.launcher")
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 def check_reachable(name: str, url: str, timeout: float = 2.0) -> None:
     """Raise ServerError naming ``url`` (redacted) when nothing answers there."""
@@ -196,7 +187,7 @@ class Fleet:
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers.app", *celery_args],
             env=self.environment(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         managed = ManagedProcess(name, process)
         self.processes.append(managed)
