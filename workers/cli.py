@@ -202,6 +202,8 @@ def cmd_call(args: argparse.Namespace) -> int:
     from tasks.registry import find_cached_task
 
     resolve_settings()  # fail early, one line, when nothing is configured
+    import workers.app  # noqa: F401  (the configured app: broker and result backend)
+
     task = find_cached_task(args.task)
     try:
         call_args = [json.loads(arg) for arg in args.args]
