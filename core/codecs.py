@@ -103,25 +103,41 @@ def _msgpack_default(value: Any) -> Any:
     if type(value) is tuple:
         return list(value)
     if type(value) is int:
-        raise _unsupported(value, "msgpack", " (an int outside 64 bits)")
+        return _pack_bigint(value)
     if type(value) is datetime:
         raise _unsupported(value, "msgpack", " (a naive datetime; use an aware one)")
     raise _unsupported(value, "msgpack")
 
 
+#: msgpack extension type of ints outside 64 bits (JSON and Python have them; msgpack not).
+EXT_BIGINT = 1
+#: Longest big int accepted on decode (bytes): bounds the work hostile input can cause.
+MAX_BIGINT_BYTES = 4096
+
+
+def _pack_bigint(value: int) -> msgpack.ExtType:
+    length = (value.bit_length() + 8) // 8
+    if length > MAX_BIGINT_BYTES:
+        raise _unsupported(value, "msgpack", f" (an int over {MAX_BIGINT_BYTES} bytes)")
+    return msgpack.ExtType(EXT_BIGINT, value.to_bytes(length, "big", signed=True))
+
+
 def _msgpack_ext(code: int, data: bytes) -> Any:
+    if code == EXT_BIGINT and 0 < len(data) <= MAX_BIGINT_BYTES:
+        return int.from_bytes(data, "big", signed=True)
     raise CodecError(f"msgpack extension type {code} is not one tiercel writes")
 
 
 class MsgpackCodec:
     """msgpack with ``use_bin_type=True``, strict types and ``raw=False``.
 
-    Round trips None, bool, int (64-bit), float, str, bytes, list, dict and aware
-    ``datetime`` (returned in UTC). Tuples come back as lists. Dict keys may be any
-    scalar (``strict_map_key=False``), so ``{1: "a"}`` round trips. Subclasses of builtins
-    (``IntEnum``, namedtuples, ``OrderedDict``) raise ``CodecError`` rather than decaying.
-    Every length is bounded by the input size on unpack, and extension types other than
-    timestamps are refused.
+    Round trips None, bool, int (any size: beyond 64 bits as extension type 1),
+    float, str, bytes, list, dict and aware ``datetime`` (returned in UTC).
+    Tuples come back as lists. Dict keys may be any scalar
+    (``strict_map_key=False``), so ``{1: "a"}`` round trips. Subclasses of
+    builtins (``IntEnum``, namedtuples, ``OrderedDict``) raise ``CodecError``
+    rather than decaying. Every length is bounded by the input size on unpack,
+    and extension types other than timestamps and big ints are refused.
     """
 
     name = "msgpack"
@@ -135,8 +151,6 @@ class MsgpackCodec:
             )
         except CodecError:
             raise
-        except OverflowError:
-            raise _unsupported(value, "msgpack", " (an int outside 64 bits)") from None
         except Exception as exc:
             raise CodecError(f"the msgpack codec cannot encode this value: {exc}") from exc
 

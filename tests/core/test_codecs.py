@@ -103,7 +103,7 @@ def test_pickle_round_trips_arbitrary_objects() -> None:
         (MsgpackCodec(), Color.RED, "Color"),
         (MsgpackCodec(), Point(1, 2), "Point"),
         (MsgpackCodec(), OrderedDict(a=1), "OrderedDict"),
-        (MsgpackCodec(), 2**64, "builtins.int"),
+        pytest.param(MsgpackCodec(), 2 ** (8 * 4096 + 8), "builtins.int", id="huge-int"),
         (MsgpackCodec(), datetime(2020, 1, 1), "datetime"),
         (JsonCodec(), b"bytes", "builtins.bytes"),
         (JsonCodec(), {1, 2}, "builtins.set"),
@@ -115,6 +115,22 @@ def test_unrepresentable_value_raises_codec_error_naming_type(
 ) -> None:
     with pytest.raises(CodecError, match=type_name):
         Serializer(codec).dumps(value)
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**64), 2**70 + 1, [2**100, {"k": -(2**65)}]])
+def test_msgpack_carries_ints_beyond_64_bits(value: Any) -> None:
+    serializer = Serializer(MsgpackCodec())
+    assert serializer.loads(serializer.dumps(value)) == value
+
+
+def test_msgpack_refuses_an_oversized_bigint_extension() -> None:
+    import msgpack
+
+    from core.codecs import EXT_BIGINT, MAX_BIGINT_BYTES
+
+    hostile = msgpack.packb(msgpack.ExtType(EXT_BIGINT, b"\x01" * (MAX_BIGINT_BYTES + 1)))
+    with pytest.raises(CodecError):
+        MsgpackCodec().loads(hostile)
 
 
 def test_circular_value_is_a_codec_error() -> None:

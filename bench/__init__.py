@@ -1,0 +1,1 @@
+"""Standalone benchmarks of tiercel (run each with ``python -m bench.<name>``)."""

@@ -1,0 +1,168 @@
+"""Tests of core.levels: the shared suite for each kind, then what is particular to each."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from core.levels import (
+    ENTRY_OVERHEAD,
+    EXPIRY_OVERHEAD,
+    BytesLevel,
+    CacheLevel,
+    MemoryLevel,
+)
+from tests.core.level_suite import FakeClock, LevelSuite
+
+
+class TestMemoryLevel(LevelSuite):
+    level_cls = MemoryLevel
+    falsey_values = (None, 0, 0.0, False, "", b"", (), [], {})
+
+
+class TestBytesLevel(LevelSuite):
+    level_cls = BytesLevel
+
+
+@pytest.mark.parametrize("kind", [MemoryLevel, BytesLevel])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_entries": 0}, "max_entries"),
+        ({"max_entries": -3}, "max_entries"),
+        ({"max_entries": 2.5}, "max_entries"),
+        ({"max_entries": True}, "max_entries"),
+        ({"max_entries": 10, "max_bytes": 0}, "max_bytes"),
+        ({"max_entries": 10, "ttl": 0}, "ttl"),
+        ({"max_entries": 10, "ttl": -1.0}, "ttl"),
+        ({"max_entries": 10, "ttl": float("nan")}, "ttl"),
+    ],
+)
+def test_constructor_validates(
+    kind: type[CacheLevel[Any]], kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        kind("bad", **kwargs)
+
+
+def test_memory_level_holds_live_objects() -> None:
+    level = MemoryLevel("l1", max_entries=4)
+    value = {"rows": [1, 2, 3]}
+    level.set("k", value)
+    assert level.get("k") is value
+    assert level.nbytes == sys.getsizeof(value) + len("k") + ENTRY_OVERHEAD
+
+
+def test_bytes_level_size_policy() -> None:
+    level = BytesLevel("l2", max_entries=4)
+    assert level.getsizeof(b"x" * 100) == sys.getsizeof(b"x" * 100)
+    level.set("key", b"x" * 100, ttl=5)
+    assert level.nbytes == sys.getsizeof(b"x" * 100) + 3 + ENTRY_OVERHEAD + EXPIRY_OVERHEAD
+
+
+@pytest.mark.parametrize("value", ["text", bytearray(b"mutable"), memoryview(b"v"), 3, None])
+def test_bytes_level_rejects_non_bytes(value: Any) -> None:
+    level = BytesLevel("l2", max_entries=4)
+    with pytest.raises(TypeError, match="stores bytes"):
+        level.set("k", value)
+    with pytest.raises(TypeError):
+        level["k"] = value
+    assert len(level) == 0
+
+
+def test_popitem_is_the_eviction_policy() -> None:
+    class NewestOut(MemoryLevel):
+        """Evicts the most recent other entry instead: proves set() goes through popitem."""
+
+        def popitem(self) -> tuple[str, Any]:
+            with self._lock:
+                key = next(iter(self._data))
+                value = self.pop(key)
+                return key, value
+
+    calls: list[str] = []
+
+    class Counting(MemoryLevel):
+        def popitem(self) -> tuple[str, Any]:
+            item = super().popitem()
+            calls.append(item[0])
+            return item
+
+    level = Counting("l1", max_entries=2)
+    for key in "abcd":
+        level.set(key, key)
+    assert calls == ["a", "b"]
+    assert isinstance(NewestOut("x", max_entries=1), CacheLevel)
+
+
+def test_getsizeof_is_the_size_policy() -> None:
+    class Flat(MemoryLevel):
+        def getsizeof(self, value: Any) -> int:
+            return 1000
+
+    level = Flat("l1", max_entries=100, max_bytes=3 * (1000 + 1 + ENTRY_OVERHEAD))
+    for key in "abcde":
+        level.set(key, object())
+    assert list(level) == ["c", "d", "e"]
+
+
+def test_callback_runs_outside_the_lock() -> None:
+    """A callback may use the level (e.g. to log its stats) without deadlocking."""
+    clock = FakeClock()
+    level = MemoryLevel("l1", max_entries=1, timer=clock)
+    seen: list[int] = []
+    level.on_evict = lambda key, reason: seen.append(level.stats.evictions)
+    level.set("a", 1)
+    level.set("b", 2)
+    assert seen == [1]
+
+
+def test_threads_hammering_one_level_keep_invariants() -> None:
+    level = BytesLevel("shared", max_entries=16, max_bytes=16 * 900, ttl=0.002)
+    errors: list[BaseException] = []
+    gets = [0] * 8
+    start = threading.Barrier(8)
+
+    def hammer(worker: int) -> None:
+        rng = random.Random(worker)
+        try:
+            start.wait()
+            for _ in range(3000):
+                key = f"k{rng.randrange(40)}"
+                op = rng.random()
+                if op < 0.45:
+                    level.set(key, b"v" * rng.randrange(300), tags=frozenset({key[-1]}))
+                elif op < 0.85:
+                    level.get(key)
+                    gets[worker] += 1
+                elif op < 0.93:
+                    level.discard(key)
+                elif op < 0.97:
+                    level.expire()
+                elif op < 0.99:
+                    level.discard_tagged(key[-1])
+                else:
+                    list(level)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, to interleave inside methods
+    try:
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    stats = level.stats
+    assert stats.hits + stats.misses == sum(gets)
+    assert stats.entries <= 16
+    assert 0 <= stats.bytes <= 16 * 900
+    assert stats.bytes == sum(entry[2] for entry in level._data.values())
