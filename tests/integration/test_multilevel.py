@@ -1,0 +1,249 @@
+"""The multi-level cache: promotion, single-flight, write-through, invalidation, outages."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from core.codecs import MsgpackCodec, Serializer
+from core.generations import Generations
+from core.levels import BytesLevel, MemoryLevel
+from core.memoize import cached
+from core.multilevel import MultiLevelCache
+from core.redis_server import RedisServer
+from core.redis_tier import RedisTier
+from tests.core.level_suite import FakeClock
+
+SERIALIZER = Serializer(MsgpackCodec())
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_cache(url: str, clock: FakeClock | None = None,
+               wall: WallClock | None = None) -> MultiLevelCache:
+    timer = clock or FakeClock()
+    wall_clock = wall or time.time
+    tier = RedisTier.from_url(url, serializer=SERIALIZER, namespace="mlc", wall_clock=wall_clock)
+    return MultiLevelCache(
+        serializer=SERIALIZER,
+        levels=[MemoryLevel("memory", max_entries=100, ttl=300, timer=timer),
+                BytesLevel("bytes", max_entries=100, max_bytes=2**20, ttl=3600, timer=timer)],
+        tier=tier, wall_clock=wall_clock,
+    )
+
+
+def test_sources_walk_down_the_tiers(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    cache.set("k", {"v": 1}, ttl=60)
+    assert cache.lookup("k").source == "memory"  # type: ignore[union-attr]
+    cache.levels[0].clear()
+    assert cache.lookup("k").source == "bytes"  # type: ignore[union-attr]
+    assert cache.lookup("k").source == "memory"  # type: ignore[union-attr]  # promoted
+    cache.clear_local()
+    assert cache.lookup("k").source == "redis"  # type: ignore[union-attr]
+    assert cache.lookup("k").source == "memory"  # type: ignore[union-attr]
+
+
+def test_promotion_never_outlives_the_remaining_ttl(cache_url: str) -> None:
+    wall = WallClock()
+    writer = make_cache(cache_url, wall=wall)
+    writer.set("k", "v", ttl=100)
+    clock = FakeClock()
+    reader = make_cache(cache_url, clock=clock, wall=wall)
+    wall.now += 90  # 10 s of the value's life remain
+    found = reader.lookup("k")
+    assert found is not None and found.source == "redis"
+    assert found.ttl is not None and 9 <= found.ttl <= 10
+    for level in reader.levels:
+        value_ttl = level.get_with_ttl("k")
+        assert value_ttl is not None and value_ttl[1] is not None and value_ttl[1] <= 10
+    clock.advance(11)
+    assert reader.lookup("k", remote=False) is None
+
+
+def test_level_ttl_caps_promotion(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    cache.set("k", "v", ttl=10_000)
+    memory_ttl = cache.levels[0].get_with_ttl("k")
+    assert memory_ttl is not None and memory_ttl[1] is not None and memory_ttl[1] <= 300
+
+
+def test_concurrent_misses_compute_once_per_process(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    calls = 0
+    gate = threading.Event()
+
+    def compute() -> int:
+        nonlocal calls
+        calls += 1
+        gate.wait(5)
+        return 42
+
+    results: list[Any] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("k", compute)))
+               for _ in range(20)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.2)  # let every thread reach the single-flight table
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert calls == 1
+    assert [r.value for r in results] == [42] * 20
+    sources = sorted(r.source for r in results)
+    assert sources.count("computed") == 1
+    assert set(sources) <= {"computed", "joined", "memory"}
+
+
+def test_an_exception_reaches_every_waiter_and_is_not_cached(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    gate = threading.Event()
+
+    class Boom(Exception):
+        pass
+
+    def compute() -> int:
+        gate.wait(5)
+        raise Boom("no")
+
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            cache.get_or_compute("k", compute)
+        except Boom as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.1)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert len(errors) == 5 and len({id(e) for e in errors}) == 1
+    assert cache.lookup("k") is None
+    assert cache.get_or_compute("k", lambda: 7).value == 7
+
+
+def test_none_is_cached_like_any_value(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    calls: list[int] = []
+    for _ in range(3):
+        cache.get_or_compute("none", lambda: calls.append(1))
+    assert len(calls) == 1
+
+
+def test_uncacheable_value_is_returned_and_kept_out_of_redis(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    marker = object()
+    found = cache.get_or_compute("obj", lambda: marker)
+    assert found.value is marker
+    assert cache.uncacheable >= 1
+    assert cache.tier is not None and cache.tier.get_entry("obj") is None
+
+
+def test_invalidate_removes_from_every_tier(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    other = make_cache(cache_url)
+    cache.set("k", 1)
+    assert other.lookup("k") is not None
+    cache.invalidate("k")
+    assert cache.lookup("k") is None
+    other.invalidate_local(["k"])  # what the invalidation message does in another process
+    assert other.lookup("k") is None
+
+
+def test_invalidate_tag(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    cache.set("a", 1, tags=("t",))
+    cache.set("b", 2, tags=("t", "u"))
+    cache.set("c", 3, tags=("u",))
+    assert cache.invalidate_tag("t") == 2
+    assert cache.lookup("a") is None and cache.lookup("b") is None
+    assert cache.lookup("c") is not None
+
+
+def test_get_many_and_set_many(cache_url: str, redis_client: redis.Redis) -> None:
+    cache = make_cache(cache_url)
+    cache.set_many({f"k{i}": i for i in range(50)}, ttl=60)
+    cache.clear_local()
+    found = cache.get_many([f"k{i}" for i in range(60)])
+    assert found == {f"k{i}": i for i in range(50)}
+    assert cache.get_many([f"k{i}" for i in range(5)]) == {f"k{i}": i for i in range(5)}
+
+
+def test_memoized_function_and_version_bump(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    generations = Generations(cache.tier, max_age=60)
+    calls: list[int] = []
+
+    @cached(cache, ttl=60, generations=generations, namespace="mlc")
+    def square(n: int) -> int:
+        calls.append(n)
+        return n * n
+
+    assert square(3) == 9 and square(3) == 9 and square(n=3) == 9
+    assert calls == [3]
+    assert square.lookup(3).source == "memory"
+    square.invalidate_all()
+    assert square(3) == 9
+    assert calls == [3, 3]
+    square.invalidate(3)
+    assert square(3) == 9 and calls == [3, 3, 3]
+
+
+def test_generation_bump_reaches_another_process_within_max_age(cache_url: str) -> None:
+    clock = FakeClock()
+    tier = RedisTier.from_url(cache_url, serializer=SERIALIZER, namespace="mlc")
+    mine = Generations(tier, max_age=1.0, timer=clock)
+    theirs = Generations(tier, max_age=1.0, timer=clock)
+    assert theirs.current("fn:x") == 0
+    mine.bump("fn:x")
+    assert theirs.current("fn:x") == 0  # trusted for max_age
+    clock.advance(1.01)
+    assert theirs.current("fn:x") == 1
+
+
+def test_redis_down_never_fails_a_computation() -> None:
+    server = RedisServer().start()
+    tier = RedisTier.from_url(server.url, serializer=SERIALIZER, namespace="mlc",
+                              socket_timeout=0.2)
+    cache = MultiLevelCache(serializer=SERIALIZER, tier=tier,
+                            levels=[MemoryLevel("memory", max_entries=10)])
+    server.stop()
+    try:
+        assert cache.get_or_compute("k", lambda: "v").value == "v"
+        assert cache.get_or_compute("k", lambda: "other").source == "memory"
+        assert tier.stats["errors"] >= 1
+    finally:
+        cache.close()
+
+
+def test_corrupt_remote_entry_is_a_counted_miss(cache_url: str, redis_client: redis.Redis) -> None:
+    cache = make_cache(cache_url)
+    redis_client.set("bad", b"\x80\x03cos\nsystem\n")
+    assert cache.lookup("bad") is None
+    assert redis_client.get("bad") is None
+    assert cache.tier is not None and cache.tier.stats["corrupt"] == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "bytes"])
+def test_add_level_as_in_the_seed(kind: str) -> None:
+    cache = MultiLevelCache(serializer=SERIALIZER)
+    level = cache.add_level("l1", ttl=5, max_size=10, kind=kind, max_bytes=2**20)
+    assert level.max_entries == 10 and level.ttl == 5
+    with pytest.raises(ValueError, match="already exists"):
+        cache.add_level("l1", ttl=5, max_size=10)
+    cache.set("k", [1, 2])
+    assert cache.get("k") == [1, 2]
