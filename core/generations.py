@@ -35,6 +35,13 @@ class Generations:
         self._max_scopes = max_scopes
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
+        #: Called (outside any lock) when a known generation moves or is forgotten.
+        self.on_change: Callable[[], None] | None = None
+
+    @property
+    def max_age(self) -> float:
+        """Seconds a value read from the store is trusted without re-reading."""
+        return self._max_age
 
     def current(self, scope: str) -> int:
         """The scope's generation, from memory when fresh, else from the store."""
@@ -63,8 +70,11 @@ class Generations:
         """Apply a generation announced by another process."""
         with self._lock:
             known = self._known.get(scope)
-            if known is None or value > known[0]:
+            changed = known is None or value > known[0]
+            if changed:
                 self._known[scope] = (value, self._timer())
+        if changed:
+            self._changed()
 
     def forget(self, scopes: Iterable[str] | None = None) -> None:
         """Drop remembered values (all when ``scopes`` is None): re-read on next use."""
@@ -74,6 +84,11 @@ class Generations:
             else:
                 for scope in scopes:
                     self._known.pop(scope, None)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _remember(self, scope: str, value: int, now: float) -> None:
         with self._lock:
@@ -82,3 +97,6 @@ class Generations:
             known = self._known.get(scope)
             if known is None or value >= known[0]:
                 self._known[scope] = (value, now)
+            moved = known is not None and value > known[0]
+        if moved:
+            self._changed()

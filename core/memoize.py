@@ -10,6 +10,7 @@ through on a worker.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -81,24 +82,78 @@ class CachedFunction(Generic[P, R]):
                                     tags=self.tags)
 
 
+#: Argument types whose equality and hashing never cross types (``1 == True`` and
+#: ``1 == 1.0`` are why bool and float are not here), so a tuple of them can key the
+#: hot memo without ever confusing two calls that have different cache keys.
+_HOT_TYPES: frozenset[type] = frozenset({str, int, bytes, type(None)})
+
+
 class Memoized(Generic[P, R]):
-    """The callable :func:`cached` returns: call it like the function."""
+    """The callable :func:`cached` returns: call it like the function.
+
+    In front of the multi-level cache sits a small memo of recent answers for
+    calls with positional ``str``/``int``/``bytes``/``None`` arguments: it
+    skips key derivation (canonical encoding and a BLAKE2b digest) on the
+    hottest path. A memo answer is trusted while the cache's epoch is
+    unchanged (any local invalidation or generation change advances it), for
+    no longer than the value's remaining TTL and the generations' ``max_age``.
+    """
 
     def __init__(self, spec: CachedFunction[P, R], cache: MultiLevelCache,
-                 generations: Generations, namespace: str) -> None:
+                 generations: Generations, namespace: str, *,
+                 timer: Callable[[], float] = time.monotonic, hot_entries: int = 1024) -> None:
         self.spec = spec
         self.cache = cache
         self.generations = generations
         self.namespace = namespace
+        self.hot_hits = 0
+        self._timer = timer
+        self._hot: dict[tuple[Any, ...], tuple[Any, int, float]] = {}
+        self._hot_entries = hot_entries
+        previous = generations.on_change
+        if previous is None:
+            generations.on_change = cache.advance_epoch
+        elif previous != cache.advance_epoch:
+            def both() -> None:
+                previous()
+                cache.advance_epoch()
+            generations.on_change = both
         functools.update_wrapper(self, spec.fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not kwargs:
+            for arg in args:
+                if type(arg) not in _HOT_TYPES:
+                    break
+            else:
+                hot = self._hot.get(args)
+                if hot is not None and hot[1] == self.cache.epoch and hot[2] > self._timer():
+                    self.hot_hits += 1
+                    value: R = hot[0]
+                    return value
+                found = self.spec.call(self.cache, self.generations, self.namespace, args,
+                                       kwargs)
+                self._remember(args, found)
+                result: R = found.value
+                return result
         found = self.spec.call(self.cache, self.generations, self.namespace, args, kwargs)
-        value: R = found.value
-        return value
+        computed: R = found.value
+        return computed
+
+    def _remember(self, args: tuple[Any, ...], found: Lookup) -> None:
+        lifetime = self.generations.max_age
+        if found.ttl is not None:
+            lifetime = min(lifetime, found.ttl)
+        if lifetime <= 0:
+            return
+        hot = self._hot
+        if len(hot) >= self._hot_entries and args not in hot:
+            # Bounded, first in first out: the oldest remembered call goes.
+            hot.pop(next(iter(hot)), None)
+        hot[args] = (found.value, self.cache.epoch, self._timer() + lifetime)
 
     def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
-        """Like calling, but also says where the value came from."""
+        """Like calling, but also says where the value came from (never from the memo)."""
         return self.spec.call(self.cache, self.generations, self.namespace, args, kwargs)
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:

@@ -59,6 +59,9 @@ class MultiLevelCache:
         self.default_ttl = default_ttl
         self._wall_clock = wall_clock
         self._flight = SingleFlight()
+        #: Advances on every local invalidation; memos in front of the cache (see
+        #: :mod:`core.memoize`) trust an answer only while the epoch is unchanged.
+        self.epoch = 0
         self.computed = 0
         self.compute_errors = 0
         self.uncacheable = 0
@@ -282,8 +285,13 @@ class MultiLevelCache:
             self.tier.delete(*keys)
         self.invalidate_local(keys)
 
+    def advance_epoch(self) -> None:
+        """Declare every memoized answer in front of this cache stale."""
+        self.epoch += 1
+
     def invalidate_local(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` from this process's levels only."""
+        self.epoch += 1
         for key in keys:
             for level in self.levels:
                 level.discard(key)
@@ -296,10 +304,12 @@ class MultiLevelCache:
 
     def invalidate_tag_local(self, tag: str) -> int:
         """Remove entries tagged ``tag`` from this process's levels (a scan: rare, bounded)."""
+        self.epoch += 1
         return sum(level.discard_tagged(tag) for level in self.levels)
 
     def clear_local(self) -> None:
         """Drop this process's levels (after losing the invalidation channel)."""
+        self.epoch += 1
         for level in self.levels:
             level.clear()
 

@@ -247,3 +247,53 @@ def test_add_level_as_in_the_seed(kind: str) -> None:
         cache.add_level("l1", ttl=5, max_size=10)
     cache.set("k", [1, 2])
     assert cache.get("k") == [1, 2]
+
+
+def test_hot_memo_keeps_types_apart_and_follows_invalidation(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    calls: list[Any] = []
+
+    @cached(cache, ttl=60, generations=Generations(cache.tier, max_age=60), namespace="mlc")
+    def echo(x: Any) -> str:
+        calls.append(x)
+        return f"{type(x).__name__}:{x!r}"
+
+    assert [echo(1), echo(True), echo(1.0), echo("1"), echo(b"1")] == [
+        "int:1", "bool:True", "float:1.0", "str:'1'", "bytes:b'1'"]
+    hot_before = echo.hot_hits
+    assert echo(1) == "int:1" and echo(True) == "bool:True" and echo(1.0) == "float:1.0"
+    assert echo.hot_hits == hot_before + 1  # only the int call is memo-eligible
+    assert len(calls) == 5
+
+    echo.invalidate(1)  # a local invalidation advances the epoch: no stale memo answer
+    assert echo(1) == "int:1" and len(calls) == 6
+    echo.invalidate_all()
+    assert echo(1) == "int:1" and len(calls) == 7
+    cache.invalidate_local(["unrelated"])  # what an invalidation message does
+    hits = echo.hot_hits
+    echo(1)
+    assert echo.hot_hits == hits and len(calls) == 7  # re-validated through the cache
+
+
+def test_hot_memo_respects_ttl_and_bound(cache_url: str) -> None:
+    clock = FakeClock()
+    serializer = SERIALIZER
+    cache = MultiLevelCache(serializer=serializer,
+                            levels=[MemoryLevel("memory", max_entries=100, timer=clock)])
+    gens = Generations(None, max_age=1000, timer=clock)
+    calls: list[int] = []
+
+    def square(n: int) -> int:
+        calls.append(n)
+        return n * n
+
+    from core.memoize import CachedFunction, Memoized
+
+    memo = Memoized(CachedFunction(square, ttl=5), cache, gens, "mlc", timer=clock,
+                    hot_entries=8)
+    assert memo(3) == 9 and memo(3) == 9 and calls == [3]
+    clock.advance(6)  # past the value's TTL: neither the memo nor the level may answer
+    assert memo(3) == 9 and calls == [3, 3]
+    for n in range(50):
+        memo(n)
+    assert len(memo._hot) <= 8

@@ -1,0 +1,92 @@
+"""What every benchmark module shares: timing loops, rows, a private redis-server."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from core.redis_server import RedisServer
+
+Row = dict[str, Any]
+
+
+def per_call_us(fn: Callable[[], Any], calls: int) -> float:
+    """Microseconds per call of ``fn`` over ``calls`` calls (GC off during the loop)."""
+    loop = range(calls)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        for _ in loop:
+            fn()
+        elapsed = time.perf_counter() - started
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return elapsed / calls * 1e6
+
+
+def side_by_side(
+    ours: Callable[[], Any], peer: Callable[[], Any], *, calls: int, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Alternate ours and the peer ``repeats`` times, so drift hits both equally."""
+    ours_us: list[float] = []
+    peer_us: list[float] = []
+    per_call_us(ours, max(1, calls // 10))  # warm both
+    per_call_us(peer, max(1, calls // 10))
+    for _ in range(repeats):
+        ours_us.append(per_call_us(ours, calls))
+        peer_us.append(per_call_us(peer, calls))
+    return ours_us, peer_us
+
+
+def ratio_row(
+    benchmark: str,
+    ours: list[float],
+    peer_name: str,
+    peer: list[float],
+    *,
+    target: float | None = None,
+    unit: str = "us",
+    note: str = "",
+) -> Row:
+    """One table row: medians, the ratio of medians, the spread of per-repeat ratios."""
+    ratios = [a / b for a, b in zip(ours, peer, strict=True) if b > 0]
+    ratio = statistics.median(ours) / statistics.median(peer) if statistics.median(peer) else 0.0
+    return {
+        "benchmark": benchmark,
+        "tiercel": statistics.median(ours),
+        "peer": peer_name,
+        "peer_value": statistics.median(peer),
+        "unit": unit,
+        "ratio": ratio,
+        "ratio_min": min(ratios) if ratios else ratio,
+        "ratio_max": max(ratios) if ratios else ratio,
+        "repeats": len(ours),
+        "target": f"<= {target:g}x" if target is not None else "",
+        "met": None if target is None else ratio <= target,
+        "note": note,
+    }
+
+
+def figure_row(benchmark: str, value: float, unit: str, *, target: str = "",
+               met: bool | None = None, note: str = "", spread: tuple[float, float] | None = None
+               ) -> Row:
+    """A row that is a figure, not a ratio against a peer (a count, a percentage)."""
+    low, high = spread if spread is not None else (value, value)
+    return {"benchmark": benchmark, "tiercel": value, "peer": "", "peer_value": None,
+            "unit": unit, "ratio": None, "ratio_min": low, "ratio_max": high, "repeats": 1,
+            "target": target, "met": met, "note": note}
+
+
+@contextlib.contextmanager
+def redis_server(**kwargs: Any) -> Iterator[RedisServer]:
+    """A private redis-server for one benchmark module."""
+    kwargs.setdefault("maxmemory", 512 * 2**20)
+    kwargs.setdefault("maxmemory_policy", "allkeys-lru")
+    with RedisServer(**kwargs) as server:
+        yield server
