@@ -24,6 +24,7 @@ _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 _BROKER_SCHEMES = (*_REDIS_SCHEMES, "amqp", "amqps", "pyamqp", "memory", "sentinel")
 _CODECS = ("msgpack", "json", "pickle")
+_POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6,
                "mb": 10**6, "mi": 2**20, "mib": 2**20, "g": 10**9, "gb": 10**9, "gi": 2**30,
@@ -113,6 +114,13 @@ class Settings:
     embedded_cache_maxmemory: int = 256 * 2**20
     flower_port: int = 5555
     log_level: str = "INFO"
+    database_url: str | None = None
+    db_pool_min: int = 1
+    db_pool_max: int = 4
+    pool_timeout: float = 5.0
+    pool_max_idle: float = 300.0
+    pool_max_lifetime: float = 3600.0
+    pool_reap_interval: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +181,15 @@ class Settings:
             )
         if not 0 < self.flower_port < 65536:
             _fail("flower_port", self.flower_port, "a TCP port between 1 and 65535")
+        _check_url("database_url", self.database_url, _POSTGRES_SCHEMES)
+        if self.db_pool_max < 1:
+            _fail("db_pool_max", self.db_pool_max, "1 or more connections")
+        if not 0 <= self.db_pool_min <= self.db_pool_max:
+            _fail("db_pool_min", self.db_pool_min,
+                  f"0 to TIERCEL_DB_POOL_MAX={self.db_pool_max} connections")
+        for name in ("pool_timeout", "pool_max_idle", "pool_max_lifetime", "pool_reap_interval"):
+            if getattr(self, name) <= 0:
+                _fail(name, getattr(self, name), "a positive number of seconds")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             _fail("log_level", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
 

@@ -14,7 +14,7 @@ from workers.config import celery_config
 
 settings = resolve_settings()
 
-app = Celery("tiercel", include=["tasks.examples"])
+app = Celery("tiercel", include=["tasks.examples", "tasks.db_examples"])
 app.conf.update(celery_config(settings))
 # The default app in every thread (Celery's current app is thread-local otherwise), so
 # cached tasks submitted from a thread pool find this app's broker and result backend.

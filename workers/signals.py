@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import signals
 
-from tasks import runtime
+from tasks import pools, runtime
 
 log = logging.getLogger("tiercel.worker")
 
@@ -43,3 +43,31 @@ def _on_child_shutdown(**_: Any) -> None:
 @signals.worker_shutdown.connect
 def _on_worker_shutdown(**_: Any) -> None:
     runtime.shutdown()
+
+
+# Pools and the memory budget (tasks.pools): connected after the runtime's handlers, so
+# the runtime's levels exist when the budget registers them.
+@signals.worker_init.connect
+def _on_worker_init_pools(sender: Any = None, **_: Any) -> None:
+    if not _uses_prefork(sender):
+        pools.start(levels=runtime.current().cache.levels)
+
+
+@signals.worker_process_init.connect
+def _on_child_init_pools(**_: Any) -> None:
+    pools.start(levels=runtime.current().cache.levels)
+
+
+@signals.task_postrun.connect
+def _on_task_postrun_budget(**_: Any) -> None:
+    pools.after_task()
+
+
+@signals.worker_process_shutdown.connect
+def _on_child_shutdown_pools(**_: Any) -> None:
+    pools.shutdown()
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown_pools(**_: Any) -> None:
+    pools.shutdown()
