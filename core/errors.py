@@ -56,3 +56,18 @@ class PoolClosed(PoolError):
 
 class ServerError(TiercelError):
     """An embedded redis-server could not be started or reached."""
+
+
+class ComputationFailed(TiercelError):
+    """The one computation of a key failed in another process; waiters get its error.
+
+    ``error_type`` and ``message`` describe the original exception. Callers
+    joined to the same Celery task receive the original exception itself.
+    """
+
+    def __init__(self, key: str, error_type: str, message: str) -> None:
+        super().__init__(f"the computation of {key} failed in another process: "
+                         f"{error_type}: {message}")
+        self.key = key
+        self.error_type = error_type
+        self.message = message

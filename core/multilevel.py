@@ -18,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from core.entry import Entry
 from core.errors import CodecError, TierUnavailable, ValueTooLarge
@@ -30,6 +30,19 @@ from core.singleflight import SingleFlight
 SOURCE_REDIS = "redis"
 SOURCE_COMPUTED = "computed"
 SOURCE_JOINED = "joined"
+
+
+class Coordinator(Protocol):
+    """Computes misses once across processes and invalidates everywhere (see
+    :class:`core.coordinator.FleetCoordinator`)."""
+
+    def compute(self, cache: MultiLevelCache, key: str, compute: Callable[[], Any], *,
+                ttl: float, tags: Sequence[str] = (),
+                inflight_id: str | None = None) -> Lookup: ...
+
+    def invalidate(self, keys: Iterable[str]) -> None: ...
+
+    def invalidate_tag(self, tag: str) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +69,8 @@ class MultiLevelCache:
         self.serializer = serializer
         self.levels: list[CacheLevel[Any]] = list(levels)
         self.tier = tier
+        #: Set to share computations and invalidations with other processes.
+        self.coordinator: Coordinator | None = None
         self.default_ttl = default_ttl
         self._wall_clock = wall_clock
         self._flight = SingleFlight()
@@ -211,11 +226,12 @@ class MultiLevelCache:
         ttl = self.default_ttl if ttl is None else ttl
         if self.tier is not None:
             self.tier.set(key, value, ttl=ttl, tags=tags, compute_seconds=compute_seconds)
-        self._store_local(key, value, None, ttl, tags)
+        self.store_local(key, value, None, ttl, tags)
 
-    def _store_local(
+    def store_local(
         self, key: str, value: Any, frame: bytes | None, ttl: float | None, tags: Sequence[str]
     ) -> None:
+        """Put a value (and its encoded ``frame``, when known) into this process's levels."""
         tagset = frozenset(tags)
         needs_frame = any(isinstance(level, BytesLevel) for level in self.levels)
         if frame is None and needs_frame:
@@ -236,7 +252,7 @@ class MultiLevelCache:
         if self.tier is not None:
             self.tier.set_many(items, ttl=ttl, tags=tags)
         for key, value in items.items():
-            self._store_local(key, value, None, ttl, tags)
+            self.store_local(key, value, None, ttl, tags)
 
     def get_or_compute(
         self,
@@ -245,18 +261,26 @@ class MultiLevelCache:
         *,
         ttl: float | None = None,
         tags: Sequence[str] = (),
+        inflight_id: str | None = None,
     ) -> Lookup:
         """The cached value of ``key``, or ``compute()`` stored through every tier.
 
         Concurrent misses of one key in this process compute once; the others
-        get ``source == "joined"``. An exception from ``compute`` is not cached
-        and reaches every caller waiting on that computation.
+        get ``source == "joined"``. With a coordinator, concurrent misses in
+        other processes join the same computation too. An exception from
+        ``compute`` is not cached and reaches every caller waiting on it.
+        ``inflight_id`` names the task whose in-flight marker the write clears.
         """
         found = self.lookup(key)
         if found is not None:
             return found
+        coordinator = self.coordinator
 
         def compute_and_store() -> Lookup:
+            if coordinator is not None:
+                return coordinator.compute(
+                    self, key, compute, ttl=self.default_ttl if ttl is None else ttl,
+                    tags=tags, inflight_id=inflight_id)
             again = self.lookup(key)  # another process may have written it meanwhile
             if again is not None:
                 return again
@@ -280,8 +304,10 @@ class MultiLevelCache:
     # --- invalidation ---
 
     def invalidate(self, *keys: str) -> None:
-        """Remove ``keys`` from every tier."""
-        if self.tier is not None and keys:
+        """Remove ``keys`` from every tier (and, with a coordinator, every process)."""
+        if self.coordinator is not None:
+            self.coordinator.invalidate(keys)
+        elif self.tier is not None and keys:
             self.tier.delete(*keys)
         self.invalidate_local(keys)
 
@@ -298,7 +324,10 @@ class MultiLevelCache:
 
     def invalidate_tag(self, tag: str) -> int:
         """Remove every entry tagged ``tag`` from every tier; returns Redis keys removed."""
-        removed = self.tier.invalidate_tag(tag) if self.tier is not None else 0
+        if self.coordinator is not None:
+            removed = self.coordinator.invalidate_tag(tag)
+        else:
+            removed = self.tier.invalidate_tag(tag) if self.tier is not None else 0
         self.invalidate_tag_local(tag)
         return removed
 

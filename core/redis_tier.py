@@ -311,6 +311,14 @@ class RedisTier:
     def _encode(
         self, value: Any, ttl: float, tags: Sequence[str], compute_seconds: float
     ) -> bytes | None:
+        encoded = self.encode_entry(value, ttl=ttl, tags=tags, compute_seconds=compute_seconds)
+        return None if encoded is None else encoded[1]
+
+    def encode_entry(
+        self, value: Any, *, ttl: float, tags: Sequence[str] = (), compute_seconds: float = 0.0
+    ) -> tuple[bytes, bytes] | None:
+        """``(payload, record)`` as :meth:`set` would store them; None (counted) when the
+        value cannot be encoded or is larger than ``max_value_bytes``."""
         try:
             payload = self.serializer.dumps(value)
         except ValueTooLarge:
@@ -326,7 +334,26 @@ class RedisTier:
             payload, now=self._wall_clock(), ttl=ttl, compute_seconds=compute_seconds,
             tags=tags,
         )
-        return entry.pack()
+        return payload, entry.pack()
+
+    def index_tags(self, key: str, tags: Sequence[str], ttl: float) -> None:
+        """Add ``key`` to each tag's index now, before its value exists.
+
+        A computation indexes its key before it starts, so a tag invalidation
+        that runs while it computes finds the key and rejects the write-back.
+        Raises TierUnavailable.
+        """
+        if not tags:
+            return
+        ttl_ms = _ttl_ms(ttl)
+
+        def add() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for tag in tags:
+                pipe.eval(_TAG_ADD_SCRIPT, 1, tag_index_key(self.namespace, tag), ttl_ms, key)
+            pipe.execute()
+
+        self._call(add)
 
     def set(
         self,
@@ -426,8 +453,14 @@ class RedisTier:
             return 0
         return int(self._call(self.client.unlink, *keys))
 
-    def invalidate_tag(self, tag: str) -> int:
+    def invalidate_tag(
+        self, tag: str, *, remove: Callable[[list[bytes]], int] | None = None
+    ) -> int:
         """Remove every value key tagged ``tag``; returns how many existed.
+
+        ``remove`` deletes one batch of member keys and returns how many
+        existed (default: ``UNLINK``); the lease layer passes one that also
+        bumps each key's epoch, so in-flight computations cannot write back.
 
         The index is first renamed aside atomically, so keys tagged while the
         drain runs land in a fresh index and are not lost. Members are read
@@ -444,7 +477,10 @@ class RedisTier:
         while True:
             cursor, members = self._call(self._scan_batch, drain, cursor)
             if members:
-                removed += int(self._call(self.client.unlink, *members))
+                if remove is None:
+                    removed += int(self._call(self.client.unlink, *members))
+                else:
+                    removed += remove(members)
             if cursor == 0:
                 break
         self._call(self.client.unlink, drain)

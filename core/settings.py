@@ -109,6 +109,7 @@ class Settings:
     breaker_failures: int = 3
     breaker_reset: float = 0.5
     lease_ttl: float = 30.0
+    inflight_ttl: float = 600.0
     task_time_limit: float = 1800.0
     visibility_timeout: float = 3600.0
     embedded_cache_maxmemory: int = 256 * 2**20
@@ -168,7 +169,7 @@ class Settings:
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number")
         for name in ("default_ttl", "l1_ttl", "l2_ttl", "redis_timeout", "breaker_reset",
-                     "lease_ttl", "task_time_limit", "visibility_timeout"):
+                     "lease_ttl", "inflight_ttl", "task_time_limit", "visibility_timeout"):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number of seconds")
         if self.compress_min_bytes < 0:

@@ -2,19 +2,23 @@
 
 The decorated function is a normal Celery task (``.delay()``,
 ``.apply_async()``, Flower's apply API all work) whose body looks in the
-worker's local levels and the Redis tier before computing, and writes the
-result through every tier. On top of that it offers ``submit()``, which
-answers from the cache without touching the broker when it can.
+worker's local levels and the Redis tier before computing, computes under a
+fleet-wide lease, and writes the result through every tier. On top of that
+it offers ``submit()``, which answers from the cache without touching the
+broker when it can, and otherwise joins a computation already in flight.
 """
 
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Task, current_task, shared_task
+from celery.result import AsyncResult
 
+from core.errors import TierUnavailable
 from core.memoize import CachedFunction
 from tasks import runtime
 from tasks.registry import register
@@ -30,44 +34,80 @@ class CachedTask(Task):  # type: ignore[misc]
     tiercel_spec: CachedFunction[Any, Any]
 
     def submit(self, *args: Any, **kwargs: Any) -> CachedResult:
-        """Answer from the cache when possible; otherwise enqueue one task."""
+        """Answer from the cache when possible; else join the computation in flight,
+        or enqueue exactly one task for the key."""
         rt = runtime.current()
         key = rt.key(self.tiercel_spec, args, kwargs)
         found = rt.cache.lookup(key)
         if found is not None:
             return CachedResult.resolved(key, found.value, _public_source(found.source))
-        async_result = self.apply_async(args, kwargs)
-        return CachedResult.pending(key, async_result, "computed")
+        task_id = str(uuid.uuid4())
+        try:
+            existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
+        except TierUnavailable:
+            existing = None  # no coalescing without Redis; the task still runs
+        if existing is not None:
+            return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined")
+        return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
+                                    "computed")
+
+    def _enqueue(self, rt: runtime.Runtime, key: str, task_id: str, args: Any,
+                 kwargs: Any) -> AsyncResult:
+        try:
+            return self.apply_async(args, kwargs, task_id=task_id)
+        except BaseException:
+            # Nothing was published: do not leave joiners waiting for a task that never runs.
+            try:
+                rt.leases.clear_inflight(key, task_id)
+            except TierUnavailable:
+                pass
+            raise
 
     def submit_many(self, calls: Iterable[Any]) -> list[CachedResult]:
-        """Submit many calls: one MGET for all of them, one task per distinct miss.
+        """Submit many calls: one MGET for all of them, one round trip to claim the
+        misses, and one task per distinct key nobody is computing yet.
 
-        Each item is a tuple of positional arguments, or a ``(args, kwargs)`` pair
+        Each item is a tuple of positional arguments, or an ``(args, kwargs)`` pair
         whose second element is a dict.
         """
         rt = runtime.current()
         normalised = [_split_call(call) for call in calls]
         keys = [rt.key(self.tiercel_spec, args, kwargs) for args, kwargs in normalised]
         hits = rt.cache.get_many(keys)
+        first_of: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            if key not in hits:
+                first_of.setdefault(key, index)
+        candidates = {key: str(uuid.uuid4()) for key in first_of}
+        try:
+            claims = rt.leases.claim_inflight_many(list(candidates.items()),
+                                                   rt.settings.inflight_ttl)
+        except TierUnavailable:
+            claims = [None] * len(candidates)
+        handles: dict[str, tuple[AsyncResult, str]] = {}
+        for (key, task_id), existing in zip(candidates.items(), claims, strict=True):
+            if existing is not None:
+                handles[key] = (AsyncResult(existing, app=self.app), "joined")
+            else:
+                args, kwargs = normalised[first_of[key]]
+                handles[key] = (self._enqueue(rt, key, task_id, args, kwargs), "computed")
         results: list[CachedResult] = []
-        enqueued: dict[str, CachedResult] = {}
-        for key, (args, kwargs) in zip(keys, normalised, strict=True):
+        for index, key in enumerate(keys):
             if key in hits:
                 results.append(CachedResult.resolved(key, hits[key], "redis"))
-            elif key in enqueued:
-                results.append(CachedResult.pending(key, enqueued[key]._async, "joined"))  # type: ignore[arg-type]
             else:
-                enqueued[key] = CachedResult.pending(key, self.apply_async(args, kwargs),
-                                                     "computed")
-                results.append(enqueued[key])
+                async_result, source = handles[key]
+                if first_of[key] != index:
+                    source = "joined"
+                results.append(CachedResult.pending(key, async_result, source))
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:
-        """Compute in this process through local levels and the Redis tier."""
+        """Compute in this process through local levels, the Redis tier and the lease."""
         return runtime.current().call(self.tiercel_spec, args, kwargs).value
 
     def invalidate(self, *args: Any, **kwargs: Any) -> None:
-        """Forget the value of one call everywhere."""
+        """Forget the value of one call in every tier and every process."""
         rt = runtime.current()
         rt.cache.invalidate(rt.key(self.tiercel_spec, args, kwargs))
 
@@ -77,9 +117,7 @@ class CachedTask(Task):  # type: ignore[misc]
 
     def invalidate_all(self) -> int:
         """Forget every value of this task (a version bump); returns the new generation."""
-        from core.memoize import function_scope
-
-        return runtime.current().generations.bump(function_scope(self.tiercel_spec.name))
+        return runtime.current().invalidate_all(self.tiercel_spec)
 
 
 def _public_source(source: str) -> str:
@@ -97,6 +135,14 @@ def _split_call(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (call,), {}
 
 
+def _running_task_id(task_name: str) -> str | None:
+    task = current_task
+    if task is None or getattr(task, "name", None) != task_name:
+        return None  # called directly, or from inside another task
+    task_id: str | None = task.request.id
+    return task_id
+
+
 def cached_task(
     fn: Callable[..., Any] | None = None,
     *,
@@ -109,7 +155,7 @@ def cached_task(
 ) -> Any:
     """Register ``fn`` as a cached Celery task (usable bare or with options).
 
-    ``ttl`` seconds in every tier (default: the ``TIERCEL_DEFAULT_TTL``);
+    ``ttl`` seconds in every tier (default: ``TIERCEL_DEFAULT_TTL``);
     ``tags`` for ``invalidate_tag``; ``version`` overrides the digest of the
     function's code; ``ignore`` names arguments left out of the key. Other
     keyword arguments go to Celery's task decorator.
@@ -122,7 +168,18 @@ def cached_task(
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
-            return runtime.current().call(spec, args, kwargs).value
+            rt = runtime.current()
+            key = rt.key(spec, args, kwargs)
+            inflight_id = _running_task_id(task_name)
+            found = rt.cache.get_or_compute(key, lambda: func(*args, **kwargs), ttl=spec.ttl,
+                                            tags=spec.tags, inflight_id=inflight_id)
+            if inflight_id is not None and found.source != "computed":
+                # Answered without computing: our own in-flight marker is still there.
+                try:
+                    rt.leases.clear_inflight(key, inflight_id)
+                except TierUnavailable:
+                    pass
+            return found.value
 
         options = {**_TASK_DEFAULTS, **celery_options}
         task = shared_task(name=task_name, base=CachedTask, tiercel_spec=spec, **options)(run)

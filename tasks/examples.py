@@ -46,3 +46,20 @@ def plain_square(n: int, compute_ms: int = 10) -> int:
 @shared_task(name="tasks.examples.noop")
 def noop() -> None:
     """A task that does nothing: measures a bare queue round trip."""
+
+
+@cached_task(ttl=600, tags=("counted",))
+def counted_square(n: int, counter: str, compute_ms: int = 100, fail: bool = False) -> int:
+    """``n * n`` after ``compute_ms``, counting each real computation in Redis.
+
+    The count lives at ``counter`` in the cache Redis (INCR), so a test or a
+    benchmark can prove how many times the fleet really computed a key.
+    ``fail=True`` raises after the count, to exercise error sharing.
+    """
+    from tasks import runtime
+
+    runtime.current().tier.client.incr(counter)
+    time.sleep(compute_ms / 1000)
+    if fail:
+        raise ValueError(f"counted_square({n}) failed on purpose")
+    return n * n

@@ -15,8 +15,12 @@ from typing import Any
 
 from core.breaker import CircuitBreaker
 from core.codecs import serializer_from_settings
+from core.constants import channel_name
+from core.coordinator import FleetCoordinator
 from core.generations import Generations
-from core.memoize import CachedFunction
+from core.leases import LeaseManager, LeaseRenewer
+from core.memoize import CachedFunction, function_scope
+from core.notifier import Notifier
 from core.multilevel import Lookup, MultiLevelCache
 from core.redis_tier import RedisTier
 from core.settings import Settings, resolve_settings
@@ -52,6 +56,30 @@ class Runtime:
         self.cache.add_level("bytes", settings.l2_ttl, max_size=max(1, settings.l2_max_bytes // 64),
                              kind="bytes", max_bytes=settings.l2_max_bytes)
         self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
+        self.generations.on_change = self.cache.advance_epoch
+        channel = channel_name(settings.namespace)
+        self.leases = LeaseManager(self.tier.client, ttl=settings.lease_ttl, channel=channel)
+        self.notifier = Notifier(
+            self.tier.client, channel=channel,
+            on_invalidate=lambda key: self.cache.invalidate_local([key]),
+            on_tag=self.cache.invalidate_tag_local,
+            on_generation=self.generations.observe,
+            on_reset=self._on_reconnect,
+            on_clear=self.cache.clear_local,
+        )
+        self.coordinator = FleetCoordinator(self.tier, self.leases, LeaseRenewer(self.leases),
+                                            self.notifier, max_wait=settings.task_time_limit)
+        self.cache.coordinator = self.coordinator
+
+    def _on_reconnect(self) -> None:
+        # Invalidation messages may have been missed while the channel was down: local
+        # levels and remembered generations can no longer be trusted.
+        self.cache.clear_local()
+        self.generations.forget()
+
+    def start_listening(self, timeout: float = 5.0) -> bool:
+        """Subscribe to the invalidation channel now (workers do at start-up)."""
+        return self.notifier.start(timeout)
 
     @property
     def namespace(self) -> str:
@@ -66,8 +94,16 @@ class Runtime:
         """Look up or compute one call through every tier."""
         return spec.call(self.cache, self.generations, self.namespace, args, kwargs)
 
+    def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
+        """Bump the function's generation and announce it to every process."""
+        scope = function_scope(spec.name)
+        generation = self.generations.bump(scope)
+        self.coordinator.announce_generation(scope, generation)
+        return generation
+
     def close(self) -> None:
-        """Drop the levels and close connections."""
+        """Stop the listener and renewer, drop the levels, close connections."""
+        self.coordinator.close()
         self.cache.close()
 
 
@@ -84,6 +120,8 @@ def current() -> Runtime:
     with _lock:
         if _current is None or _current.pid != os.getpid():
             _current = Runtime(resolve_settings())
+            # A client keeps local levels too: it must hear invalidations.
+            _current.start_listening(timeout=1.0)
         return _current
 
 
@@ -93,8 +131,10 @@ def start(settings: Settings | None = None, *, role: str = "client") -> Runtime:
     with _lock:
         if _current is not None and _current.pid == os.getpid():
             _current.close()
-        _current = Runtime(settings or resolve_settings(), role=role)
-        return _current
+        runtime = _current = Runtime(settings or resolve_settings(), role=role)
+    if role == "worker":
+        runtime.start_listening()
+    return runtime
 
 
 def shutdown() -> None:

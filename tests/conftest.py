@@ -37,7 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    """Stop the session's servers."""
+    """Stop the client runtime (its listener), then the session's servers."""
+    import sys
+
+    runtime = sys.modules.get("tasks.runtime")
+    if runtime is not None:
+        runtime.shutdown()
     for server in _SERVERS.values():
         server.stop()
     _SERVERS.clear()

@@ -17,6 +17,8 @@ from workers.launcher import Fleet, FleetSpec
 def worker_fleet(nodes: int = 2, concurrency: int = 2, pool: str = "prefork",
                  grace: float = 15.0) -> Iterator[Fleet]:
     """Run ``nodes`` worker nodes against the session's servers."""
+    import workers.app  # noqa: F401  (this client publishes through the configured app)
+
     spec = FleetSpec(workers=nodes, concurrency=concurrency, pool=pool, beat=False,
                      flower=False, loglevel="WARNING", grace=grace, quiet=False)
     fleet = Fleet(resolve_settings(), spec)

@@ -1,0 +1,232 @@
+"""Cached compute across real worker processes: coalescing, single-flight, errors, invalidation.
+
+The session fleet is 2 prefork nodes x 2 processes (tests/integration/conftest.py).
+Computations are counted by the function itself (an INCR in Redis), so
+"exactly one computation" is measured, not inferred.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import redis
+
+from tasks.examples import counted_square
+from workers.launcher import Fleet
+
+
+def fresh() -> tuple[int, str]:
+    """A key nobody computed yet, and the name of its computation counter."""
+    n = uuid.uuid4().int % 10**9
+    return n, f"test:count:{n}"
+
+
+def computations(redis_client: redis.Redis, counter: str) -> int:
+    return int(redis_client.get(counter) or 0)
+
+
+def test_concurrent_submissions_in_one_client_publish_one_task(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    from celery import signals
+
+    n, counter = fresh()
+    published: list[str] = []
+
+    def count(sender: Any = None, **_: Any) -> None:
+        published.append(str(sender))
+
+    signals.before_task_publish.connect(count, weak=False)
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(lambda _: counted_square.submit(n, counter, 300),
+                                    range(40)))
+    finally:
+        signals.before_task_publish.disconnect(count)
+    assert [r.get(timeout=30) for r in results] == [n * n] * 40
+    assert published == ["tasks.examples.counted_square"]
+    sources = [r.source for r in results]
+    assert sources.count("computed") == 1 and sources.count("joined") >= 1
+    assert computations(redis_client, counter) == 1
+
+
+def _client_process(n: int, counter: str, threads: int, out: Any) -> None:
+    from celery import signals
+
+    import workers.app  # noqa: F401  (configured from the inherited environment)
+    from tasks.examples import counted_square as task
+
+    published: list[str] = []
+    signals.before_task_publish.connect(lambda **_: published.append("x"), weak=False)
+    with ThreadPoolExecutor(threads) as pool:
+        values = list(pool.map(lambda _: task.submit(n, counter, 500).get(timeout=60),
+                               range(threads)))
+    out.put((len(published), values))
+
+
+def test_submissions_from_many_client_processes_publish_one_task(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    n, counter = fresh()
+    context = multiprocessing.get_context("spawn")
+    out = context.Queue()
+    clients = [context.Process(target=_client_process, args=(n, counter, 8, out))
+               for _ in range(3)]
+    for client in clients:
+        client.start()
+    reports = [out.get(timeout=120) for _ in clients]
+    for client in clients:
+        client.join(30)
+    assert sum(published for published, _ in reports) == 1
+    assert all(values == [n * n] * 8 for _, values in reports)
+    assert computations(redis_client, counter) == 1
+
+
+def test_duplicate_tasks_on_every_worker_compute_once(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    # .delay() bypasses submit-side coalescing: the workers' leases must hold the line.
+    n, counter = fresh()
+    results = [counted_square.delay(n, counter, 400) for _ in range(8)]
+    assert [r.get(timeout=60) for r in results] == [n * n] * 8
+    assert computations(redis_client, counter) == 1
+
+
+def test_a_failure_reaches_every_joined_submitter_and_is_not_cached(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    n, counter = fresh()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: counted_square.submit(n, counter, 200, True),
+                                range(8)))
+    errors = []
+    for result in results:
+        with pytest.raises(ValueError, match="failed on purpose") as info:
+            result.get(timeout=30)
+        errors.append(str(info.value))
+    assert len(set(errors)) == 1
+    assert computations(redis_client, counter) == 1
+    # Not cached: the next submission computes again (and fails again).
+    again = counted_square.submit(n, counter, 10, True)
+    assert again.source == "computed"
+    with pytest.raises(ValueError):
+        again.get(timeout=30)
+    assert computations(redis_client, counter) == 2
+
+
+def test_invalidate_reaches_every_tier(fleet: Fleet, redis_client: redis.Redis) -> None:
+    n, counter = fresh()
+    assert counted_square.submit(n, counter, 10).get(timeout=30) == n * n
+    assert counted_square.submit(n, counter, 10).source in ("redis", "memory")
+    counted_square.invalidate(n, counter, 10)
+    after = counted_square.submit(n, counter, 10)
+    assert after.source == "computed" and after.get(timeout=30) == n * n
+    assert computations(redis_client, counter) == 2
+
+
+def test_invalidation_racing_an_inflight_computation_is_not_undone(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    n, counter = fresh()
+    first = counted_square.submit(n, counter, 1500)
+    deadline = time.monotonic() + 20
+    while computations(redis_client, counter) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # wait until the computation is running on a worker
+    counted_square.invalidate(n, counter, 1500)
+    assert first.get(timeout=30) == n * n  # its requester still gets an answer
+    # ...but the value computed before the invalidation was not written back.
+    after = counted_square.submit(n, counter, 1500)
+    assert after.source == "computed", "a stale in-flight value was written back"
+    assert after.get(timeout=30) == n * n
+    assert computations(redis_client, counter) == 2
+
+
+def test_invalidate_all_is_a_version_bump_seen_by_workers(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    from tasks.examples import slow_square
+
+    n = uuid.uuid4().int % 10**6
+    assert slow_square.submit(n).get(timeout=30) == n * n
+    assert slow_square.submit(n).source in ("redis", "memory")
+    slow_square.invalidate_all()
+    assert slow_square.submit(n).source == "computed"
+
+
+def _reader_process(key: str, ready: Any, go: Any, out: Any) -> None:
+    import workers.app  # noqa: F401
+    from tasks import runtime
+
+    rt = runtime.current()
+    assert rt.cache.lookup(key) is not None  # now in this process's local levels
+    ready.put(os.getpid())
+    go.wait(30)
+    started = time.perf_counter()
+    while rt.cache.lookup(key, remote=False) is not None:
+        if time.perf_counter() - started > 5:
+            out.put(None)
+            return
+        time.sleep(0.0005)
+    out.put(time.time())
+
+
+def test_invalidation_reaches_other_processes_local_levels_quickly(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    from tasks import runtime
+
+    rt = runtime.current()
+    key = f"tiercel:v:test:invalidate:{{{uuid.uuid4().hex}}}"
+    rt.cache.set(key, "old", ttl=600)
+    context = multiprocessing.get_context("spawn")
+    ready, out, go = context.Queue(), context.Queue(), context.Event()
+    readers = [context.Process(target=_reader_process, args=(key, ready, go, out))
+               for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    for _ in readers:
+        ready.get(timeout=60)
+    go.set()
+    time.sleep(0.2)  # every reader is now polling its own local levels
+    invalidated_at = time.time()
+    rt.cache.invalidate(key)
+    seen = [out.get(timeout=30) for _ in readers]
+    for reader in readers:
+        reader.join(30)
+    assert None not in seen, "a process kept serving an invalidated value"
+    delays = [stamp - invalidated_at for stamp in seen]
+    assert max(delays) < 1.0, delays
+
+
+def test_a_worker_waiting_on_a_lease_is_woken_by_the_write(
+    fleet: Fleet, redis_client: redis.Redis
+) -> None:
+    # This client holds the lease; a worker process runs the same key and must wait,
+    # then answer right after the write, woken by the notification (no polling loop).
+    n, counter = fresh()
+    computing = threading.Event()
+    written: list[float] = []
+
+    def hold() -> None:
+        computing.set()
+        counted_square.cached_call(n, counter, 1000)
+        written.append(time.time())
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    computing.wait(5)
+    time.sleep(0.2)  # the client's computation is under way and holds the lease
+    remote = counted_square.delay(n, counter, 1000)
+    holder.join(30)
+    assert remote.get(timeout=30) == n * n
+    assert computations(redis_client, counter) == 1
+    assert remote.date_done is not None
+    lag = remote.date_done.timestamp() - written[0]
+    assert lag < 0.5, f"the waiting worker answered {lag:.3f}s after the write"

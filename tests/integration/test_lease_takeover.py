@@ -1,0 +1,54 @@
+"""kill -9 of the process holding a lease, mid-compute, on real prefork workers.
+
+The celery-once failure (a lock left behind after a kill) must not happen:
+the dead holder's lease expires, exactly one waiter takes it over, and the
+killed task is redelivered (acks_late + reject_on_worker_lost) and answered.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+import redis
+
+from core.constants import LEASE, related_key
+from tasks.examples import counted_square
+from tests.integration.fleet import worker_fleet
+
+
+def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
+    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+) -> None:
+    monkeypatch.setenv("TIERCEL_LEASE_TTL", "2")
+    from tasks import runtime
+
+    n = uuid.uuid4().int % 10**9
+    counter = f"test:count:{n}"
+    with worker_fleet(nodes=2, concurrency=2):
+        key = runtime.current().key(counted_square.tiercel_spec, (n, counter, 4000), {})
+        first = counted_square.delay(n, counter, 4000)
+        deadline = time.monotonic() + 30
+        lease_value = None
+        while time.monotonic() < deadline:
+            lease_value = redis_client.get(related_key(key, LEASE))
+            if lease_value is not None:
+                break
+            time.sleep(0.02)
+        assert lease_value is not None, "no worker took the lease"
+        waiters = [counted_square.delay(n, counter, 4000) for _ in range(3)]
+        time.sleep(0.5)  # the duplicates are waiting on the lease in other processes
+        holder_pid = int(lease_value.decode().split(":")[2])
+        assert holder_pid != os.getpid()
+        os.kill(holder_pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        values = [result.get(timeout=60) for result in (first, *waiters)]
+        elapsed = time.monotonic() - killed_at
+    assert values == [n * n] * 4
+    assert int(redis_client.get(counter) or 0) == 2, "the killed computation plus one takeover"
+    assert elapsed < 20, f"took {elapsed:.1f}s after the kill"
+    assert redis_client.get(related_key(key, LEASE)) is None, "a lease was left behind"
