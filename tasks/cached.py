@@ -10,6 +10,7 @@ broker when it can, and otherwise joins a computation already in flight.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import uuid
 from collections.abc import Callable, Iterable
@@ -57,10 +58,8 @@ class CachedTask(Task):  # type: ignore[misc]
             return self.apply_async(args, kwargs, task_id=task_id)
         except BaseException:
             # Nothing was published: do not leave joiners waiting for a task that never runs.
-            try:
+            with contextlib.suppress(TierUnavailable):
                 rt.leases.clear_inflight(key, task_id)
-            except TierUnavailable:
-                pass
             raise
 
     def submit_many(self, calls: Iterable[Any]) -> list[CachedResult]:
@@ -175,10 +174,8 @@ def cached_task(
                                             tags=spec.tags, inflight_id=inflight_id)
             if inflight_id is not None and found.source != "computed":
                 # Answered without computing: our own in-flight marker is still there.
-                try:
+                with contextlib.suppress(TierUnavailable):
                     rt.leases.clear_inflight(key, inflight_id)
-                except TierUnavailable:
-                    pass
             return found.value
 
         options = {**_TASK_DEFAULTS, **celery_options}

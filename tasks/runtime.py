@@ -20,8 +20,8 @@ from core.coordinator import FleetCoordinator
 from core.generations import Generations
 from core.leases import LeaseManager, LeaseRenewer
 from core.memoize import CachedFunction, function_scope
-from core.notifier import Notifier
 from core.multilevel import Lookup, MultiLevelCache
+from core.notifier import Notifier
 from core.redis_tier import RedisTier
 from core.settings import Settings, resolve_settings
 
