@@ -67,6 +67,7 @@ class FleetCoordinator:
         self.fenced = 0
         self.degraded = 0
         self.failures_shared = 0
+        self.refreshed = 0
         self._last_degraded_log = 0.0
 
     # --- computing ---
@@ -111,6 +112,32 @@ class FleetCoordinator:
                     return self._compute_as_holder(cache, got, compute, ttl, tags, inflight_id)
                 self._wait_for_holder(key, got, waiter, deadline)
                 waited = True
+
+    def refresh(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        ttl: float,
+        tags: Sequence[str] = (),
+        inflight_id: str | None = None,
+    ) -> Lookup | None:
+        """Recompute ``key`` under its lease although a value exists; None when another
+        process holds the lease (it is already computing a newer value)."""
+        if self.tier.breaker.state == "open":
+            return self._degraded(cache, key, compute, ttl, tags, "breaker open")
+        try:
+            if tags:
+                self.tier.index_tags(key, tags, ttl)
+            got = self.leases.acquire(key, self._owner_of(inflight_id))
+        except TierUnavailable as exc:
+            self.tier.breaker.record_failure()
+            return self._degraded(cache, key, compute, ttl, tags, str(exc))
+        if isinstance(got, Held):
+            return None
+        self.refreshed += 1
+        return self._compute_as_holder(cache, got, compute, ttl, tags, inflight_id)
 
     def _owner_of(self, inflight_id: str | None) -> str:
         return f"{self._owner}:{inflight_id}" if inflight_id else self._owner
@@ -223,7 +250,7 @@ class FleetCoordinator:
         """Counters for metrics."""
         return {"computed": self.computed, "joined": self.joined, "takeovers": self.takeovers,
                 "fenced": self.fenced, "degraded": self.degraded,
-                "failures_shared": self.failures_shared,
+                "failures_shared": self.failures_shared, "refreshed": self.refreshed,
                 "renewing": len(self.renewer), "waiting": self.notifier.waiting,
                 "notifier_reconnects": self.notifier.reconnects}
 

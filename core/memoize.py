@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from core.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from core.generations import Generations
 from core.keys import KeyBuilder, function_name
 from core.multilevel import Lookup, MultiLevelCache
@@ -41,6 +42,7 @@ class CachedFunction(Generic[P, R]):
     version: str | None = None
     ignore: tuple[str, ...] = ()
     name: str = ""
+    policy: FreshnessPolicy = field(default_factory=FreshnessPolicy)
     _builders: dict[str, KeyBuilder] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,11 +77,51 @@ class CachedFunction(Generic[P, R]):
         namespace: str,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
+        *,
+        refresher: BackgroundRefresher | None = None,
+        inflight_id: str | None = None,
+        force_refresh: bool = False,
     ) -> Lookup:
-        """Look up or compute one call through ``cache``."""
+        """Look up or compute one call through ``cache``, refreshing early or stale values
+        as :attr:`policy` says (in the background when a ``refresher`` is given)."""
         key = self.key(namespace, generations, args, kwargs)
-        return cache.get_or_compute(key, lambda: self.fn(*args, **kwargs), ttl=self.ttl,
-                                    tags=self.tags)
+        ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
+
+        def compute() -> Any:
+            return self.fn(*args, **kwargs)
+
+        if force_refresh:
+            refreshed = cache.refresh(key, compute, ttl=ttl, tags=self.tags,
+                                      inflight_id=inflight_id)
+            if refreshed is not None:
+                return refreshed
+        found = cache.lookup(key)
+        if found is None:
+            return cache.get_or_compute(key, compute, ttl=ttl, tags=self.tags,
+                                        inflight_id=inflight_id)
+        verdict = self.policy.judge(found.ttl, found.compute_seconds)
+        if verdict == FRESH or force_refresh:
+            return found
+        background = refresher is not None and (verdict == EARLY
+                                                or self.policy.stale_while_revalidate)
+        if background and refresher is not None:
+            refresher.submit(key, lambda: cache.refresh(key, compute, ttl=ttl, tags=self.tags))
+            return found
+        try:
+            refreshed = cache.refresh(key, compute, ttl=ttl, tags=self.tags,
+                                      inflight_id=inflight_id)
+        except Exception:
+            if verdict == STALE and not self.policy.stale_if_error:
+                raise
+            return found  # an early refresh failed (the value is still fresh), or stale-if-error
+        # None: another process holds the lease and is refreshing; serve what we have.
+        return found if refreshed is None else refreshed
+
+    def memo_lifetime(self, found: Lookup, max_age: float) -> float:
+        """How long an answer may be reused without asking the cache again."""
+        if found.ttl is None:
+            return max_age
+        return min(max_age, found.ttl - self.policy.stale_ttl)
 
 
 #: Argument types whose equality and hashing never cross types (``1 == True`` and
@@ -101,8 +143,10 @@ class Memoized(Generic[P, R]):
 
     def __init__(self, spec: CachedFunction[P, R], cache: MultiLevelCache,
                  generations: Generations, namespace: str, *,
-                 timer: Callable[[], float] = time.monotonic, hot_entries: int = 1024) -> None:
+                 timer: Callable[[], float] = time.monotonic, hot_entries: int = 1024,
+                 refresher: BackgroundRefresher | None = None) -> None:
         self.spec = spec
+        self.refresher = refresher or _shared_refresher()
         self.cache = cache
         self.generations = generations
         self.namespace = namespace
@@ -132,18 +176,17 @@ class Memoized(Generic[P, R]):
                     value: R = hot[0]
                     return value
                 found = self.spec.call(self.cache, self.generations, self.namespace, args,
-                                       kwargs)
+                                       kwargs, refresher=self.refresher)
                 self._remember(args, found)
                 result: R = found.value
                 return result
-        found = self.spec.call(self.cache, self.generations, self.namespace, args, kwargs)
+        found = self.spec.call(self.cache, self.generations, self.namespace, args, kwargs,
+                               refresher=self.refresher)
         computed: R = found.value
         return computed
 
     def _remember(self, args: tuple[Any, ...], found: Lookup) -> None:
-        lifetime = self.generations.max_age
-        if found.ttl is not None:
-            lifetime = min(lifetime, found.ttl)
+        lifetime = self.spec.memo_lifetime(found, self.generations.max_age)
         if lifetime <= 0:
             return
         hot = self._hot
@@ -154,7 +197,8 @@ class Memoized(Generic[P, R]):
 
     def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
         """Like calling, but also says where the value came from (never from the memo)."""
-        return self.spec.call(self.cache, self.generations, self.namespace, args, kwargs)
+        return self.spec.call(self.cache, self.generations, self.namespace, args, kwargs,
+                              refresher=self.refresher)
 
     def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Forget one call's value in every tier."""
@@ -165,10 +209,21 @@ class Memoized(Generic[P, R]):
         return self.generations.bump(function_scope(self.spec.name))
 
 
+_REFRESHER: list[BackgroundRefresher] = []
+
+
+def _shared_refresher() -> BackgroundRefresher:
+    """One background refresher for every memoized function of this process."""
+    if not _REFRESHER:
+        _REFRESHER.append(BackgroundRefresher())
+    return _REFRESHER[0]
+
+
 def cached(
     cache: MultiLevelCache,
     *,
     ttl: float | None = None,
+    policy: FreshnessPolicy | None = None,
     tags: Iterable[str] = (),
     version: str | None = None,
     ignore: Iterable[str] = (),
@@ -180,7 +235,7 @@ def cached(
 
     def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
         spec = CachedFunction(fn, ttl=ttl, tags=tuple(tags), version=version,
-                              ignore=tuple(ignore))
+                              ignore=tuple(ignore), policy=policy or FreshnessPolicy())
         return Memoized(spec, cache, gens, namespace)
 
     return decorate

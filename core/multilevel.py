@@ -40,6 +40,10 @@ class Coordinator(Protocol):
                 ttl: float, tags: Sequence[str] = (),
                 inflight_id: str | None = None) -> Lookup: ...
 
+    def refresh(self, cache: MultiLevelCache, key: str, compute: Callable[[], Any], *,
+                ttl: float, tags: Sequence[str] = (),
+                inflight_id: str | None = None) -> Lookup | None: ...
+
     def invalidate(self, keys: Iterable[str]) -> None: ...
 
     def invalidate_tag(self, tag: str) -> int: ...
@@ -52,6 +56,8 @@ class Lookup:
     value: Any
     source: str
     ttl: float | None = None
+    #: How long the value took to compute (known for values read from Redis).
+    compute_seconds: float = 0.0
 
 
 class MultiLevelCache:
@@ -77,6 +83,9 @@ class MultiLevelCache:
         #: Advances on every local invalidation; memos in front of the cache (see
         #: :mod:`core.memoize`) trust an answer only while the epoch is unchanged.
         self.epoch = 0
+        #: Advances on every local drop (invalidation or newer value elsewhere): a value
+        #: read from Redis while it moved may be outdated and is not promoted.
+        self._drops = 0
         self.computed = 0
         self.compute_errors = 0
         self.uncacheable = 0
@@ -136,12 +145,13 @@ class MultiLevelCache:
             return Lookup(value, level.name, ttl)
         if self.tier is None or not remote:
             return None
+        drops = self._drops
         entry = self.tier.get_entry(key)
         if entry is None:
             return None
-        return self._accept_entry(key, entry)
+        return self._accept_entry(key, entry, promote=drops == self._drops)
 
-    def _accept_entry(self, key: str, entry: Entry) -> Lookup | None:
+    def _accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
         try:
             value = self.serializer.loads(entry.payload)
         except CodecError:
@@ -154,8 +164,9 @@ class MultiLevelCache:
         ttl = entry.remaining_ttl(self._wall_clock())
         if ttl is not None and ttl <= 0:
             return None
-        self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
-        return Lookup(value, SOURCE_REDIS, ttl)
+        if promote:
+            self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
+        return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
 
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value, or ``default`` (``None`` is a valid cached value)."""
@@ -173,8 +184,11 @@ class MultiLevelCache:
             else:
                 found[key] = hit.value
         if remote and self.tier is not None:
-            for key, entry in self.tier.get_entries(remote).items():
-                accepted = self._accept_entry(key, entry)
+            drops = self._drops
+            entries = self.tier.get_entries(remote)
+            promote = drops == self._drops
+            for key, entry in entries.items():
+                accepted = self._accept_entry(key, entry, promote=promote)
                 if accepted is not None:
                     found[key] = accepted.value
         return found
@@ -301,6 +315,30 @@ class MultiLevelCache:
             return Lookup(lookup.value, SOURCE_JOINED, lookup.ttl)
         return lookup
 
+    def refresh(
+        self,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        ttl: float | None = None,
+        tags: Sequence[str] = (),
+        inflight_id: str | None = None,
+    ) -> Lookup | None:
+        """Recompute ``key`` now although a value exists (an early or stale refresh).
+
+        Returns None when another process is already refreshing it (it holds
+        the key's lease); the current value stays until that one writes.
+        """
+        ttl = self.default_ttl if ttl is None else ttl
+        if self.coordinator is not None:
+            return self.coordinator.refresh(self, key, compute, ttl=ttl, tags=tags,
+                                            inflight_id=inflight_id)
+        started = time.perf_counter()
+        value = compute()
+        self.computed += 1
+        self.set(key, value, ttl=ttl, tags=tags, compute_seconds=time.perf_counter() - started)
+        return Lookup(value, SOURCE_COMPUTED, ttl)
+
     # --- invalidation ---
 
     def invalidate(self, *keys: str) -> None:
@@ -315,9 +353,20 @@ class MultiLevelCache:
         """Declare every memoized answer in front of this cache stale."""
         self.epoch += 1
 
+    def discard_local(self, key: str) -> None:
+        """Drop this process's copy of ``key`` because a newer value was written elsewhere.
+
+        Unlike an invalidation this does not advance the epoch: the copy was a
+        valid (older) answer, and memos may keep it for their short ``max_age``.
+        """
+        self._drops += 1
+        for level in self.levels:
+            level.discard(key)
+
     def invalidate_local(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` from this process's levels only."""
         self.epoch += 1
+        self._drops += 1
         for key in keys:
             for level in self.levels:
                 level.discard(key)
@@ -334,11 +383,13 @@ class MultiLevelCache:
     def invalidate_tag_local(self, tag: str) -> int:
         """Remove entries tagged ``tag`` from this process's levels (a scan: rare, bounded)."""
         self.epoch += 1
+        self._drops += 1
         return sum(level.discard_tagged(tag) for level in self.levels)
 
     def clear_local(self) -> None:
         """Drop this process's levels (after losing the invalidation channel)."""
         self.epoch += 1
+        self._drops += 1
         for level in self.levels:
             level.clear()
 

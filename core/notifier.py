@@ -146,6 +146,7 @@ class Notifier:
         on_generation: Callable[[str, int], None] | None = None,
         on_reset: Callable[[], None] | None = None,
         on_clear: Callable[[], None] | None = None,
+        on_done: Callable[[str], None] | None = None,
         max_waiters: int = 10_000,
     ) -> None:
         self.client = client
@@ -155,6 +156,9 @@ class Notifier:
         self.on_generation = on_generation
         self.on_reset = on_reset
         self.on_clear = on_clear
+        #: Called with the key of every completed computation: a newer value exists,
+        #: so a local copy of that key is outdated.
+        self.on_done = on_done
         self.max_waiters = max_waiters
         self._pid = os.getpid()
         self._lock = threading.Lock()
@@ -348,7 +352,10 @@ class Notifier:
         if not sep:
             self.malformed += 1
             return
-        if kind in (WAKE_DONE, WAKE_FAILED):
+        if kind == WAKE_DONE:
+            self._call(self.on_done, rest)
+            self._wake(rest, kind)
+        elif kind == WAKE_FAILED:
             self._wake(rest, kind)
         elif kind == WAKE_INVALIDATED:
             self._call(self.on_invalidate, rest)

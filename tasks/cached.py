@@ -20,6 +20,7 @@ from celery import Task, current_task, shared_task
 from celery.result import AsyncResult
 
 from core.errors import TierUnavailable
+from core.freshness import FRESH, STALE, FreshnessPolicy
 from core.memoize import CachedFunction
 from tasks import runtime
 from tasks.registry import register
@@ -27,6 +28,8 @@ from tasks.results import CachedResult
 
 # Cached tasks are idempotent by construction: redeliver rather than lose them.
 _TASK_DEFAULTS: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
+#: Message header asking the worker to recompute although a value exists.
+REFRESH_HEADER = "tiercel_refresh"
 
 
 class CachedTask(Task):  # type: ignore[misc]
@@ -38,10 +41,15 @@ class CachedTask(Task):  # type: ignore[misc]
         """Answer from the cache when possible; else join the computation in flight,
         or enqueue exactly one task for the key."""
         rt = runtime.current()
-        key = rt.key(self.tiercel_spec, args, kwargs)
+        spec = self.tiercel_spec
+        key = rt.key(spec, args, kwargs)
         found = rt.cache.lookup(key)
         if found is not None:
-            return CachedResult.resolved(key, found.value, _public_source(found.source))
+            verdict = spec.policy.judge(found.ttl, found.compute_seconds)
+            if verdict != STALE or spec.policy.stale_while_revalidate:
+                if verdict != FRESH:
+                    self._refresh_soon(rt, key, args, kwargs)
+                return CachedResult.resolved(key, found.value, _public_source(found.source))
         task_id = str(uuid.uuid4())
         try:
             existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
@@ -52,10 +60,21 @@ class CachedTask(Task):  # type: ignore[misc]
         return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
                                     "computed")
 
-    def _enqueue(self, rt: runtime.Runtime, key: str, task_id: str, args: Any,
-                 kwargs: Any) -> AsyncResult:
+    def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
+        """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
+        task_id = str(uuid.uuid4())
         try:
-            return self.apply_async(args, kwargs, task_id=task_id)
+            if rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl) is not None:
+                return  # a computation of this key is already queued or running
+        except TierUnavailable:
+            return
+        self._enqueue(rt, key, task_id, args, kwargs, refresh=True)
+
+    def _enqueue(self, rt: runtime.Runtime, key: str, task_id: str, args: Any,
+                 kwargs: Any, *, refresh: bool = False) -> AsyncResult:
+        try:
+            headers = {REFRESH_HEADER: True} if refresh else None
+            return self.apply_async(args, kwargs, task_id=task_id, headers=headers)
         except BaseException:
             # Nothing was published: do not leave joiners waiting for a task that never runs.
             with contextlib.suppress(TierUnavailable):
@@ -134,12 +153,16 @@ def _split_call(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (call,), {}
 
 
-def _running_task_id(task_name: str) -> str | None:
+def _running_request(task_name: str) -> Any:
     task = current_task
     if task is None or getattr(task, "name", None) != task_name:
         return None  # called directly, or from inside another task
-    task_id: str | None = task.request.id
-    return task_id
+    return task.request
+
+
+def _asked_to_refresh(request: Any) -> bool:
+    headers = getattr(request, "headers", None) or {}
+    return bool(getattr(request, REFRESH_HEADER, False) or headers.get(REFRESH_HEADER))
 
 
 def cached_task(
@@ -150,29 +173,41 @@ def cached_task(
     version: str | None = None,
     ignore: Iterable[str] = (),
     name: str | None = None,
+    stale_ttl: float = 0.0,
+    stale_while_revalidate: bool = True,
+    stale_if_error: bool = False,
+    early_refresh: float = 1.0,
     **celery_options: Any,
 ) -> Any:
     """Register ``fn`` as a cached Celery task (usable bare or with options).
 
     ``ttl`` seconds in every tier (default: ``TIERCEL_DEFAULT_TTL``);
     ``tags`` for ``invalidate_tag``; ``version`` overrides the digest of the
-    function's code; ``ignore`` names arguments left out of the key. Other
-    keyword arguments go to Celery's task decorator.
+    function's code; ``ignore`` names arguments left out of the key.
+    ``stale_ttl`` keeps values that long past ``ttl``: readers then get the stale
+    value while one refresh runs (``stale_while_revalidate``), and a failing
+    refresh serves it instead of the error when ``stale_if_error``.
+    ``early_refresh`` is XFetch's beta (0 turns probabilistic early refresh off).
+    Other keyword arguments go to Celery's task decorator.
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
         task_name = name or f"{func.__module__}.{func.__name__}"
+        policy = FreshnessPolicy(stale_ttl=stale_ttl,
+                                 stale_while_revalidate=stale_while_revalidate,
+                                 stale_if_error=stale_if_error, early_refresh=early_refresh)
         spec = CachedFunction(func, ttl=ttl, tags=tuple(tags), version=version,
-                              ignore=tuple(ignore), name=task_name)
+                              ignore=tuple(ignore), name=task_name, policy=policy)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             rt = runtime.current()
-            key = rt.key(spec, args, kwargs)
-            inflight_id = _running_task_id(task_name)
-            found = rt.cache.get_or_compute(key, lambda: func(*args, **kwargs), ttl=spec.ttl,
-                                            tags=spec.tags, inflight_id=inflight_id)
+            request = _running_request(task_name)
+            inflight_id = request.id if request is not None else None
+            found = rt.call(spec, args, kwargs, inflight_id=inflight_id,
+                            force_refresh=request is not None and _asked_to_refresh(request))
             if inflight_id is not None and found.source != "computed":
+                key = rt.key(spec, args, kwargs)
                 # Answered without computing: our own in-flight marker is still there.
                 with contextlib.suppress(TierUnavailable):
                     rt.leases.clear_inflight(key, inflight_id)

@@ -63,3 +63,13 @@ def counted_square(n: int, counter: str, compute_ms: int = 100, fail: bool = Fal
     if fail:
         raise ValueError(f"counted_square({n}) failed on purpose")
     return n * n
+
+
+@cached_task(ttl=1, stale_ttl=60, stale_if_error=True, early_refresh=0)
+def fx_quote(pair: str, counter: str) -> dict[str, Any]:
+    """A quote that is fresh for one second and may be served stale for a minute
+    while it is refreshed (or while its source fails): stale-while-revalidate."""
+    from tasks import runtime
+
+    calls = int(runtime.current().tier.client.incr(counter))
+    return {"pair": pair, "revision": calls}

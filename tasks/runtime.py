@@ -17,6 +17,7 @@ from core.breaker import CircuitBreaker
 from core.codecs import serializer_from_settings
 from core.constants import channel_name
 from core.coordinator import FleetCoordinator
+from core.freshness import BackgroundRefresher
 from core.generations import Generations
 from core.leases import LeaseManager, LeaseRenewer
 from core.memoize import CachedFunction, function_scope
@@ -66,10 +67,12 @@ class Runtime:
             on_generation=self.generations.observe,
             on_reset=self._on_reconnect,
             on_clear=self.cache.clear_local,
+            on_done=self.cache.discard_local,
         )
         self.coordinator = FleetCoordinator(self.tier, self.leases, LeaseRenewer(self.leases),
                                             self.notifier, max_wait=settings.task_time_limit)
         self.cache.coordinator = self.coordinator
+        self.refresher = BackgroundRefresher()
 
     def _on_reconnect(self) -> None:
         # Invalidation messages may have been missed while the channel was down: local
@@ -90,9 +93,13 @@ class Runtime:
         """Cache key of one call of ``spec``."""
         return spec.key(self.namespace, self.generations, args, kwargs)
 
-    def call(self, spec: CachedFunction[Any, Any], args: Any, kwargs: Any) -> Lookup:
-        """Look up or compute one call through every tier."""
-        return spec.call(self.cache, self.generations, self.namespace, args, kwargs)
+    def call(self, spec: CachedFunction[Any, Any], args: Any, kwargs: Any, *,
+             inflight_id: str | None = None, force_refresh: bool = False) -> Lookup:
+        """Look up or compute one call through every tier (refreshing early or stale
+        values in this process's background refresher)."""
+        return spec.call(self.cache, self.generations, self.namespace, args, kwargs,
+                         refresher=self.refresher, inflight_id=inflight_id,
+                         force_refresh=force_refresh)
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
         """Bump the function's generation and announce it to every process."""
@@ -103,6 +110,7 @@ class Runtime:
 
     def close(self) -> None:
         """Stop the listener and renewer, drop the levels, close connections."""
+        self.refresher.close()
         self.coordinator.close()
         self.cache.close()
 

@@ -230,3 +230,28 @@ def test_a_worker_waiting_on_a_lease_is_woken_by_the_write(
     assert remote.date_done is not None
     lag = remote.date_done.timestamp() - written[0]
     assert lag < 0.5, f"the waiting worker answered {lag:.3f}s after the write"
+
+
+def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, redis_client: redis.Redis) -> None:
+    from tasks.examples import fx_quote
+
+    pair = f"EUR{uuid.uuid4().hex[:6]}"
+    counter = f"test:count:{pair}"
+    first = fx_quote.submit(pair, counter)
+    assert first.get(timeout=30)["revision"] == 1
+    time.sleep(1.2)  # fresh for 1 s; now stale (kept for 60 s more)
+    with ThreadPoolExecutor(10) as pool:
+        stale = list(pool.map(lambda _: fx_quote.submit(pair, counter), range(20)))
+    assert all(r.task_id is None and r.get()["revision"] == 1 for r in stale), \
+        "stale readers must be answered at once, from the cache"
+    deadline = time.monotonic() + 20
+    while computations(redis_client, counter) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert computations(redis_client, counter) == 2, "20 stale reads, exactly one refresh"
+    deadline = time.monotonic() + 10
+    revision = 1
+    while revision == 1 and time.monotonic() < deadline:
+        revision = fx_quote.submit(pair, counter).get(timeout=10)["revision"]
+        time.sleep(0.05)
+    assert revision == 2

@@ -297,3 +297,22 @@ def test_hot_memo_respects_ttl_and_bound(cache_url: str) -> None:
     for n in range(50):
         memo(n)
     assert len(memo._hot) <= 8
+
+
+def test_a_value_read_while_an_invalidation_arrives_is_not_promoted(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    cache.set("k", "old", ttl=60)
+    cache.clear_local()
+    assert cache.tier is not None
+    real_get_entry = cache.tier.get_entry
+
+    def racing_get_entry(key: str) -> Any:
+        entry = real_get_entry(key)  # the old value is on its way back...
+        cache.invalidate_local([key])  # ...while the invalidation message is handled
+        return entry
+
+    cache.tier.get_entry = racing_get_entry  # type: ignore[method-assign]
+    found = cache.lookup("k")
+    assert found is not None and found.value == "old"  # this one read may answer
+    cache.tier.get_entry = real_get_entry  # type: ignore[method-assign]
+    assert cache.lookup("k", remote=False) is None, "the outdated value was kept locally"
