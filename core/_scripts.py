@@ -45,6 +45,10 @@ end
 # ARGV: lease ttl ms, owner, state ttl ms
 # -> {0, holder pttl ms} or {1, token, epoch}
 ACQUIRE: Final = _PRELUDE + """
+-- KEYS[5], when given, is the value key: a value already there means no lease is needed
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+    return {2}
+end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl >= 0 then
     return {0, pttl}

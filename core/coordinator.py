@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from core.errors import ComputationFailed, TierUnavailable
-from core.leases import Held, Lease, LeaseManager, LeaseRenewer
+from core.leases import Held, Lease, LeaseManager, LeaseRenewer, Present
 from core.multilevel import SOURCE_COMPUTED, SOURCE_JOINED, Lookup, MultiLevelCache
 from core.notifier import Notifier
 from core.redis_tier import RedisTier
@@ -81,8 +81,13 @@ class FleetCoordinator:
         ttl: float,
         tags: Sequence[str] = (),
         inflight_id: str | None = None,
+        checked: bool = False,
     ) -> Lookup:
-        """The value of ``key``: another process's, or ``compute()`` run here under a lease."""
+        """The value of ``key``: another process's, or ``compute()`` run here under a lease.
+
+        ``checked`` says the caller just found ``key`` missing in every tier: the
+        first read is skipped (the acquire still reports a value written since).
+        """
         if self.tier.breaker.state == "open":
             return self._degraded(cache, key, compute, ttl, tags, "breaker open")
         deadline = self._timer() + self.max_wait
@@ -93,19 +98,24 @@ class FleetCoordinator:
             return self._degraded(cache, key, compute, ttl, tags, str(exc))
         with waiter:
             while True:
-                found = cache.lookup(key)
-                if found is not None:
-                    if waited:
-                        self.joined += 1
-                        return Lookup(found.value, SOURCE_JOINED, found.ttl)
-                    return found
+                if not checked:
+                    found = cache.lookup(key)
+                    if found is not None:
+                        if waited:
+                            self.joined += 1
+                            return Lookup(found.value, SOURCE_JOINED, found.ttl)
+                        return found
+                checked = False
                 try:
                     if tags:
                         self.tier.index_tags(key, tags, ttl)
-                    got = self.leases.acquire(key, self._owner_of(inflight_id))
+                    got = self.leases.acquire(key, self._owner_of(inflight_id),
+                                              unless_present=True)
                 except TierUnavailable as exc:
                     self.tier.breaker.record_failure()
                     return self._degraded(cache, key, compute, ttl, tags, str(exc))
+                if isinstance(got, Present):
+                    continue  # written since we looked: read it
                 if isinstance(got, Lease):
                     if waited:
                         self.takeovers += 1
@@ -134,7 +144,7 @@ class FleetCoordinator:
         except TierUnavailable as exc:
             self.tier.breaker.record_failure()
             return self._degraded(cache, key, compute, ttl, tags, str(exc))
-        if isinstance(got, Held):
+        if not isinstance(got, Lease):
             return None
         self.refreshed += 1
         return self._compute_as_holder(cache, got, compute, ttl, tags, inflight_id)

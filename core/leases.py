@@ -102,6 +102,14 @@ class Held:
     holder_ttl: float
 
 
+@dataclass(frozen=True)
+class Present:
+    """:meth:`LeaseManager.acquire` found a value already stored: read it instead."""
+
+
+PRESENT: Final = Present()
+
+
 def _ms(seconds: float, what: str) -> int:
     if not seconds > 0:
         raise ValueError(f"{what}={seconds!r}: expected a positive number of seconds")
@@ -206,11 +214,14 @@ class LeaseManager:
 
     # --- leases ---
 
-    def acquire(self, key: str, owner: str = "", *, ttl: float | None = None) -> Lease | Held:
+    def acquire(self, key: str, owner: str = "", *, ttl: float | None = None,
+                unless_present: bool = False) -> Lease | Held | Present:
         """Take ``key``'s lease (one round trip), or learn how long its holder keeps it.
 
         ``owner`` (default ``host:pid``) is stored beside the token, for
-        debugging. A successful acquire clears an old failure record.
+        debugging. A successful acquire clears an old failure record. With
+        ``unless_present``, a value already stored under ``key`` is reported
+        (:class:`Present`) instead of taking the lease, in the same round trip.
         """
         ttl = self.ttl if ttl is None else ttl
         ttl_ms = self._ttl_ms if ttl == self.ttl else _ms(ttl, "ttl")
@@ -218,9 +229,11 @@ class LeaseManager:
         result = self._run(
             self._acquire,
             [related_key(key, LEASE), related_key(key, FENCE), related_key(key, EPOCH),
-             related_key(key, FAILURE)],
+             related_key(key, FAILURE), *((key,) if unless_present else ())],
             [ttl_ms, owner or self._owner, self._state_ttl_ms],
         )
+        if int(result[0]) == 2:
+            return PRESENT
         if int(result[0]) == 0:
             return Held(max(0.0, int(result[1]) / 1000))
         return Lease(key, int(result[1]), int(result[2]), ttl, started)

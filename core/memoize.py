@@ -98,7 +98,7 @@ class CachedFunction(Generic[P, R]):
         found = cache.lookup(key)
         if found is None:
             return cache.get_or_compute(key, compute, ttl=ttl, tags=self.tags,
-                                        inflight_id=inflight_id)
+                                        inflight_id=inflight_id, known_missing=True)
         verdict = self.policy.judge(found.ttl, found.compute_seconds)
         if verdict == FRESH or force_refresh:
             return found

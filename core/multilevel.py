@@ -38,7 +38,7 @@ class Coordinator(Protocol):
 
     def compute(self, cache: MultiLevelCache, key: str, compute: Callable[[], Any], *,
                 ttl: float, tags: Sequence[str] = (),
-                inflight_id: str | None = None) -> Lookup: ...
+                inflight_id: str | None = None, checked: bool = False) -> Lookup: ...
 
     def refresh(self, cache: MultiLevelCache, key: str, compute: Callable[[], Any], *,
                 ttl: float, tags: Sequence[str] = (),
@@ -276,6 +276,7 @@ class MultiLevelCache:
         ttl: float | None = None,
         tags: Sequence[str] = (),
         inflight_id: str | None = None,
+        known_missing: bool = False,
     ) -> Lookup:
         """The cached value of ``key``, or ``compute()`` stored through every tier.
 
@@ -283,18 +284,22 @@ class MultiLevelCache:
         get ``source == "joined"``. With a coordinator, concurrent misses in
         other processes join the same computation too. An exception from
         ``compute`` is not cached and reaches every caller waiting on it.
-        ``inflight_id`` names the task whose in-flight marker the write clears.
+        ``inflight_id`` names the task whose in-flight marker the write clears;
+        ``known_missing`` says the caller just looked ``key`` up and found nothing.
         """
-        found = self.lookup(key)
-        if found is not None:
-            return found
+        if not known_missing:
+            found = self.lookup(key)
+            if found is not None:
+                return found
         coordinator = self.coordinator
 
         def compute_and_store() -> Lookup:
             if coordinator is not None:
+                # Only this caller (the single-flight leader) runs this, right after its
+                # own lookup; the fleet-wide acquire re-checks for a value in the same trip.
                 return coordinator.compute(
                     self, key, compute, ttl=self.default_ttl if ttl is None else ttl,
-                    tags=tags, inflight_id=inflight_id)
+                    tags=tags, inflight_id=inflight_id, checked=known_missing)
             again = self.lookup(key)  # another process may have written it meanwhile
             if again is not None:
                 return again

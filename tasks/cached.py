@@ -56,9 +56,10 @@ class CachedTask(Task):  # type: ignore[misc]
         except TierUnavailable:
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
-            return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined")
+            return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined",
+                                        rt)
         return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
-                                    "computed")
+                                    "computed", rt)
 
     def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -117,7 +118,7 @@ class CachedTask(Task):  # type: ignore[misc]
                 async_result, source = handles[key]
                 if first_of[key] != index:
                     source = "joined"
-                results.append(CachedResult.pending(key, async_result, source))
+                results.append(CachedResult.pending(key, async_result, source, rt))
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:

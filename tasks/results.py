@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 #: Where an answer came from.
@@ -21,16 +23,17 @@ class CachedResult:
     task for the same key (``joined``).
     """
 
-    __slots__ = ("_async", "_value", "key", "source")
+    __slots__ = ("_async", "_runtime", "_value", "key", "source")
 
     def __init__(self, *, key: str, source: str, value: Any = _UNSET,
-                 async_result: AsyncResult | None = None) -> None:
+                 async_result: AsyncResult | None = None, runtime: Any = None) -> None:
         if (value is _UNSET) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
         self.source = source
         self._value = value
         self._async = async_result
+        self._runtime = runtime
 
     @classmethod
     def resolved(cls, key: str, value: Any, source: str) -> CachedResult:
@@ -38,9 +41,11 @@ class CachedResult:
         return cls(key=key, source=source, value=value)
 
     @classmethod
-    def pending(cls, key: str, async_result: AsyncResult, source: str) -> CachedResult:
-        """A result a Celery task will provide."""
-        return cls(key=key, source=source, async_result=async_result)
+    def pending(cls, key: str, async_result: AsyncResult, source: str,
+                runtime: Any = None) -> CachedResult:
+        """A result a Celery task will provide; with the process's ``runtime`` it is
+        read from the cache the moment the value is written (see :meth:`get`)."""
+        return cls(key=key, source=source, async_result=async_result, runtime=runtime)
 
     @property
     def task_id(self) -> str | None:
@@ -49,15 +54,44 @@ class CachedResult:
 
     def ready(self) -> bool:
         """True when the value is available."""
-        return self._async is None or self._async.ready()
+        return self._value is not _UNSET or self._async is None or self._async.ready()
 
     def get(self, timeout: float | None = None) -> Any:
-        """The value; waits up to ``timeout`` seconds for a pending task (re-raises its error)."""
-        if self._async is None:
+        """The value; waits up to ``timeout`` seconds for a pending task (re-raises its error).
+
+        A pending result waits on the process's invalidation channel and reads
+        the value from the cache as soon as the computation writes it; the
+        Celery result backend answers when there is nothing to read (the task
+        failed, its value was too large to cache, or the channel is down).
+        """
+        if self._value is not _UNSET:
             return self._value
-        value = self._async.get(timeout=timeout)
-        return value
+        assert self._async is not None
+        runtime = self._runtime
+        if runtime is None or not runtime.notifier.connected:
+            return self._async.get(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with runtime.notifier.waiter(self.key) as waiter:
+            while True:
+                found = runtime.cache.lookup(self.key)
+                if found is not None:
+                    self._value = found.value
+                    return self._value
+                if self._async.ready():
+                    return self._async.get(timeout=_left(deadline))
+                left = _left(deadline)
+                if left is not None and left <= 0:
+                    raise CeleryTimeoutError("The operation timed out.")
+                # A slice, not a poll: every outcome (written, failed, invalidated,
+                # reconnected) wakes the waiter at once; the slice only bounds how
+                # long a lost message could delay the backend check.
+                if waiter.wait(5.0 if left is None else min(left, 5.0)) == "f":
+                    return self._async.get(timeout=_left(deadline))
 
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "pending"
         return f"<CachedResult {self.source} {state} key={self.key}>"
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -1,0 +1,289 @@
+"""Cached compute on Celery against plain Celery, same Redis, same workers, one run.
+
+* 2,000 requests over 200 keys, 10 ms compute, 2 worker processes: plain task
+  vs cached task, end to end (target >= 8x faster).
+* A submit-side hit vs a no-op Celery round trip (target >= 20x faster).
+* A cached task's miss path vs the plain task, one at a time (target <= 1.1x).
+* Stampede: 200 concurrent submissions of one cold key from 4 client processes
+  on 2 nodes x 2 processes: computations (exactly 1), and how long after the
+  value was written the submitters got it (target p99 <= 5 ms).
+* Invalidation: time until every other process has dropped the old value.
+
+The module runs itself in a subprocess (``python -m bench.celery_compute
+--child``) so its servers, fleet and Celery app are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench._harness import Row, figure_row, ratio_row
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _end_to_end(repeats: int, requests: int, keys: int) -> Row:
+    from tasks.examples import plain_square, slow_square
+
+    rng = random.Random(5)
+    plain_times: list[float] = []
+    cached_times: list[float] = []
+    for _ in range(repeats):
+        base = rng.randrange(10**12)
+        workload = [base + rng.randrange(keys) for _ in range(requests)]
+        started = time.perf_counter()
+        results = [plain_square.delay(n, 10) for n in workload]
+        assert [r.get(timeout=300) for r in results] == [n * n for n in workload]
+        plain_times.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            handles = list(pool.map(lambda n: slow_square.submit(n, 10), workload))
+        assert [h.get(timeout=300) for h in handles] == [n * n for n in workload]
+        cached_times.append(time.perf_counter() - started)
+    # The ratio is "times faster": plain seconds / cached seconds.
+    row = ratio_row(f"{requests} requests / {keys} keys, 10 ms compute, 2 processes: "
+                    "plain Celery time / cached time", plain_times, "plain Celery task",
+                    cached_times, unit="s")
+    row["tiercel"], row["peer_value"] = statistics.median(cached_times), statistics.median(
+        plain_times)
+    row["target"] = ">= 8x faster"
+    row["met"] = row["ratio"] >= 8
+    return row
+
+
+def _submit_hit_vs_round_trip(repeats: int, calls: int) -> Row:
+    from tasks import runtime
+    from tasks.examples import noop, slow_square
+
+    rt = runtime.current()
+    hit_us: list[float] = []
+    trip_us: list[float] = []
+    for _ in range(repeats):
+        base = random.randrange(10**12)
+        numbers = [base + i for i in range(calls)]
+        for n in numbers:  # in Redis, never seen by this client: each submit is a Redis hit
+            rt.cache.tier.set(rt.key(slow_square.tiercel_spec, (n,), {}), n * n, ttl=600)
+        started = time.perf_counter()
+        for n in numbers:
+            handle = slow_square.submit(n)
+            assert handle.source == "redis" and handle.get() == n * n
+        hit_us.append((time.perf_counter() - started) / calls * 1e6)
+        started = time.perf_counter()
+        for _ in range(calls):
+            noop.delay().get(timeout=30)
+        trip_us.append((time.perf_counter() - started) / calls * 1e6)
+    row = ratio_row("submit-side hit (Redis) vs no-op Celery round trip", trip_us,
+                    "no-op task .delay().get()", hit_us)
+    row["tiercel"], row["peer_value"] = statistics.median(hit_us), statistics.median(trip_us)
+    row["target"] = ">= 20x faster"
+    row["met"] = row["ratio"] >= 20
+    return row
+
+
+def _miss_path(repeats: int, calls: int) -> Row:
+    from tasks.examples import plain_square, slow_square
+
+    cached_ms: list[float] = []
+    plain_ms: list[float] = []
+    for _ in range(repeats):
+        base = random.randrange(10**12)
+        started = time.perf_counter()
+        for i in range(calls):
+            assert slow_square.submit(base + i, 10).get(timeout=30) == (base + i) ** 2
+        cached_ms.append((time.perf_counter() - started) / calls * 1e3)
+        started = time.perf_counter()
+        for i in range(calls):
+            assert plain_square.delay(base + i, 10).get(timeout=30) == (base + i) ** 2
+        plain_ms.append((time.perf_counter() - started) / calls * 1e3)
+    return ratio_row("cached task miss path vs plain task (10 ms compute, one at a time)",
+                     cached_ms, "plain Celery task", plain_ms, target=1.1, unit="ms")
+
+
+def _stampede_client(n: int, counter: str, threads: int, start: Any, out: Any) -> None:
+    import workers.app  # noqa: F401
+    from tasks.examples import counted_square
+
+    barrier = threading.Barrier(threads)
+    returned: list[float] = []
+
+    def one(_: int) -> None:
+        barrier.wait()
+        start.wait(30)
+        counted_square.submit(n, counter, 200).get(timeout=60)
+        returned.append(time.time())
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(threads)))
+    out.put(returned)
+
+
+def _stampede(clients: int = 4, threads: int = 50) -> list[Row]:
+    import redis
+
+    from core.entry import Entry
+    from tasks import runtime
+    from tasks.examples import counted_square
+
+    rt = runtime.current()
+    n = random.randrange(10**12)
+    counter = f"bench:count:{n}"
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Event(), context.Queue()
+    procs = [context.Process(target=_stampede_client, args=(n, counter, threads, start, out))
+             for _ in range(clients)]
+    for proc in procs:
+        proc.start()
+    time.sleep(3.0)  # every client imported the app and waits at its barrier
+    start.set()
+    returned = [stamp for _ in procs for stamp in out.get(timeout=120)]
+    for proc in procs:
+        proc.join(30)
+    raw = redis.Redis.from_url(rt.settings.cache_url or "")
+    computations = int(raw.get(counter) or 0)
+    key = rt.key(counted_square.tiercel_spec, (n, counter, 200), {})
+    written_at = Entry.unpack(raw.get(key) or b"").stored_at
+    raw.close()
+    lags_ms = [(stamp - written_at) * 1e3 for stamp in returned]
+    return [
+        figure_row(f"stampede: {clients * threads} concurrent submissions of one cold key, "
+                   "computations", computations, "count", target="== 1",
+                   met=computations == 1),
+        figure_row("stampede: submitters answered after the write, p99", _percentile(lags_ms, 99),
+                   "ms", target="<= 5 ms", met=_percentile(lags_ms, 99) <= 5,
+                   note=f"p50 {_percentile(lags_ms, 50):.1f} ms, max {max(lags_ms):.1f} ms",
+                   spread=(min(lags_ms), max(lags_ms))),
+    ]
+
+
+def _invalidation_reader(key: str, ready: Any, out: Any) -> None:
+    import workers.app  # noqa: F401
+    from tasks import runtime
+
+    rt = runtime.current()
+    seen = threading.Event()
+    stamps: list[float] = []
+    handler = rt.notifier.on_invalidate
+
+    def record(invalidated: str) -> None:
+        if handler is not None:
+            handler(invalidated)
+        if invalidated == key:
+            stamps.append(time.time())
+            seen.set()
+
+    rt.notifier.on_invalidate = record
+    while True:
+        rt.cache.lookup(key)  # the value is now in this process's local levels
+        ready.put(os.getpid())
+        if not seen.wait(30):
+            return
+        out.put(stamps[-1])
+        seen.clear()
+
+
+def _invalidation(trials: int, readers: int = 4) -> Row:
+    from tasks import runtime
+
+    rt = runtime.current()
+    key = f"{rt.namespace}:v:bench:invalidate:{{{uuid.uuid4().hex}}}"
+    rt.cache.set(key, "v0", ttl=600)
+    context = multiprocessing.get_context("spawn")
+    ready, out = context.Queue(), context.Queue()
+    procs = [context.Process(target=_invalidation_reader, args=(key, ready, out), daemon=True)
+             for _ in range(readers)]
+    for proc in procs:
+        proc.start()
+    worst_ms: list[float] = []
+    for trial in range(trials):
+        for _ in procs:
+            ready.get(timeout=60)
+        time.sleep(0.02)
+        rt.cache.set(key, f"v{trial}", ttl=600)
+        started = time.time()
+        rt.cache.invalidate(key)
+        stamps = [out.get(timeout=30) for _ in procs]
+        worst_ms.append(max(stamps) * 1e3 - started * 1e3)
+        rt.cache.set(key, f"v{trial + 1}", ttl=600)
+    for proc in procs:
+        proc.terminate()
+    p50, p99 = _percentile(worst_ms, 50), _percentile(worst_ms, 99)
+    return figure_row(f"invalidation reaches all {readers} other processes, p99 over {trials}",
+                      p99, "ms", target="<= 50 ms", met=p99 <= 50,
+                      note=f"p50 {p50:.2f} ms", spread=(min(worst_ms), max(worst_ms)))
+
+
+def child(quick: bool) -> list[Row]:
+    """Start servers and a fleet, run every benchmark, return rows (runs in the child)."""
+    from core.redis_server import RedisServer
+
+    with RedisServer(maxmemory_policy="noeviction") as broker, \
+            RedisServer(maxmemory=512 * 2**20, maxmemory_policy="allkeys-lru") as cache:
+        os.environ.update({"TIERCEL_BROKER_URL": broker.url,
+                           "TIERCEL_RESULT_BACKEND": broker.url,
+                           "TIERCEL_CACHE_URL": cache.url})
+        from core.settings import resolve_settings
+        from workers.launcher import Fleet, FleetSpec
+
+        import workers.app  # noqa: F401
+
+        rows: list[Row] = []
+        one_node = FleetSpec(workers=1, concurrency=2, beat=False, flower=False, quiet=True,
+                             loglevel="ERROR")
+        with Fleet(resolve_settings(), one_node).running():
+            from tasks.examples import noop
+
+            noop.delay().get(timeout=60)
+            rows.append(_end_to_end(2 if quick else 3, 500 if quick else 2000,
+                                    50 if quick else 200))
+            rows.append(_submit_hit_vs_round_trip(3 if quick else 5, 100 if quick else 300))
+            rows.append(_miss_path(3 if quick else 5, 30 if quick else 100))
+        two_nodes = FleetSpec(workers=2, concurrency=2, beat=False, flower=False, quiet=True,
+                              loglevel="ERROR")
+        with Fleet(resolve_settings(), two_nodes).running():
+            noop.delay().get(timeout=60)
+            rows.extend(_stampede())
+            rows.append(_invalidation(20 if quick else 100))
+        from tasks import runtime
+
+        runtime.shutdown()
+        return rows
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Run :func:`child` in a fresh interpreter and return its rows."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERCEL_")}
+    env["TIERCEL_RUN_DIR"] = os.path.join(os.getcwd(), ".tiercel", "bench-run")
+    command = [sys.executable, "-m", "bench.celery_compute", "--child"]
+    if quick:
+        command.append("--quick")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench.celery_compute failed:\n{done.stderr[-4000:]}")
+    rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rows
+
+
+if __name__ == "__main__":
+    if "--child" in sys.argv:
+        print(json.dumps(child("--quick" in sys.argv)))
+    else:
+        from bench.report import print_table
+
+        print_table(run("--quick" in sys.argv))
