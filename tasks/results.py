@@ -73,7 +73,9 @@ class CachedResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         with runtime.notifier.waiter(self.key) as waiter:
             while True:
-                found = runtime.cache.lookup(self.key)
+                # Every waiter of this key in the process wakes at once: one of them reads
+                # Redis, the others share its answer instead of a GET each.
+                found, _ = runtime.reads.do(self.key, lambda: runtime.cache.lookup(self.key))
                 if found is not None:
                     self._value = found.value
                     return self._value

@@ -25,6 +25,7 @@ from core.multilevel import Lookup, MultiLevelCache
 from core.notifier import Notifier
 from core.redis_tier import RedisTier
 from core.settings import Settings, resolve_settings
+from core.singleflight import SingleFlight
 
 log = logging.getLogger("tiercel.runtime")
 
@@ -73,6 +74,8 @@ class Runtime:
                                             self.notifier, max_wait=settings.task_time_limit)
         self.cache.coordinator = self.coordinator
         self.refresher = BackgroundRefresher()
+        #: Shares one cache read among the threads woken for the same key.
+        self.reads = SingleFlight()
 
     def _on_reconnect(self) -> None:
         # Invalidation messages may have been missed while the channel was down: local
