@@ -12,9 +12,12 @@ from celery import Celery
 from core.settings import resolve_settings
 from workers.config import celery_config
 
+#: Modules whose tasks every worker registers.
+TASK_MODULES = ["tasks.examples", "tasks.db_examples"]
+
 settings = resolve_settings()
 
-app = Celery("tiercel", include=["tasks.examples", "tasks.db_examples"])
+app = Celery("tiercel", include=TASK_MODULES)
 app.conf.update(celery_config(settings))
 # The default app in every thread (Celery's current app is thread-local otherwise), so
 # cached tasks submitted from a thread pool find this app's broker and result backend.

@@ -7,6 +7,7 @@ task) is one line on stderr and exit status 2; no traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -20,6 +21,15 @@ from core.errors import SettingsError, TiercelError
 from core.settings import Settings, resolve_settings
 
 EXIT_USAGE = 2
+
+#: Commands that live in their own module: ``configure(parser)`` adds the options,
+#: ``run(args) -> int`` runs it. Each module imports heavy things lazily.
+PLUGGED_COMMANDS = (
+    ("health", "workers.health", "exit 0 when this node's fleet is healthy, else 1"),
+    ("stats", "workers.stats", "the fleet's aggregated metrics as a table"),
+    ("exporter", "workers.exporter", "serve the fleet's metrics to Prometheus"),
+    ("bench", "workers.bench", "model your own workload against plain Celery"),
+)
 
 
 def _positive_int(text: str) -> int:
@@ -105,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = sub.add_parser("settings", help="print the effective settings (secrets redacted)")
     show.set_defaults(handler=cmd_settings)
+
+    for name, module_name, summary in PLUGGED_COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue  # not built yet
+        command = sub.add_parser(name, help=summary, description=module.__doc__)
+        module.configure(command)
+        command.set_defaults(handler=module.run)
     return parser
 
 
