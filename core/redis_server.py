@@ -83,6 +83,9 @@ class RedisServer:
     maxmemory_policy: str = "noeviction"
     binary: str | None = None
     extra_args: tuple[str, ...] = ()
+    #: Keep data in this folder across restarts (append-only file, fsync every write),
+    #: as a production broker should; None keeps nothing on disk.
+    data_dir: str | None = None
     startup_timeout: float = 10.0
     host: str = "127.0.0.1"
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
@@ -128,10 +131,14 @@ class RedisServer:
     def _spawn(self, binary: str, port: int) -> None:
         self._workdir = tempfile.TemporaryDirectory(prefix="tiercel-redis-")
         logfile = Path(self._workdir.name) / "redis.log"
+        persistence = ["--save", "", "--appendonly", "no", "--dir", self._workdir.name]
+        if self.data_dir is not None:
+            Path(self.data_dir).mkdir(parents=True, exist_ok=True)
+            persistence = ["--save", "", "--appendonly", "yes", "--appendfsync", "always",
+                           "--dir", self.data_dir]
         args = [
             binary, "--port", str(port), "--bind", self.host, "--protected-mode", "yes",
-            "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", self._workdir.name, "--logfile", str(logfile),
+            *persistence, "--daemonize", "no", "--logfile", str(logfile),
             "--maxmemory", str(self.maxmemory), "--maxmemory-policy", self.maxmemory_policy,
             *self.extra_args,
         ]

@@ -48,6 +48,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": 100,
+        # A broker restart must not fail submissions: retry publishing for ~10 s.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.1,
+                                      "interval_step": 0.25, "interval_max": 1.0},
+        # ...nor lose results: the Redis result backend retries through a restart.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
         # Hard limit kills a runaway task (its lease is released by the worker's hooks);
         # the soft limit lets the task clean up first.
         "task_time_limit": settings.task_time_limit,
