@@ -73,3 +73,23 @@ def fx_quote(pair: str, counter: str) -> dict[str, Any]:
 
     calls = int(runtime.current().tier.client.incr(counter))
     return {"pair": pair, "revision": calls}
+
+
+@cached_task(ttl=600)
+def blob(size: int) -> str:
+    """A value of ``size`` characters: shows what happens to values too large to cache."""
+    return "x" * size
+
+
+@cached_task(ttl=600)
+def revision(name: str, counter: str, compute_ms: int = 100) -> int:
+    """Which computation produced the value: INCR ``counter`` first, then work.
+
+    Two computations of one key return different numbers, so a test can tell
+    whose value the cache holds (fencing).
+    """
+    from tasks import runtime
+
+    number = int(runtime.current().tier.client.incr(counter))
+    time.sleep(compute_ms / 1000)
+    return number
