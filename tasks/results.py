@@ -73,6 +73,9 @@ class CachedResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         with runtime.notifier.waiter(self.key) as waiter:
             while True:
+                if not runtime.notifier.connected:
+                    # No notifications while the channel is down: the backend answers.
+                    return self._async.get(timeout=_left(deadline))
                 # Every waiter of this key in the process wakes at once: one of them reads
                 # Redis, the others share its answer instead of a GET each.
                 found, _ = runtime.reads.do(self.key, lambda: runtime.cache.lookup(self.key))
@@ -86,8 +89,8 @@ class CachedResult:
                     raise CeleryTimeoutError("The operation timed out.")
                 # A slice, not a poll: every outcome (written, failed, invalidated,
                 # reconnected) wakes the waiter at once; the slice only bounds how
-                # long a lost message could delay the backend check.
-                if waiter.wait(5.0 if left is None else min(left, 5.0)) == "f":
+                # long a lost message could delay the backend check (one GET a second).
+                if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
                     return self._async.get(timeout=_left(deadline))
 
     def __repr__(self) -> str:

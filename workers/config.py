@@ -18,6 +18,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # exceed the longest task, or a running task is delivered twice; Settings checks
         # visibility_timeout > task_time_limit.
         "visibility_timeout": int(settings.visibility_timeout),
+        # Look for such abandoned messages (a node killed mid-task) every few seconds, not
+        # every 100 s (kombu's default interval x throttle): redelivery then happens about
+        # visibility_timeout after the loss.
+        "unacked_restore_interval": max(1, min(10, int(settings.visibility_timeout) // 4)),
+        "unacked_restore_throttle": 1,
     }
     return {
         "broker_url": settings.broker_url,
