@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from core.errors import TierUnavailable
+
 
 class GenerationStore(Protocol):
     """Where the shared counters live (the Redis tier)."""
@@ -37,6 +39,8 @@ class Generations:
         self._known: dict[str, tuple[int, float]] = {}
         #: Called (outside any lock) when a known generation moves or is forgotten.
         self.on_change: Callable[[], None] | None = None
+        #: Reads that found the store unreachable.
+        self.unavailable = 0
 
     @property
     def max_age(self) -> float:
@@ -49,7 +53,14 @@ class Generations:
         now = self._timer()
         if known is not None and now - known[1] < self._max_age:
             return known[0]
-        value = self._store.generation(scope) if self._store is not None else 0
+        try:
+            value = self._store.generation(scope) if self._store is not None else 0
+        except TierUnavailable:
+            # Cache trouble must not fail a call: keep the last value we knew (or 0 for
+            # a scope never read), and try the store again on the next call. Values
+            # cached under a guessed generation live only in this process's levels.
+            self.unavailable += 1
+            return known[0] if known is not None else 0
         if known is not None and value < known[0]:
             # The store lost the counter (flushed or evicted): never go backwards, or
             # keys from before an invalidation would become reachable again.

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Iterator
 
 from core.settings import resolve_settings
+from workers.control import control_app
 from workers.launcher import Fleet, FleetSpec
 
 
@@ -23,7 +24,11 @@ def worker_fleet(nodes: int = 2, concurrency: int = 2, pool: str = "prefork",
                      flower=False, loglevel="WARNING", grace=grace, quiet=False)
     fleet = Fleet(resolve_settings(), spec)
     with fleet.running():
-        from tasks.examples import noop
-
-        noop.delay().get(timeout=60)  # one full round trip through broker and backend
+        # One full round trip through the fleet's own broker and backend (this process's
+        # Celery app may be configured for other servers).
+        control = control_app(fleet.settings)
+        try:
+            control.send_task("tasks.examples.noop").get(timeout=60)
+        finally:
+            control.close()
         yield fleet
