@@ -36,6 +36,19 @@ def digest_rounds(text: str, rounds: int = 20_000) -> str:
     return value.hex()
 
 
+@cached_task(ttl=600)
+def counted_digest(text: str, counter: str, rounds: int = 20_000) -> str:
+    """:func:`digest_rounds`' CPU-bound work, counting each real computation (INCR
+    ``counter`` in the cache Redis) so a benchmark can prove no node recomputed."""
+    from tasks import runtime
+
+    runtime.current().tier.client.incr(counter)
+    value = text.encode()
+    for _ in range(rounds):
+        value = hashlib.blake2b(value, digest_size=32).digest()
+    return value.hex()
+
+
 @shared_task(name="tasks.examples.plain_square", acks_late=True)
 def plain_square(n: int, compute_ms: int = 10) -> int:
     """The same work as :func:`slow_square` as a plain Celery task (the baseline)."""
@@ -76,9 +89,14 @@ def fx_quote(pair: str, counter: str) -> dict[str, Any]:
 
 
 @cached_task(ttl=600)
-def blob(size: int) -> str:
-    """A value of ``size`` characters: shows what happens to values too large to cache."""
-    return "x" * size
+def blob(size: int, seed: int = 0) -> str:
+    """``size`` characters of seeded random text (barely compressible): shows what
+    happens to values too large to cache."""
+    import base64
+    import random
+
+    raw = random.Random(seed).randbytes(size * 3 // 4 + 3)
+    return base64.b64encode(raw).decode()[:size]
 
 
 @cached_task(ttl=600)
