@@ -163,6 +163,11 @@ class RedisServer:
                 try:
                     if client.ping():
                         return
+                except redis.AuthenticationError:
+                    return  # it answered: it wants a password (--requirepass or ACL)
+                except redis.ResponseError as exc:
+                    if "NOAUTH" in str(exc):
+                        return
                 except redis.RedisError:
                     pass
                 if time.monotonic() > deadline:
