@@ -95,6 +95,26 @@ return 0
 
 # KEYS: value, lease, fence, epoch, inflight
 # ARGV: token, epoch, entry bytes, value ttl ms, inflight id ('' = leave it), channel, message
+#: KEYS: lease, inflight. ARGV: task id, channel, completion message.
+#: Frees a lease whose holder process is gone (hard time limit, revoke, worker lost): only
+#: if the lease's owner names that task, and wakes waiters so one takes it over now.
+RELEASE_ABANDONED: Final = """
+local value = redis.call('GET', KEYS[1])
+local suffix = ':' .. ARGV[1]
+local released = 0
+if value and string.sub(value, -string.len(suffix)) == suffix then
+    redis.call('DEL', KEYS[1])
+    released = 1
+end
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+    redis.call('DEL', KEYS[2])
+end
+if released == 1 then
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
+end
+return released
+"""
+
 WRITE_BACK: Final = _PRELUDE + """
 local stored = 0
 if redis.call('GET', KEYS[3]) == ARGV[1] and redis.call('GET', KEYS[4]) == ARGV[2] then

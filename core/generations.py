@@ -10,6 +10,7 @@ immediate by calling :meth:`observe` (or :meth:`forget` after a reconnect).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,8 @@ class GenerationStore(Protocol):
     def generation(self, scope: str) -> int: ...
 
     def bump_generation(self, scope: str) -> int: ...
+
+    def restore_generation(self, scope: str, value: int) -> int: ...
 
 
 class Generations:
@@ -41,6 +44,8 @@ class Generations:
         self.on_change: Callable[[], None] | None = None
         #: Reads that found the store unreachable.
         self.unavailable = 0
+        #: Counters this process wrote back after the store lost them.
+        self.restored = 0
 
     @property
     def max_age(self) -> float:
@@ -63,8 +68,13 @@ class Generations:
             return known[0] if known is not None else 0
         if known is not None and value < known[0]:
             # The store lost the counter (flushed or evicted): never go backwards, or
-            # keys from before an invalidation would become reachable again.
+            # keys from before an invalidation would become reachable again; and write
+            # it back, so processes that never saw it converge on it too.
             value = known[0]
+            if self._store is not None:
+                with contextlib.suppress(TierUnavailable):
+                    self._store.restore_generation(scope, value)
+                    self.restored += 1
         self._remember(scope, value, now)
         return value
 

@@ -55,6 +55,7 @@ from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
 from core import _scripts
+from core.connections import CacheClient
 from core.constants import (
     EPOCH,
     FAILURE,
@@ -134,7 +135,7 @@ class LeaseManager:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: CacheClient,
         *,
         ttl: float = 30.0,
         renew_interval: float | None = None,
@@ -160,6 +161,7 @@ class LeaseManager:
         self._acquire = register(_scripts.ACQUIRE)
         self._renew = register(_scripts.RENEW)
         self._release = register(_scripts.RELEASE)
+        self._release_abandoned = register(_scripts.RELEASE_ABANDONED)
         self._write_back = register(_scripts.WRITE_BACK)
         self._fail = register(_scripts.FAIL)
         self._invalidate = register(_scripts.INVALIDATE)
@@ -195,7 +197,9 @@ class LeaseManager:
             pipe = self.client.pipeline(transaction=False)
             for i in indexes:
                 keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                # execute_command: redis-py's cluster pipeline refuses evalsha() by name
+                # but routes a raw EVALSHA by its first key's slot
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             return list(pipe.execute(raise_on_error=False))
 
         def run_all() -> list[Any]:
@@ -257,6 +261,16 @@ class LeaseManager:
     def release(self, lease: Lease) -> bool:
         """Delete ``lease`` if it is still ours; True if it was."""
         return bool(self._run(self._release, [related_key(lease.key, LEASE)], [lease.token]))
+
+    def release_abandoned(self, key: str, task_id: str) -> bool:
+        """Free ``key``'s lease if the task ``task_id`` holds it (its process is gone:
+        hard time limit, revoke, worker lost), clear its in-flight marker, and wake the
+        waiters so one takes over at once instead of after the lease's TTL."""
+        return bool(self._run(
+            self._release_abandoned,
+            [related_key(key, LEASE), related_key(key, INFLIGHT)],
+            [task_id, self._channel(key), f"d|{key}"],
+        ))
 
     def write_back(
         self,

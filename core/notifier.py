@@ -10,6 +10,7 @@ Messages are plain strings:
 ``t|<tag>``               a tag was invalidated
 ``g|<scope>|<generation>`` a generation was bumped
 ``c|``                    the namespace was cleared
+``s|``                    sweep: drop expired local entries now (beat's fleet-wide sweep)
 
 A waiting thread registers a :class:`Waiter` for its key *before* it
 re-reads the value, so a completion published in between is not lost, then
@@ -46,6 +47,7 @@ import redis
 
 __all__ = [
     "OVERFLOW_POLL",
+    "SWEEP",
     "WAKE_DONE",
     "WAKE_FAILED",
     "WAKE_INVALIDATED",
@@ -60,6 +62,8 @@ WAKE_DONE: Final = "d"
 WAKE_FAILED: Final = "f"
 WAKE_INVALIDATED: Final = "i"
 WAKE_RESET: Final = "r"
+#: Kind of the sweep message: publish ``SWEEP + "|"`` to make every process sweep.
+SWEEP: Final = "s"
 #: Longest sleep of a waiter that could not be registered.
 OVERFLOW_POLL: Final = 0.05
 
@@ -138,7 +142,7 @@ class Notifier:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: redis.Redis | redis.RedisCluster,  # a cluster's pubsub hears every node
         *,
         channel: str,
         on_invalidate: Callable[[str], None] | None = None,
@@ -148,6 +152,7 @@ class Notifier:
         on_clear: Callable[[], None] | None = None,
         on_done: Callable[[str], None] | None = None,
         max_waiters: int = 10_000,
+        on_sweep: Callable[[], None] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -160,6 +165,9 @@ class Notifier:
         #: so a local copy of that key is outdated.
         self.on_done = on_done
         self.max_waiters = max_waiters
+        #: Called on a sweep message (``s|``): beat asks every process, prefork children
+        #: included, to drop its expired local entries; keep it quick (wake a thread).
+        self.on_sweep = on_sweep
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Waiter]] = {}
@@ -293,9 +301,11 @@ class Notifier:
                         pubsub.subscribe(self.channel)
                     message = pubsub.get_message(timeout=_POLL)
                 except Exception as exc:  # connection lost, or anything else: back off
+                    # One warning per outage, not one per attempt: retries are DEBUG.
+                    level = logging.WARNING if backoff == _BACKOFF_MIN else logging.DEBUG
                     self.connected = False
-                    log.warning("invalidation channel %s: %s; reconnecting in %.2fs",
-                                self.channel, exc, backoff)
+                    log.log(level, "invalidation channel %s: %s; reconnecting in %.2fs",
+                            self.channel, exc, backoff)
                     if pubsub is not None:
                         self._close(pubsub)
                         pubsub = None
@@ -375,6 +385,8 @@ class Notifier:
         elif kind == "c":
             self._call(self.on_clear)
             self._wake_all(WAKE_INVALIDATED)
+        elif kind == SWEEP:
+            self._call(self.on_sweep)
         else:
             self.malformed += 1
 

@@ -27,10 +27,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, cast
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from core.breaker import CircuitBreaker
+from core.connections import CacheClient, client_from_url, is_cluster
 from core.constants import GENERATION, TAG_DRAIN, TAG_INDEX
 from core.entry import Entry
 from core.errors import CodecError, TierUnavailable, ValueTooLarge
@@ -55,6 +54,18 @@ def tag_drain_key(namespace: str, tag: str, token: str) -> str:
 def generation_key(namespace: str, scope: str) -> str:
     """The generation counter of ``scope`` (a function, a tag, the namespace)."""
     return f"{namespace}:{GENERATION}:{scope}"
+
+
+#: Never lowers a counter: SET it to ARGV[1] only when that is higher.
+_RAISE_TO_SCRIPT = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local wanted = tonumber(ARGV[1])
+if current < wanted then
+    redis.call('SET', KEYS[1], ARGV[1])
+    return wanted
+end
+return current
+"""
 
 
 # --- the tier ---
@@ -128,7 +139,7 @@ class RedisTier:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: CacheClient,
         *,
         serializer: PayloadSerializer,
         namespace: str,
@@ -143,6 +154,8 @@ class RedisTier:
                 "the Redis tier needs a client with decode_responses=False: values are bytes"
             )
         self.client = client
+        # Cluster: MGET only within one slot, and every value key is its own slot.
+        self._cluster = is_cluster(client)
         self.namespace = namespace
         self.serializer = serializer
         self.breaker = breaker if breaker is not None else CircuitBreaker()
@@ -171,24 +184,22 @@ class RedisTier:
         health_check_interval: int = 30,
         **kw: Any,
     ) -> RedisTier:
-        """A tier on its own bounded pool; ``redis://``, ``rediss://`` and ``unix://`` URLs.
+        """A tier on its own bounded pool, for any URL :func:`core.connections.client_from_url`
+        takes: ``redis://``, ``rediss://`` (TLS), ``unix://``, ``redis+cluster://``,
+        ``rediss+cluster://`` and ``redis+sentinel://``.
 
         ``pool_timeout`` (default ``socket_timeout``) bounds the wait for a free
-        connection when all ``max_connections`` are busy; running out counts
-        as a failure. Other keywords go to :class:`RedisTier`.
+        connection when all ``max_connections`` are busy (per node on a
+        cluster); running out counts as a failure. Other keywords go to
+        :class:`RedisTier`.
         """
-        pool = redis.BlockingConnectionPool.from_url(
+        client = client_from_url(
             url,
             max_connections=max_connections,
-            timeout=socket_timeout if pool_timeout is None else pool_timeout,
             socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
+            pool_timeout=pool_timeout,
             health_check_interval=health_check_interval,
-            # One attempt per call: retrying inside redis-py would multiply the
-            # cost of an outage; the breaker decides when to try again.
-            retry=Retry(NoBackoff(), 0),
         )
-        client = redis.Redis.from_pool(pool)
         return cls(client, serializer=serializer, namespace=namespace, **kw)
 
     # --- reads: never raise ---
@@ -285,7 +296,11 @@ class RedisTier:
             self._short_circuited += 1
             return []
         try:
-            raws = cast(list[bytes | None], self.client.mget(keys))
+            if self._cluster:
+                # one MGET per slot, pipelined: one round trip per node
+                raws = cast(list[bytes | None], self.client.mget_nonatomic(keys))  # type: ignore[union-attr]
+            else:
+                raws = cast(list[bytes | None], self.client.mget(keys))
         except _OUTAGE_ERRORS:
             self._errors += 1
             self.breaker.record_failure()
@@ -350,7 +365,9 @@ class RedisTier:
         def add() -> None:
             pipe = self.client.pipeline(transaction=False)
             for tag in tags:
-                pipe.eval(_TAG_ADD_SCRIPT, 1, tag_index_key(self.namespace, tag), ttl_ms, key)
+                # execute_command: redis-py's cluster pipeline hides eval()
+                pipe.execute_command("EVAL", _TAG_ADD_SCRIPT, 1,
+                                     tag_index_key(self.namespace, tag), ttl_ms, key)
             pipe.execute()
 
         self._call(add)
@@ -421,7 +438,7 @@ class RedisTier:
             index = tag_index_key(self.namespace, tag)
             for start in range(0, len(keys), _TAG_ADD_BATCH):
                 batch = keys[start : start + _TAG_ADD_BATCH]
-                pipe.eval(_TAG_ADD_SCRIPT, 1, index, ttl_ms, *batch)
+                pipe.execute_command("EVAL", _TAG_ADD_SCRIPT, 1, index, ttl_ms, *batch)
         results = pipe.execute()
         return sum(1 for result in results[: len(records)] if result)
 
@@ -507,6 +524,13 @@ class RedisTier:
     def bump_generation(self, scope: str) -> int:
         """Increment the generation of ``scope``; returns the new one. Raises TierUnavailable."""
         return int(self._call(self.client.incr, generation_key(self.namespace, scope)))
+
+    def restore_generation(self, scope: str, value: int) -> int:
+        """Raise the stored generation of ``scope`` to at least ``value`` (it was lost to
+        eviction or a flush while processes still remember it); returns the stored one.
+        Raises TierUnavailable."""
+        return int(self._call(self.client.eval, _RAISE_TO_SCRIPT, 1,
+                              generation_key(self.namespace, scope), value))
 
     # --- health and lifecycle ---
 

@@ -21,6 +21,8 @@ from core.errors import SettingsError
 PREFIX = "TIERCEL_"
 _T = TypeVar("_T")
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+# Portable across brokers: RabbitMQ reserves "amq." and caps names at 255 bytes.
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 _BROKER_SCHEMES = (*_REDIS_SCHEMES, "amqp", "amqps", "pyamqp", "memory", "sentinel")
 _CODECS = ("msgpack", "json", "pickle")
@@ -36,6 +38,17 @@ def redact_url(url: str | None) -> str:
     if not url:
         return "(unset)"
     parts = urlsplit(url)
+    if "password" in parts.query.lower():  # secrets in query options (sentinel_password=...)
+        query = "&".join(f"{name}=***" if "password" in name.lower() else item
+                         for item in parts.query.split("&") for name in [item.partition("=")[0]])
+        # a text swap, not urlunsplit: that would turn unix:///path into unix:/path
+        url = url.replace(f"?{parts.query}", f"?{query}", 1)
+        parts = parts._replace(query=query)
+    if parts.password is not None and "," in parts.netloc:
+        # several hosts (cluster, sentinel): urlsplit cannot read one port from them
+        hosts = parts.netloc.rpartition("@")[2]
+        return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{hosts}", parts.path,
+                           parts.query, parts.fragment))
     if parts.password is None:
         return url
     user = parts.username or ""
@@ -115,6 +128,9 @@ class Settings:
     embedded_cache_maxmemory: int = 256 * 2**20
     flower_port: int = 5555
     log_level: str = "INFO"
+    #: Celery's task_default_queue: a fleet consumes only its own queue, so several
+    #: fleets (or test runs) can share one broker.
+    queue: str = "celery"
     database_url: str | None = None
     db_pool_min: int = 1
     db_pool_max: int = 4
@@ -122,6 +138,16 @@ class Settings:
     pool_max_idle: float = 300.0
     pool_max_lifetime: float = 3600.0
     pool_reap_interval: float = 30.0
+    #: Seconds between a worker process's metric snapshots (tasks.metrics); a process is
+    #: left out of the fleet view after 2 intervals without one.
+    metrics_interval: float = 10.0
+    #: Seconds between beat's fleet aggregations (tiercel.metrics.aggregate).
+    aggregate_interval: float = 20.0
+    #: Seconds between sweeps of expired local entries: beat's fleet-wide one, and each
+    #: process's own timer as the fallback.
+    sweep_interval: float = 60.0
+    #: Seconds between Redis-tier housekeeping runs (stale leases, tag-index members).
+    housekeeping_interval: float = 300.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -193,6 +219,13 @@ class Settings:
                 _fail(name, getattr(self, name), "a positive number of seconds")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             _fail("log_level", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        for name in ("metrics_interval", "aggregate_interval", "sweep_interval",
+                     "housekeeping_interval"):
+            if not 0 < getattr(self, name) <= 86400:
+                _fail(name, getattr(self, name), "a number of seconds in (0, 86400]")
+        if not _QUEUE_RE.match(self.queue) or self.queue.startswith("amq."):
+            _fail("queue", self.queue, "1-200 characters of letters, digits, _ . : - "
+                  "not starting with amq.")
 
     def describe(self) -> dict[str, str]:
         """The settings as strings safe to print: URLs redacted, secrets hidden."""

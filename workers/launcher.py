@@ -43,6 +43,14 @@ def check_reachable(name: str, url: str, timeout: float = 2.0) -> None:
                 client.ping()
             finally:
                 client.close()
+        elif scheme in ("redis+cluster", "rediss+cluster", "redis+sentinel"):
+            from core.connections import client_from_url  # the cache tier's own factory
+
+            tier_client = client_from_url(url, socket_timeout=timeout, max_connections=2)
+            try:
+                tier_client.ping()
+            finally:
+                tier_client.close()
         elif scheme in ("amqp", "amqps", "pyamqp"):
             from kombu import Connection
 
@@ -86,9 +94,13 @@ class ManagedProcess:
     process: subprocess.Popen[bytes]
 
     def terminate(self) -> None:
-        """SIGTERM the whole process group (Celery: warm shutdown)."""
+        """SIGTERM the main process only: Celery's warm shutdown lets running tasks finish.
+
+        Not the process group: prefork children restore SIGTERM's default action, so
+        signalling them directly would kill running tasks instead of finishing them.
+        """
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.kill(self.process.pid, signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL the whole process group."""
@@ -178,6 +190,9 @@ class Fleet:
         args = ["worker", "-n", node, "-P", self.spec.pool, "-c", str(self.spec.concurrency),
                 "-l", self.spec.loglevel, "-E", "--without-mingle", "--without-gossip",
                 *self.spec.extra_worker_args]
+        if self.settings.queue != "celery":
+            # Consume only this fleet's queue, even on a broker other fleets share.
+            args += ["-Q", self.settings.queue]
         self._spawn(f"worker {index}", args)
         self.node_names.append(node.replace("%h", _hostname()))
         return self.node_names[-1]

@@ -316,3 +316,19 @@ def test_a_value_read_while_an_invalidation_arrives_is_not_promoted(cache_url: s
     assert found is not None and found.value == "old"  # this one read may answer
     cache.tier.get_entry = real_get_entry  # type: ignore[method-assign]
     assert cache.lookup("k", remote=False) is None, "the outdated value was kept locally"
+
+
+def test_a_lost_generation_counter_is_restored_by_processes_that_remember_it(
+    cache_url: str, redis_client: redis.Redis
+) -> None:
+    clock = FakeClock()
+    tier = RedisTier.from_url(cache_url, serializer=SERIALIZER, namespace="mlc")
+    old_process = Generations(tier, max_age=1.0, timer=clock)
+    old_process.bump("fn:x")
+    old_process.bump("fn:x")
+    redis_client.flushall()  # the counter is evicted (allkeys-lru) or flushed
+    new_process = Generations(tier, max_age=1.0, timer=clock)
+    clock.advance(1.01)
+    assert old_process.current("fn:x") == 2  # never backwards, and written back
+    assert old_process.restored == 1
+    assert new_process.current("fn:x") == 2  # so a process that never saw it agrees
