@@ -16,8 +16,11 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery import Task, current_task, shared_task
+from celery.exceptions import Terminated
 from celery.result import AsyncResult
+from celery.worker.request import Request
 
 from core.errors import TierUnavailable
 from core.freshness import FRESH, STALE, FreshnessPolicy
@@ -32,10 +35,33 @@ _TASK_DEFAULTS: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": Tr
 REFRESH_HEADER = "tiercel_refresh"
 
 
+class CachedRequest(Request):  # type: ignore[misc]
+    """A cached task's request in the worker's main process: when the process computing
+    it is gone (hard time limit, terminate, lost child), free its lease at once."""
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        super().on_timeout(soft, timeout)
+        if not soft:
+            self._release("hard time limit")
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
+                   return_ok: bool = False) -> None:
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        error = getattr(exc_info.exception, "exc", exc_info.exception)
+        if isinstance(error, (WorkerLostError, Terminated)):
+            self._release(type(error).__name__)
+
+    def _release(self, why: str) -> None:
+        from tasks.abandoned import release_abandoned
+
+        release_abandoned(self.task, self.id, self.args, self.kwargs, why)
+
+
 class CachedTask(Task):  # type: ignore[misc]
     """Base class of every cached task; ``tiercel_spec`` says how it caches."""
 
     tiercel_spec: CachedFunction[Any, Any]
+    Request = "tasks.cached:CachedRequest"
 
     def submit(self, *args: Any, **kwargs: Any) -> CachedResult:
         """Answer from the cache when possible; else join the computation in flight,

@@ -76,9 +76,9 @@ class CachedResult:
                 if not runtime.notifier.connected:
                     # No notifications while the channel is down: the backend answers.
                     return self._async.get(timeout=_left(deadline))
-                # Every waiter of this key in the process wakes at once: one of them reads
-                # Redis, the others share its answer instead of a GET each.
-                found, _ = runtime.reads.do(self.key, lambda: runtime.cache.lookup(self.key))
+                # Each waiter reads for itself: sharing one in-flight read would let a
+                # waiter woken by the write take the answer of a read that began before it.
+                found = runtime.cache.lookup(self.key)
                 if found is not None:
                     self._value = found.value
                     return self._value

@@ -25,7 +25,6 @@ from core.multilevel import Lookup, MultiLevelCache
 from core.notifier import Notifier
 from core.redis_tier import RedisTier
 from core.settings import Settings, resolve_settings
-from core.singleflight import SingleFlight
 
 log = logging.getLogger("tiercel.runtime")
 
@@ -74,8 +73,15 @@ class Runtime:
                                             self.notifier, max_wait=settings.task_time_limit)
         self.cache.coordinator = self.coordinator
         self.refresher = BackgroundRefresher()
-        #: Shares one cache read among the threads woken for the same key.
-        self.reads = SingleFlight()
+        # Fleet metrics and sweeps (tasks.metrics, tasks.maintenance): a registry that pulls
+        # the figures above at snapshot time, and a wake-up for this process's sweeper.
+        from tasks import metrics as _metrics
+
+        #: Set by a sweep message (``s|``); this process's LocalSweeper waits on it.
+        self.sweep_requested = threading.Event()
+        self.notifier.on_sweep = self.sweep_requested.set
+        #: This process's metrics registry (``self.call`` is wrapped to count calls).
+        self.metrics = _metrics.instrument(self)
 
     def _on_reconnect(self) -> None:
         # Invalidation messages may have been missed while the channel was down: local

@@ -10,15 +10,20 @@ from __future__ import annotations
 from celery import Celery
 
 from core.settings import resolve_settings
+from workers import broker_guard
 from workers.config import celery_config
+from workers.schedule import beat_schedule
 
 #: Modules whose tasks every worker registers.
-TASK_MODULES = ["tasks.examples", "tasks.db_examples"]
+TASK_MODULES = ["tasks.examples", "tasks.db_examples", "tasks.maintenance"]
 
 settings = resolve_settings()
+broker_guard.apply()  # a broker restart must not kill workers (see the module)
 
 app = Celery("tiercel", include=TASK_MODULES)
 app.conf.update(celery_config(settings))
+# Maintenance and fleet aggregation; only the one beat process reads it (workers/schedule.py).
+app.conf.beat_schedule = beat_schedule(settings)
 # The default app in every thread (Celery's current app is thread-local otherwise), so
 # cached tasks submitted from a thread pool find this app's broker and result backend.
 app.set_default()

@@ -49,6 +49,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # On broker connection loss, running acks_late tasks are redelivered anyway; cancel
         # them instead of finishing twice.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # The queue this fleet publishes to and consumes (TIERCEL_QUEUE): fleets sharing
+        # one broker stay apart. Celery names the direct exchange and routing key after it.
+        "task_default_queue": settings.queue,
+        # On AMQP (RabbitMQ) the options above are ignored: an unacked message returns to
+        # the queue only when its channel closes; RabbitMQ's consumer_timeout (30 min by
+        # default) must exceed TIERCEL_TASK_TIME_LIMIT (see README, "Running on many hosts").
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,

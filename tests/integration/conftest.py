@@ -10,9 +10,13 @@ from tests.integration.fleet import worker_fleet
 from workers.launcher import Fleet
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    """Two prefork worker nodes with two processes each, for the whole session."""
+    """Two prefork worker nodes with two processes each, for one test module.
+
+    Module scope, not session: tests that start a private fleet (with other
+    settings) must never share the queue with a fleet that outlives its module.
+    """
     import workers.app  # noqa: F401  (the client side uses the session's servers too)
 
     with worker_fleet(nodes=2, concurrency=2) as running:

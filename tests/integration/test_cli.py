@@ -91,12 +91,14 @@ def test_malformed_option_is_argparse_usage(clean_env: dict[str, str]) -> None:
     assert "--workers" in result.stderr
 
 
-def test_call_submits_and_reports_the_source(fleet: object, cache_url: str) -> None:
+def test_call_submits_and_reports_the_source(fleet: object) -> None:
     import json
+    import uuid
 
-    result = run(["call", "tasks.examples.slow_square", "41"], dict(os.environ))
+    n = str(uuid.uuid4().int % 10**9)
+    result = run(["call", "tasks.examples.slow_square", n], dict(os.environ))
     assert result.returncode == 0, result.stderr
     first = json.loads(result.stdout)
-    assert first["result"] == 41 * 41 and first["source"] == "computed"
-    again = json.loads(run(["call", "tasks.examples.slow_square", "41"], dict(os.environ)).stdout)
+    assert first["result"] == int(n) ** 2 and first["source"] == "computed"
+    again = json.loads(run(["call", "tasks.examples.slow_square", n], dict(os.environ)).stdout)
     assert again["source"] == "redis" and again["task_id"] is None

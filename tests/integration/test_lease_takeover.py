@@ -52,3 +52,31 @@ def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
     assert int(redis_client.get(counter) or 0) == 2, "the killed computation plus one takeover"
     assert elapsed < 20, f"took {elapsed:.1f}s after the kill"
     assert redis_client.get(related_key(key, LEASE)) is None, "a lease was left behind"
+
+
+def test_hard_time_limit_frees_the_lease_at_once(
+    fleet: object, redis_client: redis.Redis
+) -> None:
+    # celery-singleton's issue 40: a lock left behind after a hard time limit. Here the
+    # worker's main process frees the lease as soon as it kills the child, so a waiter
+    # takes over at once instead of after the lease TTL (30 s in this fleet).
+    from celery.exceptions import TimeLimitExceeded
+
+    from tasks import runtime
+    from tasks.examples import stubborn
+
+    name = uuid.uuid4().hex
+    counter = f"test:count:{name}"
+    key = runtime.current().key(stubborn.tiercel_spec, (name, counter, 3.0), {})
+    first = stubborn.apply_async((name, counter, 3.0), soft_time_limit=0.5, time_limit=1)
+    deadline = time.monotonic() + 30
+    while redis_client.get(related_key(key, LEASE)) is None:
+        assert time.monotonic() < deadline, "no worker took the lease"
+        time.sleep(0.01)
+    waiting = stubborn.delay(name, counter, 3.0)
+    started = time.monotonic()
+    with pytest.raises(TimeLimitExceeded):
+        first.get(timeout=30)
+    assert waiting.get(timeout=30) == 2  # the waiter took over and computed
+    took = time.monotonic() - started
+    assert took < 10, f"the waiter waited {took:.1f}s: the lease was not freed"

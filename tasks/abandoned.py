@@ -1,0 +1,74 @@
+"""Freeing the lease of a computation whose process is gone, from the worker's main process.
+
+A hard time limit, a ``revoke(terminate=True)`` or a lost child (SIGKILL, OOM)
+kills the process holding a key's lease before it can release it. Its lease
+would expire by TTL (``TIERCEL_LEASE_TTL``) in any case; the main process,
+which Celery tells about all three, frees it at once so a waiter takes over
+now (the failure mode of celery-singleton's issue 40 cannot arise either way).
+
+Runs in the main process: it builds only a small Redis client of its own
+(no listener thread, no levels), lazily, after the pool has forked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+log = logging.getLogger("tiercel.abandoned")
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}
+
+
+def _tools() -> tuple[Any, Any, Any]:
+    """(settings, tier, leases) of this main process, built once per process."""
+    with _lock:
+        if _state.get("pid") != os.getpid():
+            from core.codecs import serializer_from_settings
+            from core.constants import channel_name
+            from core.leases import LeaseManager
+            from core.redis_tier import RedisTier
+            from core.settings import resolve_settings
+
+            settings = resolve_settings()
+            tier = RedisTier.from_url(settings.cache_url or "",
+                                      serializer=serializer_from_settings(settings),
+                                      namespace=settings.namespace, max_connections=4,
+                                      socket_timeout=settings.redis_timeout)
+            leases = LeaseManager(tier.client, ttl=settings.lease_ttl,
+                                  channel=channel_name(settings.namespace))
+            _state.update(pid=os.getpid(), settings=settings, tier=tier, leases=leases)
+        return _state["settings"], _state["tier"], _state["leases"]
+
+
+def release_abandoned(task: Any, task_id: str, args: Any, kwargs: Any, why: str) -> bool:
+    """Free the lease ``task_id`` holds on its key, if any; never raises."""
+    spec = getattr(task, "tiercel_spec", None)
+    if spec is None or not task_id:
+        return False
+    try:
+        from core.generations import Generations
+
+        settings, tier, leases = _tools()
+        key = spec.key(settings.namespace, Generations(tier, max_age=0.0), args or (),
+                       kwargs or {})
+        released = bool(leases.release_abandoned(key, task_id))
+    except Exception:  # cleanup is best effort: the lease still expires by TTL
+        log.warning("tiercel: could not free the lease of %s[%s] after %s", task.name,
+                    task_id, why, exc_info=True)
+        return False
+    if released:
+        log.info("tiercel: freed the lease of %s[%s] after %s", task.name, task_id, why)
+    return released
+
+
+def close() -> None:
+    """Close the main process's client (worker shutdown)."""
+    with _lock:
+        tier = _state.pop("tier", None)
+        _state.clear()
+    if tier is not None:
+        tier.close()

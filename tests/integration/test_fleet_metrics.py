@@ -1,0 +1,88 @@
+"""Fleet metrics through the result backend: every prefork child publishes, dead ones age out."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core.settings import Settings, resolve_settings
+from tasks import metrics
+from workers.launcher import Fleet, FleetSpec
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 0.5  # TIERCEL_METRICS_INTERVAL of the private fleet
+AGGREGATION_PERIOD = 2 * INTERVAL
+
+
+@pytest.fixture()
+def metered_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fleet, Settings, str]]:
+    """2 nodes x 2 prefork children in their own namespace and queue, publishing every 0.5 s."""
+    import workers.app  # noqa: F401  (the client publishes through the session's servers)
+
+    namespace = f"fm-{uuid.uuid4().hex[:8]}"
+    queue = f"fleet-metrics-{namespace}"
+    monkeypatch.setenv("TIERCEL_NAMESPACE", namespace)
+    monkeypatch.setenv("TIERCEL_METRICS_INTERVAL", str(INTERVAL))
+    settings = resolve_settings()
+    spec = FleetSpec(workers=2, concurrency=2, pool="prefork", beat=False, flower=False,
+                     loglevel="WARNING", grace=10.0, extra_worker_args=("-Q", queue))
+    with Fleet(settings, spec).running() as fleet:
+        yield fleet, settings, queue
+
+
+def _view(settings: Settings) -> dict[str, Any]:
+    client = metrics.metrics_client(settings)
+    try:
+        return metrics.aggregate(client, settings.namespace, INTERVAL)
+    finally:
+        client.close()
+
+
+def _wait_for(settings: Settings, check: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        view = _view(settings)
+        if check(view):
+            return view
+        assert time.monotonic() < deadline, f"fleet view never matched: {view['processes']}"
+        time.sleep(0.1)
+
+
+def test_view_covers_every_child_and_a_killed_node_leaves_it(
+        metered_fleet: tuple[Fleet, Settings, str]) -> None:
+    fleet, settings, queue = metered_fleet
+    from tasks.examples import slow_square
+
+    # Computed once, then answered from the tiers: compute seconds saved grow.
+    n = uuid.uuid4().int % 10**9
+    for _ in range(6):
+        assert slow_square.apply_async((n, 50), queue=queue).get(timeout=30) == n * n
+
+    def complete(view: dict[str, Any]) -> bool:
+        task = view["tasks"].get("tasks.examples.slow_square", {})
+        return view["fleet"]["processes"] == 4 and task.get("requests", 0) >= 6
+
+    view = _wait_for(settings, complete)
+    pids = {p["pid"] for p in view["processes"]}
+    assert len(pids) == 4 and view["fleet"]["nodes"] == 2
+    assert set(view["nodes"]) == set(fleet.node_names)
+    assert all(figures["processes"] == 2 for figures in view["nodes"].values())
+    task = view["tasks"]["tasks.examples.slow_square"]
+    assert task["by_source"].get("computed") == 1
+    # Each hit saved about one 50 ms computation.
+    assert task["compute_seconds_saved"] >= 5 * 0.04
+    assert view["fleet"]["tiers"]["memory"]["hits"] + view["fleet"]["tiers"]["redis"]["hits"] >= 1
+
+    killed_node = fleet.node_names[0]
+    fleet.processes[0].kill()  # SIGKILL the node's process group: no goodbye
+    killed_at = time.monotonic()
+    view = _wait_for(settings, lambda v: killed_node not in v["nodes"], timeout=10)
+    gone_after = time.monotonic() - killed_at
+    assert gone_after <= 2 * AGGREGATION_PERIOD, f"left the view after {gone_after:.2f}s"
+    assert view["fleet"]["processes"] == 2
+    assert set(view["nodes"]) == {fleet.node_names[1]}

@@ -1,0 +1,120 @@
+"""`tiercel stats`, `tiercel exporter` and Flower against the session fleet."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from core.redis_server import free_port
+from core.settings import resolve_settings
+from tasks.maintenance import aggregate
+from workers.cli import main
+from workers.launcher import Fleet
+
+pytestmark = pytest.mark.integration
+
+
+def _get(url: str, timeout: float = 5.0) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # loopback only
+        return response.read().decode()
+
+
+def test_stats_reads_the_latest_aggregation(fleet: Fleet, capsys: pytest.CaptureFixture[str]
+                                            ) -> None:
+    task_id = aggregate.delay().id
+    aggregate.AsyncResult(task_id).get(timeout=30)
+    assert main(["stats", "--json"]) == 0
+    view = json.loads(capsys.readouterr().out)
+    assert view["task_id"] == task_id
+    assert view["fleet"]["processes"] >= 4 and view["fleet"]["nodes"] >= 2
+    assert "redis" in view["fleet"]["tiers"]
+    assert main(["stats"]) == 0
+    table = capsys.readouterr().out
+    assert "hit ratio per tier" in table and "per node and process" in table
+
+
+def test_stats_without_an_aggregation_says_so_and_exits_1(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TIERCEL_NAMESPACE", f"empty-{uuid.uuid4().hex[:8]}")
+    assert main(["stats"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tiercel: no fleet aggregation yet") and "\n" not in err
+
+
+def test_exporter_serves_the_fleet_view_in_prometheus_format(fleet: Fleet) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tasks.examples import slow_square
+    from workers.exporter import serve
+
+    for n in range(40):  # enough calls that some are timed (1 in 16)
+        slow_square.delay(7000 + n % 4, 1).get(timeout=30)
+    aggregate.delay().get(timeout=30)
+    port = free_port()
+    server = serve(resolve_settings(), "127.0.0.1", port)
+    try:
+        text = _get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.shutdown()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert families["tiercel_fleet_processes"].type == "gauge"
+    assert sum(s.value for s in families["tiercel_fleet_processes"].samples) >= 4
+    hits = families["tiercel_cache_hits"]  # the text format's counter family drops _total
+    assert hits.type == "counter" and hits.samples[0].name == "tiercel_cache_hits_total"
+    assert {s.labels["level"] for s in hits.samples} >= {"memory", "bytes"}
+    assert "tiercel_tier_hit_ratio" in families
+
+
+def test_flower_shows_which_tier_answered_and_the_aggregation(fleet: Fleet) -> None:
+    """Flower 2.2 counts each task's `task-tiercel-<source>` events, and lists the
+    aggregation task with its result."""
+    from tasks.examples import slow_square
+
+    port = free_port()
+    env = dict(os.environ, FLOWER_UNAUTHENTICATED_API="true")
+    flower = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "flower", "--address=127.0.0.1",
+         f"--port={port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _get(f"http://127.0.0.1:{port}/healthcheck", timeout=1)
+                break
+            except OSError:
+                assert flower.poll() is None, "flower exited"
+                assert time.monotonic() < deadline, "flower did not start"
+                time.sleep(0.2)
+        time.sleep(1.0)  # its event receiver subscribes right after the web server starts
+        n = uuid.uuid4().int % 10**9
+        slow_square.delay(n, 1).get(timeout=30)  # computed
+        for _ in range(4):
+            slow_square.delay(n, 1).get(timeout=30)  # answered from a cache tier
+        task_id = aggregate.delay().id
+        aggregate.AsyncResult(task_id).get(timeout=30)
+        deadline = time.monotonic() + 15
+        while True:
+            metrics_text = _get(f"http://127.0.0.1:{port}/metrics")
+            tasks = json.loads(_get(f"http://127.0.0.1:{port}/api/tasks?"
+                                    "taskname=tiercel.metrics.aggregate"))
+            sources = {line.split('type="task-tiercel-')[1].split('"')[0]
+                       for line in metrics_text.splitlines()
+                       if 'type="task-tiercel-' in line and "slow_square" in line}
+            if "computed" in sources and len(sources) >= 2 and task_id in tasks:
+                break
+            assert time.monotonic() < deadline, (sources, list(tasks))
+            time.sleep(0.3)
+        info = json.loads(_get(f"http://127.0.0.1:{port}/api/task/info/{task_id}"))
+        assert info["name"] == "tiercel.metrics.aggregate" and info["state"] == "SUCCESS"
+        assert "fleet" in info["result"]
+    finally:
+        os.killpg(flower.pid, 15)
+        flower.wait(10)

@@ -1,0 +1,149 @@
+"""Serve the fleet's aggregated metrics to Prometheus (text format on /metrics).
+
+Every scrape reads the newest `tiercel.metrics.aggregate` result (cached for
+a few seconds): counters as `tiercel_*_total`, gauges summed over the fleet,
+latencies as summaries in seconds with quantiles 0.5, 0.9 and 0.99 from the
+merged sketches (true fleet percentiles). Binds 127.0.0.1 unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+__all__ = ["FleetCollector", "configure", "families", "run", "serve"]
+
+log = logging.getLogger("tiercel.exporter")
+
+#: Seconds one loaded fleet view answers scrapes (aggregations come every ~20 s anyway).
+CACHE_SECONDS = 5.0
+_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's options."""
+    parser.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
+    parser.add_argument("--address", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1)")
+
+
+def families(view: dict[str, Any]) -> Iterator[Any]:
+    """Prometheus metric families of one fleet view."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+    from core.sketches import LatencySketch
+
+    merged = view["merged"]
+    counters: dict[str, Any] = {}
+    for item in merged["counters"]:
+        name = item["name"]
+        family = counters.get(name)
+        if family is None:
+            family = counters[name] = CounterMetricFamily(
+                name, f"tiercel counter {name} (fleet-wide sum)", labels=sorted(item["labels"]))
+        family.add_metric([item["labels"].get(label, "") for label in family._labelnames],
+                          item["value"])
+    gauges: dict[str, Any] = {}
+    for item in merged["gauges"]:
+        name = item["name"]
+        family = gauges.get(name)
+        if family is None:
+            family = gauges[name] = GaugeMetricFamily(
+                name, f"tiercel gauge {name} (sum over processes)", labels=sorted(item["labels"]))
+        family.add_metric([item["labels"].get(label, "") for label in family._labelnames],
+                          item["value"])
+    summaries: dict[str, Any] = {}
+    for item in merged["sketches"]:
+        name = item["name"]
+        family = summaries.get(name)
+        if family is None:
+            family = summaries[name] = Metric(
+                name, f"tiercel latency {name} in seconds (merged sketches)", "summary")
+        sketch = LatencySketch.from_dict(item["sketch"])
+        labels = dict(item["labels"])
+        for q in _QUANTILES:
+            value = sketch.quantile(q)
+            if value is not None:
+                family.add_sample(name, {**labels, "quantile": str(q)}, value)
+        family.add_sample(name + "_count", labels, sketch.count)
+        family.add_sample(name + "_sum", labels, sketch.sum)
+    yield from counters.values()
+    yield from gauges.values()
+    yield from summaries.values()
+    fleet = GaugeMetricFamily("tiercel_fleet_processes",
+                              "worker processes in the fleet view", labels=["node"])
+    for node, figures in view["nodes"].items():
+        fleet.add_metric([node], figures["processes"])
+    yield fleet
+    ratio = GaugeMetricFamily("tiercel_tier_hit_ratio", "hits / lookups per tier",
+                              labels=["tier"])
+    for tier, figures in view["fleet"]["tiers"].items():
+        ratio.add_metric([tier], figures["hit_ratio"])
+    yield ratio
+    yield GaugeMetricFamily("tiercel_fleet_aggregated_timestamp_seconds",
+                            "when the fleet view was aggregated (unix seconds)",
+                            value=view["aggregated_at"])
+
+
+class FleetCollector:
+    """A prometheus_client collector answering each scrape from the newest fleet view."""
+
+    def __init__(self, settings: Any, *, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.settings = settings
+        self.cache_seconds = cache_seconds
+        self._lock = threading.Lock()
+        self._view: dict[str, Any] | None = None
+        self._loaded = 0.0
+
+    def view(self) -> dict[str, Any] | None:
+        """The newest fleet view (None when there is none yet)."""
+        from workers.stats import load_view
+
+        with self._lock:
+            if self._view is None or time.monotonic() - self._loaded > self.cache_seconds:
+                try:
+                    self._view = load_view(self.settings, timeout=5.0)
+                    self._loaded = time.monotonic()
+                except Exception as exc:  # serve the last view rather than fail the scrape
+                    log.warning("reading the fleet view failed: %s", exc)
+            return self._view
+
+    def collect(self) -> Iterator[Any]:
+        """Called by prometheus_client on every scrape."""
+        view = self.view()
+        if view is not None:
+            yield from families(view)
+
+
+def serve(settings: Any, address: str, port: int) -> Any:
+    """Start serving on ``address:port`` in a thread; returns the HTTP server."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector(settings))
+    server, _thread = start_http_server(port, addr=address, registry=registry)
+    return server
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C or SIGTERM."""
+    from core.errors import ServerError
+    from core.settings import resolve_settings
+
+    settings = resolve_settings()
+    try:
+        server = serve(settings, args.address, args.port)
+    except OSError as exc:
+        raise ServerError(f"cannot listen on {args.address}:{args.port}: {exc.strerror}") from None
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(f"tiercel: exporter on http://{args.address}:{args.port}/metrics", flush=True)
+    stop.wait()
+    server.shutdown()
+    return 0

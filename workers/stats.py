@@ -1,0 +1,142 @@
+"""The fleet's aggregated metrics: requests and hit ratio per tier, fleet-wide
+latency percentiles (merged sketches, so true percentiles), compute seconds
+saved, per task, per node and per process.
+
+Reads the newest `tiercel.metrics.aggregate` result (beat runs one every
+TIERCEL_AGGREGATE_INTERVAL seconds). With none yet it says so in one line and
+exits 1; `--fresh` merges the live snapshots itself instead of waiting for beat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+__all__ = ["configure", "load_view", "render", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the command's options."""
+    parser.add_argument("--json", action="store_true", help="print the fleet view as JSON")
+    parser.add_argument("--watch", type=float, nargs="?", const=5.0, default=None,
+                        metavar="SECONDS", help="redraw every SECONDS (default 5) until Ctrl-C")
+    parser.add_argument("--fresh", action="store_true",
+                        help="merge the live per-process snapshots now instead of reading "
+                             "beat's latest aggregation")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to wait for the result backend (default 10)")
+
+
+def load_view(settings: Any, *, fresh: bool = False, timeout: float = 10.0
+              ) -> dict[str, Any] | None:
+    """The newest fleet view, or None when no aggregation exists yet."""
+    from tasks import metrics
+
+    client = metrics.metrics_client(settings)
+    try:
+        if fresh:
+            return metrics.aggregate(client, settings.namespace, settings.metrics_interval)
+        task_id = client.get(metrics.latest_key(settings.namespace))
+    finally:
+        client.close()
+    if task_id is None:
+        return None
+    from celery.result import AsyncResult
+
+    from workers.app import app
+
+    text = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
+    result = AsyncResult(text, app=app)
+    view: dict[str, Any] = result.get(timeout=timeout, propagate=True)
+    return view
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.2f}"
+
+
+def render(view: dict[str, Any]) -> Any:
+    """The view as a group of rich tables."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    fleet = view["fleet"]
+    age = time.time() - view["aggregated_at"]
+    head = Text(
+        f"{fleet['nodes']} node(s), {fleet['processes']} process(es); "
+        f"{fleet['requests']:,.0f} requests, {fleet['computed']:,.0f} computed; "
+        f"compute seconds saved {fleet['compute_seconds_saved']:,.1f}; "
+        f"aggregated {age:.0f}s ago", style="bold")
+
+    tiers = Table(title="hit ratio per tier")
+    for column in ("tier", "hits", "misses", "hit ratio"):
+        tiers.add_column(column, justify="left" if column == "tier" else "right")
+    for tier, figures in fleet["tiers"].items():
+        tiers.add_row(tier, f"{figures['hits']:,.0f}", f"{figures['misses']:,.0f}",
+                      f"{figures['hit_ratio']:.1%}")
+
+    latency = Table(title="request latency by source, ms (fleet-wide, merged sketches)")
+    for column in ("source", "requests", "p50", "p90", "p99", "max"):
+        latency.add_column(column, justify="left" if column == "source" else "right")
+    rows = dict(view["latency"])
+    if fleet.get("latency"):
+        rows["all"] = fleet["latency"]
+    for source, figures in rows.items():
+        latency.add_row(source, f"{figures['count']:,}", _ms(figures.get("p50")),
+                        _ms(figures.get("p90")), _ms(figures.get("p99")), _ms(figures["max"]))
+
+    tasks = Table(title="per task")
+    for column in ("task", "requests", "by source", "saved s", "compute p50 ms",
+                   "compute p99 ms"):
+        tasks.add_column(column, justify="left" if column in ("task", "by source") else "right")
+    for name, figures in view["tasks"].items():
+        compute = figures.get("compute_seconds") or {}
+        sources = ", ".join(f"{source} {count:,.0f}"
+                            for source, count in figures["by_source"].items())
+        tasks.add_row(name, f"{figures['requests']:,.0f}", sources,
+                      f"{figures['compute_seconds_saved']:,.1f}", _ms(compute.get("p50")),
+                      _ms(compute.get("p99")))
+
+    processes = Table(title="per node and process")
+    for column in ("node", "pid", "requests", "computed", "saved s", "snapshot age s"):
+        processes.add_column(column, justify="left" if column == "node" else "right")
+    for process in view["processes"]:
+        processes.add_row(process["node"], str(process["pid"]), f"{process['requests']:,.0f}",
+                          f"{process['computed']:,.0f}",
+                          f"{process['compute_seconds_saved']:,.1f}",
+                          f"{process['age']:.1f}" if process.get("age") is not None else "-")
+    return Group(head, tiers, latency, tasks, processes)
+
+
+def _print(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        shown = {key: value for key, value in view.items() if key != "merged"}
+        print(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+
+    Console().print(render(view))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the fleet view (once, or every ``--watch`` seconds)."""
+    from core.settings import resolve_settings
+
+    settings = resolve_settings()
+    while True:
+        view = load_view(settings, fresh=args.fresh, timeout=args.timeout)
+        if view is None:
+            print("tiercel: no fleet aggregation yet: is beat running? "
+                  "(or use `tiercel stats --fresh`)", file=sys.stderr)
+            return 1
+        if args.watch is None:
+            _print(view, args.json)
+            return 0
+        if not args.json:
+            print("\033[2J\033[H", end="")  # clear the screen between frames
+        _print(view, args.json)
+        time.sleep(max(0.5, args.watch))
