@@ -90,3 +90,25 @@ def redis_server(**kwargs: Any) -> Iterator[RedisServer]:
     kwargs.setdefault("maxmemory_policy", "allkeys-lru")
     with RedisServer(**kwargs) as server:
         yield server
+
+
+def run_child(module: str, quick: bool, timeout: float) -> list[Row]:
+    """Run ``python -m <module> --child [--quick]`` in a fresh interpreter; return its rows.
+
+    A benchmark that needs worker processes starts its own servers and fleet in the
+    child, so its Celery app is configured for them alone.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERCEL_")}
+    env["TIERCEL_RUN_DIR"] = os.path.join(os.getcwd(), ".tiercel", "bench-run")
+    command = [sys.executable, "-m", module, "--child", *(["--quick"] if quick else [])]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{module} failed:\n{done.stderr[-4000:]}")
+    rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
+    return rows

@@ -20,7 +20,6 @@ import multiprocessing
 import os
 import random
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -28,7 +27,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from bench._harness import Row, figure_row, ratio_row
+from bench._harness import Row, figure_row, ratio_row, run_child
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -299,17 +298,7 @@ def child(quick: bool) -> list[Row]:
 
 def run(quick: bool = False) -> list[Row]:
     """Run :func:`child` in a fresh interpreter and return its rows."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERCEL_")}
-    env["TIERCEL_RUN_DIR"] = os.path.join(os.getcwd(), ".tiercel", "bench-run")
-    command = [sys.executable, "-m", "bench.celery_compute", "--child"]
-    if quick:
-        command.append("--quick")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900,
-                          check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"bench.celery_compute failed:\n{done.stderr[-4000:]}")
-    rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])
-    return rows
+    return run_child("bench.celery_compute", quick, timeout=900)
 
 
 if __name__ == "__main__":
