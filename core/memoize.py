@@ -18,6 +18,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from core.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from core.generations import Generations
 from core.keys import KeyBuilder, function_name
+from core.levels import MemoryLevel
 from core.multilevel import Lookup, MultiLevelCache
 
 P = ParamSpec("P")
@@ -43,6 +44,9 @@ class CachedFunction(Generic[P, R]):
     ignore: tuple[str, ...] = ()
     name: str = ""
     policy: FreshnessPolicy = field(default_factory=FreshnessPolicy)
+    #: Names of the local levels this function's values may occupy; None: all of
+    #: them, ``()``: none (values live in the Redis tier only).
+    levels: tuple[str, ...] | None = None
     _builders: dict[str, KeyBuilder] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,6 +88,7 @@ class CachedFunction(Generic[P, R]):
     ) -> Lookup:
         """Look up or compute one call through ``cache``, refreshing early or stale values
         as :attr:`policy` says (in the background when a ``refresher`` is given)."""
+        cache = cache.with_levels(self.levels)
         key = self.key(namespace, generations, args, kwargs)
         ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
 
@@ -153,7 +158,10 @@ class Memoized(Generic[P, R]):
         self.hot_hits = 0
         self._timer = timer
         self._hot: dict[tuple[Any, ...], tuple[Any, int, float]] = {}
-        self._hot_entries = hot_entries
+        # The memo holds live objects, as a memory level does: only where one may.
+        self._hot_entries = hot_entries if any(
+            isinstance(level, MemoryLevel) for level in cache.with_levels(spec.levels).levels
+        ) else 0
         previous = generations.on_change
         if previous is None:
             generations.on_change = cache.advance_epoch
@@ -187,7 +195,7 @@ class Memoized(Generic[P, R]):
 
     def _remember(self, args: tuple[Any, ...], found: Lookup) -> None:
         lifetime = self.spec.memo_lifetime(found, self.generations.max_age)
-        if lifetime <= 0:
+        if lifetime <= 0 or not self._hot_entries:
             return
         hot = self._hot
         if len(hot) >= self._hot_entries and args not in hot:
@@ -229,13 +237,15 @@ def cached(
     ignore: Iterable[str] = (),
     namespace: str = "tiercel",
     generations: Generations | None = None,
+    levels: Iterable[str] | None = None,
 ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
     """Decorate a function so its results are cached in ``cache``."""
     gens = generations or Generations(cache.tier)
 
     def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
         spec = CachedFunction(fn, ttl=ttl, tags=tuple(tags), version=version,
-                              ignore=tuple(ignore), policy=policy or FreshnessPolicy())
+                              ignore=tuple(ignore), policy=policy or FreshnessPolicy(),
+                              levels=None if levels is None else tuple(levels))
         return Memoized(spec, cache, gens, namespace)
 
     return decorate

@@ -15,6 +15,7 @@ in the memory levels.
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,8 +61,46 @@ class Lookup:
     compute_seconds: float = 0.0
 
 
+class CacheState:
+    """Counters every view of one cache shares (see :meth:`MultiLevelCache.with_levels`).
+
+    ``epoch`` advances on every local invalidation: memos in front of the cache
+    (see :mod:`core.memoize`) trust an answer only while it is unchanged.
+    ``drops`` advances on every local drop (invalidation, or a newer value
+    elsewhere): a value read from Redis while it moved may be outdated and is
+    not promoted.
+    """
+
+    __slots__ = ("compute_errors", "computed", "corrupt", "drops", "epoch", "uncacheable")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.drops = 0
+        self.computed = 0
+        self.compute_errors = 0
+        self.uncacheable = 0
+        self.corrupt = 0
+
+
+def _shared(name: str, doc: str) -> property:
+    def get(self: MultiLevelCache) -> int:
+        value: int = getattr(self._state, name)
+        return value
+
+    def set_(self: MultiLevelCache, value: int) -> None:
+        setattr(self._state, name, value)
+
+    return property(get, set_, doc=doc)
+
+
 class MultiLevelCache:
     """Local levels (fastest first) in front of an optional Redis tier."""
+
+    epoch = _shared("epoch", "Advances on every local invalidation (memos check it).")
+    computed = _shared("computed", "Values computed through this cache.")
+    compute_errors = _shared("compute_errors", "Computations that raised.")
+    uncacheable = _shared("uncacheable", "Values the codec could not encode (kept local).")
+    corrupt = _shared("corrupt", "Stored payloads that failed to decode (deleted).")
 
     def __init__(
         self,
@@ -80,16 +119,8 @@ class MultiLevelCache:
         self.default_ttl = default_ttl
         self._wall_clock = wall_clock
         self._flight = SingleFlight()
-        #: Advances on every local invalidation; memos in front of the cache (see
-        #: :mod:`core.memoize`) trust an answer only while the epoch is unchanged.
-        self.epoch = 0
-        #: Advances on every local drop (invalidation or newer value elsewhere): a value
-        #: read from Redis while it moved may be outdated and is not promoted.
-        self._drops = 0
-        self.computed = 0
-        self.compute_errors = 0
-        self.uncacheable = 0
-        self.corrupt = 0
+        self._state = CacheState()
+        self._views: dict[tuple[str, ...], MultiLevelCache] = {}
 
     # --- configuration ---
 
@@ -119,6 +150,26 @@ class MultiLevelCache:
         self.levels.append(level)
         return level
 
+    def with_levels(self, names: Iterable[str] | None) -> MultiLevelCache:
+        """A view of this cache that reads and writes only the named local levels
+        (``()``: none, Redis only). It shares the levels, the tier, the coordinator,
+        single-flight and every counter; None returns this cache."""
+        if names is None:
+            return self
+        wanted = tuple(names)
+        view = self._views.get(wanted)
+        if view is None:
+            known = {level.name for level in self.levels}
+            unknown = [name for name in wanted if name not in known]
+            if unknown:
+                raise ValueError(f"no local level named {', '.join(map(repr, unknown))}; "
+                                 f"this process has {', '.join(sorted(known)) or 'none'}")
+            view = copy.copy(self)
+            view.levels = [level for level in self.levels if level.name in wanted]
+            view._views = {}
+            self._views[wanted] = view
+        return view
+
     # --- reads ---
 
     def lookup(self, key: str, *, remote: bool = True) -> Lookup | None:
@@ -145,11 +196,11 @@ class MultiLevelCache:
             return Lookup(value, level.name, ttl)
         if self.tier is None or not remote:
             return None
-        drops = self._drops
+        drops = self._state.drops
         entry = self.tier.get_entry(key)
         if entry is None:
             return None
-        return self._accept_entry(key, entry, promote=drops == self._drops)
+        return self._accept_entry(key, entry, promote=drops == self._state.drops)
 
     def _accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
         try:
@@ -184,9 +235,9 @@ class MultiLevelCache:
             else:
                 found[key] = hit.value
         if remote and self.tier is not None:
-            drops = self._drops
+            drops = self._state.drops
             entries = self.tier.get_entries(remote)
-            promote = drops == self._drops
+            promote = drops == self._state.drops
             for key, entry in entries.items():
                 accepted = self._accept_entry(key, entry, promote=promote)
                 if accepted is not None:
@@ -364,14 +415,14 @@ class MultiLevelCache:
         Unlike an invalidation this does not advance the epoch: the copy was a
         valid (older) answer, and memos may keep it for their short ``max_age``.
         """
-        self._drops += 1
+        self._state.drops += 1
         for level in self.levels:
             level.discard(key)
 
     def invalidate_local(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` from this process's levels only."""
         self.epoch += 1
-        self._drops += 1
+        self._state.drops += 1
         for key in keys:
             for level in self.levels:
                 level.discard(key)
@@ -388,13 +439,13 @@ class MultiLevelCache:
     def invalidate_tag_local(self, tag: str) -> int:
         """Remove entries tagged ``tag`` from this process's levels (a scan: rare, bounded)."""
         self.epoch += 1
-        self._drops += 1
+        self._state.drops += 1
         return sum(level.discard_tagged(tag) for level in self.levels)
 
     def clear_local(self) -> None:
         """Drop this process's levels (after losing the invalidation channel)."""
         self.epoch += 1
-        self._drops += 1
+        self._state.drops += 1
         for level in self.levels:
             level.clear()
 

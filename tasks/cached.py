@@ -68,8 +68,9 @@ class CachedTask(Task):  # type: ignore[misc]
         or enqueue exactly one task for the key."""
         rt = runtime.current()
         spec = self.tiercel_spec
+        cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, args, kwargs)
-        found = rt.cache.lookup(key)
+        found = cache.lookup(key)
         if found is not None:
             verdict = spec.policy.judge(found.ttl, found.compute_seconds)
             if verdict != STALE or spec.policy.stale_while_revalidate:
@@ -83,9 +84,9 @@ class CachedTask(Task):  # type: ignore[misc]
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
             return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined",
-                                        rt)
+                                        rt, cache)
         return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
-                                    "computed", rt)
+                                    "computed", rt, cache)
 
     def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -118,7 +119,8 @@ class CachedTask(Task):  # type: ignore[misc]
         rt = runtime.current()
         normalised = [_split_call(call) for call in calls]
         keys = [rt.key(self.tiercel_spec, args, kwargs) for args, kwargs in normalised]
-        hits = rt.cache.get_many(keys)
+        cache = rt.cache.with_levels(self.tiercel_spec.levels)
+        hits = cache.get_many(keys)
         first_of: dict[str, int] = {}
         for index, key in enumerate(keys):
             if key not in hits:
@@ -144,7 +146,7 @@ class CachedTask(Task):  # type: ignore[misc]
                 async_result, source = handles[key]
                 if first_of[key] != index:
                     source = "joined"
-                results.append(CachedResult.pending(key, async_result, source, rt))
+                results.append(CachedResult.pending(key, async_result, source, rt, cache))
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:
@@ -204,6 +206,7 @@ def cached_task(
     stale_while_revalidate: bool = True,
     stale_if_error: bool = False,
     early_refresh: float = 1.0,
+    levels: Iterable[str] | None = None,
     **celery_options: Any,
 ) -> Any:
     """Register ``fn`` as a cached Celery task (usable bare or with options).
@@ -215,6 +218,8 @@ def cached_task(
     value while one refresh runs (``stale_while_revalidate``), and a failing
     refresh serves it instead of the error when ``stale_if_error``.
     ``early_refresh`` is XFetch's beta (0 turns probabilistic early refresh off).
+    ``levels`` names the local levels (``"memory"``, ``"bytes"``) its values may
+    occupy in each process; ``()`` keeps them in the Redis tier only.
     Other keyword arguments go to Celery's task decorator.
     """
 
@@ -224,7 +229,8 @@ def cached_task(
                                  stale_while_revalidate=stale_while_revalidate,
                                  stale_if_error=stale_if_error, early_refresh=early_refresh)
         spec = CachedFunction(func, ttl=ttl, tags=tuple(tags), version=version,
-                              ignore=tuple(ignore), name=task_name, policy=policy)
+                              ignore=tuple(ignore), name=task_name, policy=policy,
+                              levels=None if levels is None else tuple(levels))
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:

@@ -129,3 +129,10 @@ def stubborn(name: str, counter: str, seconds: float = 3.0) -> int:
         except SoftTimeLimitExceeded:
             continue
     return number
+
+
+@cached_task(ttl=600, levels=())
+def shared_only(n: int) -> int:
+    """Kept in the Redis tier only (``levels=()``): never in a process's local levels,
+    e.g. for values that must never outlive an invalidation even by the channel's delay."""
+    return n * 3

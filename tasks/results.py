@@ -23,10 +23,11 @@ class CachedResult:
     task for the same key (``joined``).
     """
 
-    __slots__ = ("_async", "_runtime", "_value", "key", "source")
+    __slots__ = ("_async", "_cache", "_runtime", "_value", "key", "source")
 
     def __init__(self, *, key: str, source: str, value: Any = _UNSET,
-                 async_result: AsyncResult | None = None, runtime: Any = None) -> None:
+                 async_result: AsyncResult | None = None, runtime: Any = None,
+                 cache: Any = None) -> None:
         if (value is _UNSET) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
@@ -34,6 +35,7 @@ class CachedResult:
         self._value = value
         self._async = async_result
         self._runtime = runtime
+        self._cache = cache
 
     @classmethod
     def resolved(cls, key: str, value: Any, source: str) -> CachedResult:
@@ -42,10 +44,11 @@ class CachedResult:
 
     @classmethod
     def pending(cls, key: str, async_result: AsyncResult, source: str,
-                runtime: Any = None) -> CachedResult:
+                runtime: Any = None, cache: Any = None) -> CachedResult:
         """A result a Celery task will provide; with the process's ``runtime`` it is
         read from the cache the moment the value is written (see :meth:`get`)."""
-        return cls(key=key, source=source, async_result=async_result, runtime=runtime)
+        return cls(key=key, source=source, async_result=async_result, runtime=runtime,
+                   cache=cache)
 
     @property
     def task_id(self) -> str | None:
@@ -78,7 +81,7 @@ class CachedResult:
                     return self._async.get(timeout=_left(deadline))
                 # Each waiter reads for itself: sharing one in-flight read would let a
                 # waiter woken by the write take the answer of a read that began before it.
-                found = runtime.cache.lookup(self.key)
+                found = (self._cache or runtime.cache).lookup(self.key)
                 if found is not None:
                     self._value = found.value
                     return self._value

@@ -64,3 +64,17 @@ def test_every_node_answers_ping(fleet: Fleet) -> None:
     from workers.control import ping_nodes
 
     assert ping_nodes(fleet.settings, fleet.node_names, timeout=2.0) == set(fleet.node_names)
+
+
+def test_a_task_with_no_local_levels_is_answered_by_redis_every_time(
+    fleet: Fleet, cache_url: str
+) -> None:
+    from tasks import runtime
+    from tasks.examples import shared_only
+
+    n = uuid.uuid4().int % 10_000
+    assert shared_only.submit(n).get(timeout=30) == 3 * n
+    again = shared_only.submit(n)
+    assert again.source == "redis" and again.get() == 3 * n
+    key = again.key
+    assert all(key not in level for level in runtime.current().cache.levels)

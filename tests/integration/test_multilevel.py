@@ -332,3 +332,31 @@ def test_a_lost_generation_counter_is_restored_by_processes_that_remember_it(
     assert old_process.current("fn:x") == 2  # never backwards, and written back
     assert old_process.restored == 1
     assert new_process.current("fn:x") == 2  # so a process that never saw it agrees
+
+
+@pytest.mark.parametrize(("levels", "holders"), [((), []), (("bytes",), ["bytes"]),
+                                                (None, ["memory", "bytes"])])
+def test_levels_choose_where_a_function_is_kept_locally(
+    cache_url: str, levels: tuple[str, ...] | None, holders: list[str]
+) -> None:
+    cache = make_cache(cache_url)
+    calls: list[int] = []
+
+    @cached(cache, ttl=60, namespace="mlc", levels=levels,
+            generations=Generations(cache.tier, max_age=60))
+    def triple(n: int) -> int:
+        calls.append(n)
+        return 3 * n
+
+    key = triple.spec.key("mlc", triple.generations, (5,), {})
+    assert triple(5) == 15 and triple(5) == 15
+    assert [level.name for level in cache.levels if key in level] == holders
+    assert calls == [5]  # answered from Redis or a local level, not recomputed
+    if not holders:
+        assert triple.lookup(5).source == "redis"
+
+
+def test_an_unknown_level_name_is_a_clear_error(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    with pytest.raises(ValueError, match="no local level named 'disk'"):
+        cache.with_levels(("disk",))
