@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from core.errors import CodecError
 
@@ -35,8 +35,7 @@ _TAG_SEPARATOR = "\x00"
 _MAX_TAGS_BYTES = 0xFFFF
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """An encoded payload with the metadata later reads need.
 
     ``stored_at`` and ``expires_at`` are wall-clock unix seconds (``expires_at``
@@ -133,13 +132,14 @@ class Entry:
                 raise CodecError("corrupt cache entry: empty tag")
         else:
             tags = ()
-        return cls(
+        # tuple.__new__ skips the generated __new__: this runs on every Redis hit.
+        return tuple.__new__(cls, (
             bytes(data[start:]),
             stored_at,
             expires_at if flags & _HAS_EXPIRY else None,
             compute_seconds,
             tags,
-        )
+        ))
 
 
 def _describe(data: object) -> str:

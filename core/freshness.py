@@ -29,6 +29,9 @@ from dataclasses import dataclass
 
 log = logging.getLogger("tiercel.freshness")
 
+#: -ln(U) beyond this is (practically) never drawn.
+_NEVER_DRAWN = 40.0
+
 FRESH = "fresh"
 EARLY = "early"
 STALE = "stale"
@@ -63,9 +66,12 @@ class FreshnessPolicy:
         if fresh_left <= 0:
             return STALE
         if self.early_refresh > 0 and compute_seconds > 0:
-            draw = 1.0 - rand()  # uniform on (0, 1]: log() never sees 0
-            if compute_seconds * self.early_refresh * -math.log(draw) >= fresh_left:
-                return EARLY
+            scale = compute_seconds * self.early_refresh
+            # -ln(U) >= 40 has probability e^-40 (~4e-18): far from expiry, skip the draw.
+            if fresh_left < scale * _NEVER_DRAWN:
+                draw = 1.0 - rand()  # uniform on (0, 1]: log() never sees 0
+                if scale * -math.log(draw) >= fresh_left:
+                    return EARLY
         return FRESH
 
 

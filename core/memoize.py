@@ -24,6 +24,15 @@ from core.multilevel import Lookup, MultiLevelCache
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: Argument types whose equality and hashing never cross types (``1 == True`` and
+#: ``1 == 1.0`` are why bool and float are not here), so a tuple of them can key the
+#: hot memo without ever confusing two calls that have different cache keys.
+_HOT_TYPES: frozenset[type] = frozenset({str, int, bytes, type(None)})
+#: Calls with at most this many positional arguments have their keys remembered...
+_KEY_MEMO_ARGS = 8
+#: ...up to this many per function.
+_KEY_MEMO_ENTRIES = 4096
+
 #: Generation scope of a whole namespace.
 NAMESPACE_SCOPE = "ns"
 
@@ -48,9 +57,12 @@ class CachedFunction(Generic[P, R]):
     #: them, ``()``: none (values live in the Redis tier only).
     levels: tuple[str, ...] | None = None
     _builders: dict[str, KeyBuilder] = field(default_factory=dict, init=False, repr=False)
+    _keys: dict[tuple[Any, ...], str] = field(default_factory=dict, init=False, repr=False)
+    _scope: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.name = self.name or function_name(self.fn)
+        self._scope = function_scope(self.name)
 
     def builder(self, namespace: str) -> KeyBuilder:
         """The key builder for ``namespace`` (built once; signature binding is slow)."""
@@ -68,10 +80,28 @@ class CachedFunction(Generic[P, R]):
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
     ) -> str:
-        """The cache key of one call (raises KeyEncodingError for unencodable arguments)."""
+        """The cache key of one call (raises KeyEncodingError for unencodable arguments).
+
+        Keys of calls with a few positional ``str``/``int``/``bytes``/``None``
+        arguments are remembered (bounded), keyed by the generation too, so the
+        canonical encoding and digest run once per distinct call.
+        """
         generation = (generations.current(NAMESPACE_SCOPE) << 32) | generations.current(
-            function_scope(self.name)
+            self._scope
         )
+        if not kwargs and len(args) <= _KEY_MEMO_ARGS:
+            for arg in args:
+                if type(arg) not in _HOT_TYPES:
+                    break
+            else:
+                memo_key = (namespace, generation, *args)
+                known = self._keys.get(memo_key)
+                if known is None:
+                    known = self.builder(namespace).key(args, kwargs, generation)
+                    if len(self._keys) >= _KEY_MEMO_ENTRIES:
+                        self._keys.pop(next(iter(self._keys)), None)  # oldest first
+                    self._keys[memo_key] = known
+                return known
         return self.builder(namespace).key(args, kwargs, generation)
 
     def call(
@@ -88,8 +118,15 @@ class CachedFunction(Generic[P, R]):
     ) -> Lookup:
         """Look up or compute one call through ``cache``, refreshing early or stale values
         as :attr:`policy` says (in the background when a ``refresher`` is given)."""
-        cache = cache.with_levels(self.levels)
+        if self.levels is not None:
+            cache = cache.with_levels(self.levels)
         key = self.key(namespace, generations, args, kwargs)
+        found = None if force_refresh else cache.lookup(key)
+        verdict = FRESH
+        if found is not None:
+            verdict = self.policy.judge(found.ttl, found.compute_seconds)
+            if verdict == FRESH:
+                return found  # the hit path: nothing else to decide
         ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
 
         def compute() -> Any:
@@ -100,13 +137,13 @@ class CachedFunction(Generic[P, R]):
                                       inflight_id=inflight_id)
             if refreshed is not None:
                 return refreshed
-        found = cache.lookup(key)
+            found = cache.lookup(key)  # another process is refreshing: serve what there is
+            if found is not None:
+                return found
         if found is None:
             return cache.get_or_compute(key, compute, ttl=ttl, tags=self.tags,
                                         inflight_id=inflight_id, known_missing=True)
-        verdict = self.policy.judge(found.ttl, found.compute_seconds)
-        if verdict == FRESH or force_refresh:
-            return found
+        # The value is due for an early refresh, or stale.
         background = refresher is not None and (verdict == EARLY
                                                 or self.policy.stale_while_revalidate)
         if background and refresher is not None:
@@ -129,10 +166,7 @@ class CachedFunction(Generic[P, R]):
         return min(max_age, found.ttl - self.policy.stale_ttl)
 
 
-#: Argument types whose equality and hashing never cross types (``1 == True`` and
-#: ``1 == 1.0`` are why bool and float are not here), so a tuple of them can key the
-#: hot memo without ever confusing two calls that have different cache keys.
-_HOT_TYPES: frozenset[type] = frozenset({str, int, bytes, type(None)})
+
 
 
 class Memoized(Generic[P, R]):

@@ -18,8 +18,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from core.entry import Entry
 from core.errors import CodecError, TierUnavailable, ValueTooLarge
@@ -50,8 +49,7 @@ class Coordinator(Protocol):
     def invalidate_tag(self, tag: str) -> int: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
+class Lookup(NamedTuple):
     """A value and where it came from: a level name, ``redis``, ``computed`` or ``joined``."""
 
     value: Any
@@ -215,7 +213,7 @@ class MultiLevelCache:
         ttl = entry.remaining_ttl(self._wall_clock())
         if ttl is not None and ttl <= 0:
             return None
-        if promote:
+        if promote and self.levels:
             self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
         return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
 
