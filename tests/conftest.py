@@ -75,3 +75,16 @@ def redis_client(cache_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(cache_url)
     yield client
     client.close()
+
+
+@pytest.fixture()
+def cache_client(cache_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client of the session cache server that does NOT flush it.
+
+    For tests with running workers: flushing under them would also drop the
+    generation counters they remember, which is a different scenario (tested
+    on its own) from the one such a test is about.
+    """
+    client = redis.Redis.from_url(cache_server.url)
+    yield client
+    client.close()

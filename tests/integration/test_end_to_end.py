@@ -27,7 +27,7 @@ def publishes() -> Iterator[list[str]]:
 
 
 def test_first_submit_computes_on_a_worker_then_redis_answers(
-    fleet: Fleet, cache_url: str, publishes: list[str]
+    fleet: Fleet, publishes: list[str]
 ) -> None:
     n = uuid.uuid4().int % 10_000 + 10_000
 
@@ -52,7 +52,7 @@ def test_first_submit_computes_on_a_worker_then_redis_answers(
     assert publishes == ["tasks.examples.slow_square"], "a hit must publish nothing"
 
 
-def test_plain_delay_uses_the_worker_side_cache(fleet: Fleet, cache_url: str) -> None:
+def test_plain_delay_uses_the_worker_side_cache(fleet: Fleet) -> None:
     n = uuid.uuid4().int % 10_000 + 30_000
     assert slow_square.delay(n).get(timeout=30) == n * n
     # The worker wrote the value through to Redis: a submit now hits without a task.
@@ -66,9 +66,7 @@ def test_every_node_answers_ping(fleet: Fleet) -> None:
     assert ping_nodes(fleet.settings, fleet.node_names, timeout=2.0) == set(fleet.node_names)
 
 
-def test_a_task_with_no_local_levels_is_answered_by_redis_every_time(
-    fleet: Fleet, cache_url: str
-) -> None:
+def test_a_task_with_no_local_levels_is_answered_by_redis_every_time(fleet: Fleet) -> None:
     from tasks import runtime
     from tasks.examples import shared_only
 

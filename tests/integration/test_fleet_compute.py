@@ -28,12 +28,12 @@ def fresh() -> tuple[int, str]:
     return n, f"test:count:{n}"
 
 
-def computations(redis_client: redis.Redis, counter: str) -> int:
-    return int(redis_client.get(counter) or 0)
+def computations(cache_client: redis.Redis, counter: str) -> int:
+    return int(cache_client.get(counter) or 0)
 
 
 def test_concurrent_submissions_in_one_client_publish_one_task(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     from celery import signals
 
@@ -54,7 +54,7 @@ def test_concurrent_submissions_in_one_client_publish_one_task(
     assert published == ["tasks.examples.counted_square"]
     sources = [r.source for r in results]
     assert sources.count("computed") == 1 and sources.count("joined") >= 1
-    assert computations(redis_client, counter) == 1
+    assert computations(cache_client, counter) == 1
 
 
 def _client_process(n: int, counter: str, threads: int, out: Any) -> None:
@@ -72,7 +72,7 @@ def _client_process(n: int, counter: str, threads: int, out: Any) -> None:
 
 
 def test_submissions_from_many_client_processes_publish_one_task(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     n, counter = fresh()
     context = multiprocessing.get_context("spawn")
@@ -86,21 +86,21 @@ def test_submissions_from_many_client_processes_publish_one_task(
         client.join(30)
     assert sum(published for published, _ in reports) == 1
     assert all(values == [n * n] * 8 for _, values in reports)
-    assert computations(redis_client, counter) == 1
+    assert computations(cache_client, counter) == 1
 
 
 def test_duplicate_tasks_on_every_worker_compute_once(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     # .delay() bypasses submit-side coalescing: the workers' leases must hold the line.
     n, counter = fresh()
     results = [counted_square.delay(n, counter, 400) for _ in range(8)]
     assert [r.get(timeout=60) for r in results] == [n * n] * 8
-    assert computations(redis_client, counter) == 1
+    assert computations(cache_client, counter) == 1
 
 
 def test_a_failure_reaches_every_joined_submitter_and_is_not_cached(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     n, counter = fresh()
     with ThreadPoolExecutor(8) as pool:
@@ -112,32 +112,32 @@ def test_a_failure_reaches_every_joined_submitter_and_is_not_cached(
             result.get(timeout=30)
         errors.append(str(info.value))
     assert len(set(errors)) == 1
-    assert computations(redis_client, counter) == 1
+    assert computations(cache_client, counter) == 1
     # Not cached: the next submission computes again (and fails again).
     again = counted_square.submit(n, counter, 10, True)
     assert again.source == "computed"
     with pytest.raises(ValueError):
         again.get(timeout=30)
-    assert computations(redis_client, counter) == 2
+    assert computations(cache_client, counter) == 2
 
 
-def test_invalidate_reaches_every_tier(fleet: Fleet, redis_client: redis.Redis) -> None:
+def test_invalidate_reaches_every_tier(fleet: Fleet, cache_client: redis.Redis) -> None:
     n, counter = fresh()
     assert counted_square.submit(n, counter, 10).get(timeout=30) == n * n
     assert counted_square.submit(n, counter, 10).source in ("redis", "memory")
     counted_square.invalidate(n, counter, 10)
     after = counted_square.submit(n, counter, 10)
     assert after.source == "computed" and after.get(timeout=30) == n * n
-    assert computations(redis_client, counter) == 2
+    assert computations(cache_client, counter) == 2
 
 
 def test_invalidation_racing_an_inflight_computation_is_not_undone(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     n, counter = fresh()
     first = counted_square.submit(n, counter, 1500)
     deadline = time.monotonic() + 20
-    while computations(redis_client, counter) == 0 and time.monotonic() < deadline:
+    while computations(cache_client, counter) == 0 and time.monotonic() < deadline:
         time.sleep(0.02)  # wait until the computation is running on a worker
     counted_square.invalidate(n, counter, 1500)
     assert first.get(timeout=30) == n * n  # its requester still gets an answer
@@ -145,11 +145,11 @@ def test_invalidation_racing_an_inflight_computation_is_not_undone(
     after = counted_square.submit(n, counter, 1500)
     assert after.source == "computed", "a stale in-flight value was written back"
     assert after.get(timeout=30) == n * n
-    assert computations(redis_client, counter) == 2
+    assert computations(cache_client, counter) == 2
 
 
 def test_invalidate_all_is_a_version_bump_seen_by_workers(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     from tasks.examples import slow_square
 
@@ -178,7 +178,7 @@ def _reader_process(key: str, ready: Any, go: Any, out: Any) -> None:
 
 
 def test_invalidation_reaches_other_processes_local_levels_quickly(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     from tasks import runtime
 
@@ -206,7 +206,7 @@ def test_invalidation_reaches_other_processes_local_levels_quickly(
 
 
 def test_a_worker_waiting_on_a_lease_is_woken_by_the_write(
-    fleet: Fleet, redis_client: redis.Redis
+    fleet: Fleet, cache_client: redis.Redis
 ) -> None:
     # This client holds the lease; a worker process runs the same key and must wait,
     # then answer right after the write, woken by the notification (no polling loop).
@@ -226,13 +226,13 @@ def test_a_worker_waiting_on_a_lease_is_woken_by_the_write(
     remote = counted_square.delay(n, counter, 1000)
     holder.join(30)
     assert remote.get(timeout=30) == n * n
-    assert computations(redis_client, counter) == 1
+    assert computations(cache_client, counter) == 1
     assert remote.date_done is not None
     lag = remote.date_done.timestamp() - written[0]
     assert lag < 0.5, f"the waiting worker answered {lag:.3f}s after the write"
 
 
-def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, redis_client: redis.Redis) -> None:
+def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, cache_client: redis.Redis) -> None:
     from tasks.examples import fx_quote
 
     pair = f"EUR{uuid.uuid4().hex[:6]}"
@@ -245,10 +245,10 @@ def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, redis_client: redis.R
     assert all(r.task_id is None and r.get()["revision"] == 1 for r in stale), \
         "stale readers must be answered at once, from the cache"
     deadline = time.monotonic() + 20
-    while computations(redis_client, counter) < 2 and time.monotonic() < deadline:
+    while computations(cache_client, counter) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)
-    assert computations(redis_client, counter) == 2, "20 stale reads, exactly one refresh"
+    assert computations(cache_client, counter) == 2, "20 stale reads, exactly one refresh"
     deadline = time.monotonic() + 10
     revision = 1
     while revision == 1 and time.monotonic() < deadline:

@@ -21,7 +21,7 @@ from tests.integration.fleet import worker_fleet
 
 
 def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
-    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis
+    monkeypatch: pytest.MonkeyPatch, cache_client: redis.Redis
 ) -> None:
     monkeypatch.setenv("TIERCEL_LEASE_TTL", "2")
     from tasks import runtime
@@ -34,7 +34,7 @@ def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
         deadline = time.monotonic() + 30
         lease_value = None
         while time.monotonic() < deadline:
-            lease_value = redis_client.get(related_key(key, LEASE))
+            lease_value = cache_client.get(related_key(key, LEASE))
             if lease_value is not None:
                 break
             time.sleep(0.02)
@@ -49,13 +49,13 @@ def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
         values = [result.get(timeout=60) for result in (first, *waiters)]
         elapsed = time.monotonic() - killed_at
     assert values == [n * n] * 4
-    assert int(redis_client.get(counter) or 0) == 2, "the killed computation plus one takeover"
+    assert int(cache_client.get(counter) or 0) == 2, "the killed computation plus one takeover"
     assert elapsed < 20, f"took {elapsed:.1f}s after the kill"
-    assert redis_client.get(related_key(key, LEASE)) is None, "a lease was left behind"
+    assert cache_client.get(related_key(key, LEASE)) is None, "a lease was left behind"
 
 
 def test_hard_time_limit_frees_the_lease_at_once(
-    fleet: object, redis_client: redis.Redis
+    fleet: object, cache_client: redis.Redis
 ) -> None:
     # celery-singleton's issue 40: a lock left behind after a hard time limit. Here the
     # worker's main process frees the lease as soon as it kills the child, so a waiter
@@ -70,7 +70,7 @@ def test_hard_time_limit_frees_the_lease_at_once(
     key = runtime.current().key(stubborn.tiercel_spec, (name, counter, 3.0), {})
     first = stubborn.apply_async((name, counter, 3.0), soft_time_limit=0.5, time_limit=1)
     deadline = time.monotonic() + 30
-    while redis_client.get(related_key(key, LEASE)) is None:
+    while cache_client.get(related_key(key, LEASE)) is None:
         assert time.monotonic() < deadline, "no worker took the lease"
         time.sleep(0.01)
     waiting = stubborn.delay(name, counter, 3.0)

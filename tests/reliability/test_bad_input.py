@@ -76,7 +76,7 @@ def test_bad_arguments_are_a_clear_error_and_publish_nothing(
 
 
 def test_huge_return_value_is_answered_but_not_cached(
-    fleet: Fleet, redis_client: redis.Redis, figures: Figures
+    fleet: Fleet, cache_client: redis.Redis, figures: Figures
 ) -> None:
     from tasks import runtime
     from tasks.examples import blob
@@ -86,7 +86,7 @@ def test_huge_return_value_is_answered_but_not_cached(
     value = result.get(timeout=60)
     assert len(value) == size and value == blob.run(size)
     key = runtime.current().key(blob.tiercel_spec, (size,), {})
-    assert redis_client.get(key) is None, "an oversized value must not be stored remotely"
+    assert cache_client.get(key) is None, "an oversized value must not be stored remotely"
     assert ping_nodes(fleet.settings, fleet.node_names, timeout=5) == set(fleet.node_names)
     figures.record("huge return value (12 MiB)", "answered, not cached", "", ok=True)
 
@@ -104,7 +104,7 @@ class Exploit:
 
 
 def test_corrupt_foreign_and_pickled_bytes_in_the_cache_are_counted_misses(
-    fleet: Fleet, redis_client: redis.Redis, tmp_path: Path, figures: Figures
+    fleet: Fleet, cache_client: redis.Redis, tmp_path: Path, figures: Figures
 ) -> None:
     from core.entry import Entry
     from tasks import runtime
@@ -128,11 +128,11 @@ def test_corrupt_foreign_and_pickled_bytes_in_the_cache_are_counted_misses(
     for offset, (name, payload) in enumerate(payloads.items()):
         n = base + offset
         key = rt.key(slow_square.tiercel_spec, (n,), {})
-        redis_client.set(key, payload)
+        cache_client.set(key, payload)
         handle = slow_square.submit(n)
         assert handle.source == "computed", name
         assert handle.get(timeout=30) == n * n, name
-        stored = redis_client.get(key)
+        stored = cache_client.get(key)
         assert stored is not None and stored != payload, f"{name} was not replaced"
     assert not marker.exists(), "cache bytes ran code"
     assert corrupt() - corrupt_before == len(payloads)
@@ -187,13 +187,13 @@ def test_malformed_setting_stops_a_worker_at_start_with_the_variable_named(
 
 
 def test_no_lease_or_inflight_marker_is_left_behind(
-    fleet: Fleet, redis_client: redis.Redis, figures: Figures
+    fleet: Fleet, cache_client: redis.Redis, figures: Figures
 ) -> None:
     leftovers: list[bytes] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        leftovers = [*redis_client.scan_iter(match="*:lease:*", count=1000),
-                     *redis_client.scan_iter(match="*:inflight:*", count=1000)]
+        leftovers = [*cache_client.scan_iter(match="*:lease:*", count=1000),
+                     *cache_client.scan_iter(match="*:inflight:*", count=1000)]
         if not leftovers:
             break
         time.sleep(0.2)

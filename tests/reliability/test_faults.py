@@ -125,7 +125,7 @@ def test_broker_redis_restarted_mid_workload(
 
 
 def test_worker_node_killed_mid_compute(
-    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, figures: Figures
+    monkeypatch: pytest.MonkeyPatch, cache_client: redis.Redis, figures: Figures
 ) -> None:
     monkeypatch.setenv("TIERCEL_VISIBILITY_TIMEOUT", "6")
     monkeypatch.setenv("TIERCEL_TASK_TIME_LIMIT", "5")
@@ -141,7 +141,7 @@ def test_worker_node_killed_mid_compute(
         values = [handle.get(timeout=90) for handle in handles]
         recovered = time.monotonic() - killed_at
     assert values == [(base + i) ** 2 for i in range(12)]
-    assert no_lease_left(redis_client) == []
+    assert no_lease_left(cache_client) == []
     figures.record("node SIGKILLed mid-compute: tasks answered", len(values), "tasks",
                    ok=True, note="redelivered (acks_late), leases taken over, 0 lost")
     figures.record("node SIGKILLed: last answer after the kill", recovered, "s",
@@ -149,7 +149,7 @@ def test_worker_node_killed_mid_compute(
 
 
 def test_paused_lease_holder_cannot_overwrite_a_newer_value(
-    monkeypatch: pytest.MonkeyPatch, redis_client: redis.Redis, figures: Figures
+    monkeypatch: pytest.MonkeyPatch, cache_client: redis.Redis, figures: Figures
 ) -> None:
     monkeypatch.setenv("TIERCEL_LEASE_TTL", "1")
     from tasks import runtime
@@ -161,10 +161,10 @@ def test_paused_lease_holder_cannot_overwrite_a_newer_value(
         key = runtime.current().key(revision.tiercel_spec, (name, counter, 2500), {})
         first = revision.delay(name, counter, 2500)
         deadline = time.monotonic() + 30
-        while redis_client.get(related_key(key, LEASE)) is None:
+        while cache_client.get(related_key(key, LEASE)) is None:
             assert time.monotonic() < deadline, "nobody took the lease"
             time.sleep(0.01)
-        holder = int(redis_client.get(related_key(key, LEASE)).decode().split(":")[2])
+        holder = int(cache_client.get(related_key(key, LEASE)).decode().split(":")[2])
         os.kill(holder, signal.SIGSTOP)
         try:
             time.sleep(1.6)  # its lease (1 s, no longer renewed) has expired
@@ -180,7 +180,7 @@ def test_paused_lease_holder_cannot_overwrite_a_newer_value(
 
 
 def test_cut_invalidation_channel_drops_local_levels(
-    redis_client: redis.Redis, figures: Figures
+    cache_client: redis.Redis, figures: Figures
 ) -> None:
     from tasks import runtime
 
@@ -191,7 +191,7 @@ def test_cut_invalidation_channel_drops_local_levels(
     rt.cache.set(key, "old", ttl=600)
     rt.cache.set(other, "unrelated", ttl=600)
     reconnects = rt.notifier.reconnects
-    redis_client.client_kill_filter(_type="pubsub")
+    cache_client.client_kill_filter(_type="pubsub")
     # Invalidated while this process is not listening: the message is lost to it.
     rt.leases.invalidate(key)
     cut_at = time.monotonic()
