@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from core.failures import expired, is_failure, raise_failure
+from core.failures import record as failure_record
 from core.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from core.generations import Generations
 from core.keys import KeyBuilder, function_name
@@ -56,6 +58,10 @@ class CachedFunction(Generic[P, R]):
     #: Names of the local levels this function's values may occupy; None: all of
     #: them, ``()``: none (values live in the Redis tier only).
     levels: tuple[str, ...] | None = None
+    #: Failures of these types are cached for ``error_ttl`` seconds and raised again on
+    #: a hit (negative caching); any other exception is never cached.
+    cache_errors: tuple[type[BaseException], ...] = ()
+    error_ttl: float = 30.0
     _builders: dict[str, KeyBuilder] = field(default_factory=dict, init=False, repr=False)
     _keys: dict[tuple[Any, ...], str] = field(default_factory=dict, init=False, repr=False)
     _scope: str = field(default="", init=False, repr=False)
@@ -121,16 +127,37 @@ class CachedFunction(Generic[P, R]):
         if self.levels is not None:
             cache = cache.with_levels(self.levels)
         key = self.key(namespace, generations, args, kwargs)
+        found = self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
+        if self.cache_errors and is_failure(found.value):
+            raise_failure(found.value, self.cache_errors, key)
+        return found
+
+    def _answer(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        refresher: BackgroundRefresher | None,
+        inflight_id: str | None,
+        force_refresh: bool,
+    ) -> Lookup:
         found = None if force_refresh else cache.lookup(key)
         verdict = FRESH
         if found is not None:
             verdict = self.policy.judge(found.ttl, found.compute_seconds)
+            if self.cache_errors and is_failure(found.value) and expired(found.value):
+                verdict, refresher = STALE, None  # an old failure: try again, now
             if verdict == FRESH:
                 return found  # the hit path: nothing else to decide
         ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
+        errors = self.cache_errors
 
         def compute() -> Any:
-            return self.fn(*args, **kwargs)
+            try:
+                return self.fn(*args, **kwargs)
+            except errors as error:  # () catches nothing: only listed types are cached
+                return failure_record(error, self.error_ttl)
 
         if force_refresh:
             refreshed = cache.refresh(key, compute, ttl=ttl, tags=self.tags,
@@ -272,6 +299,8 @@ def cached(
     namespace: str = "tiercel",
     generations: Generations | None = None,
     levels: Iterable[str] | None = None,
+    cache_errors: Iterable[type[BaseException]] = (),
+    error_ttl: float = 30.0,
 ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
     """Decorate a function so its results are cached in ``cache``."""
     gens = generations or Generations(cache.tier)
@@ -279,7 +308,8 @@ def cached(
     def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
         spec = CachedFunction(fn, ttl=ttl, tags=tuple(tags), version=version,
                               ignore=tuple(ignore), policy=policy or FreshnessPolicy(),
-                              levels=None if levels is None else tuple(levels))
+                              levels=None if levels is None else tuple(levels),
+                              cache_errors=tuple(cache_errors), error_ttl=error_ttl)
         return Memoized(spec, cache, gens, namespace)
 
     return decorate

@@ -23,6 +23,7 @@ from celery.result import AsyncResult
 from celery.worker.request import Request
 
 from core.errors import TierUnavailable
+from core.failures import expired, is_failure
 from core.freshness import FRESH, STALE, FreshnessPolicy
 from core.memoize import CachedFunction
 from tasks import runtime
@@ -71,12 +72,16 @@ class CachedTask(Task):  # type: ignore[misc]
         cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, args, kwargs)
         found = cache.lookup(key)
+        if found is not None and spec.cache_errors and is_failure(found.value) \
+                and expired(found.value):
+            found = None  # an old failure: compute again (the worker refreshes it)
         if found is not None:
             verdict = spec.policy.judge(found.ttl, found.compute_seconds)
             if verdict != STALE or spec.policy.stale_while_revalidate:
                 if verdict != FRESH:
                     self._refresh_soon(rt, key, args, kwargs)
-                return CachedResult.resolved(key, found.value, _public_source(found.source))
+                return CachedResult.resolved(key, found.value, _public_source(found.source),
+                                             spec.cache_errors)
         task_id = str(uuid.uuid4())
         try:
             existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
@@ -84,9 +89,9 @@ class CachedTask(Task):  # type: ignore[misc]
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
             return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined",
-                                        rt, cache)
+                                        rt, cache, spec.cache_errors)
         return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
-                                    "computed", rt, cache)
+                                    "computed", rt, cache, spec.cache_errors)
 
     def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -141,12 +146,14 @@ class CachedTask(Task):  # type: ignore[misc]
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
             if key in hits:
-                results.append(CachedResult.resolved(key, hits[key], "redis"))
+                results.append(CachedResult.resolved(key, hits[key], "redis",
+                                                     self.tiercel_spec.cache_errors))
             else:
                 async_result, source = handles[key]
                 if first_of[key] != index:
                     source = "joined"
-                results.append(CachedResult.pending(key, async_result, source, rt, cache))
+                results.append(CachedResult.pending(key, async_result, source, rt, cache,
+                                                    self.tiercel_spec.cache_errors))
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:
@@ -207,6 +214,8 @@ def cached_task(
     stale_if_error: bool = False,
     early_refresh: float = 1.0,
     levels: Iterable[str] | None = None,
+    cache_errors: Iterable[type[BaseException]] = (),
+    error_ttl: float = 30.0,
     **celery_options: Any,
 ) -> Any:
     """Register ``fn`` as a cached Celery task (usable bare or with options).
@@ -220,6 +229,9 @@ def cached_task(
     ``early_refresh`` is XFetch's beta (0 turns probabilistic early refresh off).
     ``levels`` names the local levels (``"memory"``, ``"bytes"``) its values may
     occupy in each process; ``()`` keeps them in the Redis tier only.
+    A task that raises is not cached, unless the exception is an instance of a
+    type in ``cache_errors``: that failure is cached for ``error_ttl`` seconds
+    and raised again (as its own type) to every caller meanwhile.
     Other keyword arguments go to Celery's task decorator.
     """
 
@@ -230,7 +242,8 @@ def cached_task(
                                  stale_if_error=stale_if_error, early_refresh=early_refresh)
         spec = CachedFunction(func, ttl=ttl, tags=tuple(tags), version=version,
                               ignore=tuple(ignore), name=task_name, policy=policy,
-                              levels=None if levels is None else tuple(levels))
+                              levels=None if levels is None else tuple(levels),
+                              cache_errors=tuple(cache_errors), error_ttl=error_ttl)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:

@@ -136,3 +136,19 @@ def shared_only(n: int) -> int:
     """Kept in the Redis tier only (``levels=()``): never in a process's local levels,
     e.g. for values that must never outlive an invalidation even by the channel's delay."""
     return n * 3
+
+
+class AccountNotFound(LookupError):
+    """Raised by :func:`account_summary` for accounts that do not exist."""
+
+
+@cached_task(ttl=600, cache_errors=(AccountNotFound,), error_ttl=2)
+def account_summary(account: int, counter: str) -> dict[str, Any]:
+    """A lookup whose "not found" is worth caching for a moment (negative caching):
+    odd accounts do not exist. Counts real computations at ``counter``."""
+    from tasks import runtime
+
+    runtime.current().tier.client.incr(counter)
+    if account % 2:
+        raise AccountNotFound(f"no account {account}")
+    return {"account": account, "balance": account * 10}

@@ -8,6 +8,8 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
+from core.failures import is_failure, raise_failure
+
 #: Where an answer came from.
 SOURCES = ("memory", "redis", "computed", "joined")
 
@@ -23,11 +25,11 @@ class CachedResult:
     task for the same key (``joined``).
     """
 
-    __slots__ = ("_async", "_cache", "_runtime", "_value", "key", "source")
+    __slots__ = ("_async", "_cache", "_failures", "_runtime", "_value", "key", "source")
 
     def __init__(self, *, key: str, source: str, value: Any = _UNSET,
                  async_result: AsyncResult | None = None, runtime: Any = None,
-                 cache: Any = None) -> None:
+                 cache: Any = None, failures: tuple[type[BaseException], ...] = ()) -> None:
         if (value is _UNSET) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
@@ -36,19 +38,23 @@ class CachedResult:
         self._async = async_result
         self._runtime = runtime
         self._cache = cache
+        #: Exception types whose cached failures this result raises as themselves.
+        self._failures = failures
 
     @classmethod
-    def resolved(cls, key: str, value: Any, source: str) -> CachedResult:
-        """A result answered from a cache tier."""
-        return cls(key=key, source=source, value=value)
+    def resolved(cls, key: str, value: Any, source: str,
+                 failures: tuple[type[BaseException], ...] = ()) -> CachedResult:
+        """A result answered from a cache tier (a cached failure raises on get())."""
+        return cls(key=key, source=source, value=value, failures=failures)
 
     @classmethod
     def pending(cls, key: str, async_result: AsyncResult, source: str,
-                runtime: Any = None, cache: Any = None) -> CachedResult:
+                runtime: Any = None, cache: Any = None,
+                failures: tuple[type[BaseException], ...] = ()) -> CachedResult:
         """A result a Celery task will provide; with the process's ``runtime`` it is
         read from the cache the moment the value is written (see :meth:`get`)."""
         return cls(key=key, source=source, async_result=async_result, runtime=runtime,
-                   cache=cache)
+                   cache=cache, failures=failures)
 
     @property
     def task_id(self) -> str | None:
@@ -68,7 +74,7 @@ class CachedResult:
         failed, its value was too large to cache, or the channel is down).
         """
         if self._value is not _UNSET:
-            return self._value
+            return self._settled(self._value)
         assert self._async is not None
         runtime = self._runtime
         if runtime is None or not runtime.notifier.connected:
@@ -84,7 +90,7 @@ class CachedResult:
                 found = (self._cache or runtime.cache).lookup(self.key)
                 if found is not None:
                     self._value = found.value
-                    return self._value
+                    return self._settled(self._value)
                 if self._async.ready():
                     return self._async.get(timeout=_left(deadline))
                 left = _left(deadline)
@@ -95,6 +101,11 @@ class CachedResult:
                 # long a lost message could delay the backend check (one GET a second).
                 if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
                     return self._async.get(timeout=_left(deadline))
+
+    def _settled(self, value: Any) -> Any:
+        if self._failures and is_failure(value):
+            raise_failure(value, self._failures, self.key)
+        return value
 
     def __repr__(self) -> str:
         state = "ready" if self.ready() else "pending"

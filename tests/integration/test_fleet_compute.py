@@ -255,3 +255,20 @@ def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, cache_client: redis.R
         revision = fx_quote.submit(pair, counter).get(timeout=10)["revision"]
         time.sleep(0.05)
     assert revision == 2
+
+
+def test_a_listed_failure_is_cached_and_raised_as_its_own_type(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    from tasks.examples import AccountNotFound, account_summary
+
+    account = (uuid.uuid4().int % 10**6) * 2 + 1  # odd: does not exist
+    counter = f"test:count:account:{account}"
+    first = account_summary.submit(account, counter)
+    with pytest.raises(AccountNotFound):
+        first.get(timeout=30)
+    again = account_summary.submit(account, counter)
+    assert again.task_id is None, "a cached failure is answered without a task"
+    with pytest.raises(AccountNotFound, match=f"no account {account}"):
+        again.get()
+    assert computations(cache_client, counter) == 1

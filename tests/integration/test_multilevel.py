@@ -360,3 +360,34 @@ def test_an_unknown_level_name_is_a_clear_error(cache_url: str) -> None:
     cache = make_cache(cache_url)
     with pytest.raises(ValueError, match="no local level named 'disk'"):
         cache.with_levels(("disk",))
+
+
+def test_listed_failures_are_cached_for_error_ttl_and_others_never(cache_url: str) -> None:
+    cache = make_cache(cache_url)
+    calls: list[int] = []
+
+    class Missing(LookupError):
+        pass
+
+    @cached(cache, ttl=60, namespace="mlc", cache_errors=(Missing,), error_ttl=0.3,
+            generations=Generations(cache.tier, max_age=60))
+    def find(n: int) -> int:
+        calls.append(n)
+        if n < 0:
+            raise Missing(f"nothing at {n}")
+        if n == 0:
+            raise ZeroDivisionError("not listed")
+        return n
+
+    for _ in range(3):
+        with pytest.raises(Missing, match="nothing at -1"):
+            find(-1)
+    assert calls == [-1]  # one computation, its failure served from the cache
+    time.sleep(0.35)  # past error_ttl: tried again
+    with pytest.raises(Missing):
+        find(-1)
+    assert calls == [-1, -1]
+    for _ in range(2):
+        with pytest.raises(ZeroDivisionError):
+            find(0)
+    assert calls.count(0) == 2  # an unlisted failure is never cached
