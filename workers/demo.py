@@ -71,6 +71,9 @@ def run_demo(args: argparse.Namespace) -> int:
                     progress.advance(bar)
         wall = time.perf_counter() - run_started
         console.print(summary_table(args, sources, wall, len(fleet.node_names)))
+        from tasks import runtime
+
+        runtime.shutdown()  # stop listening before the fleet's Redis goes away
     console.print("tiercel: fleet stopped; no process left running")
     return 0
 
