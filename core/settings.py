@@ -117,6 +117,8 @@ class Settings:
     compress_min_bytes: int = 16 * 1024
     codec: str = "msgpack"
     signing_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: Modules holding the deployment's own cached tasks, imported by every worker.
+    task_modules: tuple[str, ...] = ()
     redis_timeout: float = 0.5
     redis_max_connections: int = 32
     breaker_failures: int = 3
@@ -198,6 +200,9 @@ class Settings:
                      "lease_ttl", "inflight_ttl", "task_time_limit", "visibility_timeout"):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number of seconds")
+        for module in self.task_modules:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", module):
+                _fail("task_modules", module, "dotted Python module names, comma-separated")
         if self.compress_min_bytes < 0:
             _fail("compress_min_bytes", self.compress_min_bytes, "0 or more bytes")
         if self.visibility_timeout <= self.task_time_limit:

@@ -33,7 +33,9 @@ def registered() -> dict[str, Any]:
 
 def find_cached_task(name: str) -> Any:
     """The cached task called ``name`` (raises UnknownTask listing the known names)."""
-    for module in BUILTIN_MODULES:
+    from core.settings import Settings
+
+    for module in (*BUILTIN_MODULES, *Settings.from_env().task_modules):
         importlib.import_module(module)
     if "." in name and name not in _TASKS:
         module_name = name.rsplit(".", 1)[0]

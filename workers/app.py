@@ -20,7 +20,8 @@ TASK_MODULES = ["tasks.examples", "tasks.db_examples", "tasks.maintenance"]
 settings = resolve_settings()
 broker_guard.apply()  # a broker restart must not kill workers (see the module)
 
-app = Celery("tiercel", include=TASK_MODULES)
+# The deployment's own task modules (TIERCEL_TASK_MODULES) after tiercel's.
+app = Celery("tiercel", include=[*TASK_MODULES, *settings.task_modules])
 app.conf.update(celery_config(settings))
 # Maintenance and fleet aggregation; only the one beat process reads it (workers/schedule.py).
 app.conf.beat_schedule = beat_schedule(settings)

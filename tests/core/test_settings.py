@@ -109,3 +109,23 @@ def test_resolve_reads_a_live_fleet_file(monkeypatch: pytest.MonkeyPatch, tmp_pa
         remove_fleet_file()
     with pytest.raises(SettingsError):
         resolve_settings(Settings())
+
+
+def test_task_modules_are_a_list_of_dotted_names() -> None:
+    settings = Settings.from_env({"TIERCEL_TASK_MODULES": "reports, billing.tasks"})
+    assert settings.task_modules == ("reports", "billing.tasks")
+    with pytest.raises(SettingsError, match="TIERCEL_TASK_MODULES"):
+        Settings.from_env({"TIERCEL_TASK_MODULES": "not a module"})
+
+
+def test_workers_import_the_deployments_task_modules() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TIERCEL_TASK_MODULES": "tests.core.user_tasks"}
+    done = subprocess.run(
+        [sys.executable, "-c", "import workers.app as w; w.app.loader.import_default_modules();"
+         "print('tests.core.user_tasks.triple' in w.app.tasks)"],
+        env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "True"
