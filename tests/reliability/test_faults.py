@@ -32,8 +32,13 @@ def start_workload(options: dict[str, Any]) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
-def finish(process: subprocess.Popen[str], timeout: float = 180) -> dict[str, Any]:
-    out, err = process.communicate(timeout=timeout)
+def finish(process: subprocess.Popen[str], timeout: float = 100) -> dict[str, Any]:
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # never leave the client behind
+        process.communicate()
+        raise
     assert process.returncode == 0, err[-3000:]
     summary: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     return summary
@@ -110,7 +115,7 @@ def test_broker_redis_restarted_mid_workload(
             offset = uuid.uuid4().int % 10**9
             client = start_workload({"keys": 400, "requests": 1500, "seconds": 8,
                                      "threads": 8, "compute_ms": 20, "zipf": 0,
-                                     "offset": offset})
+                                     "offset": offset, "result_timeout": 45})
             time.sleep(3)
             broker.restart()  # SIGTERM: Redis writes its append-only file, then starts again
             restarted_at = time.monotonic()
