@@ -106,14 +106,9 @@ class FleetCoordinator:
                             return Lookup(found.value, SOURCE_JOINED, found.ttl)
                         return found
                 checked = False
-                try:
-                    if tags:
-                        self.tier.index_tags(key, tags, ttl)
-                    got = self.leases.acquire(key, self._owner_of(inflight_id),
-                                              unless_present=True)
-                except TierUnavailable as exc:
-                    self.tier.breaker.record_failure()
-                    return self._degraded(cache, key, compute, ttl, tags, str(exc))
+                got = self._acquire(key, ttl, tags, inflight_id, unless_present=True)
+                if isinstance(got, str):
+                    return self._degraded(cache, key, compute, ttl, tags, got)
                 if isinstance(got, Present):
                     continue  # written since we looked: read it
                 if isinstance(got, Lease):
@@ -137,17 +132,25 @@ class FleetCoordinator:
         process holds the lease (it is already computing a newer value)."""
         if self.tier.breaker.state == "open":
             return self._degraded(cache, key, compute, ttl, tags, "breaker open")
-        try:
-            if tags:
-                self.tier.index_tags(key, tags, ttl)
-            got = self.leases.acquire(key, self._owner_of(inflight_id))
-        except TierUnavailable as exc:
-            self.tier.breaker.record_failure()
-            return self._degraded(cache, key, compute, ttl, tags, str(exc))
+        got = self._acquire(key, ttl, tags, inflight_id, unless_present=False)
+        if isinstance(got, str):
+            return self._degraded(cache, key, compute, ttl, tags, got)
         if not isinstance(got, Lease):
             return None
         self.refreshed += 1
         return self._compute_as_holder(cache, got, compute, ttl, tags, inflight_id)
+
+    def _acquire(self, key: str, ttl: float, tags: Sequence[str], inflight_id: str | None,
+                 *, unless_present: bool) -> Lease | Held | Present | str:
+        """Index the key under its tags, then try its lease; a str says why Redis failed."""
+        try:
+            if tags:
+                self.tier.index_tags(key, tags, ttl)
+            return self.leases.acquire(key, self._owner_of(inflight_id),
+                                       unless_present=unless_present)
+        except TierUnavailable as exc:
+            self.tier.breaker.record_failure()
+            return str(exc)
 
     def _owner_of(self, inflight_id: str | None) -> str:
         return f"{self._owner}:{inflight_id}" if inflight_id else self._owner
