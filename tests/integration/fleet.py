@@ -7,6 +7,7 @@ SIGTERMs each node's process group and SIGKILLs what remains.
 from __future__ import annotations
 
 import contextlib
+import subprocess
 from collections.abc import Iterator
 
 from core.settings import resolve_settings
@@ -32,3 +33,19 @@ def worker_fleet(nodes: int = 2, concurrency: int = 2, pool: str = "prefork",
         finally:
             control.close()
         yield fleet
+
+
+def wait_for_up(up: subprocess.Popen[str], timeout: float = 90.0) -> list[str]:
+    """Read a running `tiercel up`'s output until it says it is up; return its node names."""
+    import time
+
+    assert up.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = up.stdout.readline()
+        assert line, f"tiercel up exited early: {lines}"
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            break
+    return [line.split()[1] for line in lines if line.strip().startswith("worker ")]

@@ -25,6 +25,7 @@ import redis
 
 from core.fleet_file import read_fleet_file
 from core.settings import Settings
+from tests.integration.fleet import wait_for_up
 from workers.control import control_app, ping_nodes
 
 
@@ -37,17 +38,8 @@ def _embedded_up(env: dict[str, str]) -> Iterator[tuple[Settings, str]]:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
-        assert up.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            assert line, f"tiercel up exited early: {lines}"
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        nodes = [line.split()[1] for line in lines if line.strip().startswith("worker ")]
-        assert len(nodes) == 1, lines
+        nodes = wait_for_up(up)
+        assert len(nodes) == 1, nodes
         record = _fleet_record(env)
         yield Settings(broker_url=record["broker_url"], result_backend=record["result_backend"],
                        cache_url=record["cache_url"]), nodes[0]

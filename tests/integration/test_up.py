@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from core.redis_server import free_port
+from tests.integration.fleet import wait_for_up
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -34,17 +35,8 @@ def test_up_embedded_fleet_lifecycle(tmp_path: Path) -> None:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
-        assert up.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            line = up.stdout.readline()
-            assert line, f"tiercel up exited early: {lines}"
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                break
-        nodes = [line.split()[1] for line in lines if line.strip().startswith("worker ")]
-        assert len(nodes) == 2, lines
+        nodes = wait_for_up(up)
+        assert len(nodes) == 2, nodes
 
         # A Celery user's own command finds the embedded fleet through the fleet file.
         ping = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.app", "inspect",
