@@ -351,18 +351,7 @@ class MetricsRegistry:
         """A decorator recording how long each call takes in sketch ``name``."""
 
         def decorate(fn: Callable[P, R]) -> Callable[P, R]:
-            sketch = self.sketch(name, **labels)
-            clock = self._clock
-
-            @functools.wraps(fn)
-            def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-                started = clock()
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    sketch.add(max(0.0, clock() - started))
-
-            return wrapper
+            return time_calls(fn, self.sketch(name, **labels), self._clock)
 
         return decorate
 
@@ -812,3 +801,18 @@ def _as_mapping(figures: Any) -> Mapping[str, Any]:
     if isinstance(figures, Mapping):
         return figures
     raise TypeError(f"expected LevelStats or a mapping of figures, got {type(figures).__name__}")
+
+
+def time_calls(fn: Callable[P, R], sketch: LatencySketch, clock: Callable[[], float]
+               ) -> Callable[P, R]:
+    """``fn``, recording how long each call takes (raised or returned) in ``sketch``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        started = clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            sketch.add(max(0.0, clock() - started))
+
+    return wrapper

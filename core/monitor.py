@@ -15,13 +15,12 @@ label sets per metric: names beyond it share the overflow series.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import threading
 from collections.abc import Callable
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
-from core.metrics import BlockTimer, MetricsRegistry
+from core.metrics import BlockTimer, MetricsRegistry, time_calls
 from core.sketches import LatencySketch
 
 __all__ = ["MAX_PENDING_PER_NAME", "TIMER_SECONDS", "PerformanceMonitor", "TimerToken"]
@@ -156,17 +155,7 @@ class PerformanceMonitor:
         sketch = self.registry.sketch(
             TIMER_SECONDS, timer=name or f"{fn.__module__}.{fn.__qualname__}"
         )
-        clock = self._clock
-
-        @functools.wraps(fn)
-        def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-            started = clock()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                sketch.add(max(0.0, clock() - started))
-
-        return wrapper
+        return time_calls(fn, sketch, self._clock)
 
     # -- statistics ----------------------------------------------------------------------
 

@@ -154,6 +154,13 @@ class PoolMetrics:
         self.waiters = 0
         self.waits = WaitHistogram()
 
+    def checked_out(self, waited: float) -> None:
+        """A waiter got its resource after ``waited`` seconds (caller holds the lock)."""
+        self.waiters -= 1
+        self.acquires += 1
+        self.in_use += 1
+        self.waits.record(waited)
+
     def snapshot(self, **gauges: Any) -> dict[str, Any]:
         """The metrics as a ``dict``, with ``gauges`` (name, kind, size...) first."""
         return {

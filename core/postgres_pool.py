@@ -91,10 +91,7 @@ class PostgresPool:
                 self.metrics.waiters -= 1
             raise
         with self._lock:
-            self.metrics.waiters -= 1
-            self.metrics.acquires += 1
-            self.metrics.in_use += 1
-            self.metrics.waits.record(time.monotonic() - started)
+            self.metrics.checked_out(time.monotonic() - started)
         with contextlib.ExitStack() as stack:
             stack.callback(self._returned)
             stack.push(context)  # psycopg_pool commits, rolls back or discards on exit

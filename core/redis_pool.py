@@ -99,10 +99,7 @@ class RedisPool:
                 self.metrics.waiters -= 1
             raise
         with self._lock:
-            self.metrics.waiters -= 1
-            self.metrics.acquires += 1
-            self.metrics.in_use += 1
-            self.metrics.waits.record(time.monotonic() - started)
+            self.metrics.checked_out(time.monotonic() - started)
         try:
             yield client
         finally:
