@@ -65,11 +65,21 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 from core.sketches import DEFAULT_BIN_LIMIT, DEFAULT_RELATIVE_ACCURACY, LatencySketch
+from core.snapshots import (
+    FORMAT,
+    Labels,
+    SeriesKey,
+    counter_total,
+    empty_snapshot,
+    merge_snapshots,
+    series_entry,
+    sketch_of,
+)
 
 __all__ = [
     "BREAKER_OPENED",
@@ -186,13 +196,10 @@ DEFAULT_MAX_SERIES: Final = 1000
 #: The labels of a metric's overflow series.
 OVERFLOW_LABELS: Final[Mapping[str, str]] = {"_overflow": "true"}
 
-_FORMAT: Final = 1
 _COUNTER: Final = "counter"
 _GAUGE: Final = "gauge"
 _SKETCH: Final = "sketch"
 
-Labels = tuple[tuple[str, str], ...]
-SeriesKey = tuple[str, Labels]
 _OVERFLOW: Final[Labels] = tuple(sorted(OVERFLOW_LABELS.items()))
 _NO_LABELS: Final[Labels] = ()
 
@@ -300,7 +307,7 @@ class MetricsRegistry:
         self._counter_callbacks: dict[SeriesKey, Callable[[], float]] = {}
         self._collectors: list[Collector] = []
         self._kinds: dict[str, str] = {}
-        self._series: dict[str, int] = {}
+        self.series_entry: dict[str, int] = {}
         self._started_at = wall_clock()
         _REGISTRIES.add(self)
 
@@ -522,16 +529,16 @@ class MetricsRegistry:
         process = self.process
         pid = process["id"]
         return {
-            "format": _FORMAT,
+            "format": FORMAT,
             "taken_at": self._wall_clock(),
             "processes": [process],
-            "counters": [_series(key, value=value) for key, value in sorted(counters.items())],
+            "counters": [series_entry(key, value=value) for key, value in sorted(counters.items())],
             "gauges": [
-                _series(key, value=value, by_process={pid: value})
+                series_entry(key, value=value, by_process={pid: value})
                 for key, value in sorted(gauges.items())
             ],
             "sketches": [
-                _series(key, sketch=sketch.to_dict())
+                series_entry(key, sketch=sketch.to_dict())
                 for key, sketch in sorted(sketches, key=lambda item: item[0])
             ],
         }
@@ -584,13 +591,13 @@ class MetricsRegistry:
                     f"metric {name!r}: label {label}={value!r} must be a str "
                     "(convert it, and keep label values few: each one is a series)"
                 )
-        count = self._series.get(name, 0)
+        count = self.series_entry.get(name, 0)
         if count >= self.max_series and name != METRICS_OVERFLOW:
             okey = (METRICS_OVERFLOW, (("metric", name),))
             self._counters[okey] = self._counters.get(okey, 0) + 1
             self._kinds.setdefault(METRICS_OVERFLOW, _COUNTER)
             return (name, _OVERFLOW)
-        self._series[name] = count + 1
+        self.series_entry[name] = count + 1
         return key
 
 
@@ -606,119 +613,7 @@ def _reset_registries_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_registries_after_fork)
 
 
-def _series(key: SeriesKey, **fields: Any) -> dict[str, Any]:
-    return {"name": key[0], "labels": dict(key[1]), **fields}
 
-
-# -- merging and reading snapshots ------------------------------------------------------------
-
-
-def empty_snapshot() -> dict[str, Any]:
-    """A snapshot of no process: the identity of :func:`merge_snapshots`."""
-    return {
-        "format": _FORMAT,
-        "taken_at": None,
-        "processes": [],
-        "counters": [],
-        "gauges": [],
-        "sketches": [],
-    }
-
-
-def merge_snapshots(snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Merge snapshots of distinct processes (or merged ones) into one of the same shape.
-
-    Counters add; gauges keep every process's value in ``by_process`` and
-    their sum in ``value``; sketches merge bucket by bucket. ``taken_at`` is
-    the latest. Associative and commutative (up to float rounding of sums).
-
-    :class:`ValueError` if a process appears in two inputs: counters would be
-    counted twice, so keep only the newest snapshot of each process first.
-    """
-    processes: dict[str, Mapping[str, Any]] = {}
-    counters: dict[SeriesKey, float] = {}
-    gauges: dict[SeriesKey, dict[str, float]] = {}
-    sketches: dict[SeriesKey, LatencySketch] = {}
-    taken_at: float | None = None
-    for snapshot in snapshots:
-        if snapshot.get("format") != _FORMAT:
-            raise ValueError(
-                f"not a metrics snapshot of format {_FORMAT}: format={snapshot.get('format')!r}"
-            )
-        for process in snapshot["processes"]:
-            if process["id"] in processes:
-                raise ValueError(
-                    f"process {process['id']!r} appears in two snapshots; merge only the "
-                    "newest snapshot of each process"
-                )
-            processes[process["id"]] = process
-        stamp = snapshot["taken_at"]
-        if stamp is not None and (taken_at is None or stamp > taken_at):
-            taken_at = stamp
-        for item in snapshot["counters"]:
-            key = _key_of(item)
-            counters[key] = counters.get(key, 0) + item["value"]
-        for item in snapshot["gauges"]:
-            gauges.setdefault(_key_of(item), {}).update(item["by_process"])
-        for item in snapshot["sketches"]:
-            key = _key_of(item)
-            sketch = LatencySketch.from_dict(item["sketch"])
-            if key in sketches:
-                sketches[key].merge(sketch)
-            else:
-                sketches[key] = sketch
-    return {
-        "format": _FORMAT,
-        "taken_at": taken_at,
-        "processes": [processes[pid] for pid in sorted(processes)],
-        "counters": [_series(key, value=value) for key, value in sorted(counters.items())],
-        "gauges": [
-            _series(
-                key,
-                value=sum(by_process[pid] for pid in sorted(by_process)),
-                by_process={pid: by_process[pid] for pid in sorted(by_process)},
-            )
-            for key, by_process in sorted(gauges.items())
-        ],
-        "sketches": [
-            _series(key, sketch=sketch.to_dict())
-            for key, sketch in sorted(sketches.items(), key=lambda item: item[0])
-        ],
-    }
-
-
-def counter_total(snapshot: Mapping[str, Any], name: str, /, **labels: str) -> float:
-    """The sum of counter ``name`` over the series whose labels include ``labels``."""
-    total: float = 0
-    for item in _matching(snapshot["counters"], name, labels):
-        total += item["value"]
-    return total
-
-
-def sketch_of(snapshot: Mapping[str, Any], name: str, /, **labels: str) -> LatencySketch | None:
-    """The merged sketch ``name`` over the series whose labels include ``labels``.
-
-    ``sketch_of(fleet, REQUEST_SECONDS).quantile(0.99)`` is the fleet's p99 over
-    every source; with ``source="computed"`` it is over computed requests only.
-    None if no series matches.
-    """
-    found = [LatencySketch.from_dict(item["sketch"])
-             for item in _matching(snapshot["sketches"], name, labels)]
-    return LatencySketch.merged(found) if found else None
-
-
-def _matching(
-    items: Iterable[Mapping[str, Any]], name: str, labels: Mapping[str, str]
-) -> Iterator[Mapping[str, Any]]:
-    for item in items:
-        if item["name"] == name and all(
-            item["labels"].get(label) == value for label, value in labels.items()
-        ):
-            yield item
-
-
-def _key_of(item: Mapping[str, Any]) -> SeriesKey:
-    return (item["name"], tuple(sorted(item["labels"].items())))
 
 
 # -- pulling the cache's own counters -------------------------------------------------------
