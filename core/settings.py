@@ -124,7 +124,10 @@ class Settings:
     breaker_failures: int = 3
     breaker_reset: float = 0.5
     lease_ttl: float = 30.0
-    inflight_ttl: float = 600.0
+    #: How long later submitters may join a submitted computation. Short on purpose: a
+    #: task message lost by a broker must not hold its key longer; a duplicate message
+    #: after expiry costs a queue slot, never a second computation (the lease).
+    inflight_ttl: float = 120.0
     task_time_limit: float = 1800.0
     visibility_timeout: float = 3600.0
     embedded_cache_maxmemory: int = 256 * 2**20

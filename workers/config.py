@@ -66,6 +66,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ...nor lose results: the Redis result backend retries through a restart.
         "result_backend_always_retry": True,
         "result_backend_max_retries": 20,
+        # Retry every <= 1 s, not with backoff up to 10 s: a task storing its result
+        # right after the restart must not sleep on past the moment Redis is back.
+        "result_backend_base_sleep_between_retries_ms": 10,
+        "result_backend_max_sleep_between_retries_ms": 1000,
         # Hard limit kills a runaway task (its lease is released by the worker's hooks);
         # the soft limit lets the task clean up first.
         "task_time_limit": settings.task_time_limit,

@@ -108,8 +108,10 @@ def test_broker_redis_restarted_mid_workload(
     broker = RedisServer(data_dir=str(tmp_path / "broker")).start()
     for name in ("TIERCEL_BROKER_URL", "TIERCEL_RESULT_BACKEND"):
         monkeypatch.setenv(name, broker.url)
-    monkeypatch.setenv("TIERCEL_VISIBILITY_TIMEOUT", "6")
-    monkeypatch.setenv("TIERCEL_TASK_TIME_LIMIT", "5")
+    # Short, so work cancelled by the lost connection is redelivered within the test;
+    # the time limit leaves room for result stores retried across the restart.
+    monkeypatch.setenv("TIERCEL_VISIBILITY_TIMEOUT", "10")
+    monkeypatch.setenv("TIERCEL_TASK_TIME_LIMIT", "8")
     try:
         with worker_fleet(nodes=2, concurrency=2):
             offset = uuid.uuid4().int % 10**9
