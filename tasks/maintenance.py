@@ -36,6 +36,7 @@ from typing import Any, Final
 import redis
 from celery import shared_task
 
+from core.connections import is_cluster
 from core.constants import FAILURE, INFLIGHT, LEASE, PERIODIC_LOCK, TAG_DRAIN, TAG_INDEX
 from core.notifier import SWEEP
 from core.settings import Settings
@@ -137,22 +138,42 @@ def housekeeping(budget: float = HOUSEKEEPING_BUDGET) -> dict[str, Any]:
         return housekeep(rt.tier.client, settings.namespace, budget=budget)
 
 
-def housekeep(client: redis.Redis, namespace: str, *, budget: float = HOUSEKEEPING_BUDGET,
+def housekeep(client: Any, namespace: str, *, budget: float = HOUSEKEEPING_BUDGET,
               batch: int = SCAN_BATCH) -> dict[str, Any]:
     """One bounded pass over ``namespace``'s keys, resuming where the last one stopped.
 
     Deletes lease, in-flight and failure keys without a TTL, and removes
     tag-index members whose value key no longer exists. Returns what it did,
-    and whether it finished a full pass (``complete``).
+    and whether it finished a full pass (``complete``). On Redis Cluster, SCAN
+    is per node: each primary is walked with its own stored cursor.
     """
     deadline = time.monotonic() + budget
+    done: dict[str, Any] = {"scanned": 0, "stale_keys": 0, "tag_members": 0, "complete": True}
+    if is_cluster(client):
+        nodes = [(node.name, client.get_redis_connection(node))
+                 for node in client.get_primaries()]
+    else:
+        nodes = [("", client)]
+    for node_name, node_client in nodes:
+        if not _housekeep_node(client, node_client, namespace, node_name, batch, deadline,
+                               done):
+            done["complete"] = False
+    return done
+
+
+def _housekeep_node(client: Any, node_client: Any, namespace: str, node_name: str,
+                    batch: int, deadline: float, done: dict[str, Any]) -> bool:
+    """Walk one node's keyspace (``node_client``) until done or ``deadline``; deletes and
+    tag pruning go through ``client``, which routes each key to its slot's node."""
     cursor_key = f"{namespace}:{PERIODIC_LOCK}:housekeeping:cursor"
+    if node_name:
+        cursor_key += f":{node_name}"
     cursor = int(client.get(cursor_key) or 0)
     removable = tuple(f"{namespace}:{kind}:" for kind in (LEASE, INFLIGHT, FAILURE))
     tag_prefix = f"{namespace}:{TAG_INDEX}:"
-    done = {"scanned": 0, "stale_keys": 0, "tag_members": 0, "complete": False}
-    while True:
-        cursor, keys = client.scan(cursor, match=f"{namespace}:*", count=batch)
+    complete = False
+    while True:  # at least one batch per node and run, however small the budget
+        cursor, keys = node_client.scan(cursor, match=f"{namespace}:*", count=batch)
         names = [key.decode() if isinstance(key, bytes) else key for key in keys]
         done["scanned"] += len(names)
         candidates = [name for name in names if name.startswith(removable)]
@@ -167,16 +188,16 @@ def housekeep(client: redis.Redis, namespace: str, *, budget: float = HOUSEKEEPI
         for name in names:
             if name.startswith(tag_prefix) and f":{TAG_DRAIN}:" not in name:
                 done["tag_members"] += _prune_tag(client, name, batch, deadline)
-        if cursor == 0:
-            done["complete"] = True
+        if int(cursor) == 0:
+            complete = True
             break
         if time.monotonic() >= deadline:
             break
-    client.set(cursor_key, cursor, ex=86400)
-    return done
+    client.set(cursor_key, int(cursor), ex=86400)
+    return complete
 
 
-def _prune_tag(client: redis.Redis, tag_key: str, batch: int, deadline: float) -> int:
+def _prune_tag(client: Any, tag_key: str, batch: int, deadline: float) -> int:
     removed = 0
     cursor = 0
     while True:

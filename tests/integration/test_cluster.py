@@ -467,3 +467,24 @@ def test_check_reachable_takes_cluster_urls(cluster: ClusterProcesses) -> None:
     assert time.monotonic() - started < 3.0
     assert "cluster-secret" not in str(info.value)
     assert "app:***@" in str(info.value)
+
+
+def test_housekeeping_walks_every_node_of_the_cluster(cluster_url: str) -> None:
+    from core.constants import LEASE, TAG_INDEX, related_key
+    from tasks.maintenance import housekeep
+
+    client = client_from_url(cluster_url, max_connections=4, socket_timeout=2.0)
+    try:
+        keys = [value_key(f"hk{i}") for i in range(60)]
+        stale_leases = [related_key(key, LEASE) for key in keys]
+        for lease in stale_leases:
+            client.set(lease, "1:nobody")  # no TTL: nobody could ever release it
+        tag_index = f"{NS}:{TAG_INDEX}:{{hk-tag}}"
+        client.sadd(tag_index, *keys)  # members whose values are gone
+        assert len({node_of(client, lease) for lease in stale_leases}) == 3
+        done = housekeep(client, NS, budget=10.0, batch=50)
+        assert done["complete"] and done["stale_keys"] == 60 and done["tag_members"] == 60
+        assert not any(client.exists(lease) for lease in stale_leases)
+        assert client.scard(tag_index) == 0
+    finally:
+        client.close()
