@@ -81,7 +81,7 @@ class CachedTask(Task):  # type: ignore[misc]
                 if verdict != FRESH:
                     self._refresh_soon(rt, key, args, kwargs)
                 return CachedResult.resolved(key, found.value, _public_source(found.source),
-                                             spec.cache_errors)
+                                             spec)
         task_id = str(uuid.uuid4())
         try:
             existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
@@ -89,9 +89,9 @@ class CachedTask(Task):  # type: ignore[misc]
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
             return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined",
-                                        rt, cache, spec.cache_errors)
+                                        rt, cache, spec)
         return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
-                                    "computed", rt, cache, spec.cache_errors)
+                                    "computed", rt, cache, spec)
 
     def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -126,6 +126,9 @@ class CachedTask(Task):  # type: ignore[misc]
         keys = [rt.key(self.tiercel_spec, args, kwargs) for args, kwargs in normalised]
         cache = rt.cache.with_levels(self.tiercel_spec.levels)
         hits = cache.get_many(keys)
+        if self.tiercel_spec.cache_errors:  # an expired cached failure is a miss, as in submit()
+            hits = {key: value for key, value in hits.items()
+                    if not (is_failure(value) and expired(value))}
         first_of: dict[str, int] = {}
         for index, key in enumerate(keys):
             if key not in hits:
@@ -147,13 +150,13 @@ class CachedTask(Task):  # type: ignore[misc]
         for index, key in enumerate(keys):
             if key in hits:
                 results.append(CachedResult.resolved(key, hits[key], "redis",
-                                                     self.tiercel_spec.cache_errors))
+                                                     self.tiercel_spec))
             else:
                 async_result, source = handles[key]
                 if first_of[key] != index:
                     source = "joined"
                 results.append(CachedResult.pending(key, async_result, source, rt, cache,
-                                                    self.tiercel_spec.cache_errors))
+                                                    self.tiercel_spec))
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:

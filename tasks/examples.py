@@ -152,3 +152,14 @@ def account_summary(account: int, counter: str) -> dict[str, Any]:
     if account % 2:
         raise AccountNotFound(f"no account {account}")
     return {"account": account, "balance": account * 10}
+
+
+@cached_task(ttl=1, stale_ttl=60, stale_while_revalidate=False, stale_if_error=True,
+             early_refresh=0)
+def strict_quote(pair: str, counter: str) -> dict[str, Any]:
+    """Like :func:`fx_quote`, but a reader past the ttl waits for the refresh: a stale
+    value is served only when the refresh fails (stale-if-error)."""
+    from tasks import runtime
+
+    calls = int(runtime.current().tier.client.incr(counter))
+    return {"pair": pair, "revision": calls}

@@ -8,7 +8,8 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from core.failures import is_failure, raise_failure
+from core.failures import expired, is_failure, raise_failure
+from core.freshness import STALE
 
 #: Where an answer came from.
 SOURCES = ("memory", "redis", "computed", "joined")
@@ -25,11 +26,11 @@ class CachedResult:
     task for the same key (``joined``).
     """
 
-    __slots__ = ("_async", "_cache", "_failures", "_runtime", "_value", "key", "source")
+    __slots__ = ("_async", "_cache", "_runtime", "_spec", "_value", "key", "source")
 
     def __init__(self, *, key: str, source: str, value: Any = _UNSET,
                  async_result: AsyncResult | None = None, runtime: Any = None,
-                 cache: Any = None, failures: tuple[type[BaseException], ...] = ()) -> None:
+                 cache: Any = None, spec: Any = None) -> None:
         if (value is _UNSET) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
@@ -38,23 +39,21 @@ class CachedResult:
         self._async = async_result
         self._runtime = runtime
         self._cache = cache
-        #: Exception types whose cached failures this result raises as themselves.
-        self._failures = failures
+        #: The task's CachedFunction: its freshness policy and cached failure types.
+        self._spec = spec
 
     @classmethod
-    def resolved(cls, key: str, value: Any, source: str,
-                 failures: tuple[type[BaseException], ...] = ()) -> CachedResult:
+    def resolved(cls, key: str, value: Any, source: str, spec: Any = None) -> CachedResult:
         """A result answered from a cache tier (a cached failure raises on get())."""
-        return cls(key=key, source=source, value=value, failures=failures)
+        return cls(key=key, source=source, value=value, spec=spec)
 
     @classmethod
     def pending(cls, key: str, async_result: AsyncResult, source: str,
-                runtime: Any = None, cache: Any = None,
-                failures: tuple[type[BaseException], ...] = ()) -> CachedResult:
+                runtime: Any = None, cache: Any = None, spec: Any = None) -> CachedResult:
         """A result a Celery task will provide; with the process's ``runtime`` it is
         read from the cache the moment the value is written (see :meth:`get`)."""
         return cls(key=key, source=source, async_result=async_result, runtime=runtime,
-                   cache=cache, failures=failures)
+                   cache=cache, spec=spec)
 
     @property
     def task_id(self) -> str | None:
@@ -88,7 +87,7 @@ class CachedResult:
                 # Each waiter reads for itself: sharing one in-flight read would let a
                 # waiter woken by the write take the answer of a read that began before it.
                 found = (self._cache or runtime.cache).lookup(self.key)
-                if found is not None:
+                if found is not None and self._usable(found):
                     self._value = found.value
                     return self._settled(self._value)
                 if self._async.ready():
@@ -102,9 +101,21 @@ class CachedResult:
                 if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
                     return self._async.get(timeout=_left(deadline))
 
+    def _usable(self, found: Any) -> bool:
+        """May a pending result answer with this cached value? Not when its policy calls it
+        stale, nor when it is a cached failure past its error_ttl: the task computing a
+        newer answer is what this result waits for."""
+        spec = self._spec
+        if spec is None:
+            return True
+        if spec.cache_errors and is_failure(found.value) and expired(found.value):
+            return False
+        return bool(spec.policy.judge(found.ttl, found.compute_seconds) != STALE)
+
     def _settled(self, value: Any) -> Any:
-        if self._failures and is_failure(value):
-            raise_failure(value, self._failures, self.key)
+        spec = self._spec
+        if spec is not None and spec.cache_errors and is_failure(value):
+            raise_failure(value, spec.cache_errors, self.key)
         return value
 
     def __repr__(self) -> str:

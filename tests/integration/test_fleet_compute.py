@@ -272,3 +272,39 @@ def test_a_listed_failure_is_cached_and_raised_as_its_own_type(
     with pytest.raises(AccountNotFound, match=f"no account {account}"):
         again.get()
     assert computations(cache_client, counter) == 1
+
+
+def test_submit_many_treats_an_expired_cached_failure_as_a_miss(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    from tasks.examples import AccountNotFound, account_summary
+
+    account = (uuid.uuid4().int % 10**6) * 2 + 1
+    counter = f"test:count:account:{account}"
+    with pytest.raises(AccountNotFound):
+        account_summary.submit(account, counter).get(timeout=30)
+    [cached] = account_summary.submit_many([(account, counter)])
+    assert cached.task_id is None  # within error_ttl: the cached failure answers
+    with pytest.raises(AccountNotFound):
+        cached.get()
+    time.sleep(2.1)  # past error_ttl (2 s)
+    [again] = account_summary.submit_many([(account, counter)])
+    assert again.task_id is not None  # recomputed, not the old failure
+    with pytest.raises(AccountNotFound):
+        again.get(timeout=30)
+    assert computations(cache_client, counter) == 2
+
+
+def test_without_revalidate_a_reader_past_the_ttl_waits_for_the_refresh(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    from tasks.examples import strict_quote
+
+    pair = f"GBP{uuid.uuid4().hex[:6]}"
+    counter = f"test:count:{pair}"
+    assert strict_quote.submit(pair, counter).get(timeout=30)["revision"] == 1
+    time.sleep(1.2)  # past the 1 s ttl; the value is kept (stale) for 60 s more
+    later = strict_quote.submit(pair, counter)
+    assert later.task_id is not None  # not answered from the stale value...
+    assert later.get(timeout=30)["revision"] == 2  # ...but by the refresh it waited for
+    assert computations(cache_client, counter) == 2
