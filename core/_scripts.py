@@ -115,6 +115,18 @@ end
 return released
 """
 
+#: KEYS: lease, republish marker. ARGV: period in ms. 1 when nobody computes the key (no
+#: lease) and no other client re-published it within the period; then marks it.
+CLAIM_REPUBLISH: Final = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return 0
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
+    return 1
+end
+return 0
+"""
+
 WRITE_BACK: Final = _PRELUDE + """
 local stored = 0
 if redis.call('GET', KEYS[3]) == ARGV[1] and redis.call('GET', KEYS[4]) == ARGV[2] then

@@ -21,6 +21,8 @@ INFLIGHT = "inflight"
 FAILURE = "err"
 #: Generation counter of a function (bumped by ``invalidate_all``) or of a tag.
 GENERATION = "gen"
+#: Marks that a waiting client re-published a key's task recently (one per period).
+REPUBLISH = "republish"
 #: Set of value keys that carry a tag.
 TAG_INDEX = "tag"
 #: Suffix of a tag index renamed aside while :meth:`RedisTier.invalidate_tag` drains it.

@@ -62,6 +62,7 @@ from core.constants import (
     FENCE,
     INFLIGHT,
     LEASE,
+    REPUBLISH,
     channel_name,
     namespace_of,
     related_key,
@@ -162,6 +163,7 @@ class LeaseManager:
         self._renew = register(_scripts.RENEW)
         self._release = register(_scripts.RELEASE)
         self._release_abandoned = register(_scripts.RELEASE_ABANDONED)
+        self._claim_republish = register(_scripts.CLAIM_REPUBLISH)
         self._write_back = register(_scripts.WRITE_BACK)
         self._fail = register(_scripts.FAIL)
         self._invalidate = register(_scripts.INVALIDATE)
@@ -271,6 +273,13 @@ class LeaseManager:
             [related_key(key, LEASE), related_key(key, INFLIGHT)],
             [task_id, self._channel(key), f"d|{key}"],
         ))
+
+    def claim_republish(self, key: str, period: float) -> bool:
+        """May this client re-publish ``key``'s task now? Only when nobody holds its lease
+        and no other client re-published it in the last ``period`` seconds."""
+        return bool(self._run(self._claim_republish,
+                              [related_key(key, LEASE), related_key(key, REPUBLISH)],
+                              [_ms(period, "period")]))
 
     def write_back(
         self,

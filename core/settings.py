@@ -128,6 +128,10 @@ class Settings:
     #: task message lost by a broker must not hold its key longer; a duplicate message
     #: after expiry costs a queue slot, never a second computation (the lease).
     inflight_ttl: float = 120.0
+    #: A waiting client re-publishes a task still PENDING (never started) after this many
+    #: seconds while nobody computes its key: a message a broker lost is not lost work.
+    #: Cached tasks are idempotent, so a duplicate costs a queue slot. 0 turns it off.
+    republish_after: float = 60.0
     task_time_limit: float = 1800.0
     visibility_timeout: float = 3600.0
     embedded_cache_maxmemory: int = 256 * 2**20
@@ -206,6 +210,8 @@ class Settings:
         for module in self.task_modules:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", module):
                 _fail("task_modules", module, "dotted Python module names, comma-separated")
+        if self.republish_after < 0:
+            _fail("republish_after", self.republish_after, "0 (off) or more seconds")
         if self.compress_min_bytes < 0:
             _fail("compress_min_bytes", self.compress_min_bytes, "0 or more bytes")
         if self.visibility_timeout <= self.task_time_limit:

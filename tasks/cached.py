@@ -89,9 +89,14 @@ class CachedTask(Task):  # type: ignore[misc]
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
             return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined",
-                                        rt, cache, spec)
+                                        rt, cache, spec, self._resubmitter(existing, args, kwargs))
         return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
-                                    "computed", rt, cache, spec)
+                                    "computed", rt, cache, spec,
+                                    self._resubmitter(task_id, args, kwargs))
+
+    def _resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
+        """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
+        return lambda: self.apply_async(args, kwargs, task_id=task_id)
 
     def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -155,8 +160,10 @@ class CachedTask(Task):  # type: ignore[misc]
                 async_result, source = handles[key]
                 if first_of[key] != index:
                     source = "joined"
-                results.append(CachedResult.pending(key, async_result, source, rt, cache,
-                                                    self.tiercel_spec))
+                first_args, first_kwargs = normalised[first_of[key]]
+                results.append(CachedResult.pending(
+                    key, async_result, source, rt, cache, self.tiercel_spec,
+                    self._resubmitter(async_result.id, first_args, first_kwargs)))
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:

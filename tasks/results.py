@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -10,6 +12,8 @@ from celery.result import AsyncResult
 
 from core.failures import expired, is_failure, raise_failure
 from core.freshness import STALE
+
+log = logging.getLogger("tiercel.results")
 
 #: Where an answer came from.
 SOURCES = ("memory", "redis", "computed", "joined")
@@ -26,11 +30,14 @@ class CachedResult:
     task for the same key (``joined``).
     """
 
-    __slots__ = ("_async", "_cache", "_runtime", "_spec", "_value", "key", "source")
+    __slots__ = ("_async", "_cache", "_republish_after", "_resubmit", "_runtime", "_spec",
+                 "_value", "key", "source")
 
     def __init__(self, *, key: str, source: str, value: Any = _UNSET,
                  async_result: AsyncResult | None = None, runtime: Any = None,
-                 cache: Any = None, spec: Any = None) -> None:
+                 cache: Any = None, spec: Any = None,
+                 resubmit: Callable[[], Any] | None = None,
+                 republish_after: float | None = None) -> None:
         if (value is _UNSET) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
@@ -41,6 +48,9 @@ class CachedResult:
         self._cache = cache
         #: The task's CachedFunction: its freshness policy and cached failure types.
         self._spec = spec
+        #: Publishes the same task (same id) again, should its message have been lost.
+        self._resubmit = resubmit
+        self._republish_after = republish_after
 
     @classmethod
     def resolved(cls, key: str, value: Any, source: str, spec: Any = None) -> CachedResult:
@@ -49,11 +59,12 @@ class CachedResult:
 
     @classmethod
     def pending(cls, key: str, async_result: AsyncResult, source: str,
-                runtime: Any = None, cache: Any = None, spec: Any = None) -> CachedResult:
+                runtime: Any = None, cache: Any = None, spec: Any = None,
+                resubmit: Callable[[], Any] | None = None) -> CachedResult:
         """A result a Celery task will provide; with the process's ``runtime`` it is
         read from the cache the moment the value is written (see :meth:`get`)."""
         return cls(key=key, source=source, async_result=async_result, runtime=runtime,
-                   cache=cache, spec=spec)
+                   cache=cache, spec=spec, resubmit=resubmit)
 
     @property
     def task_id(self) -> str | None:
@@ -79,6 +90,9 @@ class CachedResult:
         if runtime is None or not runtime.notifier.connected:
             return self._async.get(timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
+        after = (runtime.settings.republish_after if self._republish_after is None
+                 else self._republish_after)
+        next_check = time.monotonic() + after
         with runtime.notifier.waiter(self.key) as waiter:
             while True:
                 if not runtime.notifier.connected:
@@ -92,6 +106,9 @@ class CachedResult:
                     return self._settled(self._value)
                 if self._async.ready():
                     return self._async.get(timeout=_left(deadline))
+                if self._resubmit is not None and after > 0 and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + after
+                    self._republish_if_lost(runtime, after)
                 left = _left(deadline)
                 if left is not None and left <= 0:
                     raise CeleryTimeoutError("The operation timed out.")
@@ -100,6 +117,29 @@ class CachedResult:
                 # long a lost message could delay the backend check (one GET a second).
                 if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
                     return self._async.get(timeout=_left(deadline))
+
+    def _republish_if_lost(self, runtime: Any, period: float) -> None:
+        """Publish the task again if it never started and nobody computes its key.
+
+        A task still PENDING after ``period`` seconds is queued behind others, or
+        its message was lost (a Redis broker can drop a message it was handing
+        out when it stopped). Cached tasks are idempotent and computed once per
+        key under a lease, so a duplicate message costs a queue slot, while a
+        lost one would cost every waiter its answer. One client per key per
+        period re-publishes, and none while a computation holds the lease.
+        """
+        assert self._async is not None and self._resubmit is not None
+        try:
+            if self._async.state != "PENDING":
+                return  # started somewhere: redelivery covers a worker that died
+            if not runtime.leases.claim_republish(self.key, period):
+                return
+            self._resubmit()
+        except Exception:  # a check that fails must not fail the wait
+            log.warning("tiercel: could not re-publish task %s", self._async.id, exc_info=True)
+            return
+        log.warning("tiercel: task %s made no progress for %.0fs: re-published it (same id)",
+                    self._async.id, period)
 
     def _usable(self, found: Any) -> bool:
         """May a pending result answer with this cached value? Not when its policy calls it

@@ -308,3 +308,28 @@ def test_without_revalidate_a_reader_past_the_ttl_waits_for_the_refresh(
     assert later.task_id is not None  # not answered from the stale value...
     assert later.get(timeout=30)["revision"] == 2  # ...but by the refresh it waited for
     assert computations(cache_client, counter) == 2
+
+
+def test_a_task_message_the_broker_lost_is_republished_by_its_waiter(fleet: Fleet) -> None:
+    from celery.result import AsyncResult
+
+    from tasks import runtime
+    from tasks.examples import slow_square
+    from tasks.results import CachedResult
+
+    rt = runtime.current()
+    n = uuid.uuid4().int % 10**9
+    key = rt.key(slow_square.tiercel_spec, (n, 10), {})
+    lost = str(uuid.uuid4())  # a task id whose message never reached a worker
+    published: list[str] = []
+
+    def resubmit() -> object:
+        published.append(lost)
+        return slow_square.apply_async((n, 10), task_id=lost)
+
+    result = CachedResult(key=key, source="computed", runtime=rt, cache=rt.cache,
+                          spec=slow_square.tiercel_spec,
+                          async_result=AsyncResult(lost, app=slow_square.app),
+                          resubmit=resubmit, republish_after=1.0)
+    assert result.get(timeout=30) == n * n
+    assert published == [lost]  # once: the re-published task then computed it

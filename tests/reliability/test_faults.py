@@ -112,6 +112,9 @@ def test_broker_redis_restarted_mid_workload(
     # the time limit leaves room for result stores retried across the restart.
     monkeypatch.setenv("TIERCEL_VISIBILITY_TIMEOUT", "10")
     monkeypatch.setenv("TIERCEL_TASK_TIME_LIMIT", "8")
+    # A Redis broker can drop a message it was handing out as it stopped; the waiting
+    # client then re-publishes it (short here, 60 s by default).
+    monkeypatch.setenv("TIERCEL_REPUBLISH_AFTER", "5")
     try:
         with worker_fleet(nodes=2, concurrency=2):
             offset = uuid.uuid4().int % 10**9
