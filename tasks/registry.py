@@ -26,11 +26,6 @@ def register(name: str, task: Any) -> None:
     _TASKS[name] = task
 
 
-def registered() -> dict[str, Any]:
-    """Every cached task registered so far."""
-    return dict(_TASKS)
-
-
 def find_cached_task(name: str) -> Any:
     """The cached task called ``name`` (raises UnknownTask listing the known names)."""
     from core.settings import Settings

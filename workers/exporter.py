@@ -39,24 +39,10 @@ def families(view: dict[str, Any]) -> Iterator[Any]:
     from core.sketches import LatencySketch
 
     merged = view["merged"]
-    counters: dict[str, Any] = {}
-    for item in merged["counters"]:
-        name = item["name"]
-        family = counters.get(name)
-        if family is None:
-            family = counters[name] = CounterMetricFamily(
-                name, f"tiercel counter {name} (fleet-wide sum)", labels=sorted(item["labels"]))
-        family.add_metric([item["labels"].get(label, "") for label in family._labelnames],
-                          item["value"])
-    gauges: dict[str, Any] = {}
-    for item in merged["gauges"]:
-        name = item["name"]
-        family = gauges.get(name)
-        if family is None:
-            family = gauges[name] = GaugeMetricFamily(
-                name, f"tiercel gauge {name} (sum over processes)", labels=sorted(item["labels"]))
-        family.add_metric([item["labels"].get(label, "") for label in family._labelnames],
-                          item["value"])
+    counters = _value_families(merged["counters"], CounterMetricFamily,
+                               "tiercel counter {} (fleet-wide sum)")
+    gauges = _value_families(merged["gauges"], GaugeMetricFamily,
+                             "tiercel gauge {} (sum over processes)")
     summaries: dict[str, Any] = {}
     for item in merged["sketches"]:
         name = item["name"]
@@ -147,3 +133,17 @@ def run(args: argparse.Namespace) -> int:
     stop.wait()
     server.shutdown()
     return 0
+
+
+def _value_families(items: list[dict[str, Any]], kind: Any, describe: str) -> dict[str, Any]:
+    """One counter or gauge family per metric name, one sample per label set."""
+    families: dict[str, Any] = {}
+    for item in items:
+        name = item["name"]
+        family = families.get(name)
+        if family is None:
+            family = families[name] = kind(name, describe.format(name),
+                                           labels=sorted(item["labels"]))
+        family.add_metric([item["labels"].get(label, "") for label in family._labelnames],
+                          item["value"])
+    return families

@@ -111,9 +111,8 @@ def test_stale_while_revalidate_serves_stale_at_once_and_refreshes_in_background
     assert memo() == 2
 
 
-def test_stale_if_error_serves_the_stale_value_when_the_refresh_fails() -> None:
-    clock = FakeClock()
-    calls: list[int] = []
+def _works_once(calls: list[int]) -> Any:
+    """A source that answers 42 once, then fails (each call recorded in ``calls``)."""
 
     def flaky() -> int:
         calls.append(1)
@@ -121,6 +120,13 @@ def test_stale_if_error_serves_the_stale_value_when_the_refresh_fails() -> None:
             raise ConnectionError("source down")
         return 42
 
+    return flaky
+
+
+def test_stale_if_error_serves_the_stale_value_when_the_refresh_fails() -> None:
+    clock = FakeClock()
+    calls: list[int] = []
+    flaky = _works_once(calls)
     memo = _memo(clock, flaky, FreshnessPolicy(stale_ttl=60, stale_while_revalidate=False,
                                                stale_if_error=True, early_refresh=0), 10, None)
     assert memo() == 42
@@ -134,13 +140,7 @@ def test_stale_if_error_serves_the_stale_value_when_the_refresh_fails() -> None:
 def test_without_stale_if_error_a_failed_refresh_raises() -> None:
     clock = FakeClock()
     calls: list[int] = []
-
-    def flaky() -> int:
-        calls.append(1)
-        if len(calls) > 1:
-            raise ConnectionError("source down")
-        return 42
-
+    flaky = _works_once(calls)
     memo = _memo(clock, flaky, FreshnessPolicy(stale_ttl=60, stale_while_revalidate=False,
                                                early_refresh=0), 10, None)
     assert memo() == 42
