@@ -9,10 +9,18 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The editable install is a tree of links (strict mode): one more module needs a re-link,
+# so the list of package files is part of what the stamp depends on.
+PACKAGE_FILES := $(VENV)/.package-files
+$(shell mkdir -p $(VENV) && find __init__.py py.typed core tasks workers \
+	-name '*.py' -o -name '*.lua' -o -name py.typed | sort > $(PACKAGE_FILES).new && \
+	(cmp -s $(PACKAGE_FILES).new $(PACKAGE_FILES) || mv $(PACKAGE_FILES).new $(PACKAGE_FILES)); \
+	rm -f $(PACKAGE_FILES).new)
+
+$(STAMP): pyproject.toml $(PACKAGE_FILES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --upgrade pip
-	@$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,9 +28,10 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy core
+	$(BIN)/mypy -p tiercel.core -p tiercel.tasks -p tiercel.workers
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest
@@ -34,4 +43,4 @@ reliability: $(STAMP)
 	$(BIN)/pytest tests/reliability -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .tiercel
+	rm -rf $(VENV) build .mypy_cache .pytest_cache .ruff_cache .tiercel

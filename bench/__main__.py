@@ -26,8 +26,7 @@ from typing import Any
 from bench._harness import Row, figure_row
 from bench.report import print_table
 
-MODULES = ("core_cache", "levels_memory", "pools", "metrics", "celery_compute", "scaling",
-           "tuning")
+MODULES = ("core_cache", "levels_memory", "pools", "metrics", "celery_compute", "scaling", "tuning")
 RESULTS = Path("results")
 #: Timestamped runs kept in ``results/``; older ones are deleted (the folder stays bounded).
 KEEP_RUNS = 20
@@ -41,15 +40,26 @@ def _levels_memory(quick: bool) -> list[Row]:
     n = 200_000 if quick else 400_000
     figures = levels_memory.run(n=n)
     ratio = figures["peak_ratio"]
-    return [figure_row(f"BytesLevel real memory at peak / bound, {n:,} inserts of 10 B-10 KB",
-                       ratio, "x", target="<= 1.05x", met=ratio <= 1.05,
-                       note=f"final {figures['final_ratio']:.3f}x")]
+    return [
+        figure_row(
+            f"BytesLevel real memory at peak / bound, {n:,} inserts of 10 B-10 KB",
+            ratio,
+            "x",
+            target="<= 1.05x",
+            met=ratio <= 1.05,
+            note=f"final {figures['final_ratio']:.3f}x",
+        )
+    ]
 
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
-    return {"python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def run_modules(names: list[str], quick: bool) -> tuple[list[Row], dict[str, float]]:
@@ -106,9 +116,12 @@ def save(record: dict[str, Any], results: Path, *, only: bool) -> Path:
 
         previous = load(latest)
         ran = set(record["modules"])
-        merged = {**record, "modules": sorted(ran | set(previous.get("modules", []))),
-                  "rows": [row for row in previous["rows"] if row.get("module") not in ran]
-                  + record["rows"]}
+        merged = {
+            **record,
+            "modules": sorted(ran | set(previous.get("modules", []))),
+            "rows": [row for row in previous["rows"] if row.get("module") not in ran]
+            + record["rows"],
+        }
     _write_json(latest, merged)
     _prune(results)
     return latest
@@ -116,17 +129,25 @@ def save(record: dict[str, Any], results: Path, *, only: bool) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks, print the table, save, plot, compare with the baseline."""
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="small loops: a smoke run")
     parser.add_argument("--only", choices=MODULES, action="append", help="run only these")
-    parser.add_argument("--save-baseline", action="store_true",
-                        help="also write this run to results/bench-baseline.json")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="folder of results (default results/)")
+    parser.add_argument(
+        "--save-baseline",
+        action="store_true",
+        help="also write this run to results/bench-baseline.json",
+    )
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="folder of results (default results/)"
+    )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG charts")
-    parser.add_argument("--fail-on-worse", action="store_true",
-                        help="exit 1 when a row got worse than the baseline")
+    parser.add_argument(
+        "--fail-on-worse", action="store_true", help="exit 1 when a row got worse than the baseline"
+    )
     args = parser.parse_args(argv)
     from bench import regression
 
@@ -137,16 +158,22 @@ def main(argv: list[str] | None = None) -> int:
     reference = regression.load(reference_path) if reference_path is not None else None
     rows, seconds = run_modules(names, args.quick)
     print_table(rows)
-    record = {"taken_at": time.time(), "quick": args.quick, "machine": machine(),
-              "seconds": round(time.perf_counter() - started, 1), "module_seconds": seconds,
-              "modules": sorted(seconds), "rows": rows}
+    record = {
+        "taken_at": time.time(),
+        "quick": args.quick,
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "module_seconds": seconds,
+        "modules": sorted(seconds),
+        "rows": rows,
+    }
     latest = save(record, args.results, only=bool(args.only))
-    print(f"bench: {len(rows)} rows in {record['seconds']:.0f}s written to {latest}",
-          file=sys.stderr)
+    print(
+        f"bench: {len(rows)} rows in {record['seconds']:.0f}s written to {latest}", file=sys.stderr
+    )
     if args.save_baseline:
         _write_json(args.results / "bench-baseline.json", regression.load(latest))
-        print(f"bench: baseline saved to {args.results / 'bench-baseline.json'}",
-              file=sys.stderr)
+        print(f"bench: baseline saved to {args.results / 'bench-baseline.json'}", file=sys.stderr)
     if not args.no_plots:
         from bench.plots import write_plots
 

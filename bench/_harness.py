@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core.redis_server import RedisServer
+from tiercel.core.embedded.redis_server import RedisServer
 
 Row = dict[str, Any]
 
@@ -73,14 +73,32 @@ def ratio_row(
     }
 
 
-def figure_row(benchmark: str, value: float, unit: str, *, target: str = "",
-               met: bool | None = None, note: str = "", spread: tuple[float, float] | None = None
-               ) -> Row:
+def figure_row(
+    benchmark: str,
+    value: float,
+    unit: str,
+    *,
+    target: str = "",
+    met: bool | None = None,
+    note: str = "",
+    spread: tuple[float, float] | None = None,
+) -> Row:
     """A row that is a figure, not a ratio against a peer (a count, a percentage)."""
     low, high = spread if spread is not None else (value, value)
-    return {"benchmark": benchmark, "tiercel": value, "peer": "", "peer_value": None,
-            "unit": unit, "ratio": None, "ratio_min": low, "ratio_max": high, "repeats": 1,
-            "target": target, "met": met, "note": note}
+    return {
+        "benchmark": benchmark,
+        "tiercel": value,
+        "peer": "",
+        "peer_value": None,
+        "unit": unit,
+        "ratio": None,
+        "ratio_min": low,
+        "ratio_max": high,
+        "repeats": 1,
+        "target": target,
+        "met": met,
+        "note": note,
+    }
 
 
 @contextlib.contextmanager
@@ -106,8 +124,9 @@ def run_child(module: str, quick: bool, timeout: float) -> list[Row]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERCEL_")}
     env["TIERCEL_RUN_DIR"] = os.path.join(os.getcwd(), ".tiercel", "bench-run")
     command = [sys.executable, "-m", module, "--child", *(["--quick"] if quick else [])]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
     if done.returncode != 0:
         raise RuntimeError(f"{module} failed:\n{done.stderr[-4000:]}")
     rows: list[Row] = json.loads(done.stdout.strip().splitlines()[-1])

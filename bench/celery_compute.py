@@ -37,7 +37,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _end_to_end(repeats: int, requests: int, keys: int) -> Row:
-    from tasks.examples import plain_square, slow_square
+    from tiercel.tasks.examples import plain_square, slow_square
 
     rng = random.Random(5)
     plain_times: list[float] = []
@@ -56,19 +56,26 @@ def _end_to_end(repeats: int, requests: int, keys: int) -> Row:
         assert [h.get(timeout=300) for h in handles] == [n * n for n in workload]
         cached_times.append(time.perf_counter() - started)
     # The ratio is "times faster": plain seconds / cached seconds.
-    row = ratio_row(f"{requests} requests / {keys} keys, 10 ms compute, 2 processes: "
-                    "plain Celery time / cached time", plain_times, "plain Celery task",
-                    cached_times, unit="s")
-    row["tiercel"], row["peer_value"] = statistics.median(cached_times), statistics.median(
-        plain_times)
+    row = ratio_row(
+        f"{requests} requests / {keys} keys, 10 ms compute, 2 processes: "
+        "plain Celery time / cached time",
+        plain_times,
+        "plain Celery task",
+        cached_times,
+        unit="s",
+    )
+    row["tiercel"], row["peer_value"] = (
+        statistics.median(cached_times),
+        statistics.median(plain_times),
+    )
     row["target"] = ">= 8x faster"
     row["met"] = row["ratio"] >= 8
     return row
 
 
 def _submit_hit_vs_round_trip(repeats: int, calls: int) -> Row:
-    from tasks import runtime
-    from tasks.examples import noop, slow_square
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import noop, slow_square
 
     rt = runtime.current()
     hit_us: list[float] = []
@@ -87,8 +94,12 @@ def _submit_hit_vs_round_trip(repeats: int, calls: int) -> Row:
         for _ in range(calls):
             noop.delay().get(timeout=30)
         trip_us.append((time.perf_counter() - started) / calls * 1e6)
-    row = ratio_row("submit-side hit (Redis) vs no-op Celery round trip", trip_us,
-                    "no-op task .delay().get()", hit_us)
+    row = ratio_row(
+        "submit-side hit (Redis) vs no-op Celery round trip",
+        trip_us,
+        "no-op task .delay().get()",
+        hit_us,
+    )
     row["tiercel"], row["peer_value"] = statistics.median(hit_us), statistics.median(trip_us)
     row["target"] = ">= 20x faster"
     row["met"] = row["ratio"] >= 20
@@ -96,7 +107,7 @@ def _submit_hit_vs_round_trip(repeats: int, calls: int) -> Row:
 
 
 def _miss_path(repeats: int, calls: int) -> Row:
-    from tasks.examples import plain_square, slow_square
+    from tiercel.tasks.examples import plain_square, slow_square
 
     cached_ms: list[float] = []
     plain_ms: list[float] = []
@@ -110,13 +121,19 @@ def _miss_path(repeats: int, calls: int) -> Row:
         for i in range(calls):
             assert plain_square.delay(base + i, 10).get(timeout=30) == (base + i) ** 2
         plain_ms.append((time.perf_counter() - started) / calls * 1e3)
-    return ratio_row("cached task miss path vs plain task (10 ms compute, one at a time)",
-                     cached_ms, "plain Celery task", plain_ms, target=1.1, unit="ms")
+    return ratio_row(
+        "cached task miss path vs plain task (10 ms compute, one at a time)",
+        cached_ms,
+        "plain Celery task",
+        plain_ms,
+        target=1.1,
+        unit="ms",
+    )
 
 
 def _stampede_client(n: int, counter: str, threads: int, start: Any, out: Any) -> None:
-    import workers.app  # noqa: F401
-    from tasks.examples import counted_square
+    import tiercel.workers.app  # noqa: F401
+    from tiercel.tasks.examples import counted_square
 
     barrier = threading.Barrier(threads)
     returned: list[float] = []
@@ -135,17 +152,19 @@ def _stampede_client(n: int, counter: str, threads: int, start: Any, out: Any) -
 def _stampede(clients: int = 4, threads: int = 50) -> list[Row]:
     import redis
 
-    from core.entry import Entry
-    from tasks import runtime
-    from tasks.examples import counted_square
+    from tiercel.core.encoding.entry import Entry
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import counted_square
 
     rt = runtime.current()
     n = random.randrange(10**12)
     counter = f"bench:count:{n}"
     context = multiprocessing.get_context("spawn")
     start, out = context.Event(), context.Queue()
-    procs = [context.Process(target=_stampede_client, args=(n, counter, threads, start, out))
-             for _ in range(clients)]
+    procs = [
+        context.Process(target=_stampede_client, args=(n, counter, threads, start, out))
+        for _ in range(clients)
+    ]
     for proc in procs:
         proc.start()
     time.sleep(3.0)  # every client imported the app and waits at its barrier
@@ -160,13 +179,22 @@ def _stampede(clients: int = 4, threads: int = 50) -> list[Row]:
     raw.close()
     lags_ms = [(stamp - written_at) * 1e3 for stamp in returned]
     return [
-        figure_row(f"stampede: {clients * threads} concurrent submissions of one cold key, "
-                   "computations", computations, "count", target="== 1",
-                   met=computations == 1),
-        figure_row("stampede: submitters answered after the write, p99", _percentile(lags_ms, 99),
-                   "ms", target="<= 5 ms", met=_percentile(lags_ms, 99) <= 5,
-                   note=f"p50 {_percentile(lags_ms, 50):.1f} ms, max {max(lags_ms):.1f} ms",
-                   spread=(min(lags_ms), max(lags_ms))),
+        figure_row(
+            f"stampede: {clients * threads} concurrent submissions of one cold key, computations",
+            computations,
+            "count",
+            target="== 1",
+            met=computations == 1,
+        ),
+        figure_row(
+            "stampede: submitters answered after the write, p99",
+            _percentile(lags_ms, 99),
+            "ms",
+            target="<= 5 ms",
+            met=_percentile(lags_ms, 99) <= 5,
+            note=f"p50 {_percentile(lags_ms, 50):.1f} ms, max {max(lags_ms):.1f} ms",
+            spread=(min(lags_ms), max(lags_ms)),
+        ),
     ]
 
 
@@ -176,9 +204,9 @@ def _worker_waiters(processes: int = 4, trials: int = 5) -> Row:
     answer right after the write, woken by the notification."""
     import redis
 
-    from core.entry import Entry
-    from tasks import runtime
-    from tasks.examples import counted_square
+    from tiercel.core.encoding.entry import Entry
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import counted_square
 
     rt = runtime.current()
     raw = redis.Redis.from_url(rt.settings.cache_url or "")
@@ -189,22 +217,28 @@ def _worker_waiters(processes: int = 4, trials: int = 5) -> Row:
         counter = f"bench:count:{n}"
         results = [counted_square.delay(n, counter, 300) for _ in range(processes)]
         assert [r.get(timeout=60) for r in results] == [n * n] * processes
-        written_at = Entry.unpack(raw.get(rt.key(counted_square.tiercel_spec,
-                                                 (n, counter, 300), {})) or b"").stored_at
+        written_at = Entry.unpack(
+            raw.get(rt.key(counted_square.tiercel_spec, (n, counter, 300), {})) or b""
+        ).stored_at
         extra += int(raw.get(counter) or 0) - 1
         lags_ms.extend((r.date_done.timestamp() - written_at) * 1e3 for r in results)
     raw.close()
     p99 = _percentile(lags_ms, 99)
-    return figure_row(f"stampede on the workers: {processes} processes run one cold key, "
-                      "answered after the write, p99", p99, "ms", target="<= 5 ms",
-                      met=p99 <= 5 and extra == 0,
-                      note=f"extra computations {extra}; includes Celery's result write",
-                      spread=(min(lags_ms), max(lags_ms)))
+    return figure_row(
+        f"stampede on the workers: {processes} processes run one cold key, "
+        "answered after the write, p99",
+        p99,
+        "ms",
+        target="<= 5 ms",
+        met=p99 <= 5 and extra == 0,
+        note=f"extra computations {extra}; includes Celery's result write",
+        spread=(min(lags_ms), max(lags_ms)),
+    )
 
 
 def _invalidation_reader(key: str, ready: Any, out: Any) -> None:
-    import workers.app  # noqa: F401
-    from tasks import runtime
+    import tiercel.workers.app  # noqa: F401
+    from tiercel.tasks import runtime
 
     rt = runtime.current()
     seen = threading.Event()
@@ -229,15 +263,17 @@ def _invalidation_reader(key: str, ready: Any, out: Any) -> None:
 
 
 def _invalidation(trials: int, readers: int = 4) -> Row:
-    from tasks import runtime
+    from tiercel.tasks import runtime
 
     rt = runtime.current()
     key = f"{rt.namespace}:v:bench:invalidate:{{{uuid.uuid4().hex}}}"
     rt.cache.set(key, "v0", ttl=600)
     context = multiprocessing.get_context("spawn")
     ready, out = context.Queue(), context.Queue()
-    procs = [context.Process(target=_invalidation_reader, args=(key, ready, out), daemon=True)
-             for _ in range(readers)]
+    procs = [
+        context.Process(target=_invalidation_reader, args=(key, ready, out), daemon=True)
+        for _ in range(readers)
+    ]
     for proc in procs:
         proc.start()
     worst_ms: list[float] = []
@@ -254,43 +290,58 @@ def _invalidation(trials: int, readers: int = 4) -> Row:
     for proc in procs:
         proc.terminate()
     p50, p99 = _percentile(worst_ms, 50), _percentile(worst_ms, 99)
-    return figure_row(f"invalidation reaches all {readers} other processes, p99 over {trials}",
-                      p99, "ms", target="<= 50 ms", met=p99 <= 50,
-                      note=f"p50 {p50:.2f} ms", spread=(min(worst_ms), max(worst_ms)))
+    return figure_row(
+        f"invalidation reaches all {readers} other processes, p99 over {trials}",
+        p99,
+        "ms",
+        target="<= 50 ms",
+        met=p99 <= 50,
+        note=f"p50 {p50:.2f} ms",
+        spread=(min(worst_ms), max(worst_ms)),
+    )
 
 
 def child(quick: bool) -> list[Row]:
     """Start servers and a fleet, run every benchmark, return rows (runs in the child)."""
-    from core.redis_server import RedisServer
+    from tiercel.core.embedded.redis_server import RedisServer
 
-    with RedisServer(maxmemory_policy="noeviction") as broker, \
-            RedisServer(maxmemory=512 * 2**20, maxmemory_policy="allkeys-lru") as cache:
-        os.environ.update({"TIERCEL_BROKER_URL": broker.url,
-                           "TIERCEL_RESULT_BACKEND": broker.url,
-                           "TIERCEL_CACHE_URL": cache.url})
-        import workers.app  # noqa: F401
-        from core.settings import resolve_settings
-        from workers.launcher import Fleet, FleetSpec
+    with (
+        RedisServer(maxmemory_policy="noeviction") as broker,
+        RedisServer(maxmemory=512 * 2**20, maxmemory_policy="allkeys-lru") as cache,
+    ):
+        os.environ.update(
+            {
+                "TIERCEL_BROKER_URL": broker.url,
+                "TIERCEL_RESULT_BACKEND": broker.url,
+                "TIERCEL_CACHE_URL": cache.url,
+            }
+        )
+        import tiercel.workers.app  # noqa: F401
+        from tiercel.core.settings import resolve_settings
+        from tiercel.workers.launcher import Fleet, FleetSpec
 
         rows: list[Row] = []
-        one_node = FleetSpec(workers=1, concurrency=2, beat=False, flower=False, quiet=True,
-                             loglevel="ERROR")
+        one_node = FleetSpec(
+            workers=1, concurrency=2, beat=False, flower=False, quiet=True, loglevel="ERROR"
+        )
         with Fleet(resolve_settings(), one_node).running():
-            from tasks.examples import noop
+            from tiercel.tasks.examples import noop
 
             noop.delay().get(timeout=60)
-            rows.append(_end_to_end(2 if quick else 3, 500 if quick else 2000,
-                                    50 if quick else 200))
+            rows.append(
+                _end_to_end(2 if quick else 3, 500 if quick else 2000, 50 if quick else 200)
+            )
             rows.append(_submit_hit_vs_round_trip(3 if quick else 5, 100 if quick else 300))
             rows.append(_miss_path(3 if quick else 5, 30 if quick else 100))
-        two_nodes = FleetSpec(workers=2, concurrency=2, beat=False, flower=False, quiet=True,
-                              loglevel="ERROR")
+        two_nodes = FleetSpec(
+            workers=2, concurrency=2, beat=False, flower=False, quiet=True, loglevel="ERROR"
+        )
         with Fleet(resolve_settings(), two_nodes).running():
             noop.delay().get(timeout=60)
             rows.extend(_stampede())
             rows.append(_worker_waiters())
             rows.append(_invalidation(20 if quick else 100))
-        from tasks import runtime
+        from tiercel.tasks import runtime
 
         runtime.shutdown()
         return rows

@@ -19,22 +19,26 @@ import msgpack
 import redis
 
 from bench._harness import Row, ratio_row, redis_server, side_by_side
-from core.codecs import MsgpackCodec, Serializer
-from core.entry import Entry
-from core.generations import Generations
-from core.levels import BytesLevel, MemoryLevel
-from core.memoize import cached
-from core.multilevel import MultiLevelCache
-from core.redis_tier import RedisTier
+from tiercel.core.cache.memoize import cached
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.tier.generations import Generations
+from tiercel.core.tier.redis_tier import RedisTier
 
 VALUE: dict[str, Any] = {"id": 7, "title": "quarterly report " * 8, "rows": list(range(150))}
 
 
 def _local_cache() -> MultiLevelCache:
     serializer = Serializer(MsgpackCodec())
-    return MultiLevelCache(serializer=serializer, levels=[
-        MemoryLevel("memory", max_entries=4096, ttl=300),
-        BytesLevel("bytes", max_entries=65536, max_bytes=64 * 2**20, ttl=3600)])
+    return MultiLevelCache(
+        serializer=serializer,
+        levels=[
+            MemoryLevel("memory", max_entries=4096, ttl=300),
+            BytesLevel("bytes", max_entries=65536, max_bytes=64 * 2**20, ttl=3600),
+        ],
+    )
 
 
 def bench_l1_hit(calls: int, repeats: int) -> Row:
@@ -50,22 +54,34 @@ def bench_l1_hit(calls: int, repeats: int) -> Row:
 
     ours(1, "x")
     peer(1, "x")
-    mine, theirs = side_by_side(lambda: ours(1, "x"), lambda: peer(1, "x"), calls=calls,
-                                repeats=repeats)
-    return ratio_row("L1 hit, cached function in-process", mine,
-                     "cachetools.cached(TTLCache)", theirs, target=1.0)
+    mine, theirs = side_by_side(
+        lambda: ours(1, "x"), lambda: peer(1, "x"), calls=calls, repeats=repeats
+    )
+    return ratio_row(
+        "L1 hit, cached function in-process",
+        mine,
+        "cachetools.cached(TTLCache)",
+        theirs,
+        target=1.0,
+    )
 
 
 def bench_l2_hit(calls: int, repeats: int) -> Row:
     serializer = Serializer(MsgpackCodec())
-    cache = MultiLevelCache(serializer=serializer, levels=[
-        BytesLevel("bytes", max_entries=65536, max_bytes=64 * 2**20, ttl=3600)])
+    cache = MultiLevelCache(
+        serializer=serializer,
+        levels=[BytesLevel("bytes", max_entries=65536, max_bytes=64 * 2**20, ttl=3600)],
+    )
     cache.set("k", VALUE, ttl=3600)
     peer_cache: cachetools.TTLCache[str, bytes] = cachetools.TTLCache(maxsize=65536, ttl=3600)
     peer_cache["k"] = msgpack.packb(VALUE)
     unpackb = msgpack.unpackb
-    mine, theirs = side_by_side(lambda: cache.lookup("k", remote=False),
-                                lambda: unpackb(peer_cache["k"]), calls=calls, repeats=repeats)
+    mine, theirs = side_by_side(
+        lambda: cache.lookup("k", remote=False),
+        lambda: unpackb(peer_cache["k"]),
+        calls=calls,
+        repeats=repeats,
+    )
     return ratio_row("L2 (bytes level) hit", mine, "TTLCache[bytes] + msgpack.unpackb", theirs)
 
 
@@ -83,19 +99,31 @@ def bench_redis_hit(url: str, calls: int, repeats: int) -> list[Row]:
     raw.set("raw", msgpack.packb(VALUE))
     unpackb = msgpack.unpackb
     rows = []
-    mine, theirs = side_by_side(lambda: report.lookup(1, "x"), lambda: unpackb(raw.get("raw")),
-                                calls=calls, repeats=repeats)
-    rows.append(ratio_row("Redis-tier hit (local miss), cached function", mine,
-                          "redis-py GET + msgpack.unpackb", theirs, target=1.15))
+    mine, theirs = side_by_side(
+        lambda: report.lookup(1, "x"), lambda: unpackb(raw.get("raw")), calls=calls, repeats=repeats
+    )
+    rows.append(
+        ratio_row(
+            "Redis-tier hit (local miss), cached function",
+            mine,
+            "redis-py GET + msgpack.unpackb",
+            theirs,
+            target=1.15,
+        )
+    )
 
     from dogpile.cache import make_region
 
     region = make_region().configure("dogpile.cache.redis", arguments={"url": url})
     region.set("dogpile", VALUE)
-    mine, theirs = side_by_side(lambda: report.lookup(1, "x"), lambda: region.get("dogpile"),
-                                calls=calls, repeats=repeats)
-    rows.append(ratio_row("Redis-tier hit (local miss), cached function", mine,
-                          "dogpile.cache redis get", theirs))
+    mine, theirs = side_by_side(
+        lambda: report.lookup(1, "x"), lambda: region.get("dogpile"), calls=calls, repeats=repeats
+    )
+    rows.append(
+        ratio_row(
+            "Redis-tier hit (local miss), cached function", mine, "dogpile.cache redis get", theirs
+        )
+    )
     rows.append(_cashews_row(url, report, calls, repeats))
     raw.close()
     tier.close()
@@ -126,8 +154,9 @@ def _cashews_row(url: str, report: Any, calls: int, repeats: int) -> Row:
         return ours_us, peer_us
 
     mine, theirs = asyncio.run(measure())
-    return ratio_row("Redis-tier hit (local miss), cached function", mine,
-                     "cashews get (asyncio)", theirs)
+    return ratio_row(
+        "Redis-tier hit (local miss), cached function", mine, "cashews get (asyncio)", theirs
+    )
 
 
 def bench_get_many(url: str, calls: int, repeats: int) -> Row:
@@ -150,8 +179,12 @@ def bench_get_many(url: str, calls: int, repeats: int) -> Row:
     peer_per_key = [value / 100 for value in theirs]
     raw.close()
     tier.close()
-    return ratio_row("get_many of 100 keys from Redis, per key", per_key,
-                     "redis-py MGET + msgpack.unpackb", peer_per_key)
+    return ratio_row(
+        "get_many of 100 keys from Redis, per key",
+        per_key,
+        "redis-py MGET + msgpack.unpackb",
+        peer_per_key,
+    )
 
 
 def entry_overhead_bytes() -> int:

@@ -1,4 +1,4 @@
-"""Memory benchmark of :class:`core.levels.BytesLevel`: is ``max_bytes`` an honest bound?
+"""Memory benchmark of the bytes level: is ``max_bytes`` an honest bound?
 
 Inserts ``n`` values of random sizes (10 B to 10 KiB) into a BytesLevel bounded at
 ``max_bytes`` while tracemalloc traces every allocation, then compares the peak and
@@ -18,7 +18,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from core.levels import ENTRY_OVERHEAD, EXPIRY_OVERHEAD, BytesLevel
+from tiercel.core.local.levels import ENTRY_OVERHEAD, EXPIRY_OVERHEAD, BytesLevel
 
 MIN_SIZE = 10
 MAX_SIZE = 10 * 1024

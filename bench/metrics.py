@@ -1,8 +1,8 @@
-"""Accuracy and overhead of tiercel's metrics (:mod:`core.metrics`, :mod:`core.sketches`).
+"""Accuracy and overhead of tiercel's metrics (registry and sketches in tiercel.core.metrics).
 
 Accuracy: four spawned processes each record 25,000 lognormal latencies (a
 different median per process, as workers under different load see) in their
-own :class:`~core.metrics.MetricsRegistry` and send back a JSON snapshot; the
+own :class:`~tiercel.core.metrics.registry.MetricsRegistry` and send back a JSON snapshot; the
 merged fleet p99 is compared with the exact p99 of all 100,000 values (target:
 within 1%). The naive alternative, the mean of the per-process p99s, is shown
 beside it.
@@ -30,11 +30,11 @@ import time
 from typing import Any
 
 from bench._harness import Row, figure_row, per_call_us, ratio_row, side_by_side
-from core.codecs import MsgpackCodec, Serializer
-from core.generations import Generations
-from core.levels import MemoryLevel
-from core.memoize import cached
-from core.metrics import (
+from tiercel.core.cache.memoize import cached
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.metrics.registry import (
     CACHE_HITS,
     REQUEST_SECONDS,
     MetricsRegistry,
@@ -42,8 +42,8 @@ from core.metrics import (
     register_cache,
     sketch_of,
 )
-from core.multilevel import MultiLevelCache
-from core.sketches import LatencySketch
+from tiercel.core.metrics.sketches import LatencySketch
+from tiercel.core.tier.generations import Generations
 
 PROCESSES = 4
 SAMPLES_PER_PROCESS = 25_000
@@ -85,13 +85,25 @@ def bench_fleet_p99(per_process: int) -> list[Row]:
         assert sketch is not None
         per_process_p99.append(sketch.quantile(0.99) or 0.0)
     naive_error = abs(statistics.fmean(per_process_p99) - exact) / exact * 100
-    note = (f"{len(values):,} values from {PROCESSES} processes; exact p99 {exact * 1e3:.3f} ms, "
-            f"merged {estimate * 1e3:.3f} ms; {time.perf_counter() - started:.1f} s")
+    note = (
+        f"{len(values):,} values from {PROCESSES} processes; exact p99 {exact * 1e3:.3f} ms, "
+        f"merged {estimate * 1e3:.3f} ms; {time.perf_counter() - started:.1f} s"
+    )
     return [
-        figure_row("fleet p99 error, merged sketches", error, "%", target="<= 1%",
-                   met=error <= 1.0, note=note),
-        figure_row("fleet p99 error, mean of per-process p99s (not done)", naive_error, "%",
-                   note="why sketches merge instead of averaging percentiles"),
+        figure_row(
+            "fleet p99 error, merged sketches",
+            error,
+            "%",
+            target="<= 1%",
+            met=error <= 1.0,
+            note=note,
+        ),
+        figure_row(
+            "fleet p99 error, mean of per-process p99s (not done)",
+            naive_error,
+            "%",
+            note="why sketches merge instead of averaging percentiles",
+        ),
     ]
 
 
@@ -105,26 +117,48 @@ def bench_calls(calls: int, repeats: int) -> list[Row]:
     peer_histogram = Histogram("bench_seconds", "latency", ["source"], registry=peer_registry)
     rows: list[Row] = []
 
-    mine, theirs = side_by_side(lambda: registry.inc("hits", level="l1"),
-                                lambda: peer_counter.labels(level="l1").inc(),
-                                calls=calls, repeats=repeats)
-    rows.append(ratio_row("counter inc, labelled: registry.inc()", mine,
-                          "prometheus_client Counter.labels().inc()", theirs))
+    mine, theirs = side_by_side(
+        lambda: registry.inc("hits", level="l1"),
+        lambda: peer_counter.labels(level="l1").inc(),
+        calls=calls,
+        repeats=repeats,
+    )
+    rows.append(
+        ratio_row(
+            "counter inc, labelled: registry.inc()",
+            mine,
+            "prometheus_client Counter.labels().inc()",
+            theirs,
+        )
+    )
     handle = registry.counter("hits", level="l1")
     child = peer_counter.labels(level="l1")
     mine, theirs = side_by_side(handle.inc, child.inc, calls=calls, repeats=repeats)
-    rows.append(ratio_row("counter inc, bound handle", mine, "prometheus_client child.inc()",
-                          theirs))
+    rows.append(
+        ratio_row("counter inc, bound handle", mine, "prometheus_client child.inc()", theirs)
+    )
     mine, theirs = side_by_side(
         lambda: registry.observe(REQUEST_SECONDS, 0.0042, source="l1"),
         lambda: peer_histogram.labels(source="l1").observe(0.0042),
-        calls=calls, repeats=repeats)
-    rows.append(ratio_row("latency observe, labelled: registry.observe()", mine,
-                          "prometheus_client Histogram.labels().observe()", theirs,
-                          note="a fixed-bucket histogram: percentiles not within 1%"))
+        calls=calls,
+        repeats=repeats,
+    )
+    rows.append(
+        ratio_row(
+            "latency observe, labelled: registry.observe()",
+            mine,
+            "prometheus_client Histogram.labels().observe()",
+            theirs,
+            note="a fixed-bucket histogram: percentiles not within 1%",
+        )
+    )
     ours_sketch, their_sketch = LatencySketch(), DDSketch(0.01)
-    mine, theirs = side_by_side(lambda: ours_sketch.add(0.0042), lambda: their_sketch.add(0.0042),
-                                calls=calls, repeats=repeats)
+    mine, theirs = side_by_side(
+        lambda: ours_sketch.add(0.0042),
+        lambda: their_sketch.add(0.0042),
+        calls=calls,
+        repeats=repeats,
+    )
     rows.append(ratio_row("sketch add", mine, "ddsketch DDSketch.add (no lock)", theirs))
     table: dict[tuple[str, tuple[()]], int] = {("hits", ()): 0}
     key = ("hits", ())
@@ -132,14 +166,17 @@ def bench_calls(calls: int, repeats: int) -> list[Row]:
     def bare() -> None:
         table[key] = table[key] + 1
 
-    rows.append(figure_row("for scale: bare dict get + add, no lock", per_call_us(bare, calls),
-                           "us"))
+    rows.append(
+        figure_row("for scale: bare dict get + add, no lock", per_call_us(bare, calls), "us")
+    )
     return rows
 
 
 def _cached_hit() -> tuple[Any, MultiLevelCache]:
-    cache = MultiLevelCache(serializer=Serializer(MsgpackCodec()),
-                            levels=[MemoryLevel("memory", max_entries=4096, ttl=300)])
+    cache = MultiLevelCache(
+        serializer=Serializer(MsgpackCodec()),
+        levels=[MemoryLevel("memory", max_entries=4096, ttl=300)],
+    )
 
     @cached(cache, ttl=300, generations=Generations(None))
     def report(a: int, b: str) -> dict[str, Any]:
@@ -212,46 +249,79 @@ def bench_l1_hit(calls: int, repeats: int) -> list[Row]:
     hit_calls = max(1, calls // 2)
     mine, theirs = side_by_side(sampled, baseline, calls=hit_calls, repeats=2 * repeats + 1)
     hit_us = statistics.median(theirs)
-    rows = [ratio_row(f"L1 hit (key + memory level) + metrics: counters pulled, 1/{SAMPLE_EVERY}"
-                      " timed", mine, "the same L1 hit, no metrics", theirs,
-                      note="A/B of the whole hit; shared CPUs make single runs noisy")]
-    with_accounting, bare = side_by_side(accounting_only, nothing, calls=calls * 2,
-                                         repeats=2 * repeats + 1)
+    rows = [
+        ratio_row(
+            f"L1 hit (key + memory level) + metrics: counters pulled, 1/{SAMPLE_EVERY} timed",
+            mine,
+            "the same L1 hit, no metrics",
+            theirs,
+            note="A/B of the whole hit; shared CPUs make single runs noisy",
+        )
+    ]
+    with_accounting, bare = side_by_side(
+        accounting_only, nothing, calls=calls * 2, repeats=2 * repeats + 1
+    )
     added = [a - b for a, b in zip(with_accounting, bare, strict=True)]
     share = max(0.0, statistics.median(added)) / hit_us * 100
-    rows.append(figure_row("L1-hit accounting alone, share of the L1 hit", share, "%",
-                           target="<= 3%", met=share <= 3.0,
-                           spread=(min(added) / hit_us * 100, max(added) / hit_us * 100),
-                           note=f"adds {statistics.median(added):.3f} us to a {hit_us:.2f} us hit"))
+    rows.append(
+        figure_row(
+            "L1-hit accounting alone, share of the L1 hit",
+            share,
+            "%",
+            target="<= 3%",
+            met=share <= 3.0,
+            spread=(min(added) / hit_us * 100, max(added) / hit_us * 100),
+            note=f"adds {statistics.median(added):.3f} us to a {hit_us:.2f} us hit",
+        )
+    )
     mine, theirs = side_by_side(every_hit, baseline, calls=hit_calls, repeats=repeats)
-    rows.append(ratio_row("L1 hit + inc + observe on every hit (not done)", mine,
-                          "the same L1 hit, no metrics", theirs,
-                          note="why the hit path samples"))
-    mine, theirs = side_by_side(memo_sampled, lambda: plain(1, "x"), calls=calls,
-                                repeats=repeats)
-    rows.append(ratio_row(f"hot-memo hit + 1/{SAMPLE_EVERY} timed (not done)", mine,
-                          "the same memo hit, no metrics", theirs,
-                          note="memo hits are only counted (hot_hits, pulled): +0 us"))
+    rows.append(
+        ratio_row(
+            "L1 hit + inc + observe on every hit (not done)",
+            mine,
+            "the same L1 hit, no metrics",
+            theirs,
+            note="why the hit path samples",
+        )
+    )
+    mine, theirs = side_by_side(memo_sampled, lambda: plain(1, "x"), calls=calls, repeats=repeats)
+    rows.append(
+        ratio_row(
+            f"hot-memo hit + 1/{SAMPLE_EVERY} timed (not done)",
+            mine,
+            "the same memo hit, no metrics",
+            theirs,
+            note="memo hits are only counted (hot_hits, pulled): +0 us",
+        )
+    )
     snapshot_us = per_call_us(registry.snapshot, 200)
-    rows.append(figure_row("snapshot with the cache registered", snapshot_us, "us",
-                           note=f"{len(json.dumps(registry.snapshot()))} bytes of JSON"))
+    rows.append(
+        figure_row(
+            "snapshot with the cache registered",
+            snapshot_us,
+            "us",
+            note=f"{len(json.dumps(registry.snapshot()))} bytes of JSON",
+        )
+    )
     return rows
 
 
 def bench_task_wiring(calls: int, repeats: int) -> list[Row]:
-    """The worker's wiring (tasks.metrics) on the L1 hit path, on vs off, side by side.
+    """The worker's wiring (tiercel.tasks.metrics) on the L1 hit path, on vs off, side by side.
 
     ``Runtime.call`` (a cached task's body) on an L1 hit, bare and wrapped by
-    :class:`tasks.metrics.CallRecorder` (a count by task and source, saved
+    :class:`tiercel.tasks.metrics.CallRecorder` (a count by task and source, saved
     seconds, 1 in 16 timed); and a memo hit with the registry fully wired
     (register_cache, recorder) against none: the memo path records nothing.
     """
-    from core.memoize import CachedFunction
-    from tasks.metrics import CallRecorder
+    from tiercel.core.cache.memoize import CachedFunction
+    from tiercel.tasks.metrics import CallRecorder
 
     def build() -> tuple[Any, MultiLevelCache, Generations]:
-        cache = MultiLevelCache(serializer=Serializer(MsgpackCodec()),
-                                levels=[MemoryLevel("memory", max_entries=4096, ttl=300)])
+        cache = MultiLevelCache(
+            serializer=Serializer(MsgpackCodec()),
+            levels=[MemoryLevel("memory", max_entries=4096, ttl=300)],
+        )
         spec = CachedFunction(lambda a, b: {"id": a, "title": b}, ttl=300, name="bench.report")
         generations = Generations(None)
         spec.call(cache, generations, "bench", (1, "x"), {})
@@ -266,21 +336,39 @@ def bench_task_wiring(calls: int, repeats: int) -> list[Row]:
     register_cache(registry, cache)
     wired = CallRecorder(registry).wrap(call)
     rows = []
-    mine, theirs = side_by_side(lambda: wired(spec, (1, "x"), {}),
-                                lambda: call(spec, (1, "x"), {}),
-                                calls=max(1, calls // 2), repeats=2 * repeats + 1)
-    rows.append(ratio_row("task body L1 hit (Runtime.call) + worker wiring", mine,
-                          "the same call, no wiring", theirs,
-                          note="count by task+source, saved seconds, 1 in 16 timed"))
+    mine, theirs = side_by_side(
+        lambda: wired(spec, (1, "x"), {}),
+        lambda: call(spec, (1, "x"), {}),
+        calls=max(1, calls // 2),
+        repeats=2 * repeats + 1,
+    )
+    rows.append(
+        ratio_row(
+            "task body L1 hit (Runtime.call) + worker wiring",
+            mine,
+            "the same call, no wiring",
+            theirs,
+            note="count by task+source, saved seconds, 1 in 16 timed",
+        )
+    )
     plain, _ = _cached_hit()
     measured, memo_cache = _cached_hit()
     wired_registry = MetricsRegistry()
     register_cache(wired_registry, memo_cache)
     CallRecorder(wired_registry)
-    mine, theirs = side_by_side(lambda: measured(1, "x"), lambda: plain(1, "x"),
-                                calls=calls, repeats=2 * repeats + 1)
-    rows.append(ratio_row("memo/L1 hit, worker wiring on", mine, "wiring off", theirs,
-                          target=1.03, note="counters are pulled at snapshot time: +0 per hit"))
+    mine, theirs = side_by_side(
+        lambda: measured(1, "x"), lambda: plain(1, "x"), calls=calls, repeats=2 * repeats + 1
+    )
+    rows.append(
+        ratio_row(
+            "memo/L1 hit, worker wiring on",
+            mine,
+            "wiring off",
+            theirs,
+            target=1.03,
+            note="counters are pulled at snapshot time: +0 per hit",
+        )
+    )
     return rows
 
 

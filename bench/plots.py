@@ -59,14 +59,25 @@ def ratio_chart(rows: list[Row], title: str, path: Path) -> Path | None:
     ratios = [row["ratio"] for row in rows]
     low = [max(0.0, row["ratio"] - row["ratio_min"]) for row in rows]
     high = [max(0.0, row["ratio_max"] - row["ratio"]) for row in rows]
-    ax.barh(positions, ratios, xerr=[low, high], capsize=3,
-            color=[_COLOURS[row.get("met")] for row in rows], alpha=0.85)
+    ax.barh(
+        positions,
+        ratios,
+        xerr=[low, high],
+        capsize=3,
+        color=[_COLOURS[row.get("met")] for row in rows],
+        alpha=0.85,
+    )
     for pos, row in zip(positions, rows, strict=True):
         target = target_value(row)
         if target is not None:
             ax.plot([target[1]], [pos], marker="|", markersize=18, color="black")
-        ax.annotate(f"{row['ratio']:.2f}x", (row["ratio_max"], pos), xytext=(4, -3),
-                    textcoords="offset points", fontsize=8)
+        ax.annotate(
+            f"{row['ratio']:.2f}x",
+            (row["ratio_max"], pos),
+            xytext=(4, -3),
+            textcoords="offset points",
+            fontsize=8,
+        )
     ax.set_yticks(positions, [_label(row) for row in rows], fontsize=8)
     ax.axvline(1.0, color="black", linewidth=0.6, linestyle=":")
     if max(ratios) / max(min(ratios), 1e-9) > 30:
@@ -95,14 +106,14 @@ def targets_chart(rows: list[Row], path: Path) -> Path | None:
             score = 1.0 if value == number else 2.0
         else:
             score = value / number if number else (0.0 if value == 0 else float("inf"))
-        points.append((f"[{row.get('module', '')}] {_label(row, 62)}", min(score, 10.0),
-                       row.get("met")))
+        points.append(
+            (f"[{row.get('module', '')}] {_label(row, 62)}", min(score, 10.0), row.get("met"))
+        )
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(11, 1.2 + 0.4 * len(points)))
     positions = list(range(len(points)))[::-1]
-    ax.barh(positions, [p[1] for p in points], color=[_COLOURS[p[2]] for p in points],
-            alpha=0.85)
+    ax.barh(positions, [p[1] for p in points], color=[_COLOURS[p[2]] for p in points], alpha=0.85)
     ax.axvline(1.0, color="black", linewidth=1.0)
     ax.set_yticks(positions, [p[0] for p in points], fontsize=8)
     ax.set_xlabel("figure / target, oriented so that left of 1 meets the target (capped at 10)")
@@ -149,12 +160,17 @@ def write_plots(rows: Iterable[Row], out: Path) -> list[Path]:
     for row in rows:
         modules.setdefault(str(row.get("module", "rows")), []).append(row)
     for module, module_rows in modules.items():
-        made = ratio_chart(module_rows, f"{module}: tiercel / peer (lower is faster unless "
-                           "the target says >=)", out / f"ratios-{_slug(module)}.png")
+        made = ratio_chart(
+            module_rows,
+            f"{module}: tiercel / peer (lower is faster unless the target says >=)",
+            out / f"ratios-{_slug(module)}.png",
+        )
         if made is not None:
             written.append(made)
-    for made in (targets_chart(rows, out / "targets.png"),
-                 latency_chart(rows, out / "latency-by-source.png")):
+    for made in (
+        targets_chart(rows, out / "targets.png"),
+        latency_chart(rows, out / "latency-by-source.png"),
+    ):
         if made is not None:
             written.append(made)
     return written

@@ -32,14 +32,16 @@ from functools import partial
 from typing import Any
 
 from bench._harness import Row, figure_row, ratio_row
-from core.pools import ResourcePool
+from tiercel.core.pools.resource_pool import ResourcePool
 
 THREADS = 8
 POOL_SIZE = 2
 #: Our pool may cost at most this many times the library pool's acquire + release.
 TARGET = 2.0
-PG_CANDIDATES = ("postgresql://postgres@127.0.0.1:5432/test",
-                 "postgresql://root@127.0.0.1:5432/test")
+PG_CANDIDATES = (
+    "postgresql://postgres@127.0.0.1:5432/test",
+    "postgresql://root@127.0.0.1:5432/test",
+)
 
 #: A pair of callables: take one resource, give it back.
 Cycle = tuple[Callable[[], Any], Callable[[Any], None]]
@@ -73,8 +75,9 @@ def _time_contended(cycle: Cycle, ops_per_thread: int, threads: int = THREADS) -
 
 
 def _tiercel_cycle() -> tuple[Cycle, Callable[[], None]]:
-    pool: ResourcePool[object] = ResourcePool("bench", object, max_size=POOL_SIZE,
-                                              timeout=30.0, max_idle=None, max_lifetime=None)
+    pool: ResourcePool[object] = ResourcePool(
+        "bench", object, max_size=POOL_SIZE, timeout=30.0, max_idle=None, max_lifetime=None
+    )
     pool.fill()
     return (pool.acquire, pool.release), pool.close
 
@@ -86,13 +89,12 @@ def _psycopg_cycle() -> tuple[Cycle, Callable[[], None]] | str:
     except ImportError:
         return "psycopg_pool is not installed (pip install 'tiercel[postgres]')"
     given = os.environ.get("TIERCEL_TEST_DATABASE_URL")
-    for url in ((given,) if given else PG_CANDIDATES):
+    for url in (given,) if given else PG_CANDIDATES:
         try:
             psycopg.connect(url, connect_timeout=3).close()
         except psycopg.Error:
             continue
-        pool = ConnectionPool(url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=30.0,
-                              open=True)
+        pool = ConnectionPool(url, min_size=POOL_SIZE, max_size=POOL_SIZE, timeout=30.0, open=True)
         pool.wait(10)
         return (pool.getconn, pool.putconn), pool.close
     return "PostgreSQL is unreachable"
@@ -101,11 +103,12 @@ def _psycopg_cycle() -> tuple[Cycle, Callable[[], None]] | str:
 def _redis_cycle() -> tuple[Cycle, Callable[[], None]]:
     import redis
 
-    from core.redis_server import RedisServer
+    from tiercel.core.embedded.redis_server import RedisServer
 
     server = RedisServer().start()
-    pool = redis.BlockingConnectionPool.from_url(server.url, max_connections=POOL_SIZE,
-                                                 timeout=30.0)
+    pool = redis.BlockingConnectionPool.from_url(
+        server.url, max_connections=POOL_SIZE, timeout=30.0
+    )
     held = [pool.get_connection() for _ in range(POOL_SIZE)]  # connect both up front
     for connection in held:
         pool.release(connection)
@@ -126,9 +129,14 @@ def run(quick: bool = False) -> list[Row]:
     repeats = 3 if quick else 7
     ops = 2_000 if quick else 20_000
     contended_ops = 300 if quick else 2_500
-    modes = (("uncontended", "1 thread, pool of 2", partial(_time_uncontended, ops=ops)),
-             ("contended", f"{THREADS} threads, pool of {POOL_SIZE}",
-              partial(_time_contended, ops_per_thread=contended_ops)))
+    modes = (
+        ("uncontended", "1 thread, pool of 2", partial(_time_uncontended, ops=ops)),
+        (
+            "contended",
+            f"{THREADS} threads, pool of {POOL_SIZE}",
+            partial(_time_contended, ops_per_thread=contended_ops),
+        ),
+    )
     peers: list[tuple[str, Callable[[], tuple[Cycle, Callable[[], None]] | str]]] = [
         ("psycopg_pool", _psycopg_cycle),
         ("redis-py BlockingConnectionPool", _redis_cycle),
@@ -140,10 +148,14 @@ def run(quick: bool = False) -> list[Row]:
         try:
             if isinstance(made, str):
                 ours = [_time_uncontended(ours_cycle, ops) for _ in range(repeats)]
-                rows.append(figure_row(
-                    f"pool acquire+release uncontended, vs {peer}", statistics.median(ours),
-                    "us", note=f"peer skipped: {made}",
-                ))
+                rows.append(
+                    figure_row(
+                        f"pool acquire+release uncontended, vs {peer}",
+                        statistics.median(ours),
+                        "us",
+                        note=f"peer skipped: {made}",
+                    )
+                )
                 continue
             theirs_cycle, close_theirs = made
             try:
@@ -155,8 +167,13 @@ def run(quick: bool = False) -> list[Row]:
                     for _ in range(repeats):
                         ours_us.append(measure(ours_cycle))
                         peer_us.append(measure(theirs_cycle))
-                    row = ratio_row(f"pool acquire+release {mode} ({label})", ours_us, peer,
-                                    peer_us, target=TARGET)
+                    row = ratio_row(
+                        f"pool acquire+release {mode} ({label})",
+                        ours_us,
+                        peer,
+                        peer_us,
+                        target=TARGET,
+                    )
                     row["tiercel_us"] = round(statistics.median(ours_us), 3)
                     row["peer_us"] = round(statistics.median(peer_us), 3)
                     rows.append(row)
@@ -173,11 +190,15 @@ def _print_table(rows: list[Row]) -> None:
     print("-" * len(header))
     for row in rows:
         if row["ratio"] is None:
-            print(f"{row['benchmark']:<54} {row['tiercel']:>10.2f} {'-':<32} {'-':>9} "
-                  f"{'-':>6}  {row['note']}")
+            print(
+                f"{row['benchmark']:<54} {row['tiercel']:>10.2f} {'-':<32} {'-':>9} "
+                f"{'-':>6}  {row['note']}"
+            )
             continue
-        print(f"{row['benchmark']:<54} {row['tiercel_us']:>10.2f} {row['peer']:<32} "
-              f"{row['peer_us']:>9.2f} {row['ratio']:>6.2f}")
+        print(
+            f"{row['benchmark']:<54} {row['tiercel_us']:>10.2f} {row['peer']:<32} "
+            f"{row['peer_us']:>9.2f} {row['ratio']:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

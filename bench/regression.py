@@ -55,9 +55,11 @@ class Change:
         """One line for the terminal."""
         peer = f" vs {self.peer}" if self.peer else ""
         change = (self.new / self.old - 1) * 100 if self.old else float("inf")
-        return (f"[{self.module}] {self.benchmark}{peer}: {self.quantity} {self.old:.3g} "
-                f"(spread {self.old_low:.3g}-{self.old_high:.3g}) -> {self.new:.3g} "
-                f"({change:+.0f}%): {self.verdict}")
+        return (
+            f"[{self.module}] {self.benchmark}{peer}: {self.quantity} {self.old:.3g} "
+            f"(spread {self.old_low:.3g}-{self.old_high:.3g}) -> {self.new:.3g} "
+            f"({change:+.0f}%): {self.verdict}"
+        )
 
 
 def row_key(row: Row) -> tuple[str, str, str]:
@@ -89,8 +91,9 @@ def better_direction(row: Row) -> str | None:
     return None
 
 
-def compare(new_rows: Iterable[Row], old_rows: Iterable[Row], *,
-            margin: float = MARGIN) -> list[Change]:
+def compare(
+    new_rows: Iterable[Row], old_rows: Iterable[Row], *, margin: float = MARGIN
+) -> list[Change]:
     """Rows of ``new_rows`` that moved beyond the widened spread of ``old_rows``."""
     reference = {row_key(row): row for row in old_rows}
     changes: list[Change] = []
@@ -105,8 +108,19 @@ def compare(new_rows: Iterable[Row], old_rows: Iterable[Row], *,
         slack = margin * abs(old_median)
         module, benchmark, peer = row_key(row)
         if old_row.get("met") is True and row.get("met") is False:
-            changes.append(Change(module, benchmark, peer, quantity, old_median, old_low,
-                                  old_high, new[0], "target missed"))
+            changes.append(
+                Change(
+                    module,
+                    benchmark,
+                    peer,
+                    quantity,
+                    old_median,
+                    old_low,
+                    old_high,
+                    new[0],
+                    "target missed",
+                )
+            )
             continue
         if old_low - slack <= new[0] <= old_high + slack:
             continue
@@ -115,8 +129,11 @@ def compare(new_rows: Iterable[Row], old_rows: Iterable[Row], *,
         moved = "higher" if new[0] > old_high else "lower"
         direction = better_direction(row)
         verdict = moved if direction is None else ("better" if moved == direction else "worse")
-        changes.append(Change(module, benchmark, peer, quantity, old_median, old_low, old_high,
-                              new[0], verdict))
+        changes.append(
+            Change(
+                module, benchmark, peer, quantity, old_median, old_low, old_high, new[0], verdict
+            )
+        )
     return changes
 
 
@@ -143,25 +160,38 @@ def report(changes: list[Change], reference: str) -> list[str]:
     if not changes:
         return [f"bench: no change beyond the measured noise against {reference}"]
     worse = sum(1 for change in changes if change.verdict in ("worse", "target missed"))
-    lines = [f"bench: {len(changes)} row(s) changed beyond the measured noise against "
-             f"{reference} ({worse} worse):"]
+    lines = [
+        f"bench: {len(changes)} row(s) changed beyond the measured noise against "
+        f"{reference} ({worse} worse):"
+    ]
     lines.extend("  " + change.describe() for change in changes)
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     """Compare two saved runs, or promote a saved run to the baseline."""
-    parser = argparse.ArgumentParser(prog="python -m bench.regression", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.regression",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("new", nargs="?", type=Path, help="a saved run")
-    parser.add_argument("reference", nargs="?", type=Path,
-                        help="the run to compare with (default: the baseline)")
-    parser.add_argument("--promote", type=Path, metavar="RUN",
-                        help="copy RUN to results/bench-baseline.json and stop")
-    parser.add_argument("--margin", type=float, default=MARGIN,
-                        help=f"widening of the reference spread (default {MARGIN})")
-    parser.add_argument("--fail-on-worse", action="store_true",
-                        help="exit 1 when a row got worse")
+    parser.add_argument(
+        "reference", nargs="?", type=Path, help="the run to compare with (default: the baseline)"
+    )
+    parser.add_argument(
+        "--promote",
+        type=Path,
+        metavar="RUN",
+        help="copy RUN to results/bench-baseline.json and stop",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=MARGIN,
+        help=f"widening of the reference spread (default {MARGIN})",
+    )
+    parser.add_argument("--fail-on-worse", action="store_true", help="exit 1 when a row got worse")
     args = parser.parse_args(argv)
     if args.promote is not None:
         load(args.promote)  # refuse anything that is not a saved run

@@ -32,8 +32,16 @@ def _fmt(value: float | None, unit: str) -> str:
 def table(rows: Iterable[Row], title: str = "tiercel benchmarks") -> Table:
     """Rows as a rich table: ours, the peer, the ratio of medians and its spread."""
     out = Table(title=title, header_style="bold")
-    for column in ("benchmark", "tiercel", "peer", "peer value", "ratio", "spread",
-                   "target", "met"):
+    for column in (
+        "benchmark",
+        "tiercel",
+        "peer",
+        "peer value",
+        "ratio",
+        "spread",
+        "target",
+        "met",
+    ):
         out.add_column(column, justify="left" if column in ("benchmark", "peer") else "right")
     module = None
     for row in rows:
@@ -41,13 +49,26 @@ def table(rows: Iterable[Row], title: str = "tiercel benchmarks") -> Table:
             out.add_section()  # a rule between modules
         module = row.get("module")
         ratio = row.get("ratio")
-        spread = (f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}" if ratio is not None
-                  else (f"{row['ratio_min']:.3g}-{row['ratio_max']:.3g}"
-                        if row["ratio_min"] != row["ratio_max"] else ""))
+        spread = (
+            f"{row['ratio_min']:.2f}-{row['ratio_max']:.2f}"
+            if ratio is not None
+            else (
+                f"{row['ratio_min']:.3g}-{row['ratio_max']:.3g}"
+                if row["ratio_min"] != row["ratio_max"]
+                else ""
+            )
+        )
         met = {True: "yes", False: "NO", None: ""}[row.get("met")]
-        out.add_row(row["benchmark"], _fmt(row["tiercel"], row["unit"]), row["peer"],
-                    _fmt(row.get("peer_value"), row["unit"]),
-                    f"{ratio:.2f}x" if ratio is not None else "", spread, row["target"], met)
+        out.add_row(
+            row["benchmark"],
+            _fmt(row["tiercel"], row["unit"]),
+            row["peer"],
+            _fmt(row.get("peer_value"), row["unit"]),
+            f"{ratio:.2f}x" if ratio is not None else "",
+            spread,
+            row["target"],
+            met,
+        )
     return out
 
 
@@ -105,19 +126,39 @@ def markdown(record: dict[str, Any], *, plots: str = "../results") -> str:
         lines += [f"## {module}", ""]
         if any(row.get("ratio") is not None for row in rows):
             lines += [f"![{module} ratios]({plots}/ratios-{module.replace('_', '-')}.png)", ""]
-        lines += ["| benchmark | tiercel | peer | peer value | ratio | spread | target | met |"
-                  " note |", "|---|--:|---|--:|--:|--:|--:|:-:|---|"]
+        lines += [
+            "| benchmark | tiercel | peer | peer value | ratio | spread | target | met | note |",
+            "|---|--:|---|--:|--:|--:|--:|:-:|---|",
+        ]
         for row in rows:
             ratio = f"{row['ratio']:.2f}x" if row.get("ratio") is not None else ""
             flag = {True: "yes", False: "**NO**", None: ""}[row.get("met")]
-            lines.append("| " + " | ".join(_cell(text) for text in (
-                row["benchmark"], _fmt(row["tiercel"], row["unit"]), row.get("peer") or "",
-                _fmt(row.get("peer_value"), row["unit"]), ratio, _spread(row),
-                str(row.get("target") or ""), flag, str(row.get("note") or ""))) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    _cell(text)
+                    for text in (
+                        row["benchmark"],
+                        _fmt(row["tiercel"], row["unit"]),
+                        row.get("peer") or "",
+                        _fmt(row.get("peer_value"), row["unit"]),
+                        ratio,
+                        _spread(row),
+                        str(row.get("target") or ""),
+                        flag,
+                        str(row.get("note") or ""),
+                    )
+                )
+                + " |"
+            )
         lines.append("")
     if any(row.get("latency_source") for row in record["rows"]):
-        lines += ["## Latency by source", "",
-                  f"![latency by source]({plots}/latency-by-source.png)", ""]
+        lines += [
+            "## Latency by source",
+            "",
+            f"![latency by source]({plots}/latency-by-source.png)",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -126,8 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.report")
     parser.add_argument("run", type=Path, nargs="?", default=Path("results/bench-latest.json"))
     parser.add_argument("--markdown", action="store_true", help="Markdown for docs/benchmarks.md")
-    parser.add_argument("--plots", default="../results",
-                        help="where the Markdown finds the PNGs (default ../results)")
+    parser.add_argument(
+        "--plots",
+        default="../results",
+        help="where the Markdown finds the PNGs (default ../results)",
+    )
     args = parser.parse_args(argv)
     try:
         record = json.loads(args.run.read_text())

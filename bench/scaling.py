@@ -35,7 +35,7 @@ def _throughput(keys: list[str], counter: str) -> tuple[float, dict[str, str]]:
     """Tasks per second for ``keys`` (all misses), and which node computed each."""
     from celery.result import AsyncResult
 
-    from tasks.examples import counted_digest
+    from tiercel.tasks.examples import counted_digest
 
     started = time.perf_counter()
     handles = counted_digest.submit_many([(text, counter, ROUNDS) for text in keys])
@@ -43,17 +43,20 @@ def _throughput(keys: list[str], counter: str) -> tuple[float, dict[str, str]]:
     elapsed = time.perf_counter() - started
     assert all(len(value) == 64 for value in values)
     assert all(handle.source == "computed" for handle in handles), "expected misses only"
-    computed_by = {text: str(AsyncResult(handle.task_id).worker)
-                   for text, handle in zip(keys, handles, strict=True)}
+    computed_by = {
+        text: str(AsyncResult(handle.task_id).worker)
+        for text, handle in zip(keys, handles, strict=True)
+    }
     return len(keys) / elapsed, computed_by
 
 
-def _repeats(keys: list[str], counter: str, holders: dict[str, set[str]],
-             rng: random.Random) -> tuple[int, int, int]:
+def _repeats(
+    keys: list[str], counter: str, holders: dict[str, set[str]], rng: random.Random
+) -> tuple[int, int, int]:
     """Request every key twice via ``.delay()``; returns (requests, from the shared tier,
     from the answering node's own levels). ``holders`` records which nodes hold a key
     locally (they computed it or already read it)."""
-    from tasks.examples import counted_digest
+    from tiercel.tasks.examples import counted_digest
 
     requests = [text for text in keys for _ in range(2)]
     rng.shuffle(requests)
@@ -71,7 +74,7 @@ def _repeats(keys: list[str], counter: str, holders: dict[str, set[str]],
 
 def _warm_up(fleet: Any, nodes: int) -> None:
     """Run a few small tasks so every node's process is up and has built its runtime."""
-    from tasks.examples import digest_rounds
+    from tiercel.tasks.examples import digest_rounds
 
     tag = uuid.uuid4().hex
     results = [digest_rounds.delay(f"warm:{tag}:{i}", 1000) for i in range(4 * nodes)]
@@ -82,8 +85,8 @@ def _warm_up(fleet: Any, nodes: int) -> None:
 def _measure(quick: bool) -> list[Row]:
     import redis
 
-    from core.settings import resolve_settings
-    from workers.launcher import Fleet, FleetSpec
+    from tiercel.core.settings import resolve_settings
+    from tiercel.workers.launcher import Fleet, FleetSpec
 
     keys_per_repeat = 24 if quick else 40
     repeats = 1 if quick else 2
@@ -92,8 +95,15 @@ def _measure(quick: bool) -> list[Row]:
     counter = f"bench:scaling:count:{run_id}"
     settings = resolve_settings()
     raw = redis.Redis.from_url(settings.cache_url or "")
-    spec = FleetSpec(workers=1, concurrency=1, pool="prefork", beat=False, flower=False,
-                     quiet=True, loglevel="ERROR")
+    spec = FleetSpec(
+        workers=1,
+        concurrency=1,
+        pool="prefork",
+        beat=False,
+        flower=False,
+        quiet=True,
+        loglevel="ERROR",
+    )
     throughput: dict[int, list[float]] = {}
     sharing: list[tuple[int, int, int, int]] = []
     holders: dict[str, set[str]] = {}
@@ -124,53 +134,86 @@ def _measure(quick: bool) -> list[Row]:
     load_after = os.getloadavg()[0]
 
     per_task_ms = 1000 / statistics.median(throughput[1])
-    rows: list[Row] = [figure_row(
-        "scaling: 1 node x 1 process, CPU-bound misses (counted_digest)",
-        statistics.median(throughput[1]), "tasks/s",
-        note=(f"{per_task_ms:.0f} ms per task end to end; {keys_per_repeat} keys x {repeats}"
-              f"; load average {load_before:.1f} -> {load_after:.1f}"),
-        spread=(min(throughput[1]), max(throughput[1])))]
+    rows: list[Row] = [
+        figure_row(
+            "scaling: 1 node x 1 process, CPU-bound misses (counted_digest)",
+            statistics.median(throughput[1]),
+            "tasks/s",
+            note=(
+                f"{per_task_ms:.0f} ms per task end to end; {keys_per_repeat} keys x {repeats}"
+                f"; load average {load_before:.1f} -> {load_after:.1f}"
+            ),
+            spread=(min(throughput[1]), max(throughput[1])),
+        )
+    ]
     cores = os.cpu_count() or 1
     for nodes in (2, 3):
-        row = ratio_row(f"scaling: {nodes} nodes vs 1 node, CPU-bound miss throughput",
-                        throughput[nodes], "1 node", throughput[1], unit="tasks/s")
+        row = ratio_row(
+            f"scaling: {nodes} nodes vs 1 node, CPU-bound miss throughput",
+            throughput[nodes],
+            "1 node",
+            throughput[1],
+            unit="tasks/s",
+        )
         ideal = min(nodes, cores)
         row["target"] = f">= {0.8 * ideal:.1f}x ({cores} cores)"
         row["met"] = row["ratio"] >= 0.8 * ideal
         if nodes > cores:
             # Above min(nodes, cores) the extra share is CPU taken from other processes on a
             # busy machine, not capacity: the node has no core of its own.
-            row["note"] = (f"{cores} cores: {nodes} nodes cannot beat {cores} on CPU-bound "
-                           "work; any gain over 2 nodes is CPU taken from other load")
+            row["note"] = (
+                f"{cores} cores: {nodes} nodes cannot beat {cores} on CPU-bound "
+                "work; any gain over 2 nodes is CPU taken from other load"
+            )
         rows.append(row)
     distinct = len(all_keys)
-    rows.append(figure_row(
-        "scaling: real computations over all steps / distinct keys", computations, "count",
-        target=f"== {distinct}", met=computations == distinct,
-        note=f"{sum(r for *_, r in sharing)} recomputed during repeat requests"))
+    rows.append(
+        figure_row(
+            "scaling: real computations over all steps / distinct keys",
+            computations,
+            "count",
+            target=f"== {distinct}",
+            met=computations == distinct,
+            note=f"{sum(r for *_, r in sharing)} recomputed during repeat requests",
+        )
+    )
     for nodes, requests, shared, recomputed in sharing:
-        rows.append(figure_row(
-            f"scaling: {nodes} node(s), repeat requests answered from the shared tier",
-            100.0 * shared / requests, "%", target="0 recomputed", met=recomputed == 0,
-            note=(f"{requests} requests, {shared} from Redis (a per-node cache would have "
-                  f"recomputed these), {requests - shared} from the node's own levels, "
-                  f"{recomputed} recomputed")))
+        rows.append(
+            figure_row(
+                f"scaling: {nodes} node(s), repeat requests answered from the shared tier",
+                100.0 * shared / requests,
+                "%",
+                target="0 recomputed",
+                met=recomputed == 0,
+                note=(
+                    f"{requests} requests, {shared} from Redis (a per-node cache would have "
+                    f"recomputed these), {requests - shared} from the node's own levels, "
+                    f"{recomputed} recomputed"
+                ),
+            )
+        )
     return rows
 
 
 def child(quick: bool) -> list[Row]:
     """Start private servers, then measure (runs in the child process)."""
-    from core.redis_server import RedisServer
+    from tiercel.core.embedded.redis_server import RedisServer
 
-    with RedisServer(maxmemory_policy="noeviction") as broker, \
-            RedisServer(maxmemory=256 * 2**20, maxmemory_policy="allkeys-lru") as cache:
-        os.environ.update({"TIERCEL_BROKER_URL": broker.url,
-                           "TIERCEL_RESULT_BACKEND": broker.url,
-                           "TIERCEL_CACHE_URL": cache.url})
-        import workers.app  # noqa: F401  (configured from the environment just set)
+    with (
+        RedisServer(maxmemory_policy="noeviction") as broker,
+        RedisServer(maxmemory=256 * 2**20, maxmemory_policy="allkeys-lru") as cache,
+    ):
+        os.environ.update(
+            {
+                "TIERCEL_BROKER_URL": broker.url,
+                "TIERCEL_RESULT_BACKEND": broker.url,
+                "TIERCEL_CACHE_URL": cache.url,
+            }
+        )
+        import tiercel.workers.app  # noqa: F401  (configured from the environment just set)
 
         rows = _measure(quick)
-        from tasks import runtime
+        from tiercel.tasks import runtime
 
         runtime.shutdown()
         return rows

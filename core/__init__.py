@@ -1,6 +1,6 @@
 """tiercel core: framework-free cache levels, the Redis tier and the multi-level cache."""
 
-from core.errors import (
+from tiercel.core.errors import (
     CacheError,
     CodecError,
     KeyEncodingError,
@@ -15,7 +15,7 @@ from core.errors import (
     TierUnavailable,
     ValueTooLarge,
 )
-from core.settings import Settings
+from tiercel.core.settings import Settings
 
 __all__ = [
     "CacheError",

@@ -66,8 +66,9 @@ class ComputationFailed(TiercelError):
     """
 
     def __init__(self, key: str, error_type: str, message: str) -> None:
-        super().__init__(f"the computation of {key} failed in another process: "
-                         f"{error_type}: {message}")
+        super().__init__(
+            f"the computation of {key} failed in another process: {error_type}: {message}"
+        )
         self.key = key
         self.error_type = error_type
         self.message = message

@@ -1,7 +1,7 @@
 """tiercel's settings: one typed object read from ``TIERCEL_*`` environment variables.
 
 Every value is validated when the object is built; a bad value raises
-:class:`~core.errors.SettingsError` naming the variable and what was expected.
+:class:`~tiercel.core.errors.SettingsError` naming the variable and what was expected.
 URLs may carry passwords: use :func:`redact_url` before showing one.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from core.constants import DEFAULT_NAMESPACE
-from core.errors import SettingsError
+from tiercel.core.encoding.prefixes import DEFAULT_NAMESPACE
+from tiercel.core.errors import SettingsError
 
 PREFIX = "TIERCEL_"
 _T = TypeVar("_T")
@@ -28,9 +28,22 @@ _BROKER_SCHEMES = (*_REDIS_SCHEMES, "amqp", "amqps", "pyamqp", "memory", "sentin
 _CODECS = ("msgpack", "json", "pickle")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024, "m": 10**6,
-               "mb": 10**6, "mi": 2**20, "mib": 2**20, "g": 10**9, "gb": 10**9, "gi": 2**30,
-               "gib": 2**30}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "ki": 1024,
+    "kib": 1024,
+    "m": 10**6,
+    "mb": 10**6,
+    "mi": 2**20,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gi": 2**30,
+    "gib": 2**30,
+}
 
 
 def redact_url(url: str | None) -> str:
@@ -39,16 +52,26 @@ def redact_url(url: str | None) -> str:
         return "(unset)"
     parts = urlsplit(url)
     if "password" in parts.query.lower():  # secrets in query options (sentinel_password=...)
-        query = "&".join(f"{name}=***" if "password" in name.lower() else item
-                         for item in parts.query.split("&") for name in [item.partition("=")[0]])
+        query = "&".join(
+            f"{name}=***" if "password" in name.lower() else item
+            for item in parts.query.split("&")
+            for name in [item.partition("=")[0]]
+        )
         # a text swap, not urlunsplit: that would turn unix:///path into unix:/path
         url = url.replace(f"?{parts.query}", f"?{query}", 1)
         parts = parts._replace(query=query)
     if parts.password is not None and "," in parts.netloc:
         # several hosts (cluster, sentinel): urlsplit cannot read one port from them
         hosts = parts.netloc.rpartition("@")[2]
-        return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{hosts}", parts.path,
-                           parts.query, parts.fragment))
+        return urlunsplit(
+            (
+                parts.scheme,
+                f"{parts.username or ''}:***@{hosts}",
+                parts.path,
+                parts.query,
+                parts.fragment,
+            )
+        )
     if parts.password is None:
         return url
     user = parts.username or ""
@@ -147,7 +170,7 @@ class Settings:
     pool_max_idle: float = 300.0
     pool_max_lifetime: float = 3600.0
     pool_reap_interval: float = 30.0
-    #: Seconds between a worker process's metric snapshots (tasks.metrics); a process is
+    #: Seconds between a worker process's metric snapshots (tiercel.tasks.metrics); a process is
     #: left out of the fleet view after 2 intervals without one.
     metrics_interval: float = 10.0
     #: Seconds between beat's fleet aggregations (tiercel.metrics.aggregate).
@@ -199,12 +222,28 @@ class Settings:
             )
         if any(len(key) < 16 for key in self.signing_keys):
             raise SettingsError(f"{_env_name('signing_keys')}: every key needs >= 16 characters")
-        for name in ("l1_max_entries", "l2_max_bytes", "max_value_bytes", "redis_max_connections",
-                     "breaker_failures", "memory_budget_bytes", "embedded_cache_maxmemory"):
+        for name in (
+            "l1_max_entries",
+            "l2_max_bytes",
+            "max_value_bytes",
+            "redis_max_connections",
+            "breaker_failures",
+            "memory_budget_bytes",
+            "embedded_cache_maxmemory",
+        ):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number")
-        for name in ("default_ttl", "l1_ttl", "l2_ttl", "redis_timeout", "breaker_reset",
-                     "lease_ttl", "inflight_ttl", "task_time_limit", "visibility_timeout"):
+        for name in (
+            "default_ttl",
+            "l1_ttl",
+            "l2_ttl",
+            "redis_timeout",
+            "breaker_reset",
+            "lease_ttl",
+            "inflight_ttl",
+            "task_time_limit",
+            "visibility_timeout",
+        ):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number of seconds")
         for module in self.task_modules:
@@ -226,20 +265,30 @@ class Settings:
         if self.db_pool_max < 1:
             _fail("db_pool_max", self.db_pool_max, "1 or more connections")
         if not 0 <= self.db_pool_min <= self.db_pool_max:
-            _fail("db_pool_min", self.db_pool_min,
-                  f"0 to TIERCEL_DB_POOL_MAX={self.db_pool_max} connections")
+            _fail(
+                "db_pool_min",
+                self.db_pool_min,
+                f"0 to TIERCEL_DB_POOL_MAX={self.db_pool_max} connections",
+            )
         for name in ("pool_timeout", "pool_max_idle", "pool_max_lifetime", "pool_reap_interval"):
             if getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number of seconds")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             _fail("log_level", self.log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        for name in ("metrics_interval", "aggregate_interval", "sweep_interval",
-                     "housekeeping_interval"):
+        for name in (
+            "metrics_interval",
+            "aggregate_interval",
+            "sweep_interval",
+            "housekeeping_interval",
+        ):
             if not 0 < getattr(self, name) <= 86400:
                 _fail(name, getattr(self, name), "a number of seconds in (0, 86400]")
         if not _QUEUE_RE.match(self.queue) or self.queue.startswith("amq."):
-            _fail("queue", self.queue, "1-200 characters of letters, digits, _ . : - "
-                  "not starting with amq.")
+            _fail(
+                "queue",
+                self.queue,
+                "1-200 characters of letters, digits, _ . : - not starting with amq.",
+            )
 
     def describe(self) -> dict[str, str]:
         """The settings as strings safe to print: URLs redacted, secrets hidden."""
@@ -276,8 +325,9 @@ def _parse_field(item: dataclasses.Field[Any], raw: str) -> Any:
     try:
         return parser(raw.strip())
     except ValueError as exc:
-        expected = (str(exc) if parser in (parse_bytes, _parse_bool)
-                    else f"a value of type {type_name}")
+        expected = (
+            str(exc) if parser in (parse_bytes, _parse_bool) else f"a value of type {type_name}"
+        )
         shown = "***" if item.name == "signing_keys" else raw
         raise SettingsError(f"{name}={shown!r} is invalid: expected {expected}") from None
 
@@ -289,11 +339,11 @@ def resolve_settings(settings: Settings | None = None) -> Settings:
     """Settings from the environment, completed from a running embedded fleet.
 
     Order: ``TIERCEL_*`` variables; else the URLs of a fleet started by
-    ``tiercel up`` (see :mod:`core.fleet_file`). A Redis broker also serves as
+    ``tiercel up`` (see :mod:`tiercel.core.embedded.fleet_file`). A Redis broker also serves as
     result backend and cache tier when those are not set (a separate
     ``allkeys-lru`` cache Redis is better in production: see the README).
     """
-    from core.fleet_file import read_fleet_file
+    from tiercel.core.embedded.fleet_file import read_fleet_file
 
     settings = settings or Settings.from_env()
     if settings.embedded:
@@ -304,6 +354,8 @@ def resolve_settings(settings: Settings | None = None) -> Settings:
                 result_backend=record["result_backend"],
                 cache_url=record["cache_url"],
             )
+            if not settings.task_modules:
+                settings = settings.replace(task_modules=tuple(record.get("task_modules", ())))
     if settings.broker_url is None:
         raise SettingsError(
             "no broker configured: set TIERCEL_BROKER_URL (and TIERCEL_RESULT_BACKEND, "

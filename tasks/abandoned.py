@@ -27,19 +27,23 @@ def _tools() -> tuple[Any, Any, Any]:
     """(settings, tier, leases) of this main process, built once per process."""
     with _lock:
         if _state.get("pid") != os.getpid():
-            from core.codecs import serializer_from_settings
-            from core.constants import channel_name
-            from core.leases import LeaseManager
-            from core.redis_tier import RedisTier
-            from core.settings import resolve_settings
+            from tiercel.core.encoding.codecs import serializer_from_settings
+            from tiercel.core.encoding.prefixes import channel_name
+            from tiercel.core.settings import resolve_settings
+            from tiercel.core.tier.leases import LeaseManager
+            from tiercel.core.tier.redis_tier import RedisTier
 
             settings = resolve_settings()
-            tier = RedisTier.from_url(settings.cache_url or "",
-                                      serializer=serializer_from_settings(settings),
-                                      namespace=settings.namespace, max_connections=4,
-                                      socket_timeout=settings.redis_timeout)
-            leases = LeaseManager(tier.client, ttl=settings.lease_ttl,
-                                  channel=channel_name(settings.namespace))
+            tier = RedisTier.from_url(
+                settings.cache_url or "",
+                serializer=serializer_from_settings(settings),
+                namespace=settings.namespace,
+                max_connections=4,
+                socket_timeout=settings.redis_timeout,
+            )
+            leases = LeaseManager(
+                tier.client, ttl=settings.lease_ttl, channel=channel_name(settings.namespace)
+            )
             _state.update(pid=os.getpid(), settings=settings, tier=tier, leases=leases)
         return _state["settings"], _state["tier"], _state["leases"]
 
@@ -50,15 +54,19 @@ def release_abandoned(task: Any, task_id: str, args: Any, kwargs: Any, why: str)
     if spec is None or not task_id:
         return False
     try:
-        from core.generations import Generations
+        from tiercel.core.tier.generations import Generations
 
         settings, tier, leases = _tools()
-        key = spec.key(settings.namespace, Generations(tier, max_age=0.0), args or (),
-                       kwargs or {})
+        key = spec.key(settings.namespace, Generations(tier, max_age=0.0), args or (), kwargs or {})
         released = bool(leases.release_abandoned(key, task_id))
     except Exception:  # cleanup is best effort: the lease still expires by TTL
-        log.warning("tiercel: could not free the lease of %s[%s] after %s", task.name,
-                    task_id, why, exc_info=True)
+        log.warning(
+            "tiercel: could not free the lease of %s[%s] after %s",
+            task.name,
+            task_id,
+            why,
+            exc_info=True,
+        )
         return False
     if released:
         log.info("tiercel: freed the lease of %s[%s] after %s", task.name, task_id, why)

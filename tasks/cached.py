@@ -22,13 +22,13 @@ from celery.exceptions import Terminated
 from celery.result import AsyncResult
 from celery.worker.request import Request
 
-from core.errors import TierUnavailable
-from core.failures import expired, is_failure
-from core.freshness import FRESH, STALE, FreshnessPolicy
-from core.memoize import CachedFunction
-from tasks import runtime
-from tasks.registry import register
-from tasks.results import CachedResult
+from tiercel.core.cache.failures import expired, is_failure
+from tiercel.core.cache.freshness import FRESH, STALE, FreshnessPolicy
+from tiercel.core.cache.memoize import CachedFunction
+from tiercel.core.errors import TierUnavailable
+from tiercel.tasks import runtime
+from tiercel.tasks.registry import register
+from tiercel.tasks.results import CachedResult
 
 # Cached tasks are idempotent by construction: redeliver rather than lose them.
 _TASK_DEFAULTS: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
@@ -45,15 +45,16 @@ class CachedRequest(Request):  # type: ignore[misc]
         if not soft:
             self._release("hard time limit")
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True,
-                   return_ok: bool = False) -> None:
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         error = getattr(exc_info.exception, "exc", exc_info.exception)
         if isinstance(error, (WorkerLostError, Terminated)):
             self._release(type(error).__name__)
 
     def _release(self, why: str) -> None:
-        from tasks.abandoned import release_abandoned
+        from tiercel.tasks.abandoned import release_abandoned
 
         release_abandoned(self.task, self.id, self.args, self.kwargs, why)
 
@@ -62,7 +63,7 @@ class CachedTask(Task):  # type: ignore[misc]
     """Base class of every cached task; ``tiercel_spec`` says how it caches."""
 
     tiercel_spec: CachedFunction[Any, Any]
-    Request = "tasks.cached:CachedRequest"
+    Request = "tiercel.tasks.cached:CachedRequest"
 
     def submit(self, *args: Any, **kwargs: Any) -> CachedResult:
         """Answer from the cache when possible; else join the computation in flight,
@@ -72,27 +73,43 @@ class CachedTask(Task):  # type: ignore[misc]
         cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, args, kwargs)
         found = cache.lookup(key)
-        if found is not None and spec.cache_errors and is_failure(found.value) \
-                and expired(found.value):
+        if (
+            found is not None
+            and spec.cache_errors
+            and is_failure(found.value)
+            and expired(found.value)
+        ):
             found = None  # an old failure: compute again (the worker refreshes it)
         if found is not None:
             verdict = spec.policy.judge(found.ttl, found.compute_seconds)
             if verdict != STALE or spec.policy.stale_while_revalidate:
                 if verdict != FRESH:
                     self._refresh_soon(rt, key, args, kwargs)
-                return CachedResult.resolved(key, found.value, _public_source(found.source),
-                                             spec)
+                return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
         task_id = str(uuid.uuid4())
         try:
             existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
         except TierUnavailable:
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
-            return CachedResult.pending(key, AsyncResult(existing, app=self.app), "joined",
-                                        rt, cache, spec, self._resubmitter(existing, args, kwargs))
-        return CachedResult.pending(key, self._enqueue(rt, key, task_id, args, kwargs),
-                                    "computed", rt, cache, spec,
-                                    self._resubmitter(task_id, args, kwargs))
+            return CachedResult.pending(
+                key,
+                AsyncResult(existing, app=self.app),
+                "joined",
+                rt,
+                cache,
+                spec,
+                self._resubmitter(existing, args, kwargs),
+            )
+        return CachedResult.pending(
+            key,
+            self._enqueue(rt, key, task_id, args, kwargs),
+            "computed",
+            rt,
+            cache,
+            spec,
+            self._resubmitter(task_id, args, kwargs),
+        )
 
     def _resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
         """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
@@ -108,8 +125,16 @@ class CachedTask(Task):  # type: ignore[misc]
             return
         self._enqueue(rt, key, task_id, args, kwargs, refresh=True)
 
-    def _enqueue(self, rt: runtime.Runtime, key: str, task_id: str, args: Any,
-                 kwargs: Any, *, refresh: bool = False) -> AsyncResult:
+    def _enqueue(
+        self,
+        rt: runtime.Runtime,
+        key: str,
+        task_id: str,
+        args: Any,
+        kwargs: Any,
+        *,
+        refresh: bool = False,
+    ) -> AsyncResult:
         try:
             headers = {REFRESH_HEADER: True} if refresh else None
             return self.apply_async(args, kwargs, task_id=task_id, headers=headers)
@@ -132,16 +157,20 @@ class CachedTask(Task):  # type: ignore[misc]
         cache = rt.cache.with_levels(self.tiercel_spec.levels)
         hits = cache.get_many(keys)
         if self.tiercel_spec.cache_errors:  # an expired cached failure is a miss, as in submit()
-            hits = {key: value for key, value in hits.items()
-                    if not (is_failure(value) and expired(value))}
+            hits = {
+                key: value
+                for key, value in hits.items()
+                if not (is_failure(value) and expired(value))
+            }
         first_of: dict[str, int] = {}
         for index, key in enumerate(keys):
             if key not in hits:
                 first_of.setdefault(key, index)
         candidates = {key: str(uuid.uuid4()) for key in first_of}
         try:
-            claims = rt.leases.claim_inflight_many(list(candidates.items()),
-                                                   rt.settings.inflight_ttl)
+            claims = rt.leases.claim_inflight_many(
+                list(candidates.items()), rt.settings.inflight_ttl
+            )
         except TierUnavailable:
             claims = [None] * len(candidates)
         handles: dict[str, tuple[AsyncResult, str]] = {}
@@ -154,16 +183,23 @@ class CachedTask(Task):  # type: ignore[misc]
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
             if key in hits:
-                results.append(CachedResult.resolved(key, hits[key], "redis",
-                                                     self.tiercel_spec))
+                results.append(CachedResult.resolved(key, hits[key], "redis", self.tiercel_spec))
             else:
                 async_result, source = handles[key]
                 if first_of[key] != index:
                     source = "joined"
                 first_args, first_kwargs = normalised[first_of[key]]
-                results.append(CachedResult.pending(
-                    key, async_result, source, rt, cache, self.tiercel_spec,
-                    self._resubmitter(async_result.id, first_args, first_kwargs)))
+                results.append(
+                    CachedResult.pending(
+                        key,
+                        async_result,
+                        source,
+                        rt,
+                        cache,
+                        self.tiercel_spec,
+                        self._resubmitter(async_result.id, first_args, first_kwargs),
+                    )
+                )
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:
@@ -191,8 +227,12 @@ def _public_source(source: str) -> str:
 
 
 def _split_call(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if (isinstance(call, tuple) and len(call) == 2 and isinstance(call[0], (tuple, list))
-            and isinstance(call[1], dict)):
+    if (
+        isinstance(call, tuple)
+        and len(call) == 2
+        and isinstance(call[0], (tuple, list))
+        and isinstance(call[1], dict)
+    ):
         return tuple(call[0]), dict(call[1])
     if isinstance(call, (tuple, list)):
         return tuple(call), {}
@@ -247,21 +287,37 @@ def cached_task(
 
     def decorate(func: Callable[..., Any]) -> Any:
         task_name = name or f"{func.__module__}.{func.__name__}"
-        policy = FreshnessPolicy(stale_ttl=stale_ttl,
-                                 stale_while_revalidate=stale_while_revalidate,
-                                 stale_if_error=stale_if_error, early_refresh=early_refresh)
-        spec = CachedFunction(func, ttl=ttl, tags=tuple(tags), version=version,
-                              ignore=tuple(ignore), name=task_name, policy=policy,
-                              levels=None if levels is None else tuple(levels),
-                              cache_errors=tuple(cache_errors), error_ttl=error_ttl)
+        policy = FreshnessPolicy(
+            stale_ttl=stale_ttl,
+            stale_while_revalidate=stale_while_revalidate,
+            stale_if_error=stale_if_error,
+            early_refresh=early_refresh,
+        )
+        spec = CachedFunction(
+            func,
+            ttl=ttl,
+            tags=tuple(tags),
+            version=version,
+            ignore=tuple(ignore),
+            name=task_name,
+            policy=policy,
+            levels=None if levels is None else tuple(levels),
+            cache_errors=tuple(cache_errors),
+            error_ttl=error_ttl,
+        )
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             rt = runtime.current()
             request = _running_request(task_name)
             inflight_id = request.id if request is not None else None
-            found = rt.call(spec, args, kwargs, inflight_id=inflight_id,
-                            force_refresh=request is not None and _asked_to_refresh(request))
+            found = rt.call(
+                spec,
+                args,
+                kwargs,
+                inflight_id=inflight_id,
+                force_refresh=request is not None and _asked_to_refresh(request),
+            )
             if inflight_id is not None and found.source != "computed":
                 key = rt.key(spec, args, kwargs)
                 # Answered without computing: our own in-flight marker is still there.

@@ -1,6 +1,6 @@
 """Maintenance: beat's periodic tasks, and each worker process's own sweeper and publisher.
 
-Periodic tasks (scheduled by :mod:`workers.schedule`; exactly one beat per deployment):
+Periodic tasks (scheduled by :mod:`tiercel.workers.schedule`; exactly one beat per deployment):
 
 * ``tiercel.maintenance.sweep`` publishes ``s|`` on the invalidation channel.
   Every process's notifier (each prefork child runs its own) wakes its
@@ -14,8 +14,8 @@ Periodic tasks (scheduled by :mod:`workers.schedule`; exactly one beat per deplo
   cursor: deletes lease, in-flight and failure keys that have no TTL (nobody
   could ever release them) and removes tag-index members whose value expired.
 * ``tiercel.metrics.aggregate`` merges the live per-process snapshots into the
-  fleet view (:mod:`tasks.metrics`), returns it as its result and records its
-  task id under :func:`tasks.metrics.latest_key`.
+  fleet view (:mod:`tiercel.tasks.metrics`), returns it as its result and records its
+  task id under :func:`tiercel.tasks.metrics.latest_key`.
 
 Each runs under :func:`periodic_lock` (``SET NX PX`` on
 ``{ns}:periodic:{name}``, released by compare-and-delete): a second run that
@@ -36,20 +36,25 @@ from typing import Any, Final
 import redis
 from celery import shared_task
 
-from core.connections import is_cluster
-from core.constants import FAILURE, INFLIGHT, LEASE, PERIODIC_LOCK, TAG_DRAIN, TAG_INDEX
-from core.notifier import SWEEP
-from core.settings import Settings
-from tasks import metrics, runtime
+from tiercel.core.encoding.prefixes import (
+    FAILURE,
+    INFLIGHT,
+    LEASE,
+    PERIODIC_LOCK,
+    TAG_DRAIN,
+    TAG_INDEX,
+)
+from tiercel.core.settings import Settings
+from tiercel.core.tier.connections import is_cluster
+from tiercel.core.tier.notifier import SWEEP
+from tiercel.tasks import metrics, runtime
 
 __all__ = [
     "LocalSweeper",
     "aggregate",
     "announce_source",
-    "fill_local",
     "housekeep",
     "housekeeping",
-    "local_levels",
     "periodic_lock",
     "start_process",
     "stop_process",
@@ -75,8 +80,7 @@ return 0
 
 
 @contextlib.contextmanager
-def periodic_lock(client: redis.Redis, namespace: str, name: str, ttl: float
-                  ) -> Iterator[bool]:
+def periodic_lock(client: redis.Redis, namespace: str, name: str, ttl: float) -> Iterator[bool]:
     """``with periodic_lock(...) as held:`` True for the one run that may work.
 
     The lock lives ``ttl`` seconds at most (a run killed mid-way cannot block
@@ -118,8 +122,9 @@ def sweep() -> dict[str, Any]:
     """Ask every worker process to sweep its local levels and pools now."""
     rt = runtime.current()
     settings = rt.settings
-    with periodic_lock(_client(settings), settings.namespace, "sweep",
-                       settings.sweep_interval) as held:
+    with periodic_lock(
+        _client(settings), settings.namespace, "sweep", settings.sweep_interval
+    ) as held:
         if not held:
             return _skipped("sweep")
         receivers = rt.notifier.publish(f"{SWEEP}|")
@@ -131,15 +136,15 @@ def housekeeping(budget: float = HOUSEKEEPING_BUDGET) -> dict[str, Any]:
     """Clean the cache tier for at most ``budget`` seconds (see :func:`housekeep`)."""
     rt = runtime.current()
     settings = rt.settings
-    with periodic_lock(_client(settings), settings.namespace, "housekeeping",
-                       budget + 30) as held:
+    with periodic_lock(_client(settings), settings.namespace, "housekeeping", budget + 30) as held:
         if not held:
             return _skipped("housekeeping")
         return housekeep(rt.tier.client, settings.namespace, budget=budget)
 
 
-def housekeep(client: Any, namespace: str, *, budget: float = HOUSEKEEPING_BUDGET,
-              batch: int = SCAN_BATCH) -> dict[str, Any]:
+def housekeep(
+    client: Any, namespace: str, *, budget: float = HOUSEKEEPING_BUDGET, batch: int = SCAN_BATCH
+) -> dict[str, Any]:
     """One bounded pass over ``namespace``'s keys, resuming where the last one stopped.
 
     Deletes lease, in-flight and failure keys without a TTL, and removes
@@ -150,19 +155,24 @@ def housekeep(client: Any, namespace: str, *, budget: float = HOUSEKEEPING_BUDGE
     deadline = time.monotonic() + budget
     done: dict[str, Any] = {"scanned": 0, "stale_keys": 0, "tag_members": 0, "complete": True}
     if is_cluster(client):
-        nodes = [(node.name, client.get_redis_connection(node))
-                 for node in client.get_primaries()]
+        nodes = [(node.name, client.get_redis_connection(node)) for node in client.get_primaries()]
     else:
         nodes = [("", client)]
     for node_name, node_client in nodes:
-        if not _housekeep_node(client, node_client, namespace, node_name, batch, deadline,
-                               done):
+        if not _housekeep_node(client, node_client, namespace, node_name, batch, deadline, done):
             done["complete"] = False
     return done
 
 
-def _housekeep_node(client: Any, node_client: Any, namespace: str, node_name: str,
-                    batch: int, deadline: float, done: dict[str, Any]) -> bool:
+def _housekeep_node(
+    client: Any,
+    node_client: Any,
+    namespace: str,
+    node_name: str,
+    batch: int,
+    deadline: float,
+    done: dict[str, Any],
+) -> bool:
     """Walk one node's keyspace (``node_client``) until done or ``deadline``; deletes and
     tag pruning go through ``client``, which routes each key to its slot's node."""
     cursor_key = f"{namespace}:{PERIODIC_LOCK}:housekeeping:cursor"
@@ -181,8 +191,9 @@ def _housekeep_node(client: Any, node_client: Any, namespace: str, node_name: st
             pipe = client.pipeline(transaction=False)
             for name in candidates:
                 pipe.pttl(name)
-            stale = [name for name, ttl in zip(candidates, pipe.execute(), strict=True)
-                     if ttl == -1]
+            stale = [
+                name for name, ttl in zip(candidates, pipe.execute(), strict=True) if ttl == -1
+            ]
             if stale:
                 done["stale_keys"] += int(client.delete(*stale))
         for name in names:
@@ -217,14 +228,15 @@ def _prune_tag(client: Any, tag_key: str, batch: int, deadline: float) -> int:
 def aggregate(self: Any) -> dict[str, Any]:
     """Merge every live process's snapshot into the fleet view; the view is the result.
 
-    Its task id is recorded under :func:`tasks.metrics.latest_key`, so
+    Its task id is recorded under :func:`tiercel.tasks.metrics.latest_key`, so
     ``tiercel stats``, the exporter and Flower users find the newest one.
     """
     rt = runtime.current()
     settings = rt.settings
     client = _client(settings)
-    with periodic_lock(client, settings.namespace, "aggregate",
-                       settings.aggregate_interval) as held:
+    with periodic_lock(
+        client, settings.namespace, "aggregate", settings.aggregate_interval
+    ) as held:
         if not held:
             return _skipped("aggregation")
         view = metrics.aggregate(client, settings.namespace, settings.metrics_interval)
@@ -232,8 +244,9 @@ def aggregate(self: Any) -> dict[str, Any]:
     if task_id:
         view["task_id"] = task_id
         expires = self.app.conf.result_expires
-        seconds = int(expires.total_seconds() if hasattr(expires, "total_seconds")
-                      else (expires or 3600))
+        seconds = int(
+            expires.total_seconds() if hasattr(expires, "total_seconds") else (expires or 3600)
+        )
         client.set(metrics.latest_key(settings.namespace), task_id, ex=max(60, seconds))
     return view
 
@@ -253,8 +266,9 @@ class LocalSweeper:
         self.interval = interval
         self.sweeps = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"tiercel-sweeper-{os.getpid()}")
+        self._thread = threading.Thread(
+            target=self._run, daemon=True, name=f"tiercel-sweeper-{os.getpid()}"
+        )
 
     def start(self) -> LocalSweeper:
         """Start the thread."""
@@ -263,7 +277,7 @@ class LocalSweeper:
 
     def sweep(self, trigger: str) -> int:
         """Drop expired local entries and reap idle pool resources now; returns entries."""
-        from tasks import pools
+        from tiercel.tasks import pools
 
         rt = self.runtime
         removed = rt.cache.expire()
@@ -303,9 +317,13 @@ def start_process(rt: runtime.Runtime) -> None:
     stop_process()
     settings = rt.settings
     sweeper = LocalSweeper(rt, settings.sweep_interval).start()
-    publisher = metrics.SnapshotPublisher(metrics.metrics_client(settings), settings.namespace,
-                                          rt.metrics, settings.metrics_interval,
-                                          node=NODE).start()
+    publisher = metrics.SnapshotPublisher(
+        metrics.metrics_client(settings),
+        settings.namespace,
+        rt.metrics,
+        settings.metrics_interval,
+        node=NODE,
+    ).start()
     _duties[os.getpid()] = (sweeper, publisher)
 
 
@@ -336,37 +354,8 @@ def announce_source(task: Any, task_id: str | None, state: str | None) -> None:
         return
     _, source, saved = last
     try:
-        task.send_event(f"task-tiercel-{source}", retry=False, source=source,
-                        seconds_saved=round(saved, 6))
+        task.send_event(
+            f"task-tiercel-{source}", retry=False, source=source, seconds_saved=round(saved, 6)
+        )
     except Exception:  # an event is a nicety: never fail the task for it
         log.debug("sending the source event failed", exc_info=True)
-
-
-# -- diagnostics: what one process holds (to check sweeps reach every child) ---------------
-
-
-@shared_task(name="tiercel.maintenance.fill_local")
-def fill_local(prefix: str, count: int, ttl: float, hold_ms: int = 0) -> dict[str, Any]:
-    """Put ``count`` entries living ``ttl`` seconds into this process's local levels only."""
-    rt = runtime.current()
-    for index in range(min(count, 10_000)):
-        rt.cache.store_local(f"{prefix}:{index}", index, None, ttl, ())
-    time.sleep(hold_ms / 1000)
-    return {"pid": os.getpid()}
-
-
-@shared_task(name="tiercel.maintenance.local_levels")
-def local_levels(prefix: str = "", hold_ms: int = 0) -> dict[str, Any]:
-    """This process's levels: entries held (expired ones not yet swept included),
-    how many keys start with ``prefix``, and how many sweeps each trigger ran."""
-    rt = runtime.current()
-    time.sleep(hold_ms / 1000)
-    levels = {}
-    for level in rt.cache.levels:
-        # Read the held keys without touching them: a read would expire them lazily.
-        held = list(getattr(level, "_data", {}))
-        levels[level.name] = {"entries": len(held),
-                              "matching": sum(1 for key in held if key.startswith(prefix))}
-    return {"pid": os.getpid(), "node": NODE, "levels": levels,
-            "sweeps": {trigger: rt.metrics.counter_value(metrics.SWEEPS, trigger=trigger)
-                       for trigger in ("message", "timer")}}

@@ -1,8 +1,8 @@
 """Fleet metrics: each worker process's registry, its snapshot publisher, and the fleet view.
 
-**Wiring** (:func:`instrument`, called by :class:`tasks.runtime.Runtime`): one
-:class:`~core.metrics.MetricsRegistry` per process that *pulls* at snapshot time
-the levels' and the Redis tier's own counters (:func:`core.metrics.register_cache`,
+**Wiring** (:func:`instrument`, called by :class:`tiercel.tasks.runtime.Runtime`): one
+:class:`~tiercel.core.metrics.registry.MetricsRegistry` per process that *pulls* at snapshot time
+the levels' and the Redis tier's own counters (:func:`tiercel.core.metrics.registry.register_cache`,
 breaker state included), the coordinator's, the background refresher's and the
 process's pools. The memo/L1 hit path records nothing. :class:`CallRecorder`
 wraps ``Runtime.call`` (the cached task's body): every call is counted by task
@@ -19,7 +19,7 @@ server's clock (so hosts' clocks do not matter)::
 
 **Aggregating** (:func:`aggregate`): the index members published within the
 last 2 intervals are read (MGET, in bounded batches), merged with
-:func:`core.metrics.merge_snapshots` and summarised per node, process, task
+:func:`tiercel.core.metrics.registry.merge_snapshots` and summarised per node, process, task
 and tier (:func:`build_view`). A process that died stops publishing and
 leaves the view after 2 intervals (its key expires after 3).
 """
@@ -38,8 +38,8 @@ from urllib.parse import urlsplit
 
 import redis
 
-from core.constants import METRICS
-from core.metrics import (
+from tiercel.core.encoding.prefixes import METRICS
+from tiercel.core.metrics.registry import (
     CACHE_HITS,
     CACHE_MISSES,
     COMPUTE_SECONDS,
@@ -57,7 +57,7 @@ from core.metrics import (
     register_cache,
     sketch_of,
 )
-from core.settings import Settings
+from tiercel.core.settings import Settings
 
 __all__ = [
     "REQUESTS",
@@ -143,8 +143,9 @@ def metrics_client(settings: Settings) -> redis.Redis:
         url = settings.cache_url
     if not url:
         raise ValueError("fleet metrics need a Redis result backend or cache URL")
-    return redis.Redis.from_url(url, socket_timeout=max(1.0, settings.redis_timeout),
-                                socket_connect_timeout=2.0)
+    return redis.Redis.from_url(
+        url, socket_timeout=max(1.0, settings.redis_timeout), socket_connect_timeout=2.0
+    )
 
 
 # -- wiring a process's registry -------------------------------------------------------------
@@ -209,8 +210,7 @@ class CallRecorder:
         self._countdown -= 1
         if self._countdown <= 0:
             self._countdown = self.sample_every
-            self.registry.observe(REQUEST_SECONDS, elapsed, self.sample_every,
-                                  source=source)
+            self.registry.observe(REQUEST_SECONDS, elapsed, self.sample_every, source=source)
 
     def last(self) -> tuple[str, str, float] | None:
         """(task, source, seconds saved) of this thread's latest call, then forgotten."""
@@ -219,10 +219,14 @@ class CallRecorder:
         return value
 
     def _collect(self) -> list[Sample]:
-        samples = [Sample("counter", REQUESTS, count, {"task": task, "source": source})
-                   for (task, source), count in list(self._counts.items())]
-        samples += [Sample("counter", COMPUTE_SECONDS_SAVED, saved, {"task": task})
-                    for task, saved in list(self._saved.items())]
+        samples = [
+            Sample("counter", REQUESTS, count, {"task": task, "source": source})
+            for (task, source), count in list(self._counts.items())
+        ]
+        samples += [
+            Sample("counter", COMPUTE_SECONDS_SAVED, saved, {"task": task})
+            for task, saved in list(self._saved.items())
+        ]
         return samples
 
 
@@ -240,13 +244,21 @@ def instrument(runtime: Any) -> MetricsRegistry:
     def coordinator_samples() -> list[Sample]:
         stats = runtime.coordinator.stats()
         active = {"renewing", "waiting"}
-        samples = [Sample("gauge", COORDINATOR_ACTIVE, value, {"what": name})
-                   for name, value in stats.items() if name in active]
-        samples += [Sample("counter", COORDINATOR_EVENTS, value, {"event": name})
-                    for name, value in stats.items() if name not in active]
+        samples = [
+            Sample("gauge", COORDINATOR_ACTIVE, value, {"what": name})
+            for name, value in stats.items()
+            if name in active
+        ]
+        samples += [
+            Sample("counter", COORDINATOR_EVENTS, value, {"event": name})
+            for name, value in stats.items()
+            if name not in active
+        ]
         refresher = runtime.refresher
-        samples += [Sample("counter", REFRESHES, getattr(refresher, outcome, 0),
-                           {"outcome": outcome}) for outcome in ("started", "dropped", "failed")]
+        samples += [
+            Sample("counter", REFRESHES, getattr(refresher, outcome, 0), {"outcome": outcome})
+            for outcome in ("started", "dropped", "failed")
+        ]
         return samples
 
     registry.register_collector(coordinator_samples)
@@ -255,7 +267,7 @@ def instrument(runtime: Any) -> MetricsRegistry:
 
 
 def _pool_samples() -> list[Sample]:
-    from tasks import pools
+    from tiercel.tasks import pools
 
     registry = pools._current  # never build pools just to report on them
     if registry is None or registry.pid != os.getpid():
@@ -264,9 +276,11 @@ def _pool_samples() -> list[Sample]:
     samples: list[Sample] = []
     for name, pool in figures["pools"].items():
         labels = {"pool": name}
-        for field, metric, kind in (("in_use", POOL_IN_USE, "gauge"),
-                                    ("idle", POOL_IDLE, "gauge"),
-                                    ("timeouts", POOL_TIMEOUTS, "counter")):
+        for field, metric, kind in (
+            ("in_use", POOL_IN_USE, "gauge"),
+            ("idle", POOL_IDLE, "gauge"),
+            ("timeouts", POOL_TIMEOUTS, "counter"),
+        ):
             value = pool.get(field)
             if isinstance(value, (int, float)):
                 samples.append(Sample(kind, metric, value, labels))
@@ -279,16 +293,31 @@ def _pool_samples() -> list[Sample]:
 # -- publishing ------------------------------------------------------------------------------
 
 
-def publish_snapshot(client: redis.Redis, namespace: str, registry: MetricsRegistry,
-                     interval: float, *, node: str | None = None) -> int:
+def publish_snapshot(
+    client: redis.Redis,
+    namespace: str,
+    registry: MetricsRegistry,
+    interval: float,
+    *,
+    node: str | None = None,
+) -> int:
     """Write ``registry``'s snapshot now; returns the server time (ms) it was stamped with."""
     snapshot = registry.snapshot()
     process_id = snapshot["processes"][0]["id"]
-    document = json.dumps({"node": node or snapshot["processes"][0]["hostname"],
-                           "snapshot": snapshot}, separators=(",", ":"))
+    document = json.dumps(
+        {"node": node or snapshot["processes"][0]["hostname"], "snapshot": snapshot},
+        separators=(",", ":"),
+    )
     ttl_ms = max(1, int(interval * TTL_INTERVALS * 1000))
-    stamped = client.eval(_PUBLISH, 2, snapshot_key(namespace, process_id),  # type: ignore[no-untyped-call]
-                          index_key(namespace), document, ttl_ms, process_id)
+    stamped = client.eval(
+        _PUBLISH,
+        2,
+        snapshot_key(namespace, process_id),
+        index_key(namespace),
+        document,
+        ttl_ms,
+        process_id,
+    )
     return int(stamped)
 
 
@@ -300,8 +329,15 @@ class SnapshotPublisher:
     the index, so a cleanly stopped process leaves the view at once.
     """
 
-    def __init__(self, client: redis.Redis, namespace: str, registry: MetricsRegistry,
-                 interval: float, *, node: str | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        namespace: str,
+        registry: MetricsRegistry,
+        interval: float,
+        *,
+        node: str | None = None,
+    ) -> None:
         self.client = client
         self.namespace = namespace
         self.registry = registry
@@ -316,16 +352,18 @@ class SnapshotPublisher:
     def start(self) -> SnapshotPublisher:
         """Publish once now (so a new process shows up at once), then on every tick."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, daemon=True,
-                                            name=f"tiercel-metrics-{self.pid}")
+            self._thread = threading.Thread(
+                target=self._run, daemon=True, name=f"tiercel-metrics-{self.pid}"
+            )
             self._thread.start()
         return self
 
     def publish(self) -> bool:
         """Publish now; False (logged) when Redis is unreachable."""
         try:
-            publish_snapshot(self.client, self.namespace, self.registry, self.interval,
-                             node=self.node)
+            publish_snapshot(
+                self.client, self.namespace, self.registry, self.interval, node=self.node
+            )
         except Exception as exc:
             self.failures += 1
             level = logging.WARNING if self.failures == 1 else logging.DEBUG
@@ -360,17 +398,17 @@ class SnapshotPublisher:
 # -- aggregating -----------------------------------------------------------------------------
 
 
-def read_snapshots(client: redis.Redis, namespace: str, interval: float
-                   ) -> list[dict[str, Any]]:
+def read_snapshots(client: redis.Redis, namespace: str, interval: float) -> list[dict[str, Any]]:
     """The documents of every process that published within ``STALE_INTERVALS`` intervals."""
     seconds, micros = client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     cutoff = now_ms - int(interval * STALE_INTERVALS * 1000)
-    members = client.zrangebyscore(index_key(namespace), cutoff, "+inf", start=0,
-                                   num=MAX_PROCESSES, withscores=True)
+    members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        index_key(namespace), cutoff, "+inf", start=0, num=MAX_PROCESSES, withscores=True
+    )
     documents: list[dict[str, Any]] = []
     for start in range(0, len(members), READ_BATCH):
-        batch = members[start:start + READ_BATCH]
+        batch = members[start : start + READ_BATCH]
         values = client.mget([snapshot_key(namespace, _text(member)) for member, _ in batch])
         for (_, score), value in zip(batch, values, strict=True):
             if value is None:
@@ -406,8 +444,12 @@ def _latency(snapshot: Mapping[str, Any], name: str, **labels: str) -> dict[str,
 
 
 def _label_values(snapshot: Mapping[str, Any], name: str, label: str) -> list[str]:
-    found = {item["labels"][label] for kind in ("counters", "gauges", "sketches")
-             for item in snapshot[kind] if item["name"] == name and label in item["labels"]}
+    found = {
+        item["labels"][label]
+        for kind in ("counters", "gauges", "sketches")
+        for item in snapshot[kind]
+        if item["name"] == name and label in item["labels"]
+    }
     return sorted(found)
 
 
@@ -417,10 +459,13 @@ def summarize(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     by_source = {source: counter_total(snapshot, REQUESTS, source=source) for source in sources}
     tiers: dict[str, dict[str, float]] = {}
     for level in _label_values(snapshot, CACHE_HITS, "level"):
-        tiers[level] = _ratio(counter_total(snapshot, CACHE_HITS, level=level),
-                              counter_total(snapshot, CACHE_MISSES, level=level))
-    tiers["redis"] = _ratio(counter_total(snapshot, REDIS_HITS),
-                            counter_total(snapshot, REDIS_MISSES))
+        tiers[level] = _ratio(
+            counter_total(snapshot, CACHE_HITS, level=level),
+            counter_total(snapshot, CACHE_MISSES, level=level),
+        )
+    tiers["redis"] = _ratio(
+        counter_total(snapshot, REDIS_HITS), counter_total(snapshot, REDIS_MISSES)
+    )
     return {
         "requests": sum(by_source.values()),
         "by_source": by_source,
@@ -450,30 +495,49 @@ def build_view(documents: Iterable[Mapping[str, Any]], *, interval: float) -> di
         process = document["snapshot"]["processes"][0]
         node = str(document.get("node") or process["hostname"])
         nodes.setdefault(node, []).append(document["snapshot"])
-        processes.append({"id": process["id"], "node": node, "hostname": process["hostname"],
-                          "pid": process["pid"], "started_at": process["started_at"],
-                          "age": document.get("age"),
-                          **summarize(document["snapshot"])})
+        processes.append(
+            {
+                "id": process["id"],
+                "node": node,
+                "hostname": process["hostname"],
+                "pid": process["pid"],
+                "started_at": process["started_at"],
+                "age": document.get("age"),
+                **summarize(document["snapshot"]),
+            }
+        )
     processes.sort(key=lambda item: (item["node"], item["pid"]))
     tasks = {}
     for task in _label_values(merged, REQUESTS, "task"):
-        by_source = {source: counter_total(merged, REQUESTS, task=task, source=source)
-                     for source in _label_values(merged, REQUESTS, "source")}
+        by_source = {
+            source: counter_total(merged, REQUESTS, task=task, source=source)
+            for source in _label_values(merged, REQUESTS, "source")
+        }
         by_source = {source: count for source, count in by_source.items() if count}
-        tasks[task] = {"requests": sum(by_source.values()), "by_source": by_source,
-                       "compute_seconds_saved": counter_total(merged, COMPUTE_SECONDS_SAVED,
-                                                              task=task),
-                       "compute_seconds": _latency(merged, COMPUTE_SECONDS, task=task)}
-    latency = {source: _latency(merged, REQUEST_SECONDS, source=source)
-               for source in _label_values(merged, REQUEST_SECONDS, "source")}
+        tasks[task] = {
+            "requests": sum(by_source.values()),
+            "by_source": by_source,
+            "compute_seconds_saved": counter_total(merged, COMPUTE_SECONDS_SAVED, task=task),
+            "compute_seconds": _latency(merged, COMPUTE_SECONDS, task=task),
+        }
+    latency = {
+        source: _latency(merged, REQUEST_SECONDS, source=source)
+        for source in _label_values(merged, REQUEST_SECONDS, "source")
+    }
     return {
         "format": 1,
         "aggregated_at": time.time(),
         "interval": interval,
-        "fleet": {**summarize(merged), "processes": len(processes), "nodes": len(nodes),
-                  "latency": _latency(merged, REQUEST_SECONDS)},
-        "nodes": {node: {"processes": len(items), **summarize(merge_snapshots(items))}
-                  for node, items in sorted(nodes.items())},
+        "fleet": {
+            **summarize(merged),
+            "processes": len(processes),
+            "nodes": len(nodes),
+            "latency": _latency(merged, REQUEST_SECONDS),
+        },
+        "nodes": {
+            node: {"processes": len(items), **summarize(merge_snapshots(items))}
+            for node, items in sorted(nodes.items())
+        },
         "processes": processes,
         "tasks": tasks,
         "latency": {source: figures for source, figures in latency.items() if figures},

@@ -3,7 +3,7 @@
 Pools are *defined* anywhere, at import time (a definition is only a recipe,
 so a prefork child inherits it harmlessly), and *built* on first use in the
 process that uses them: each prefork child builds its own, never shares the
-parent's sockets, and closes them at shutdown (:mod:`workers.signals` calls
+parent's sockets, and closes them at shutdown (:mod:`tiercel.workers.signals` calls
 :func:`start` after fork and :func:`shutdown` on exit). A child recycled by
 ``worker_max_tasks_per_child`` or ``worker_max_memory_per_child`` is a new
 process: it starts with new pools and empty levels.
@@ -15,7 +15,7 @@ Built in, from the settings:
 * ``"db"``: a ``psycopg_pool`` pool when ``TIERCEL_DATABASE_URL`` is set
   (``TIERCEL_DB_POOL_MIN`` / ``TIERCEL_DB_POOL_MAX``).
 
-Anything else with :func:`define_resource` (a :class:`core.pools.ResourcePool`
+Anything else with :func:`define_resource` (a :class:`tiercel.core.pools.resource_pool.ResourcePool`
 over any factory)::
 
     pools.define_resource("http", lambda: httpx.Client(timeout=5), max_size=4)
@@ -23,7 +23,7 @@ over any factory)::
     with pools.acquire("http") as client:
         client.get(url)
 
-The registry also holds the process's :class:`core.memory_budget.MemoryBudget`
+The registry also holds the process's :class:`tiercel.core.local.memory_budget.MemoryBudget`
 over its local cache levels, and per-type object pools (:func:`object_pool`).
 """
 
@@ -33,17 +33,14 @@ import contextlib
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from celery import shared_task
-
-from core.errors import PoolClosed, PoolError
-from core.memory_budget import BudgetedLevel, MemoryBudget, fits_max_memory_per_child
-from core.object_pool import ObjectPool, ObjectPools
-from core.pools import NamedPool, ResourcePool
-from core.settings import Settings, resolve_settings
+from tiercel.core.errors import PoolClosed, PoolError
+from tiercel.core.local.memory_budget import BudgetedLevel, MemoryBudget, fits_max_memory_per_child
+from tiercel.core.pools.object_pool import ObjectPool, ObjectPools
+from tiercel.core.pools.resource_pool import NamedPool, ResourcePool
+from tiercel.core.settings import Settings, resolve_settings
 
 __all__ = [
     "PoolRegistry",
@@ -72,13 +69,15 @@ def define(name: str, builder: PoolBuilder, *, replace: bool = False) -> None:
     """Define pool ``name``: ``builder(settings)`` builds it in each process on first use."""
     with _definitions_lock:
         if name in _definitions and not replace:
-            raise PoolError(f"a pool named {name!r} is already defined; pass replace=True "
-                            "to redefine it")
+            raise PoolError(
+                f"a pool named {name!r} is already defined; pass replace=True to redefine it"
+            )
         _definitions[name] = builder
 
 
-def define_resource(name: str, factory: Callable[[], Any], *, replace: bool = False,
-                    **options: Any) -> None:
+def define_resource(
+    name: str, factory: Callable[[], Any], *, replace: bool = False, **options: Any
+) -> None:
     """Define a generic :class:`ResourcePool` of ``factory()`` resources.
 
     ``options`` go to :class:`ResourcePool` (``min_size``, ``max_size``, ``check``,
@@ -87,31 +86,45 @@ def define_resource(name: str, factory: Callable[[], Any], *, replace: bool = Fa
     """
 
     def build(settings: Settings) -> NamedPool:
-        merged = {"timeout": settings.pool_timeout, "max_idle": settings.pool_max_idle,
-                  "max_lifetime": settings.pool_max_lifetime, **options}
+        merged = {
+            "timeout": settings.pool_timeout,
+            "max_idle": settings.pool_max_idle,
+            "max_lifetime": settings.pool_max_lifetime,
+            **options,
+        }
         return ResourcePool(name, factory, **merged)
 
     define(name, build, replace=replace)
 
 
 def _build_redis(settings: Settings) -> NamedPool:
-    from core.redis_pool import RedisPool
+    from tiercel.core.pools.redis_pool import RedisPool
 
     if settings.cache_url is None:
         raise PoolError("pool 'redis' needs TIERCEL_CACHE_URL")
-    return RedisPool("redis", settings.cache_url, max_connections=settings.redis_max_connections,
-                     timeout=settings.pool_timeout, socket_timeout=settings.redis_timeout)
+    return RedisPool(
+        "redis",
+        settings.cache_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.pool_timeout,
+        socket_timeout=settings.redis_timeout,
+    )
 
 
 def _build_db(settings: Settings) -> NamedPool:
-    from core.postgres_pool import PostgresPool
+    from tiercel.core.pools.postgres_pool import PostgresPool
 
     if settings.database_url is None:
         raise PoolError("pool 'db' needs TIERCEL_DATABASE_URL (a postgresql:// URL)")
-    return PostgresPool("db", settings.database_url, min_size=settings.db_pool_min,
-                        max_size=settings.db_pool_max, timeout=settings.pool_timeout,
-                        max_idle=settings.pool_max_idle,
-                        max_lifetime=settings.pool_max_lifetime)
+    return PostgresPool(
+        "db",
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        timeout=settings.pool_timeout,
+        max_idle=settings.pool_max_idle,
+        max_lifetime=settings.pool_max_lifetime,
+    )
 
 
 class PoolRegistry:
@@ -152,8 +165,9 @@ class PoolRegistry:
                 self._creator_pid[name] = os.getpid()
             return pool
 
-    def acquire(self, name: str, timeout: float | None = None
-                ) -> contextlib.AbstractContextManager[Any]:
+    def acquire(
+        self, name: str, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[Any]:
         """``with registry.acquire("db") as conn:`` one resource of pool ``name``."""
         return self.get(name).lease(timeout)
 
@@ -181,8 +195,12 @@ class PoolRegistry:
         """Run :meth:`sweep` every ``interval`` seconds in a daemon thread of this process."""
         if self._sweeper is not None:
             return
-        thread = threading.Thread(target=self._sweep_loop, args=(interval,),
-                                  name=f"tiercel-pool-sweeper-{self.pid}", daemon=True)
+        thread = threading.Thread(
+            target=self._sweep_loop,
+            args=(interval,),
+            name=f"tiercel-pool-sweeper-{self.pid}",
+            daemon=True,
+        )
         self._sweeper = thread
         thread.start()
 
@@ -191,8 +209,12 @@ class PoolRegistry:
         pools = {}
         for name, pool in self.built().items():
             pools[name] = {**pool.snapshot(), "creator_pid": self._creator_pid[name]}
-        return {"pid": self.pid, "pools": pools, "objects": self.objects.snapshot(),
-                "memory": self.budget.snapshot()}
+        return {
+            "pid": self.pid,
+            "pools": pools,
+            "objects": self.objects.snapshot(),
+            "memory": self.budget.snapshot(),
+        }
 
     def close(self) -> None:
         """Close every pool (idempotent); later acquires raise :class:`PoolClosed`."""
@@ -221,8 +243,10 @@ class PoolRegistry:
             return _build_redis
         if name == "db":
             return _build_db
-        raise PoolError(f"no pool named {name!r}: define it with tasks.pools.define_resource() "
-                        f"(known: {', '.join(self.names())})")
+        raise PoolError(
+            f"no pool named {name!r}: define it with tiercel.tasks.pools.define_resource() "
+            f"(known: {', '.join(self.names())})"
+        )
 
     def _sweep_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
@@ -248,8 +272,9 @@ def current() -> PoolRegistry:
         return _current
 
 
-def start(settings: Settings | None = None, *, levels: Iterable[BudgetedLevel] = (),
-          sweep: bool = True) -> PoolRegistry:
+def start(
+    settings: Settings | None = None, *, levels: Iterable[BudgetedLevel] = (), sweep: bool = True
+) -> PoolRegistry:
     """Build this process's registry now (worker signals call this after fork)."""
     global _current
     with _lock:
@@ -312,7 +337,9 @@ def _warn_if_budget_exceeds_child_limit(registry: PoolRegistry) -> None:
             "TIERCEL_MEMORY_BUDGET_BYTES=%d plus this process's %d bytes exceed "
             "worker_max_memory_per_child=%s KiB: children will be recycled before their "
             "levels fill; lower the budget or raise the limit",
-            registry.budget.max_bytes, registry.budget.snapshot()["peak_rss_bytes"], limit,
+            registry.budget.max_bytes,
+            registry.budget.snapshot()["peak_rss_bytes"],
+            limit,
         )
 
 
@@ -324,29 +351,3 @@ def _forget_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-@shared_task(name="tasks.pools.describe")
-def describe(hold_ms: int = 0, use: tuple[str, ...] | list[str] = ("redis",)) -> dict[str, Any]:
-    """Which process ran this, and its pools: each used once, then snapshotted.
-
-    Proves per-process pools on a prefork fleet: every child reports its own pid,
-    and each pool's creator pid equals it. ``hold_ms`` keeps the child busy so
-    concurrent calls spread over the children.
-    """
-    registry = current()
-    for name in use:
-        with registry.acquire(name) as resource:
-            if name == "redis":
-                resource.ping()
-    time.sleep(hold_ms / 1000)
-    built = registry.built()
-    return {
-        "pid": os.getpid(),
-        "parent_pid": os.getppid(),
-        "registry_pid": registry.pid,
-        "pools": {name: {"id": id(pool), "creator_pid": registry.creator_pid(name),
-                         "snapshot": pool.snapshot()}
-                  for name, pool in built.items()},
-        "memory": registry.budget.snapshot(),
-    }

@@ -6,12 +6,9 @@ import contextlib
 import importlib
 from typing import Any
 
-from core.errors import TiercelError
+from tiercel.core.errors import TiercelError
 
 _TASKS: dict[str, Any] = {}
-
-#: Modules whose cached tasks are known without importing user code.
-BUILTIN_MODULES = ("tasks.examples",)
 
 
 class UnknownTask(TiercelError, KeyError):
@@ -28,9 +25,9 @@ def register(name: str, task: Any) -> None:
 
 def find_cached_task(name: str) -> Any:
     """The cached task called ``name`` (raises UnknownTask listing the known names)."""
-    from core.settings import Settings
+    from tiercel.core.settings import Settings
 
-    for module in (*BUILTIN_MODULES, *Settings.from_env().task_modules):
+    for module in Settings.from_env().task_modules:
         importlib.import_module(module)
     if "." in name and name not in _TASKS:
         module_name = name.rsplit(".", 1)[0]

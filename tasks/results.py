@@ -10,8 +10,8 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from core.failures import expired, is_failure, raise_failure
-from core.freshness import STALE
+from tiercel.core.cache.failures import expired, is_failure, raise_failure
+from tiercel.core.cache.freshness import STALE
 
 log = logging.getLogger("tiercel.results")
 
@@ -30,14 +30,31 @@ class CachedResult:
     task for the same key (``joined``).
     """
 
-    __slots__ = ("_async", "_cache", "_republish_after", "_resubmit", "_runtime", "_spec",
-                 "_value", "key", "source")
+    __slots__ = (
+        "_async",
+        "_cache",
+        "_republish_after",
+        "_resubmit",
+        "_runtime",
+        "_spec",
+        "_value",
+        "key",
+        "source",
+    )
 
-    def __init__(self, *, key: str, source: str, value: Any = _UNSET,
-                 async_result: AsyncResult | None = None, runtime: Any = None,
-                 cache: Any = None, spec: Any = None,
-                 resubmit: Callable[[], Any] | None = None,
-                 republish_after: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        key: str,
+        source: str,
+        value: Any = _UNSET,
+        async_result: AsyncResult | None = None,
+        runtime: Any = None,
+        cache: Any = None,
+        spec: Any = None,
+        resubmit: Callable[[], Any] | None = None,
+        republish_after: float | None = None,
+    ) -> None:
         if (value is _UNSET) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
@@ -58,13 +75,27 @@ class CachedResult:
         return cls(key=key, source=source, value=value, spec=spec)
 
     @classmethod
-    def pending(cls, key: str, async_result: AsyncResult, source: str,
-                runtime: Any = None, cache: Any = None, spec: Any = None,
-                resubmit: Callable[[], Any] | None = None) -> CachedResult:
+    def pending(
+        cls,
+        key: str,
+        async_result: AsyncResult,
+        source: str,
+        runtime: Any = None,
+        cache: Any = None,
+        spec: Any = None,
+        resubmit: Callable[[], Any] | None = None,
+    ) -> CachedResult:
         """A result a Celery task will provide; with the process's ``runtime`` it is
         read from the cache the moment the value is written (see :meth:`get`)."""
-        return cls(key=key, source=source, async_result=async_result, runtime=runtime,
-                   cache=cache, spec=spec, resubmit=resubmit)
+        return cls(
+            key=key,
+            source=source,
+            async_result=async_result,
+            runtime=runtime,
+            cache=cache,
+            spec=spec,
+            resubmit=resubmit,
+        )
 
     @property
     def task_id(self) -> str | None:
@@ -90,8 +121,11 @@ class CachedResult:
         if runtime is None or not runtime.notifier.connected:
             return self._async.get(timeout=timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        after = (runtime.settings.republish_after if self._republish_after is None
-                 else self._republish_after)
+        after = (
+            runtime.settings.republish_after
+            if self._republish_after is None
+            else self._republish_after
+        )
         next_check = time.monotonic() + after
         with runtime.notifier.waiter(self.key) as waiter:
             while True:
@@ -138,8 +172,11 @@ class CachedResult:
         except Exception:  # a check that fails must not fail the wait
             log.warning("tiercel: could not re-publish task %s", self._async.id, exc_info=True)
             return
-        log.warning("tiercel: task %s made no progress for %.0fs: re-published it (same id)",
-                    self._async.id, period)
+        log.warning(
+            "tiercel: task %s made no progress for %.0fs: re-published it (same id)",
+            self._async.id,
+            period,
+        )
 
     def _usable(self, found: Any) -> bool:
         """May a pending result answer with this cached value? Not when its policy calls it

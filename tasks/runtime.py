@@ -2,7 +2,7 @@
 
 The runtime is built lazily in the process that uses it and forgotten in a
 forked child (``os.register_at_fork``), so a prefork child never shares the
-parent's sockets or levels; the worker signals in :mod:`workers.signals`
+parent's sockets or levels; the worker signals in :mod:`tiercel.workers.signals`
 build it eagerly after fork and close it at shutdown.
 """
 
@@ -13,18 +13,18 @@ import os
 import threading
 from typing import Any
 
-from core.breaker import CircuitBreaker
-from core.codecs import serializer_from_settings
-from core.constants import channel_name
-from core.coordinator import FleetCoordinator
-from core.freshness import BackgroundRefresher
-from core.generations import Generations
-from core.leases import LeaseManager, LeaseRenewer
-from core.memoize import CachedFunction, function_scope
-from core.multilevel import Lookup, MultiLevelCache
-from core.notifier import Notifier
-from core.redis_tier import RedisTier
-from core.settings import Settings, resolve_settings
+from tiercel.core.cache.coordinator import FleetCoordinator
+from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.memoize import CachedFunction, function_scope
+from tiercel.core.cache.multilevel import Lookup, MultiLevelCache
+from tiercel.core.encoding.codecs import serializer_from_settings
+from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.settings import Settings, resolve_settings
+from tiercel.core.tier.breaker import CircuitBreaker
+from tiercel.core.tier.generations import Generations
+from tiercel.core.tier.leases import LeaseManager, LeaseRenewer
+from tiercel.core.tier.notifier import Notifier
+from tiercel.core.tier.redis_tier import RedisTier
 
 log = logging.getLogger("tiercel.runtime")
 
@@ -43,25 +43,36 @@ class Runtime:
         self.role = role
         self.pid = os.getpid()
         self.serializer = serializer_from_settings(settings)
-        breaker = CircuitBreaker(failures=settings.breaker_failures,
-                                 reset_after=settings.breaker_reset)
+        breaker = CircuitBreaker(
+            failures=settings.breaker_failures, reset_after=settings.breaker_reset
+        )
         self.tier = RedisTier.from_url(
-            settings.cache_url, serializer=self.serializer, namespace=settings.namespace,
+            settings.cache_url,
+            serializer=self.serializer,
+            namespace=settings.namespace,
             max_connections=settings.redis_max_connections,
-            socket_timeout=settings.redis_timeout, breaker=breaker,
+            socket_timeout=settings.redis_timeout,
+            breaker=breaker,
             max_value_bytes=settings.max_value_bytes,
         )
-        self.cache = MultiLevelCache(serializer=self.serializer, tier=self.tier,
-                                     default_ttl=settings.default_ttl)
+        self.cache = MultiLevelCache(
+            serializer=self.serializer, tier=self.tier, default_ttl=settings.default_ttl
+        )
         self.cache.add_level("memory", settings.l1_ttl, settings.l1_max_entries, kind="memory")
-        self.cache.add_level("bytes", settings.l2_ttl, max_size=max(1, settings.l2_max_bytes // 64),
-                             kind="bytes", max_bytes=settings.l2_max_bytes)
+        self.cache.add_level(
+            "bytes",
+            settings.l2_ttl,
+            max_size=max(1, settings.l2_max_bytes // 64),
+            kind="bytes",
+            max_bytes=settings.l2_max_bytes,
+        )
         self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
         self.generations.on_change = self.cache.advance_epoch
         channel = channel_name(settings.namespace)
         self.leases = LeaseManager(self.tier.client, ttl=settings.lease_ttl, channel=channel)
         self.notifier = Notifier(
-            self.tier.client, channel=channel,
+            self.tier.client,
+            channel=channel,
             on_invalidate=lambda key: self.cache.invalidate_local([key]),
             on_tag=self.cache.invalidate_tag_local,
             on_generation=self.generations.observe,
@@ -69,13 +80,18 @@ class Runtime:
             on_clear=self.cache.clear_local,
             on_done=self.cache.discard_local,
         )
-        self.coordinator = FleetCoordinator(self.tier, self.leases, LeaseRenewer(self.leases),
-                                            self.notifier, max_wait=settings.task_time_limit)
+        self.coordinator = FleetCoordinator(
+            self.tier,
+            self.leases,
+            LeaseRenewer(self.leases),
+            self.notifier,
+            max_wait=settings.task_time_limit,
+        )
         self.cache.coordinator = self.coordinator
         self.refresher = BackgroundRefresher()
         # Fleet metrics and sweeps (tasks.metrics, tasks.maintenance): a registry that pulls
         # the figures above at snapshot time, and a wake-up for this process's sweeper.
-        from tasks import metrics as _metrics
+        from tiercel.tasks import metrics as _metrics
 
         #: Set by a sweep message (``s|``); this process's LocalSweeper waits on it.
         self.sweep_requested = threading.Event()
@@ -102,13 +118,27 @@ class Runtime:
         """Cache key of one call of ``spec``."""
         return spec.key(self.namespace, self.generations, args, kwargs)
 
-    def call(self, spec: CachedFunction[Any, Any], args: Any, kwargs: Any, *,
-             inflight_id: str | None = None, force_refresh: bool = False) -> Lookup:
+    def call(
+        self,
+        spec: CachedFunction[Any, Any],
+        args: Any,
+        kwargs: Any,
+        *,
+        inflight_id: str | None = None,
+        force_refresh: bool = False,
+    ) -> Lookup:
         """Look up or compute one call through every tier (refreshing early or stale
         values in this process's background refresher)."""
-        return spec.call(self.cache, self.generations, self.namespace, args, kwargs,
-                         refresher=self.refresher, inflight_id=inflight_id,
-                         force_refresh=force_refresh)
+        return spec.call(
+            self.cache,
+            self.generations,
+            self.namespace,
+            args,
+            kwargs,
+            refresher=self.refresher,
+            inflight_id=inflight_id,
+            force_refresh=force_refresh,
+        )
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
         """Bump the function's generation and announce it to every process."""

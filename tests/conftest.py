@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from core.redis_server import RedisServer
+from tiercel.core.embedded.redis_server import RedisServer
 
 _SERVERS: dict[str, RedisServer] = {}
 
@@ -32,6 +32,14 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TIERCEL_BROKER_URL"] = broker.url
     os.environ["TIERCEL_RESULT_BACKEND"] = broker.url
     os.environ["TIERCEL_CACHE_URL"] = cache.url
+    # Workers started by the tests run the example tasks and the test-only ones, and
+    # import the latter from this checkout.
+    os.environ["TIERCEL_TASK_MODULES"] = ",".join(
+        ["tiercel.tasks.examples", "tiercel.tasks.examples.postgres", "tests.fleet_tasks"]
+    )
+    root = str(config.rootpath)
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = root if not path else os.pathsep.join([root, path])
     # A test must never talk to a fleet someone started with `tiercel up`.
     os.environ["TIERCEL_RUN_DIR"] = os.path.join(str(config.rootpath), ".tiercel", "test-run")
 
@@ -40,7 +48,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """Stop the client runtime (its listener), then the session's servers."""
     import sys
 
-    runtime = sys.modules.get("tasks.runtime")
+    runtime = sys.modules.get("tiercel.tasks.runtime")
     if runtime is not None:
         runtime.shutdown()
     for server in _SERVERS.values():

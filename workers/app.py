@@ -1,21 +1,22 @@
-"""The Celery app: ``celery -A workers.app worker|beat|inspect`` works as Celery users expect.
+"""The Celery app: ``celery -A tiercel.workers.app worker|beat|inspect`` works as expected.
 
 Settings come from ``TIERCEL_*`` variables, or from the embedded fleet that
 ``tiercel up`` runs. The per-process lifecycle (levels, pools, subscriber
-built after fork) is wired in :mod:`workers.signals`.
+built after fork) is wired in :mod:`tiercel.workers.signals`.
 """
 
 from __future__ import annotations
 
 from celery import Celery
 
-from core.settings import resolve_settings
-from workers import broker_guard
-from workers.config import celery_config
-from workers.schedule import beat_schedule
+from tiercel.core.settings import resolve_settings
+from tiercel.workers import broker_guard
+from tiercel.workers.config import celery_config
+from tiercel.workers.schedule import beat_schedule
 
-#: Modules whose tasks every worker registers.
-TASK_MODULES = ["tasks.examples", "tasks.db_examples", "tasks.maintenance"]
+#: Modules whose tasks every worker registers: tiercel's maintenance and metrics tasks.
+#: Example tasks are opt-in (TIERCEL_TASK_MODULES=tiercel.tasks.examples).
+TASK_MODULES = ["tiercel.tasks.maintenance"]
 
 settings = resolve_settings()
 broker_guard.apply()  # a broker restart must not kill workers (see the module)
@@ -29,6 +30,6 @@ app.conf.beat_schedule = beat_schedule(settings)
 # cached tasks submitted from a thread pool find this app's broker and result backend.
 app.set_default()
 
-import workers.signals  # noqa: E402,F401  (connects the lifecycle handlers)
+import tiercel.workers.signals  # noqa: E402,F401  (connects the lifecycle handlers)
 
 __all__ = ["app", "settings"]

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-from core.errors import ServerError, SettingsError
+from tiercel.core.errors import ServerError, SettingsError
 
 #: Bounds on the options: every list this command builds is at most this long.
 MAX_KEYS = 1_000_000
@@ -44,6 +44,7 @@ PLAIN = "plain Celery"
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the workload's options to ``parser``."""
+
     def one_line_error(message: str) -> NoReturn:
         # The CLI promises one line on stderr and status 2 for every expected failure.
         print(f"tiercel bench: error: {message}", file=sys.stderr)
@@ -51,49 +52,99 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.error = one_line_error  # type: ignore[method-assign]
     add = parser.add_argument
-    add("--keys", type=int, default=1000, metavar="K",
-        help="distinct arguments (default 1000)")
-    add("--zipf", type=float, default=1.1, metavar="S",
-        help="Zipf exponent of key popularity; 0 is uniform (default 1.1)")
-    add("--compute-ms", type=int, default=20, metavar="MS",
-        help="compute time of one call on a worker (default 20)")
-    add("--requests", type=int, default=2000, metavar="N",
-        help="requests per phase (default 2000)")
-    add("--concurrency", type=int, default=16, metavar="T",
-        help="client threads submitting at once (default 16)")
-    add("--invalidate-rate", type=float, default=0.0, metavar="P",
-        help="probability that a request is followed by invalidating a random key "
-             "(default 0)")
-    add("--max-seconds", type=float, default=20.0, metavar="S",
-        help="each phase stops taking new requests after this long (default 20)")
+    add("--keys", type=int, default=1000, metavar="K", help="distinct arguments (default 1000)")
+    add(
+        "--zipf",
+        type=float,
+        default=1.1,
+        metavar="S",
+        help="Zipf exponent of key popularity; 0 is uniform (default 1.1)",
+    )
+    add(
+        "--compute-ms",
+        type=int,
+        default=20,
+        metavar="MS",
+        help="compute time of one call on a worker (default 20)",
+    )
+    add("--requests", type=int, default=2000, metavar="N", help="requests per phase (default 2000)")
+    add(
+        "--concurrency",
+        type=int,
+        default=16,
+        metavar="T",
+        help="client threads submitting at once (default 16)",
+    )
+    add(
+        "--invalidate-rate",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a request is followed by invalidating a random key (default 0)",
+    )
+    add(
+        "--max-seconds",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="each phase stops taking new requests after this long (default 20)",
+    )
     add("--no-plain", action="store_true", help="skip the plain Celery phase")
     add("--seed", type=int, default=7, help="random seed of the workload (default 7)")
-    add("--workers", type=int, default=2, metavar="N",
-        help="embedded fleet only: worker nodes (default 2)")
-    add("--worker-concurrency", type=int, default=2, metavar="C",
-        help="embedded fleet only: processes per node (default 2)")
-    add("--pool", choices=("prefork", "solo", "threads"), default="prefork",
-        help="embedded fleet only: Celery pool (default prefork)")
-    add("--json", action="store_true",
-        help="print the figures as one JSON object on stdout (the report goes to stderr)")
+    add(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="embedded fleet only: worker nodes (default 2)",
+    )
+    add(
+        "--worker-concurrency",
+        type=int,
+        default=2,
+        metavar="C",
+        help="embedded fleet only: processes per node (default 2)",
+    )
+    add(
+        "--pool",
+        choices=("prefork", "solo", "threads"),
+        default="prefork",
+        help="embedded fleet only: Celery pool (default prefork)",
+    )
+    add(
+        "--json",
+        action="store_true",
+        help="print the figures as one JSON object on stdout (the report goes to stderr)",
+    )
 
 
 def validate(args: argparse.Namespace) -> None:
     """Raise SettingsError naming the first option out of range."""
     checks = (
         ("--keys", args.keys, 1 <= args.keys <= MAX_KEYS, f"1 to {MAX_KEYS:,}"),
-        ("--requests", args.requests, 1 <= args.requests <= MAX_REQUESTS,
-         f"1 to {MAX_REQUESTS:,}"),
+        ("--requests", args.requests, 1 <= args.requests <= MAX_REQUESTS, f"1 to {MAX_REQUESTS:,}"),
         ("--zipf", args.zipf, 0 <= args.zipf <= 10, "0 (uniform) to 10"),
         ("--compute-ms", args.compute_ms, 0 <= args.compute_ms <= 600_000, "0 to 600000"),
-        ("--concurrency", args.concurrency, 1 <= args.concurrency <= MAX_CONCURRENCY,
-         f"1 to {MAX_CONCURRENCY}"),
+        (
+            "--concurrency",
+            args.concurrency,
+            1 <= args.concurrency <= MAX_CONCURRENCY,
+            f"1 to {MAX_CONCURRENCY}",
+        ),
         ("--invalidate-rate", args.invalidate_rate, 0 <= args.invalidate_rate <= 1, "0 to 1"),
-        ("--max-seconds", args.max_seconds, 0 < args.max_seconds <= 86_400,
-         "more than 0, at most 86400"),
+        (
+            "--max-seconds",
+            args.max_seconds,
+            0 < args.max_seconds <= 86_400,
+            "more than 0, at most 86400",
+        ),
         ("--workers", args.workers, 1 <= args.workers <= 64, "1 to 64"),
-        ("--worker-concurrency", args.worker_concurrency, 1 <= args.worker_concurrency <= 256,
-         "1 to 256"),
+        (
+            "--worker-concurrency",
+            args.worker_concurrency,
+            1 <= args.worker_concurrency <= 256,
+            "1 to 256",
+        ),
     )
     for option, value, ok, expected in checks:
         if not ok:
@@ -125,7 +176,7 @@ class Phase:
 
     def percentiles(self, source: str | None = None) -> dict[str, float]:
         """p50/p95/p99 in milliseconds of one source (or of all of them)."""
-        from core.sketches import LatencySketch
+        from tiercel.core.metrics.sketches import LatencySketch
 
         sketches = [self.latency[source]] if source else list(self.latency.values())
         merged = LatencySketch.merged(sketches) if sketches else LatencySketch()
@@ -140,13 +191,22 @@ class Phase:
         return self.completed / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_phase(name: str, ranks: list[int], call: Callable[[int, float], str], *,
-              concurrency: int, max_seconds: float, invalidate: Callable[[int], None] | None,
-              invalidate_rate: float, keys: int, seed: int,
-              advance: Callable[[], None] = lambda: None) -> Phase:
+def run_phase(
+    name: str,
+    ranks: list[int],
+    call: Callable[[int, float], str],
+    *,
+    concurrency: int,
+    max_seconds: float,
+    invalidate: Callable[[int], None] | None,
+    invalidate_rate: float,
+    keys: int,
+    seed: int,
+    advance: Callable[[], None] = lambda: None,
+) -> Phase:
     """Run ``call(rank, timeout)`` for every rank from ``concurrency`` threads until done
     or ``max_seconds`` passed; ``call`` returns where the answer came from."""
-    from core.sketches import LatencySketch
+    from tiercel.core.metrics.sketches import LatencySketch
 
     phase = Phase(name, planned=len(ranks))
     lock = threading.Lock()
@@ -202,42 +262,56 @@ def fleet_for(args: argparse.Namespace, say: Callable[[str], None]) -> Iterator[
 
     Yields a one-line description of the fleet for the report.
     """
-    from core.fleet_file import read_fleet_file
-    from core.settings import Settings, redact_url, resolve_settings
+    from tiercel.core.embedded.fleet_file import read_fleet_file
+    from tiercel.core.settings import Settings, redact_url, resolve_settings
 
     settings = Settings.from_env()
     if not settings.embedded or read_fleet_file() is not None:
         settings = resolve_settings(settings)
         nodes = _answering_nodes(settings)
         if not nodes:
-            raise ServerError(f"no worker answers on broker {redact_url(settings.broker_url)}: "
-                              "start one (`tiercel worker`), or unset TIERCEL_* to run on an "
-                              "embedded fleet")
-        yield (f"existing fleet: {len(nodes)} node(s) on broker "
-               f"{redact_url(settings.broker_url)}, cache {redact_url(settings.cache_url)}")
+            raise ServerError(
+                f"no worker answers on broker {redact_url(settings.broker_url)}: "
+                "start one (`tiercel worker`), or unset TIERCEL_* to run on an "
+                "embedded fleet"
+            )
+        yield (
+            f"existing fleet: {len(nodes)} node(s) on broker "
+            f"{redact_url(settings.broker_url)}, cache {redact_url(settings.cache_url)}"
+        )
         return
-    from workers.launcher import Fleet, FleetSpec
+    from tiercel.workers.launcher import Fleet, FleetSpec
 
-    spec = FleetSpec(workers=args.workers, concurrency=args.worker_concurrency, pool=args.pool,
-                     beat=False, flower=False, quiet=True, loglevel="WARNING", grace=15.0)
+    spec = FleetSpec(
+        workers=args.workers,
+        concurrency=args.worker_concurrency,
+        pool=args.pool,
+        beat=False,
+        flower=False,
+        quiet=True,
+        loglevel="WARNING",
+        grace=15.0,
+    )
     fleet = Fleet(settings, spec)
     with fleet.running(on_step=lambda msg: say(f"tiercel: {msg}")):
         for name, value in fleet.environment().items():
             if name.startswith("TIERCEL_"):
                 os.environ[name] = value
         try:
-            yield (f"embedded fleet started for this run: {args.workers} node(s) x "
-                   f"{args.worker_concurrency} {args.pool} processes")
+            yield (
+                f"embedded fleet started for this run: {args.workers} node(s) x "
+                f"{args.worker_concurrency} {args.pool} processes"
+            )
         finally:
             # Close this client's listener before its Redis stops, not after (no
             # reconnect warnings on the way out).
-            runtime = sys.modules.get("tasks.runtime")
+            runtime = sys.modules.get("tiercel.tasks.runtime")
             if runtime is not None:
                 runtime.shutdown()
 
 
 def _answering_nodes(settings: Any) -> list[str]:
-    from workers.control import control_app
+    from tiercel.workers.control import control_app
 
     app = control_app(settings)
     try:
@@ -260,8 +334,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         console.print(report_tables(figures))
     if figures["tiercel"]["failed"] or figures["tiercel"]["wrong"]:
-        console.print(f"tiercel bench: {figures['tiercel']['failed']} request(s) failed, "
-                      f"{figures['tiercel']['wrong']} wrong: {figures['tiercel']['first_error']}")
+        console.print(
+            f"tiercel bench: {figures['tiercel']['failed']} request(s) failed, "
+            f"{figures['tiercel']['wrong']} wrong: {figures['tiercel']['first_error']}"
+        )
         return 1
     return 0
 
@@ -276,9 +352,9 @@ def measure(args: argparse.Namespace, fleet_line: str, console: Any) -> dict[str
         TimeElapsedColumn,
     )
 
-    import workers.app  # noqa: F401  (the configured app: broker and result backend)
-    from tasks import runtime
-    from tasks.examples import counted_square, plain_square
+    import tiercel.workers.app  # noqa: F401  (the configured app: broker and result backend)
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import counted_square, plain_square
 
     rt = runtime.current()
     ranks = plan(args.keys, args.zipf, args.requests, args.seed)
@@ -303,29 +379,62 @@ def measure(args: argparse.Namespace, fleet_line: str, console: Any) -> dict[str
         return PLAIN
 
     console.print(f"tiercel bench on the {fleet_line}")
-    common = {"concurrency": args.concurrency, "max_seconds": args.max_seconds,
-              "keys": args.keys, "seed": args.seed}
+    common = {
+        "concurrency": args.concurrency,
+        "max_seconds": args.max_seconds,
+        "keys": args.keys,
+        "seed": args.seed,
+    }
     phases: list[Phase] = []
-    with Progress(TextColumn("{task.description:<13}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         bars = {"tiercel": progress.add_task("tiercel", total=len(ranks))}
         if not args.no_plain:
             bars[PLAIN] = progress.add_task(PLAIN, total=len(ranks))
-        phases.append(run_phase("tiercel", ranks, cached, invalidate=invalidate,
-                                invalidate_rate=args.invalidate_rate,
-                                advance=lambda: progress.advance(bars["tiercel"]), **common))
+        phases.append(
+            run_phase(
+                "tiercel",
+                ranks,
+                cached,
+                invalidate=invalidate,
+                invalidate_rate=args.invalidate_rate,
+                advance=lambda: progress.advance(bars["tiercel"]),
+                **common,
+            )
+        )
         cached_wrong = len(wrong)
         if not args.no_plain:
-            phases.append(run_phase(PLAIN, ranks, plain, invalidate=None, invalidate_rate=0.0,
-                                    advance=lambda: progress.advance(bars[PLAIN]), **common))
+            phases.append(
+                run_phase(
+                    PLAIN,
+                    ranks,
+                    plain,
+                    invalidate=None,
+                    invalidate_rate=0.0,
+                    advance=lambda: progress.advance(bars[PLAIN]),
+                    **common,
+                )
+            )
     computations = int(rt.tier.client.get(counter) or 0)
     rt.tier.client.delete(counter)
-    return figures_of(args, fleet_line, phases, computations, cached_wrong,
-                      len(wrong) - cached_wrong)
+    return figures_of(
+        args, fleet_line, phases, computations, cached_wrong, len(wrong) - cached_wrong
+    )
 
 
-def figures_of(args: argparse.Namespace, fleet_line: str, phases: list[Phase],
-               computations: int, cached_wrong: int, plain_wrong: int) -> dict[str, Any]:
+def figures_of(
+    args: argparse.Namespace,
+    fleet_line: str,
+    phases: list[Phase],
+    computations: int,
+    cached_wrong: int,
+    plain_wrong: int,
+) -> dict[str, Any]:
     """Every reported figure, as JSON-ready data."""
     cached = phases[0]
     done = cached.completed
@@ -334,17 +443,30 @@ def figures_of(args: argparse.Namespace, fleet_line: str, phases: list[Phase],
     reached_redis = done - memory
     figures: dict[str, Any] = {
         "fleet": fleet_line,
-        "workload": {"keys": args.keys, "zipf": args.zipf, "compute_ms": args.compute_ms,
-                     "requests": args.requests, "concurrency": args.concurrency,
-                     "invalidate_rate": args.invalidate_rate, "max_seconds": args.max_seconds,
-                     "seed": args.seed},
+        "workload": {
+            "keys": args.keys,
+            "zipf": args.zipf,
+            "compute_ms": args.compute_ms,
+            "requests": args.requests,
+            "concurrency": args.concurrency,
+            "invalidate_rate": args.invalidate_rate,
+            "max_seconds": args.max_seconds,
+            "seed": args.seed,
+        },
         "tiercel": {
-            "completed": done, "failed": cached.failed, "wrong": cached_wrong,
-            "first_error": cached.first_error, "stopped_early": cached.stopped_early,
-            "seconds": round(cached.seconds, 3), "throughput": round(cached.throughput(), 1),
+            "completed": done,
+            "failed": cached.failed,
+            "wrong": cached_wrong,
+            "first_error": cached.first_error,
+            "stopped_early": cached.stopped_early,
+            "seconds": round(cached.seconds, 3),
+            "throughput": round(cached.throughput(), 1),
             "sources": {source: cached.sources.get(source, 0) for source in CACHED_SOURCES},
-            "latency_ms": {source: cached.percentiles(source) for source in CACHED_SOURCES
-                           if source in cached.latency},
+            "latency_ms": {
+                source: cached.percentiles(source)
+                for source in CACHED_SOURCES
+                if source in cached.latency
+            },
             "latency_all_ms": cached.percentiles(),
             "distinct_keys": len(cached.distinct),
             "invalidations": cached.invalidations,
@@ -360,10 +482,15 @@ def figures_of(args: argparse.Namespace, fleet_line: str, phases: list[Phase],
     if len(phases) > 1:
         plain = phases[1]
         figures["plain"] = {
-            "completed": plain.completed, "failed": plain.failed, "wrong": plain_wrong,
-            "first_error": plain.first_error, "stopped_early": plain.stopped_early,
-            "seconds": round(plain.seconds, 3), "throughput": round(plain.throughput(), 1),
-            "latency_all_ms": plain.percentiles(), "computations": plain.completed,
+            "completed": plain.completed,
+            "failed": plain.failed,
+            "wrong": plain_wrong,
+            "first_error": plain.first_error,
+            "stopped_early": plain.stopped_early,
+            "seconds": round(plain.seconds, 3),
+            "throughput": round(plain.throughput(), 1),
+            "latency_all_ms": plain.percentiles(),
+            "computations": plain.completed,
         }
         if plain.throughput() > 0:
             figures["speedup"] = round(cached.throughput() / plain.throughput(), 2)
@@ -378,56 +505,84 @@ def report_tables(figures: dict[str, Any]) -> Any:
     cached = figures["tiercel"]
     plain = figures.get("plain")
     w = figures["workload"]
-    title = (f"{w['requests']} requests over {w['keys']} keys (Zipf {w['zipf']:g}), "
-             f"{w['compute_ms']} ms compute, {w['concurrency']} client threads, "
-             f"invalidate rate {w['invalidate_rate']:g}")
+    title = (
+        f"{w['requests']} requests over {w['keys']} keys (Zipf {w['zipf']:g}), "
+        f"{w['compute_ms']} ms compute, {w['concurrency']} client threads, "
+        f"invalidate rate {w['invalidate_rate']:g}"
+    )
     by_source = Table(title=title, header_style="bold")
     for column in ("answered from", "requests", "share", "p50 ms", "p95 ms", "p99 ms"):
         by_source.add_column(column, justify="left" if column == "answered from" else "right")
     done = cached["completed"] or 1
-    labels = {"memory": "local memory", "redis": "Redis tier", "joined": "joined in-flight",
-              "computed": "enqueued, computed"}
+    labels = {
+        "memory": "local memory",
+        "redis": "Redis tier",
+        "joined": "joined in-flight",
+        "computed": "enqueued, computed",
+    }
     for source in CACHED_SOURCES:
         count = cached["sources"][source]
         p = cached["latency_ms"].get(source, {})
-        by_source.add_row(labels[source], f"{count}", f"{count / done:.1%}",
-                          *(f"{p[name]:.2f}" if p else "" for name in ("p50", "p95", "p99")))
+        by_source.add_row(
+            labels[source],
+            f"{count}",
+            f"{count / done:.1%}",
+            *(f"{p[name]:.2f}" if p else "" for name in ("p50", "p95", "p99")),
+        )
     if plain is not None:
         p = plain["latency_all_ms"]
-        by_source.add_row(PLAIN, f"{plain['completed']}", "",
-                          *(f"{p[name]:.2f}" for name in ("p50", "p95", "p99")))
+        by_source.add_row(
+            PLAIN,
+            f"{plain['completed']}",
+            "",
+            *(f"{p[name]:.2f}" for name in ("p50", "p95", "p99")),
+        )
 
     summary = Table(title="tiercel against plain Celery, same fleet", header_style="bold")
     summary.add_column("measure")
     summary.add_column("tiercel", justify="right")
     summary.add_column(PLAIN, justify="right")
     dash = "-"
-    summary.add_row("requests completed", f"{cached['completed']}",
-                    f"{plain['completed']}" if plain else dash)
-    summary.add_row("wall time", f"{cached['seconds']:.2f} s",
-                    f"{plain['seconds']:.2f} s" if plain else dash)
-    summary.add_row("throughput", f"{cached['throughput']:.0f} req/s",
-                    f"{plain['throughput']:.0f} req/s" if plain else dash)
+    summary.add_row(
+        "requests completed", f"{cached['completed']}", f"{plain['completed']}" if plain else dash
+    )
+    summary.add_row(
+        "wall time", f"{cached['seconds']:.2f} s", f"{plain['seconds']:.2f} s" if plain else dash
+    )
+    summary.add_row(
+        "throughput",
+        f"{cached['throughput']:.0f} req/s",
+        f"{plain['throughput']:.0f} req/s" if plain else dash,
+    )
     all_p = cached["latency_all_ms"]
-    summary.add_row("latency p50 / p99", f"{all_p['p50']:.2f} / {all_p['p99']:.2f} ms",
-                    (f"{plain['latency_all_ms']['p50']:.2f} / "
-                     f"{plain['latency_all_ms']['p99']:.2f} ms") if plain else dash)
-    summary.add_row("computations", f"{cached['computations']}",
-                    f"{plain['computations']}" if plain else dash)
+    summary.add_row(
+        "latency p50 / p99",
+        f"{all_p['p50']:.2f} / {all_p['p99']:.2f} ms",
+        (f"{plain['latency_all_ms']['p50']:.2f} / {plain['latency_all_ms']['p99']:.2f} ms")
+        if plain
+        else dash,
+    )
+    summary.add_row(
+        "computations", f"{cached['computations']}", f"{plain['computations']}" if plain else dash
+    )
     summary.add_row("computations saved", f"{cached['computations_saved']}", "0")
     summary.add_row("distinct keys requested", f"{cached['distinct_keys']}", "")
     summary.add_row("invalidations", f"{cached['invalidations']}", "")
     ratio = cached["hit_ratio"]
-    summary.add_row("hit ratio: local memory / Redis tier / any cache",
-                    f"{ratio['memory']:.1%} / {ratio['redis']:.1%} / {ratio['any cache']:.1%}",
-                    "")
+    summary.add_row(
+        "hit ratio: local memory / Redis tier / any cache",
+        f"{ratio['memory']:.1%} / {ratio['redis']:.1%} / {ratio['any cache']:.1%}",
+        "",
+    )
     if "speedup" in figures:
         summary.add_row("throughput speed-up", f"{figures['speedup']:.1f}x", "1.0x")
     notes = [f"fleet: {figures['fleet']}"]
     for name, phase in (("tiercel", cached), (PLAIN, plain)):
         if phase and phase["stopped_early"]:
-            notes.append(f"{name}: stopped at --max-seconds {w['max_seconds']:g} after "
-                         f"{phase['completed']} of {w['requests']} requests")
+            notes.append(
+                f"{name}: stopped at --max-seconds {w['max_seconds']:g} after "
+                f"{phase['completed']} of {w['requests']} requests"
+            )
         if phase and phase["failed"]:
             notes.append(f"{name}: {phase['failed']} failed ({phase['first_error']})")
     return Group(by_source, summary, *notes)

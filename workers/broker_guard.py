@@ -35,5 +35,5 @@ def apply() -> None:
             raise redis.exceptions.ConnectionError("the broker connection is closed")
         return original(self, asynchronous=asynchronous)
 
-    kombu_redis.Channel._connparams = _connparams
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
     _APPLIED.append(True)

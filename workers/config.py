@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.settings import Settings
+from tiercel.core.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -61,8 +61,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_connection_max_retries": 100,
         # A broker restart must not fail submissions: retry publishing for ~10 s.
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 20, "interval_start": 0.1,
-                                      "interval_step": 0.25, "interval_max": 1.0},
+        "task_publish_retry_policy": {
+            "max_retries": 20,
+            "interval_start": 0.1,
+            "interval_step": 0.25,
+            "interval_max": 1.0,
+        },
         # ...nor lose results: the Redis result backend retries through a restart.
         "result_backend_always_retry": True,
         "result_backend_max_retries": 20,

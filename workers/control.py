@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 from celery import Celery
 
-from core.settings import Settings
-from workers.config import celery_config
+from tiercel.core.settings import Settings
+from tiercel.workers.config import celery_config
 
 
 def control_app(settings: Settings) -> Celery:

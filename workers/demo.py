@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from core.settings import Settings
-from workers.launcher import Fleet, FleetSpec
+from tiercel.core.settings import Settings
+from tiercel.workers.launcher import Fleet, FleetSpec
 
 REGIONS = ("emea", "amer", "apac", "latam", "nordics", "anz")
 
@@ -33,8 +33,15 @@ def run_demo(args: argparse.Namespace) -> int:
     """Start a fleet, submit the workload from ``args.clients`` threads, summarise, stop."""
     console = Console()
     settings = Settings.from_env()
-    spec = FleetSpec(workers=args.workers, concurrency=args.concurrency, pool=args.pool,
-                     beat=False, flower=False, quiet=True, loglevel=args.loglevel)
+    spec = FleetSpec(
+        workers=args.workers,
+        concurrency=args.concurrency,
+        pool=args.pool,
+        beat=False,
+        flower=False,
+        quiet=True,
+        loglevel=args.loglevel,
+    )
     fleet = Fleet(settings, spec)
     started = time.perf_counter()
     with fleet.running(on_step=lambda msg: console.print(f"[dim]tiercel: {msg}[/dim]")):
@@ -42,8 +49,8 @@ def run_demo(args: argparse.Namespace) -> int:
         for name, value in fleet.environment().items():
             if name.startswith("TIERCEL_"):
                 os.environ[name] = value
-        import workers.app  # noqa: F401  (configure the client side from the fleet)
-        from tasks.examples import regional_report
+        import tiercel.workers.app  # noqa: F401  (configure the client side from the fleet)
+        from tiercel.tasks.examples import regional_report
 
         calls = workload(args.requests, args.keys)
         sources: Counter[str] = Counter()
@@ -56,11 +63,18 @@ def run_demo(args: argparse.Namespace) -> int:
                 raise AssertionError(f"wrong answer for {call}: {value}")
             return str(result.source)
 
-        console.print(f"tiercel: fleet up in {up_seconds:.1f}s: {len(fleet.node_names)} node(s) "
-                      f"x {args.concurrency} {args.pool} processes")
+        console.print(
+            f"tiercel: fleet up in {up_seconds:.1f}s: {len(fleet.node_names)} node(s) "
+            f"x {args.concurrency} {args.pool} processes"
+        )
         run_started = time.perf_counter()
-        with Progress(TextColumn("submitting"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), console=console) as progress:
+        with Progress(
+            TextColumn("submitting"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             bar = progress.add_task("requests", total=len(calls))
             with ThreadPoolExecutor(max_workers=args.clients) as pool:
                 futures = [pool.submit(one, call) for call in calls]
@@ -71,15 +85,16 @@ def run_demo(args: argparse.Namespace) -> int:
                     progress.advance(bar)
         wall = time.perf_counter() - run_started
         console.print(summary_table(args, sources, wall, len(fleet.node_names)))
-        from tasks import runtime
+        from tiercel.tasks import runtime
 
         runtime.shutdown()  # stop listening before the fleet's Redis goes away
     console.print("tiercel: fleet stopped; no process left running")
     return 0
 
 
-def summary_table(args: argparse.Namespace, sources: Counter[str], wall: float,
-                  nodes: int) -> Table:
+def summary_table(
+    args: argparse.Namespace, sources: Counter[str], wall: float, nodes: int
+) -> Table:
     """The closing table: where answers came from, wall time, speed-up."""
     processes = nodes * args.concurrency
     # Computing every request on the same processes, perfectly parallel, at best:
@@ -89,10 +104,12 @@ def summary_table(args: argparse.Namespace, sources: Counter[str], wall: float,
     table.add_column("value", justify="right")
     table.add_row("requests", f"{args.requests}")
     table.add_row("distinct arguments", f"{args.keys}")
-    for source, label in (("memory", "answered from local memory"),
-                          ("redis", "answered from Redis tier"),
-                          ("joined", "joined an in-flight computation"),
-                          ("computed", "enqueued to compute")):
+    for source, label in (
+        ("memory", "answered from local memory"),
+        ("redis", "answered from Redis tier"),
+        ("joined", "joined an in-flight computation"),
+        ("computed", "enqueued to compute"),
+    ):
         table.add_row(label, f"{sources.get(source, 0)}")
     table.add_row("compute per call", f"{args.compute_ms} ms")
     table.add_row("worker processes", f"{processes}")

@@ -28,28 +28,32 @@ _QUANTILES = (0.5, 0.9, 0.99)
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
     parser.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
-    parser.add_argument("--address", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1)")
+    parser.add_argument(
+        "--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
+    )
 
 
 def families(view: dict[str, Any]) -> Iterator[Any]:
     """Prometheus metric families of one fleet view."""
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-    from core.sketches import LatencySketch
+    from tiercel.core.metrics.sketches import LatencySketch
 
     merged = view["merged"]
-    counters = _value_families(merged["counters"], CounterMetricFamily,
-                               "tiercel counter {} (fleet-wide sum)")
-    gauges = _value_families(merged["gauges"], GaugeMetricFamily,
-                             "tiercel gauge {} (sum over processes)")
+    counters = _value_families(
+        merged["counters"], CounterMetricFamily, "tiercel counter {} (fleet-wide sum)"
+    )
+    gauges = _value_families(
+        merged["gauges"], GaugeMetricFamily, "tiercel gauge {} (sum over processes)"
+    )
     summaries: dict[str, Any] = {}
     for item in merged["sketches"]:
         name = item["name"]
         family = summaries.get(name)
         if family is None:
             family = summaries[name] = Metric(
-                name, f"tiercel latency {name} in seconds (merged sketches)", "summary")
+                name, f"tiercel latency {name} in seconds (merged sketches)", "summary"
+            )
         sketch = LatencySketch.from_dict(item["sketch"])
         labels = dict(item["labels"])
         for q in _QUANTILES:
@@ -61,19 +65,21 @@ def families(view: dict[str, Any]) -> Iterator[Any]:
     yield from counters.values()
     yield from gauges.values()
     yield from summaries.values()
-    fleet = GaugeMetricFamily("tiercel_fleet_processes",
-                              "worker processes in the fleet view", labels=["node"])
+    fleet = GaugeMetricFamily(
+        "tiercel_fleet_processes", "worker processes in the fleet view", labels=["node"]
+    )
     for node, figures in view["nodes"].items():
         fleet.add_metric([node], figures["processes"])
     yield fleet
-    ratio = GaugeMetricFamily("tiercel_tier_hit_ratio", "hits / lookups per tier",
-                              labels=["tier"])
+    ratio = GaugeMetricFamily("tiercel_tier_hit_ratio", "hits / lookups per tier", labels=["tier"])
     for tier, figures in view["fleet"]["tiers"].items():
         ratio.add_metric([tier], figures["hit_ratio"])
     yield ratio
-    yield GaugeMetricFamily("tiercel_fleet_aggregated_timestamp_seconds",
-                            "when the fleet view was aggregated (unix seconds)",
-                            value=view["aggregated_at"])
+    yield GaugeMetricFamily(
+        "tiercel_fleet_aggregated_timestamp_seconds",
+        "when the fleet view was aggregated (unix seconds)",
+        value=view["aggregated_at"],
+    )
 
 
 class FleetCollector:
@@ -88,7 +94,7 @@ class FleetCollector:
 
     def view(self) -> dict[str, Any] | None:
         """The newest fleet view (None when there is none yet)."""
-        from workers.stats import load_view
+        from tiercel.workers.stats import load_view
 
         with self._lock:
             if self._view is None or time.monotonic() - self._loaded > self.cache_seconds:
@@ -118,8 +124,8 @@ def serve(settings: Any, address: str, port: int) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until Ctrl-C or SIGTERM."""
-    from core.errors import ServerError
-    from core.settings import resolve_settings
+    from tiercel.core.errors import ServerError
+    from tiercel.core.settings import resolve_settings
 
     settings = resolve_settings()
     try:
@@ -142,8 +148,10 @@ def _value_families(items: list[dict[str, Any]], kind: Any, describe: str) -> di
         name = item["name"]
         family = families.get(name)
         if family is None:
-            family = families[name] = kind(name, describe.format(name),
-                                           labels=sorted(item["labels"]))
-        family.add_metric([item["labels"].get(label, "") for label in family._labelnames],
-                          item["value"])
+            family = families[name] = kind(
+                name, describe.format(name), labels=sorted(item["labels"])
+            )
+        family.add_metric(
+            [item["labels"].get(label, "") for label in family._labelnames], item["value"]
+        )
     return families

@@ -41,16 +41,35 @@ def _timeout(text: str) -> float:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the health command's options to ``parser``."""
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--liveness", dest="mode", action="store_const", const="liveness",
-                      help="broker reachable, node answers (default)")
-    mode.add_argument("--readiness", dest="mode", action="store_const", const="readiness",
-                      help="broker, result backend and cache tier reachable, node answers")
+    mode.add_argument(
+        "--liveness",
+        dest="mode",
+        action="store_const",
+        const="liveness",
+        help="broker reachable, node answers (default)",
+    )
+    mode.add_argument(
+        "--readiness",
+        dest="mode",
+        action="store_const",
+        const="readiness",
+        help="broker, result backend and cache tier reachable, node answers",
+    )
     parser.set_defaults(mode="liveness")
-    parser.add_argument("--node", default=None, metavar="NAME",
-                        help="also ping this worker node; %%h is this host's name, as in "
-                             "the worker's -n option (e.g. worker@%%h)")
-    parser.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"upper bound of the whole check (default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--node",
+        default=None,
+        metavar="NAME",
+        help="also ping this worker node; %%h is this host's name, as in "
+        "the worker's -n option (e.g. worker@%%h)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_timeout,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"upper bound of the whole check (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def expand_node_name(name: str) -> str:
@@ -72,13 +91,12 @@ class HealthCheck:
 
     def run(self) -> None:
         """Raise an exception naming the first check that failed."""
-        from core.settings import resolve_settings
-        from workers.launcher import check_reachable
+        from tiercel.core.settings import resolve_settings
+        from tiercel.workers.launcher import check_reachable
 
         deadline = time.monotonic() + self.timeout
         settings = resolve_settings()
-        self.secrets = _passwords(settings.broker_url, settings.result_backend,
-                                  settings.cache_url)
+        self.secrets = _passwords(settings.broker_url, settings.result_backend, settings.cache_url)
         targets = [("broker", settings.broker_url)]
         if self.mode == "readiness":
             if settings.result_backend != settings.broker_url:
@@ -91,7 +109,7 @@ class HealthCheck:
             check_reachable(name, url, timeout=max(0.05, _remaining(deadline) / 2))
             self.passed.append(name)
         if self.node is not None:
-            from workers.control import ping_nodes
+            from tiercel.workers.control import ping_nodes
 
             node = expand_node_name(self.node)
             wait = _remaining(deadline)

@@ -25,26 +25,33 @@ from urllib.parse import urlsplit
 
 import redis
 
-from core.errors import ServerError, SettingsError
-from core.fleet_file import remove_fleet_file, write_fleet_file
-from core.redis_server import RedisServer, die_with_parent, port_is_free
-from core.settings import Settings, redact_url
+from tiercel.core.embedded.fleet_file import remove_fleet_file, write_fleet_file
+from tiercel.core.embedded.redis_server import RedisServer, die_with_parent, port_is_free
+from tiercel.core.errors import ServerError, SettingsError
+from tiercel.core.settings import Settings, redact_url
 
 log = logging.getLogger("tiercel.launcher")
+
+#: What the embedded fleet runs when the deployment names no task modules of its own.
+EXAMPLE_MODULES = ("tiercel.tasks.examples", "tiercel.tasks.examples.postgres")
+
 
 def check_reachable(name: str, url: str, timeout: float = 2.0) -> None:
     """Raise ServerError naming ``url`` (redacted) when nothing answers there."""
     scheme = urlsplit(url).scheme
     try:
         if scheme.startswith(("redis", "rediss", "unix")) and "+" not in scheme:
-            client = redis.Redis.from_url(url, socket_connect_timeout=timeout,
-                                          socket_timeout=timeout)
+            client = redis.Redis.from_url(
+                url, socket_connect_timeout=timeout, socket_timeout=timeout
+            )
             try:
                 client.ping()
             finally:
                 client.close()
         elif scheme in ("redis+cluster", "rediss+cluster", "redis+sentinel"):
-            from core.connections import client_from_url  # the cache tier's own factory
+            from tiercel.core.tier.connections import (
+                client_from_url,  # the cache tier's own factory
+            )
 
             tier_client = client_from_url(url, socket_timeout=timeout, max_connections=2)
             try:
@@ -52,7 +59,7 @@ def check_reachable(name: str, url: str, timeout: float = 2.0) -> None:
             finally:
                 tier_client.close()
         elif scheme in ("amqp", "amqps", "pyamqp"):
-            from kombu import Connection
+            from kombu.connection import Connection
 
             with Connection(url, connect_timeout=timeout) as conn:
                 conn.ensure_connection(max_retries=1)
@@ -125,6 +132,12 @@ class Fleet:
     _tmp: tempfile.TemporaryDirectory[str] | None = None
     _wrote_fleet_file: bool = False
 
+    def __post_init__(self) -> None:
+        # The embedded fleet is for trying tiercel: it runs the example tasks unless the
+        # deployment names modules of its own.
+        if not self.settings.task_modules:
+            self.settings = self.settings.replace(task_modules=EXAMPLE_MODULES)
+
     def start(self, on_step: Callable[[str], None] | None = None) -> Fleet:
         """Start everything and wait until every worker node answers a ping."""
         self.spec.validate()
@@ -140,11 +153,21 @@ class Fleet:
             for index in range(1, self.spec.workers + 1):
                 self.add_worker(index)
             if self.spec.beat:
-                self._spawn("beat", ["beat", "-s", os.path.join(self._tmp.name, "schedule"),
-                                     "--pidfile=", "-l", self.spec.loglevel])
+                self._spawn(
+                    "beat",
+                    [
+                        "beat",
+                        "-s",
+                        os.path.join(self._tmp.name, "schedule"),
+                        "--pidfile=",
+                        "-l",
+                        self.spec.loglevel,
+                    ],
+                )
             if self.spec.flower:
-                self._spawn("flower", ["flower", "--address=127.0.0.1",
-                                       f"--port={self.spec.flower_port}"])
+                self._spawn(
+                    "flower", ["flower", "--address=127.0.0.1", f"--port={self.spec.flower_port}"]
+                )
             step(f"waiting for {len(self.node_names)} worker node(s)")
             self.wait_ready()
         except BaseException:
@@ -154,9 +177,11 @@ class Fleet:
 
     def _start_redis(self, step: Callable[[str], None]) -> None:
         if not self.settings.embedded:
-            for name, url in (("broker", self.settings.broker_url),
-                              ("result backend", self.settings.result_backend),
-                              ("cache", self.settings.cache_url)):
+            for name, url in (
+                ("broker", self.settings.broker_url),
+                ("result backend", self.settings.result_backend),
+                ("cache", self.settings.cache_url),
+            ):
                 if url:
                     check_reachable(name, url)
             return
@@ -164,12 +189,14 @@ class Fleet:
         broker = RedisServer(maxmemory_policy="noeviction").start()
         self.servers.append(broker)
         step("starting embedded redis-server (cache tier, allkeys-lru)")
-        cache = RedisServer(maxmemory=self.settings.embedded_cache_maxmemory,
-                            maxmemory_policy="allkeys-lru").start()
+        cache = RedisServer(
+            maxmemory=self.settings.embedded_cache_maxmemory, maxmemory_policy="allkeys-lru"
+        ).start()
         self.servers.append(cache)
         urls = {"broker_url": broker.url, "result_backend": broker.url, "cache_url": cache.url}
         self.settings = self.settings.replace(**urls)
-        write_fleet_file(urls)
+        # A node that joins later (`tiercel worker`) runs the same task modules.
+        write_fleet_file({**urls, "task_modules": list(self.settings.task_modules)})
         self._wrote_fleet_file = True
 
     def environment(self) -> dict[str, str]:
@@ -179,6 +206,7 @@ class Fleet:
             value = getattr(self.settings, name)
             if value:
                 env["TIERCEL_" + name.upper()] = value
+        env["TIERCEL_TASK_MODULES"] = ",".join(self.settings.task_modules)
         # Flower's REST API is bound to 127.0.0.1 here; deploy/ puts it behind auth.
         env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
         return env
@@ -187,9 +215,21 @@ class Fleet:
         """Start one more worker node; returns its node name."""
         index = index or len(self.node_names) + 1
         node = f"w{index}-{uuid.uuid4().hex[:6]}@%h"
-        args = ["worker", "-n", node, "-P", self.spec.pool, "-c", str(self.spec.concurrency),
-                "-l", self.spec.loglevel, "-E", "--without-mingle", "--without-gossip",
-                *self.spec.extra_worker_args]
+        args = [
+            "worker",
+            "-n",
+            node,
+            "-P",
+            self.spec.pool,
+            "-c",
+            str(self.spec.concurrency),
+            "-l",
+            self.spec.loglevel,
+            "-E",
+            "--without-mingle",
+            "--without-gossip",
+            *self.spec.extra_worker_args,
+        ]
         if self.settings.queue != "celery":
             # Consume only this fleet's queue, even on a broker other fleets share.
             args += ["-Q", self.settings.queue]
@@ -200,9 +240,13 @@ class Fleet:
     def _spawn(self, name: str, celery_args: list[str]) -> ManagedProcess:
         out = subprocess.DEVNULL if self.spec.quiet else None
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", *celery_args],
-            env=self.environment(), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True, preexec_fn=die_with_parent,
+            [sys.executable, "-m", "celery", "-A", "tiercel.workers.app", *celery_args],
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         managed = ManagedProcess(name, process)
         self.processes.append(managed)
@@ -210,19 +254,22 @@ class Fleet:
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Block until every worker node answers ``ping`` (raise ServerError on timeout)."""
-        from workers.control import ping_nodes
+        from tiercel.workers.control import ping_nodes
 
         deadline = time.monotonic() + timeout
         missing = set(self.node_names)
         while missing:
             for managed in self.processes:
                 if not managed.alive:
-                    raise ServerError(f"{managed.name} exited with code "
-                                      f"{managed.process.returncode} during start-up")
+                    raise ServerError(
+                        f"{managed.name} exited with code "
+                        f"{managed.process.returncode} during start-up"
+                    )
             missing -= ping_nodes(self.settings, sorted(missing), timeout=1.0)
             if missing and time.monotonic() > deadline:
-                raise ServerError("worker nodes did not answer within "
-                                  f"{timeout:g}s: {', '.join(sorted(missing))}")
+                raise ServerError(
+                    f"worker nodes did not answer within {timeout:g}s: {', '.join(sorted(missing))}"
+                )
 
     def dead_processes(self) -> list[ManagedProcess]:
         """Children that exited on their own."""
@@ -239,8 +286,9 @@ class Fleet:
             try:
                 managed.process.wait(remaining)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs: killing it", managed.name,
-                            self.spec.grace)
+                log.warning(
+                    "%s did not stop within %.0fs: killing it", managed.name, self.spec.grace
+                )
             # Reap stragglers in the group (prefork children) even after a clean exit.
             managed.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -13,7 +13,7 @@ from typing import Any
 
 from celery import signals
 
-from tasks import pools, runtime
+from tiercel.tasks import pools, runtime
 
 log = logging.getLogger("tiercel.worker")
 
@@ -45,7 +45,7 @@ def _on_worker_shutdown(**_: Any) -> None:
     runtime.shutdown()
 
 
-# Pools and the memory budget (tasks.pools): connected after the runtime's handlers, so
+# Pools and the memory budget (tiercel.tasks.pools): connected after the runtime's handlers, so
 # the runtime's levels exist when the budget registers them.
 @signals.worker_init.connect
 def _on_worker_init_pools(sender: Any = None, **_: Any) -> None:
@@ -77,7 +77,7 @@ def _on_worker_shutdown_pools(**_: Any) -> None:
 # local sweeper and a snapshot publisher, and names the cache tier that answered each task.
 @signals.celeryd_after_setup.connect
 def _remember_node(sender: Any = None, **_: Any) -> None:
-    from tasks import maintenance
+    from tiercel.tasks import maintenance
 
     maintenance.NODE = str(sender) if sender else None  # set before the pool forks
 
@@ -94,7 +94,7 @@ def _on_child_init_duties(**_: Any) -> None:
 
 
 def _start_duties() -> None:
-    from tasks import maintenance
+    from tiercel.tasks import maintenance
 
     try:
         maintenance.start_process(runtime.current())
@@ -104,22 +104,23 @@ def _start_duties() -> None:
 
 @signals.worker_process_shutdown.connect
 def _on_child_shutdown_duties(**_: Any) -> None:
-    from tasks import maintenance
+    from tiercel.tasks import maintenance
 
     maintenance.stop_process()
 
 
 @signals.worker_shutdown.connect
 def _on_worker_shutdown_duties(**_: Any) -> None:
-    from tasks import maintenance
+    from tiercel.tasks import maintenance
 
     maintenance.stop_process()
 
 
 @signals.task_postrun.connect
-def _on_task_postrun_source(task: Any = None, task_id: str | None = None,
-                            state: str | None = None, **_: Any) -> None:
-    from tasks import maintenance
+def _on_task_postrun_source(
+    task: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
+) -> None:
+    from tiercel.tasks import maintenance
 
     maintenance.announce_source(task, task_id, state)
 
@@ -130,7 +131,12 @@ def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None
     # make later submissions join it; one that was terminated leaves its lease.
     task = getattr(request, "task", None)
     if request is not None and getattr(task, "tiercel_spec", None) is not None:
-        from tasks.abandoned import release_abandoned
+        from tiercel.tasks.abandoned import release_abandoned
 
-        release_abandoned(task, request.id, request.args, request.kwargs,
-                          "terminated" if terminated else "revoked")
+        release_abandoned(
+            task,
+            request.id,
+            request.args,
+            request.kwargs,
+            "terminated" if terminated else "revoked",
+        )

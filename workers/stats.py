@@ -21,19 +21,34 @@ __all__ = ["configure", "load_view", "render", "run"]
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the command's options."""
     parser.add_argument("--json", action="store_true", help="print the fleet view as JSON")
-    parser.add_argument("--watch", type=float, nargs="?", const=5.0, default=None,
-                        metavar="SECONDS", help="redraw every SECONDS (default 5) until Ctrl-C")
-    parser.add_argument("--fresh", action="store_true",
-                        help="merge the live per-process snapshots now instead of reading "
-                             "beat's latest aggregation")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds to wait for the result backend (default 10)")
+    parser.add_argument(
+        "--watch",
+        type=float,
+        nargs="?",
+        const=5.0,
+        default=None,
+        metavar="SECONDS",
+        help="redraw every SECONDS (default 5) until Ctrl-C",
+    )
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="merge the live per-process snapshots now instead of reading "
+        "beat's latest aggregation",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the result backend (default 10)",
+    )
 
 
-def load_view(settings: Any, *, fresh: bool = False, timeout: float = 10.0
-              ) -> dict[str, Any] | None:
+def load_view(
+    settings: Any, *, fresh: bool = False, timeout: float = 10.0
+) -> dict[str, Any] | None:
     """The newest fleet view, or None when no aggregation exists yet."""
-    from tasks import metrics
+    from tiercel.tasks import metrics
 
     client = metrics.metrics_client(settings)
     try:
@@ -46,7 +61,7 @@ def load_view(settings: Any, *, fresh: bool = False, timeout: float = 10.0
         return None
     from celery.result import AsyncResult
 
-    from workers.app import app
+    from tiercel.workers.app import app
 
     text = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
     result = AsyncResult(text, app=app)
@@ -70,14 +85,20 @@ def render(view: dict[str, Any]) -> Any:
         f"{fleet['nodes']} node(s), {fleet['processes']} process(es); "
         f"{fleet['requests']:,.0f} requests, {fleet['computed']:,.0f} computed; "
         f"compute seconds saved {fleet['compute_seconds_saved']:,.1f}; "
-        f"aggregated {age:.0f}s ago", style="bold")
+        f"aggregated {age:.0f}s ago",
+        style="bold",
+    )
 
     tiers = Table(title="hit ratio per tier")
     for column in ("tier", "hits", "misses", "hit ratio"):
         tiers.add_column(column, justify="left" if column == "tier" else "right")
     for tier, figures in fleet["tiers"].items():
-        tiers.add_row(tier, f"{figures['hits']:,.0f}", f"{figures['misses']:,.0f}",
-                      f"{figures['hit_ratio']:.1%}")
+        tiers.add_row(
+            tier,
+            f"{figures['hits']:,.0f}",
+            f"{figures['misses']:,.0f}",
+            f"{figures['hit_ratio']:.1%}",
+        )
 
     latency = Table(title="request latency by source, ms (fleet-wide, merged sketches)")
     for column in ("source", "requests", "p50", "p90", "p99", "max"):
@@ -86,29 +107,44 @@ def render(view: dict[str, Any]) -> Any:
     if fleet.get("latency"):
         rows["all"] = fleet["latency"]
     for source, figures in rows.items():
-        latency.add_row(source, f"{figures['count']:,}", _ms(figures.get("p50")),
-                        _ms(figures.get("p90")), _ms(figures.get("p99")), _ms(figures["max"]))
+        latency.add_row(
+            source,
+            f"{figures['count']:,}",
+            _ms(figures.get("p50")),
+            _ms(figures.get("p90")),
+            _ms(figures.get("p99")),
+            _ms(figures["max"]),
+        )
 
     tasks = Table(title="per task")
-    for column in ("task", "requests", "by source", "saved s", "compute p50 ms",
-                   "compute p99 ms"):
+    for column in ("task", "requests", "by source", "saved s", "compute p50 ms", "compute p99 ms"):
         tasks.add_column(column, justify="left" if column in ("task", "by source") else "right")
     for name, figures in view["tasks"].items():
         compute = figures.get("compute_seconds") or {}
-        sources = ", ".join(f"{source} {count:,.0f}"
-                            for source, count in figures["by_source"].items())
-        tasks.add_row(name, f"{figures['requests']:,.0f}", sources,
-                      f"{figures['compute_seconds_saved']:,.1f}", _ms(compute.get("p50")),
-                      _ms(compute.get("p99")))
+        sources = ", ".join(
+            f"{source} {count:,.0f}" for source, count in figures["by_source"].items()
+        )
+        tasks.add_row(
+            name,
+            f"{figures['requests']:,.0f}",
+            sources,
+            f"{figures['compute_seconds_saved']:,.1f}",
+            _ms(compute.get("p50")),
+            _ms(compute.get("p99")),
+        )
 
     processes = Table(title="per node and process")
     for column in ("node", "pid", "requests", "computed", "saved s", "snapshot age s"):
         processes.add_column(column, justify="left" if column == "node" else "right")
     for process in view["processes"]:
-        processes.add_row(process["node"], str(process["pid"]), f"{process['requests']:,.0f}",
-                          f"{process['computed']:,.0f}",
-                          f"{process['compute_seconds_saved']:,.1f}",
-                          f"{process['age']:.1f}" if process.get("age") is not None else "-")
+        processes.add_row(
+            process["node"],
+            str(process["pid"]),
+            f"{process['requests']:,.0f}",
+            f"{process['computed']:,.0f}",
+            f"{process['compute_seconds_saved']:,.1f}",
+            f"{process['age']:.1f}" if process.get("age") is not None else "-",
+        )
     return Group(head, tiers, latency, tasks, processes)
 
 
@@ -124,14 +160,17 @@ def _print(view: dict[str, Any], as_json: bool) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the fleet view (once, or every ``--watch`` seconds)."""
-    from core.settings import resolve_settings
+    from tiercel.core.settings import resolve_settings
 
     settings = resolve_settings()
     while True:
         view = load_view(settings, fresh=args.fresh, timeout=args.timeout)
         if view is None:
-            print("tiercel: no fleet aggregation yet: is beat running? "
-                  "(or use `tiercel stats --fresh`)", file=sys.stderr)
+            print(
+                "tiercel: no fleet aggregation yet: is beat running? "
+                "(or use `tiercel stats --fresh`)",
+                file=sys.stderr,
+            )
             return 1
         if args.watch is None:
             _print(view, args.json)

@@ -12,8 +12,24 @@ from typing import Any, Protocol
 MISS: Any = object()
 
 VALUES: list[Any] = [
-    None, 0, 0.0, "", b"", [], {}, False, True, 1, -7, 2**70, 1.5, "text", "ünïcode",
-    b"\x00\xff", [1, "a", None], {"nested": {"list": [1, 2, {"x": b"y"}]}},
+    None,
+    0,
+    0.0,
+    "",
+    b"",
+    [],
+    {},
+    False,
+    True,
+    1,
+    -7,
+    2**70,
+    1.5,
+    "text",
+    "ünïcode",
+    b"\x00\xff",
+    [1, "a", None],
+    {"nested": {"list": [1, 2, {"x": b"y"}]}},
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from core.levels import (
+from tiercel.core.local.levels import (
     ENTRY_OVERHEAD,
     EVICTED,
     EXPIRED,
@@ -37,16 +37,11 @@ class FakeClock:
 
 def charge(level: CacheLevel[Any], key: str, value: Any, *, expiring: bool) -> int:
     """The bytes ``level`` charges for ``key`` -> ``value`` stored without ``size=``."""
-    return (
-        level.getsizeof(value)
-        + len(key)
-        + ENTRY_OVERHEAD
-        + (EXPIRY_OVERHEAD if expiring else 0)
-    )
+    return level.getsizeof(value) + len(key) + ENTRY_OVERHEAD + (EXPIRY_OVERHEAD if expiring else 0)
 
 
 class LevelSuite:
-    """Behaviour every :class:`~core.levels.CacheLevel` kind shares."""
+    """Behaviour every :class:`~tiercel.core.local.levels.CacheLevel` kind shares."""
 
     level_cls: ClassVar[type[CacheLevel[Any]]]
     falsey_values: ClassVar[tuple[Any, ...]] = (b"",)
@@ -395,7 +390,11 @@ class LevelSuite:
     def test_read_only_configuration(self, clock: FakeClock) -> None:
         level = self.make(clock, max_entries=7, max_bytes=10_000, ttl=3.0)
         assert (level.name, level.max_entries, level.max_bytes, level.ttl) == (
-            "test", 7, 10_000, 3.0)
+            "test",
+            7,
+            10_000,
+            3.0,
+        )
         with pytest.raises(AttributeError):
             level.ttl = 5.0  # type: ignore[misc]
         assert "max_entries=7" in repr(level)

@@ -19,10 +19,21 @@ def _ratio(name: str, ours: list[float], peer: list[float], **kw: Any) -> dict[s
     return row
 
 
-def _record(rows: list[dict[str, Any]], *, quick: bool = False, at: float = 1.7e9,
-            modules: list[str] | None = None) -> dict[str, Any]:
-    return {"taken_at": at, "quick": quick, "machine": {"cpus": 2}, "seconds": 1.0,
-            "modules": modules or sorted({str(r["module"]) for r in rows}), "rows": rows}
+def _record(
+    rows: list[dict[str, Any]],
+    *,
+    quick: bool = False,
+    at: float = 1.7e9,
+    modules: list[str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "taken_at": at,
+        "quick": quick,
+        "machine": {"cpus": 2},
+        "seconds": 1.0,
+        "modules": modules or sorted({str(r["module"]) for r in rows}),
+        "rows": rows,
+    }
 
 
 def test_a_change_within_the_widened_spread_is_not_flagged() -> None:
@@ -91,8 +102,9 @@ def test_save_writes_timestamped_and_latest_and_merges_partial_runs(tmp_path: Pa
     assert json.loads(latest.read_text())["rows"] == merged["rows"]  # untouched by quick
 
 
-def test_promote_and_compare_from_the_command_line(tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_promote_and_compare_from_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = tmp_path / "old.json"
     new = tmp_path / "new.json"
     old.write_text(json.dumps(_record([_ratio("hit", [1.0, 1.0], [1.0, 1.0])])))
@@ -108,10 +120,16 @@ def test_markdown_and_charts(tmp_path: Path) -> None:
     from bench.plots import write_plots
     from bench.report import markdown
 
-    rows = [_ratio("hit | fast", [1.0, 1.2], [1.0, 1.0], target=1.15),
-            dict(figure_row("stampede p99", 3.0, "ms", target="<= 5 ms", met=True), module="m"),
-            dict(figure_row("latency p50, local memory", 0.01, "ms"), module="t",
-                 latency_source="local memory", p99=0.2)]
+    rows = [
+        _ratio("hit | fast", [1.0, 1.2], [1.0, 1.0], target=1.15),
+        dict(figure_row("stampede p99", 3.0, "ms", target="<= 5 ms", met=True), module="m"),
+        dict(
+            figure_row("latency p50, local memory", 0.01, "ms"),
+            module="t",
+            latency_source="local memory",
+            p99=0.2,
+        ),
+    ]
     page = markdown(_record(rows))
     assert "| hit \\| fast |" in page and "2 CPUs" in page and "make bench" in page
     written = {path.name for path in write_plots(rows, tmp_path)}

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from core.breaker import CircuitBreaker
-from core.errors import TierUnavailable
+from tiercel.core.errors import TierUnavailable
+from tiercel.core.tier.breaker import CircuitBreaker
 
 
 class FakeTimer:
@@ -156,10 +156,13 @@ def test_reset_closes(timer: FakeTimer) -> None:
     assert breaker.allow()
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"failures": 0}, "failures"),
-    ({"reset_after": 0}, "reset_after"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"failures": 0}, "failures"),
+        ({"reset_after": 0}, "reset_after"),
+    ],
+)
 def test_rejects_bad_settings(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         CircuitBreaker(**kwargs)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from core.codecs import (
+from tiercel.core.encoding.codecs import (
     FLAG_COMPRESSED,
     FORMAT_VERSION,
     MAGIC,
@@ -28,15 +28,32 @@ from core.codecs import (
     codec_by_name,
     serializer_from_settings,
 )
-from core.errors import CodecError, ValueTooLarge
-from core.settings import Settings
+from tiercel.core.errors import CodecError, ValueTooLarge
+from tiercel.core.settings import Settings
 
 KEY_OLD = "old-signing-key-0123456789"
 KEY_NEW = "new-signing-key-9876543210"
 
 PLAIN_VALUES: list[Any] = [
-    None, True, False, 0, 1, -1, 2**63 - 1, -(2**63), 2**64 - 1, 1.5, -0.0, float("inf"),
-    "", "héllo ✓", "x" * 1000, [], [1, "a", None, [2.5, {"k": "v"}]], {}, {"a": {"b": [1]}},
+    None,
+    True,
+    False,
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    2**64 - 1,
+    1.5,
+    -0.0,
+    float("inf"),
+    "",
+    "héllo ✓",
+    "x" * 1000,
+    [],
+    [1, "a", None, [2.5, {"k": "v"}]],
+    {},
+    {"a": {"b": [1]}},
 ]
 
 
@@ -89,8 +106,15 @@ def test_json_specific_round_trips() -> None:
 
 def test_pickle_round_trips_arbitrary_objects() -> None:
     serializer = Serializer(SignedPickleCodec([KEY_NEW]))
-    for value in [{1, 2}, (1, (2,)), Color.RED, Point(1, 2), OrderedDict(a=1),
-                  datetime(2020, 1, 1), b"raw"]:
+    for value in [
+        {1, 2},
+        (1, (2,)),
+        Color.RED,
+        Point(1, 2),
+        OrderedDict(a=1),
+        datetime(2020, 1, 1),
+        b"raw",
+    ]:
         loaded = serializer.loads(serializer.dumps(value))
         assert loaded == value and type(loaded) is type(value)
 
@@ -126,7 +150,7 @@ def test_msgpack_carries_ints_beyond_64_bits(value: Any) -> None:
 def test_msgpack_refuses_an_oversized_bigint_extension() -> None:
     import msgpack
 
-    from core.codecs import EXT_BIGINT, MAX_BIGINT_BYTES
+    from tiercel.core.encoding.codecs import EXT_BIGINT, MAX_BIGINT_BYTES
 
     hostile = msgpack.packb(msgpack.ExtType(EXT_BIGINT, b"\x01" * (MAX_BIGINT_BYTES + 1)))
     with pytest.raises(CodecError):
@@ -227,8 +251,14 @@ def sample_frames() -> list[tuple[Serializer, bytes]]:
     for serializer in serializers():
         for threshold in (10**9, 0):
             serializer.compress_min_bytes = threshold
-            frames.append((serializer, serializer.dumps(value if serializer.codec.name != "json"
-                                                        else {"t": "hello " * 40})))
+            frames.append(
+                (
+                    serializer,
+                    serializer.dumps(
+                        value if serializer.codec.name != "json" else {"t": "hello " * 40}
+                    ),
+                )
+            )
     return frames
 
 
@@ -405,12 +435,18 @@ def test_serializer_from_settings() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1)
-    | st.floats(allow_nan=False) | st.text() | st.binary(),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.floats(allow_nan=False)
+        | st.text()
+        | st.binary(),
+        lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+        max_leaves=20,
+    )
+)
 def test_msgpack_round_trips_generated_values(value: Any) -> None:
     serializer = Serializer(MsgpackCodec(), compress_min_bytes=64)
     assert serializer.loads(serializer.dumps(value)) == value

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from core.codecs import MsgpackCodec, Serializer
-from core.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
-from core.generations import Generations
-from core.levels import MemoryLevel
-from core.memoize import CachedFunction, Memoized
-from core.multilevel import MultiLevelCache
 from tests.core.level_suite import FakeClock
+from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
+from tiercel.core.cache.memoize import CachedFunction, Memoized
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.tier.generations import Generations
 
 
 def test_judge_fresh_stale_and_no_expiry() -> None:
@@ -30,8 +30,8 @@ def test_judge_fresh_stale_and_no_expiry() -> None:
 def test_xfetch_decision_follows_the_formula() -> None:
     policy = FreshnessPolicy(early_refresh=1.0)
     # delta * beta * -ln(U) >= time_left, with U = 1 - rand()
-    assert policy.judge(1.0, 2.0, rand=lambda: 0.5) == EARLY   # 2 * ln 2 = 1.39 >= 1
-    assert policy.judge(2.0, 2.0, rand=lambda: 0.5) == FRESH   # 1.39 < 2
+    assert policy.judge(1.0, 2.0, rand=lambda: 0.5) == EARLY  # 2 * ln 2 = 1.39 >= 1
+    assert policy.judge(2.0, 2.0, rand=lambda: 0.5) == FRESH  # 1.39 < 2
     assert policy.judge(5.0, 0.0, rand=lambda: 0.999) == FRESH  # nothing known of delta
     assert FreshnessPolicy(early_refresh=0).judge(0.001, 100.0, rand=lambda: 0.99) == FRESH
 
@@ -64,6 +64,7 @@ def test_refresher_runs_one_refresh_per_key_and_is_bounded() -> None:
         def run() -> None:
             gate.wait(5)
             ran.append(name)
+
         return run
 
     assert refresher.submit("a", slow("a"))
@@ -81,13 +82,25 @@ def test_refresher_runs_one_refresh_per_key_and_is_bounded() -> None:
     refresher.close()
 
 
-def _memo(clock: FakeClock, fn: Any, policy: FreshnessPolicy, ttl: float,
-          refresher: BackgroundRefresher | None) -> Memoized[Any, Any]:
-    cache = MultiLevelCache(serializer=Serializer(MsgpackCodec()),
-                            levels=[MemoryLevel("memory", max_entries=10, timer=clock)])
-    return Memoized(CachedFunction(fn, ttl=ttl, policy=policy), cache,
-                    Generations(None, max_age=1000, timer=clock), "t", timer=clock,
-                    refresher=refresher)
+def _memo(
+    clock: FakeClock,
+    fn: Any,
+    policy: FreshnessPolicy,
+    ttl: float,
+    refresher: BackgroundRefresher | None,
+) -> Memoized[Any, Any]:
+    cache = MultiLevelCache(
+        serializer=Serializer(MsgpackCodec()),
+        levels=[MemoryLevel("memory", max_entries=10, timer=clock)],
+    )
+    return Memoized(
+        CachedFunction(fn, ttl=ttl, policy=policy),
+        cache,
+        Generations(None, max_age=1000, timer=clock),
+        "t",
+        timer=clock,
+        refresher=refresher,
+    )
 
 
 def test_stale_while_revalidate_serves_stale_at_once_and_refreshes_in_background() -> None:
@@ -127,8 +140,15 @@ def test_stale_if_error_serves_the_stale_value_when_the_refresh_fails() -> None:
     clock = FakeClock()
     calls: list[int] = []
     flaky = _works_once(calls)
-    memo = _memo(clock, flaky, FreshnessPolicy(stale_ttl=60, stale_while_revalidate=False,
-                                               stale_if_error=True, early_refresh=0), 10, None)
+    memo = _memo(
+        clock,
+        flaky,
+        FreshnessPolicy(
+            stale_ttl=60, stale_while_revalidate=False, stale_if_error=True, early_refresh=0
+        ),
+        10,
+        None,
+    )
     assert memo() == 42
     clock.advance(15)
     assert memo() == 42 and len(calls) == 2  # refreshed synchronously, failed, served stale
@@ -141,8 +161,13 @@ def test_without_stale_if_error_a_failed_refresh_raises() -> None:
     clock = FakeClock()
     calls: list[int] = []
     flaky = _works_once(calls)
-    memo = _memo(clock, flaky, FreshnessPolicy(stale_ttl=60, stale_while_revalidate=False,
-                                               early_refresh=0), 10, None)
+    memo = _memo(
+        clock,
+        flaky,
+        FreshnessPolicy(stale_ttl=60, stale_while_revalidate=False, early_refresh=0),
+        10,
+        None,
+    )
     assert memo() == 42
     clock.advance(15)
     with pytest.raises(ConnectionError):
@@ -151,8 +176,13 @@ def test_without_stale_if_error_a_failed_refresh_raises() -> None:
 
 def test_memo_never_serves_a_stale_value_without_asking_the_policy() -> None:
     clock = FakeClock()
-    memo = _memo(clock, lambda: time.time(), FreshnessPolicy(stale_ttl=60, early_refresh=0),
-                 10, BackgroundRefresher())
+    memo = _memo(
+        clock,
+        lambda: time.time(),
+        FreshnessPolicy(stale_ttl=60, early_refresh=0),
+        10,
+        BackgroundRefresher(),
+    )
     memo()
     clock.advance(11)
     hits = memo.hot_hits

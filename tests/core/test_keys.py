@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.errors import KeyEncodingError
-from core.keys import (
+from tiercel.core.encoding.keys import (
     MAX_DEPTH,
     KeyBuilder,
     code_version,
@@ -27,6 +26,7 @@ from core.keys import (
     function_name,
     hash_tag,
 )
+from tiercel.core.errors import KeyEncodingError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,8 +70,16 @@ def encode(value: Any) -> bytes:
 # -- stability ----------------------------------------------------------------------------
 
 PINNED_INPUT: dict[str, Any] = {
-    "n": 1, "f": 1.5, "t": True, "none": None, "s": "héllo", "b": b"\x00a",
-    "l": [1, [2, "x"]], "d": {"z": 1, "a": [None]}, "big": 2**100, "neg": -7,
+    "n": 1,
+    "f": 1.5,
+    "t": True,
+    "none": None,
+    "s": "héllo",
+    "b": b"\x00a",
+    "l": [1, [2, "x"]],
+    "d": {"z": 1, "a": [None]},
+    "big": 2**100,
+    "neg": -7,
 }
 
 
@@ -97,19 +105,25 @@ def test_pinned_key() -> None:
 def test_key_is_stable_across_processes() -> None:
     script = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from core.keys import KeyBuilder;"
+        "from tiercel.core.encoding.keys import KeyBuilder;"
         "from tests.core.test_keys import build, PINNED_INPUT;"
         "b = KeyBuilder(build, namespace='tiercel');"
         "print(b.key((PINNED_INPUT, {'x', 'y', 'z'}), {'c': frozenset({'p', 'q'})}));"
         "print(b.version)"
     )
     builder = KeyBuilder(build, namespace="tiercel")
-    expected = [builder.key((PINNED_INPUT, {"x", "y", "z"}), {"c": frozenset({"p", "q"})}),
-                builder.version]
+    expected = [
+        builder.key((PINNED_INPUT, {"x", "y", "z"}), {"c": frozenset({"p", "q"})}),
+        builder.version,
+    ]
     for seed in ("0", "1", "12345"):
         result = subprocess.run(
-            [sys.executable, "-c", script, str(ROOT)], capture_output=True, text=True,
-            check=True, env={"PYTHONHASHSEED": seed, "PATH": ""}, cwd=ROOT,
+            [sys.executable, "-c", script, str(ROOT)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": seed, "PATH": ""},
+            cwd=ROOT,
         )
         assert result.stdout.split() == expected
 
@@ -171,8 +185,10 @@ def test_fast_and_inspect_binding_agree() -> None:
         slow.apply_defaults()
         assert bound == dict(slow.arguments)
         out = encode_arguments(bound, where=builder.name)
-        assert builder.key(args, kwargs) == builder._key_prefix + "{" + digest(
-            builder._prefix + b"i0;" + out) + "}"
+        assert (
+            builder.key(args, kwargs)
+            == builder._key_prefix + "{" + digest(builder._prefix + b"i0;" + out) + "}"
+        )
 
 
 def test_kwargs_order_is_irrelevant() -> None:
@@ -253,10 +269,35 @@ def test_containers_are_order_independent() -> None:
 
 def test_encoding_is_unambiguous() -> None:
     samples: list[Any] = [
-        "ab", ["a", "b"], ["ab"], ["a", ["b"]], [["a"], "b"], {"a": "b"}, {"ab": ""},
-        b"ab", [b"a", b"b"], 1, 16, [1, 6], "1", [], [[]], {}, [{}], [None], None, 2**64,
-        Decimal("1.0"), Decimal("1.00"), datetime(2024, 1, 1), date(2024, 1, 1), time(1, 2),
-        datetime(2024, 1, 1, tzinfo=UTC), Window(1, 2), Color.BLUE, "\ud800",
+        "ab",
+        ["a", "b"],
+        ["ab"],
+        ["a", ["b"]],
+        [["a"], "b"],
+        {"a": "b"},
+        {"ab": ""},
+        b"ab",
+        [b"a", b"b"],
+        1,
+        16,
+        [1, 6],
+        "1",
+        [],
+        [[]],
+        {},
+        [{}],
+        [None],
+        None,
+        2**64,
+        Decimal("1.0"),
+        Decimal("1.00"),
+        datetime(2024, 1, 1),
+        date(2024, 1, 1),
+        time(1, 2),
+        datetime(2024, 1, 1, tzinfo=UTC),
+        Window(1, 2),
+        Color.BLUE,
+        "\ud800",
     ]
     encodings = [encode(value) for value in samples]
     assert len(set(encodings)) == len(samples)
@@ -264,10 +305,17 @@ def test_encoding_is_unambiguous() -> None:
 
 def test_supported_types_round_trip_stably() -> None:
     value = {
-        "when": datetime(2024, 1, 2, 3, 4, 5), "day": date(2024, 1, 2), "at": time(5, 6),
-        "price": Decimal("9.99"), "id": uuid.UUID("12345678123456781234567812345678"),
-        "color": Color.RED, "size": Size.SMALL, "window": Window(1, 5, "label"),
-        "tags": frozenset({"a", "b"}), "big": -(2**200), "surrogate": "\udcff",
+        "when": datetime(2024, 1, 2, 3, 4, 5),
+        "day": date(2024, 1, 2),
+        "at": time(5, 6),
+        "price": Decimal("9.99"),
+        "id": uuid.UUID("12345678123456781234567812345678"),
+        "color": Color.RED,
+        "size": Size.SMALL,
+        "window": Window(1, 5, "label"),
+        "tags": frozenset({"a", "b"}),
+        "big": -(2**200),
+        "surrogate": "\udcff",
     }
     assert encode(value) == encode(dict(reversed(list(value.items()))))
     assert encode(Window(1, 5, "label")) == encode(Window(1, 5, "other"))  # compare=False
@@ -335,10 +383,16 @@ def test_size_is_bounded() -> None:
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(), inner, max_size=4)
+    ),
     max_leaves=25,
 )
 
@@ -361,8 +415,14 @@ def test_different_json_values_give_different_keys(a: Any, b: Any) -> None:
 def test_kombu_json_round_trip_keeps_the_key() -> None:
     from kombu.utils.json import dumps, loads
 
-    args = [datetime(2024, 1, 2, 3, 4), date(2024, 1, 2), Decimal("1.50"),
-            uuid.UUID(int=7), b"raw", ("t", 1.0)]
+    args = [
+        datetime(2024, 1, 2, 3, 4),
+        date(2024, 1, 2),
+        Decimal("1.50"),
+        uuid.UUID(int=7),
+        b"raw",
+        ("t", 1.0),
+    ]
     assert encode(args) == encode(loads(dumps(args)))
 
 
@@ -384,11 +444,11 @@ def test_code_version_equal_for_identical_code() -> None:
 @pytest.mark.parametrize(
     "changed",
     [
-        "def f(x):\n    return [y * 3 for y in range(x)]\n",   # a constant
-        "def f(x):\n    return [y + 2 for y in range(x)]\n",   # the bytecode
-        "def f(x):\n    return [y * 2 for y in list(x)]\n",    # a name it calls
-        "def f(z):\n    return [y * 2 for y in range(z)]\n",   # an argument name
-        "def f(x=1):\n    return [y * 2 for y in range(x)]\n", # a default
+        "def f(x):\n    return [y * 3 for y in range(x)]\n",  # a constant
+        "def f(x):\n    return [y + 2 for y in range(x)]\n",  # the bytecode
+        "def f(x):\n    return [y * 2 for y in list(x)]\n",  # a name it calls
+        "def f(z):\n    return [y * 2 for y in range(z)]\n",  # an argument name
+        "def f(x=1):\n    return [y * 2 for y in range(x)]\n",  # a default
         "def f(x):\n    return [y * 2 for y in range(x) if y in {1, 2}]\n",
         "def f(x):\n    return [(lambda: y * 2)() for y in range(x)]\n",  # a nested function
     ],

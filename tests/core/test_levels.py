@@ -1,4 +1,4 @@
-"""Tests of core.levels: the shared suite for each kind, then what is particular to each."""
+"""Tests of the local levels: the shared suite for each kind, then what is particular to each."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from core.levels import (
+from tests.core.level_suite import FakeClock, LevelSuite
+from tiercel.core.local.levels import (
     ENTRY_OVERHEAD,
     EXPIRY_OVERHEAD,
     BytesLevel,
     CacheLevel,
     MemoryLevel,
 )
-from tests.core.level_suite import FakeClock, LevelSuite
 
 
 class TestMemoryLevel(LevelSuite):

@@ -1,4 +1,4 @@
-"""Property tests of core.levels: random operation sequences against a reference model.
+"""Property tests of the local levels: random operation sequences against a reference model.
 
 The model is a plain ordered list of entries that finds the oldest one by
 position and expired ones by scanning: slow and obviously right. After every
@@ -16,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.levels import (
+from tests.core.level_suite import FakeClock
+from tiercel.core.local.levels import (
     ENTRY_OVERHEAD,
     EXPIRY_OVERHEAD,
     BytesLevel,
     CacheLevel,
     MemoryLevel,
 )
-from tests.core.level_suite import FakeClock
 
 KEYS = st.sampled_from([f"k{i}" for i in range(12)])
 TTLS = st.one_of(st.none(), st.floats(min_value=-1.0, max_value=10.0, allow_nan=False))
@@ -69,8 +69,9 @@ class Model:
         self.expirations += len(expired)
         return len(expired)
 
-    def set(self, key: str, value: Any, ttl: float | None, size: int,
-            tags: frozenset[str], now: float) -> bool:
+    def set(
+        self, key: str, value: Any, ttl: float | None, size: int, tags: frozenset[str], now: float
+    ) -> bool:
         if ttl is None or (self.ttl is not None and self.ttl < ttl):
             ttl = self.ttl
         if ttl is not None:
@@ -117,7 +118,11 @@ def check(level: CacheLevel[Any], model: Model, clock: FakeClock) -> None:
     assert stats.entries <= level.max_entries
     assert level.max_bytes is None or stats.bytes <= level.max_bytes
     assert (stats.hits, stats.misses, stats.evictions, stats.expirations) == (
-        model.hits, model.misses, model.evictions, model.expirations)
+        model.hits,
+        model.misses,
+        model.evictions,
+        model.expirations,
+    )
     # The heap's stale items stay bounded (set, delete and discard_tagged rebuild it).
     assert len(level._heap) <= 2 * level.max_entries + 64 + 1
 
@@ -141,7 +146,7 @@ def test_level_agrees_with_model(
 ) -> None:
     # With no slack the expiry heap is rebuilt as soon as it holds 2x the live
     # entries, so short sequences exercise the rebuild too.
-    with mock.patch("core.levels._HEAP_MIN", heap_slack):
+    with mock.patch("tiercel.core.local.levels._HEAP_MIN", heap_slack):
         run_against_model(kind, max_entries, max_bytes, level_ttl, ops)
 
 
@@ -153,8 +158,7 @@ def run_against_model(
     ops: list[tuple[Any, ...]],
 ) -> None:
     clock = FakeClock()
-    level = kind("prop", max_entries=max_entries, max_bytes=max_bytes, ttl=level_ttl,
-                 timer=clock)
+    level = kind("prop", max_entries=max_entries, max_bytes=max_bytes, ttl=level_ttl, timer=clock)
     model = Model(max_entries, max_bytes, level_ttl)
     for op in ops:
         name = op[0]

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from core.levels import BytesLevel, MemoryLevel
-from core.memory_budget import MemoryBudget, fits_max_memory_per_child, peak_rss_bytes
+from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.local.memory_budget import MemoryBudget, fits_max_memory_per_child, peak_rss_bytes
 
 
 def fill(level: BytesLevel, n: int, size: int = 1000, prefix: str = "k") -> None:
@@ -90,8 +90,8 @@ def test_fits_max_memory_per_child() -> None:
 def test_a_forked_child_starts_with_its_own_empty_budget() -> None:
     # What a recycled or new prefork child sees: the registry is forgotten after fork, and
     # a fresh one (and its budget) is built in the child.
-    from core.settings import Settings
-    from tasks import pools
+    from tiercel.core.settings import Settings
+    from tiercel.tasks import pools
 
     parent = pools.start(Settings(cache_url="redis://127.0.0.1:1/0"), sweep=False)
     level = BytesLevel("l2", max_entries=10, max_bytes=10**6)

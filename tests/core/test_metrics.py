@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from core.codecs import JsonCodec, Serializer
-from core.levels import MemoryLevel
-from core.metrics import (
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.codecs import JsonCodec, Serializer
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.metrics.registry import (
     BREAKER_STATE,
     CACHE_BYTES,
     CACHE_ENTRIES,
@@ -37,7 +38,6 @@ from core.metrics import (
     register_cache,
     sketch_of,
 )
-from core.multilevel import MultiLevelCache
 
 
 class FakeClock:
@@ -197,7 +197,7 @@ def test_a_failing_callback_is_logged_counted_and_skipped(
     registry.register_gauge("bad", broken)
     registry.register_collector(broken_collector)
     registry.set_gauge("good", 1.0)
-    with caplog.at_level(logging.WARNING, logger="core.metrics"):
+    with caplog.at_level(logging.WARNING, logger="tiercel.core.metrics.registry"):
         snapshot = registry.snapshot()
     assert find(snapshot, "gauges", "good")["value"] == 1.0
     assert not [g for g in snapshot["gauges"] if g["name"] == "bad"]

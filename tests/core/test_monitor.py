@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
-from core.metrics import MetricsRegistry, merge_snapshots, sketch_of
-from core.monitor import MAX_PENDING_PER_NAME, TIMER_SECONDS, PerformanceMonitor
+from tiercel.core.metrics.monitor import MAX_PENDING_PER_NAME, TIMER_SECONDS, PerformanceMonitor
+from tiercel.core.metrics.registry import MetricsRegistry, merge_snapshots, sketch_of
 
 
 class FakeClock:

@@ -9,10 +9,15 @@ from typing import Any
 
 import pytest
 
-from core.errors import PoolClosed, PoolError, PoolTimeout
-from core.object_pool import ObjectPool, ObjectPools
-from core.pools import WAIT_BUCKETS_US, ForeignResource, ResourcePool, WaitHistogram
-from core.redis_pool import RedisPool
+from tiercel.core.errors import PoolClosed, PoolError, PoolTimeout
+from tiercel.core.pools.object_pool import ObjectPool, ObjectPools
+from tiercel.core.pools.redis_pool import RedisPool
+from tiercel.core.pools.resource_pool import (
+    WAIT_BUCKETS_US,
+    ForeignResource,
+    ResourcePool,
+    WaitHistogram,
+)
 
 
 class Resource:
@@ -552,14 +557,14 @@ def test_redis_pool_bounds_many_threads(cache_url: str) -> None:
     assert pool.snapshot()["created"] <= 2
 
 
-# -- the per-process registry (tasks.pools) ----------------------------------------------
+# -- the per-process registry (tiercel.tasks.pools) ----------------------------------------------
 
 
 def test_registry_builds_defined_pools_on_first_use_and_closes_them(cache_url: str) -> None:
     import os
 
-    from core.settings import Settings
-    from tasks import pools
+    from tiercel.core.settings import Settings
+    from tiercel.tasks import pools
 
     name = f"parsers-{os.getpid()}-{next(Resource.ids)}"
     pools.define_resource(name, Resource, max_size=2)

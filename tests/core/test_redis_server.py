@@ -12,8 +12,8 @@ import psutil
 import pytest
 import redis
 
-from core.errors import ServerError
-from core.redis_server import RedisServer, find_redis_server, free_port
+from tiercel.core.embedded.redis_server import RedisServer, find_redis_server, free_port
+from tiercel.core.errors import ServerError
 
 
 def test_binary_comes_from_a_declared_package() -> None:
@@ -53,7 +53,7 @@ def test_restart_keeps_the_port() -> None:
 def test_server_dies_with_its_parent() -> None:
     script = (
         "import sys, time\n"
-        "from core.redis_server import RedisServer\n"
+        "from tiercel.core.embedded.redis_server import RedisServer\n"
         "s = RedisServer().start()\n"
         "print(s.pid, flush=True)\n"
         "time.sleep(60)\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import SettingsError
-from core.settings import Settings, parse_bytes, redact_url, resolve_settings
+from tiercel.core.errors import SettingsError
+from tiercel.core.settings import Settings, parse_bytes, redact_url, resolve_settings
 
 
 def test_defaults_are_embedded_and_valid() -> None:
@@ -15,13 +15,15 @@ def test_defaults_are_embedded_and_valid() -> None:
 
 
 def test_values_are_parsed_by_type() -> None:
-    settings = Settings.from_env({
-        "TIERCEL_L1_MAX_ENTRIES": "100",
-        "TIERCEL_L2_MAX_BYTES": "8MiB",
-        "TIERCEL_DEFAULT_TTL": "2.5",
-        "TIERCEL_CACHE_URL": "redis://127.0.0.1:7000/1",
-        "TIERCEL_NAMESPACE": "billing",
-    })
+    settings = Settings.from_env(
+        {
+            "TIERCEL_L1_MAX_ENTRIES": "100",
+            "TIERCEL_L2_MAX_BYTES": "8MiB",
+            "TIERCEL_DEFAULT_TTL": "2.5",
+            "TIERCEL_CACHE_URL": "redis://127.0.0.1:7000/1",
+            "TIERCEL_NAMESPACE": "billing",
+        }
+    )
     assert settings.l1_max_entries == 100
     assert settings.l2_max_bytes == 8 * 2**20
     assert settings.default_ttl == 2.5
@@ -79,27 +81,32 @@ def test_parse_bytes_units() -> None:
         parse_bytes("-1")
 
 
-def test_resolve_fills_backend_and_cache_from_a_redis_broker(monkeypatch: pytest.MonkeyPatch,
-                                                              tmp_path: object) -> None:
+def test_resolve_fills_backend_and_cache_from_a_redis_broker(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
     monkeypatch.setenv("TIERCEL_RUN_DIR", str(tmp_path))
     settings = resolve_settings(Settings(broker_url="redis://127.0.0.1:7001/0"))
     assert settings.result_backend == "redis://127.0.0.1:7001/0"
     assert settings.cache_url == "redis://127.0.0.1:7001/0"
 
 
-def test_resolve_without_any_url_or_fleet_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
-                                                          tmp_path: object) -> None:
+def test_resolve_without_any_url_or_fleet_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
     monkeypatch.setenv("TIERCEL_RUN_DIR", str(tmp_path))
     with pytest.raises(SettingsError, match="tiercel up"):
         resolve_settings(Settings())
 
 
 def test_resolve_reads_a_live_fleet_file(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    from core.fleet_file import remove_fleet_file, write_fleet_file
+    from tiercel.core.embedded.fleet_file import remove_fleet_file, write_fleet_file
 
     monkeypatch.setenv("TIERCEL_RUN_DIR", str(tmp_path))
-    urls = {"broker_url": "redis://127.0.0.1:7002/0", "result_backend": "redis://127.0.0.1:7002/0",
-            "cache_url": "redis://127.0.0.1:7003/0"}
+    urls = {
+        "broker_url": "redis://127.0.0.1:7002/0",
+        "result_backend": "redis://127.0.0.1:7002/0",
+        "cache_url": "redis://127.0.0.1:7003/0",
+    }
     write_fleet_file(urls)
     try:
         settings = resolve_settings(Settings())
@@ -125,7 +132,16 @@ def test_workers_import_the_deployments_task_modules() -> None:
 
     env = {**os.environ, "TIERCEL_TASK_MODULES": "tests.core.user_tasks"}
     done = subprocess.run(
-        [sys.executable, "-c", "import workers.app as w; w.app.loader.import_default_modules();"
-         "print('tests.core.user_tasks.triple' in w.app.tasks)"],
-        env=env, capture_output=True, text=True, timeout=60, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import tiercel.workers.app as w; w.app.loader.import_default_modules();"
+            "print('tests.core.user_tasks.triple' in w.app.tasks)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert done.stdout.strip() == "True"

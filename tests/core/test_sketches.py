@@ -13,7 +13,7 @@ from ddsketch import LogarithmicMapping
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.sketches import DEFAULT_RELATIVE_ACCURACY, LatencySketch
+from tiercel.core.metrics.sketches import DEFAULT_RELATIVE_ACCURACY, LatencySketch
 
 # Float rounding in log/pow may push an answer a hair past the guarantee.
 _EPS = 1e-9

@@ -1,6 +1,6 @@
 """A deployment's own task module, as TIERCEL_TASK_MODULES names it (used by a test)."""
 
-from tasks import cached_task
+from tiercel.tasks import cached_task
 
 
 @cached_task(ttl=60)

@@ -32,15 +32,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import redis
 
-from core.redis_server import find_redis_server, free_port
-from core.settings import Settings
-from tests.deploy import (
+from tests.deploy.commands import (
     HOST_VENV_BIN,
     DeployCommand,
     HttpProbe,
     Unit,
     all_units,
 )
+from tiercel.core.embedded.redis_server import find_redis_server, free_port
+from tiercel.core.settings import Settings
 
 VENV_BIN = str(Path(sys.executable).parent)
 #: Database of the session broker server that the deploy processes use.
@@ -83,15 +83,20 @@ REDIS_UNITS = [u for u in all_units() if u.main is not None and u.main.role == "
 def _test_urls() -> dict[str, str]:
     broker = urlsplit(os.environ["TIERCEL_BROKER_URL"])
     own_db = urlunsplit((broker.scheme, broker.netloc, f"/{DEPLOY_DB}", "", ""))
-    return {"TIERCEL_BROKER_URL": own_db, "TIERCEL_RESULT_BACKEND": own_db,
-            "TIERCEL_CACHE_URL": os.environ["TIERCEL_CACHE_URL"]}
+    return {
+        "TIERCEL_BROKER_URL": own_db,
+        "TIERCEL_RESULT_BACKEND": own_db,
+        "TIERCEL_CACHE_URL": os.environ["TIERCEL_CACHE_URL"],
+    }
 
 
 def _test_settings() -> Settings:
     urls = _test_urls()
-    return Settings(broker_url=urls["TIERCEL_BROKER_URL"],
-                    result_backend=urls["TIERCEL_RESULT_BACKEND"],
-                    cache_url=urls["TIERCEL_CACHE_URL"])
+    return Settings(
+        broker_url=urls["TIERCEL_BROKER_URL"],
+        result_backend=urls["TIERCEL_RESULT_BACKEND"],
+        cache_url=urls["TIERCEL_CACHE_URL"],
+    )
 
 
 @dataclass
@@ -120,13 +125,13 @@ class Localizer:
             assert os.access(program, os.X_OK), f"{command.source}: {program} is not installed"
         else:
             assert shutil.which(program, path=VENV_BIN), (
-                f"{command.source}: {program} is not a program of this project's environment")
+                f"{command.source}: {program} is not a program of this project's environment"
+            )
         return argv
 
     def env(self, command: DeployCommand) -> dict[str, str]:
         """The file's environment with the session's URLs and this virtualenv on PATH."""
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("TIERCEL_", "FLOWER_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TIERCEL_", "FLOWER_"))}
         env.update(command.env)
         env.update(_test_urls())
         env["TIERCEL_RUN_DIR"] = os.environ["TIERCEL_RUN_DIR"]
@@ -137,9 +142,15 @@ class Localizer:
 @contextlib.contextmanager
 def _running(command: DeployCommand, local: Localizer) -> Iterator[subprocess.Popen[bytes]]:
     log = (local.tmp / "output.log").open("wb")
-    process = subprocess.Popen(local.argv(command), env=local.env(command),
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=local.tmp, start_new_session=True)
+    process = subprocess.Popen(
+        local.argv(command),
+        env=local.env(command),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=local.tmp,
+        start_new_session=True,
+    )
     try:
         yield process
         os.killpg(process.pid, signal.SIGTERM)
@@ -160,8 +171,9 @@ def _output(local: Localizer) -> str:
 
 def _assert_alive(process: subprocess.Popen[bytes], source: str, local: Localizer) -> None:
     if process.poll() is not None:
-        pytest.fail(f"{source}: exited with code {process.returncode} while starting:\n"
-                    f"{_output(local)}")
+        pytest.fail(
+            f"{source}: exited with code {process.returncode} while starting:\n{_output(local)}"
+        )
 
 
 def _http(url: str, auth: str | None = None) -> int:
@@ -175,8 +187,7 @@ def _http(url: str, auth: str | None = None) -> int:
         return int(exc.code)
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], source: str,
-               local: Localizer) -> None:
+def _wait_http(url: str, process: subprocess.Popen[bytes], source: str, local: Localizer) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while True:
         _assert_alive(process, source, local)
@@ -185,16 +196,16 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], source: str,
             return
         except OSError:
             if time.monotonic() > deadline:
-                pytest.fail(f"{source}: nothing answered {url} within {READY_TIMEOUT:g}s:\n"
-                            f"{_output(local)}")
+                pytest.fail(
+                    f"{source}: nothing answered {url} within {READY_TIMEOUT:g}s:\n{_output(local)}"
+                )
             time.sleep(0.2)
 
 
-def _wait_worker(command: DeployCommand, process: subprocess.Popen[bytes],
-                 local: Localizer) -> str:
+def _wait_worker(command: DeployCommand, process: subprocess.Popen[bytes], local: Localizer) -> str:
     from celery.utils.nodenames import host_format
 
-    from workers.control import ping_nodes
+    from tiercel.workers.control import ping_nodes
 
     pattern = command.option("--hostname") or command.option("-n")
     assert pattern, f"{command.source}: the worker needs an explicit node name"
@@ -204,8 +215,10 @@ def _wait_worker(command: DeployCommand, process: subprocess.Popen[bytes],
     while not ping_nodes(_test_settings(), [node], timeout=1.0):
         _assert_alive(process, command.source, local)
         if time.monotonic() > deadline:
-            pytest.fail(f"{command.source}: node {node} did not answer a ping within "
-                        f"{READY_TIMEOUT:g}s:\n{_output(local)}")
+            pytest.fail(
+                f"{command.source}: node {node} did not answer a ping within "
+                f"{READY_TIMEOUT:g}s:\n{_output(local)}"
+            )
     return str(node)
 
 
@@ -214,8 +227,15 @@ def _run_check(check: DeployCommand, local: Localizer) -> None:
         return  # the Redis image's client; the server side is tested in test_redis_commands
     assert check.role in ("health", "http-check"), f"{check.source}: unexpected {check.words}"
     started = time.monotonic()
-    result = subprocess.run(local.argv(check), env=local.env(check), capture_output=True,
-                            text=True, timeout=30, check=False, cwd=local.tmp)
+    result = subprocess.run(
+        local.argv(check),
+        env=local.env(check),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=local.tmp,
+    )
     took = time.monotonic() - started
     assert result.returncode == 0, f"{check.source}: exit {result.returncode}: {result.stderr}"
     if check.role == "health":
@@ -227,16 +247,23 @@ def _run_check(check: DeployCommand, local: Localizer) -> None:
 
 
 def _exporter_available() -> None:
-    result = subprocess.run([os.path.join(VENV_BIN, "tiercel"), "exporter", "--help"],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [os.path.join(VENV_BIN, "tiercel"), "exporter", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, (
         "`tiercel exporter` is not available (workers/exporter.py), but deploy/ runs it: "
-        + (result.stderr.strip().splitlines() or ["no output"])[-1])
+        + (result.stderr.strip().splitlines() or ["no output"])[-1]
+    )
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("service", SERVICES,
-                         ids=[f"{s.main.role}:{'+'.join(s.sources)}" for s in SERVICES])
+@pytest.mark.parametrize(
+    "service", SERVICES, ids=[f"{s.main.role}:{'+'.join(s.sources)}" for s in SERVICES]
+)
 def test_service_starts_answers_and_stops(service: Service, tmp_path: Path) -> None:
     main = service.main
     role = main.role
@@ -281,8 +308,18 @@ def test_service_starts_answers_and_stops(service: Service, tmp_path: Path) -> N
 
 def _redis_local_argv(command: DeployCommand, port: int, tmp: Path) -> list[str]:
     # The server flags as written, then where to listen and write here (later flags win).
-    return [find_redis_server(), *command.words[1:], "--port", str(port),
-            "--bind", "127.0.0.1", "--dir", str(tmp), "--daemonize", "no"]
+    return [
+        find_redis_server(),
+        *command.words[1:],
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(tmp),
+        "--daemonize",
+        "no",
+    ]
 
 
 @pytest.mark.integration
@@ -292,9 +329,13 @@ def test_redis_commands_start_with_their_policy(unit: Unit, tmp_path: Path) -> N
     command = unit.main
     port = free_port()
     password = command.option("--requirepass")
-    process = subprocess.Popen(_redis_local_argv(command, port, tmp_path),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd=tmp_path, start_new_session=True)
+    process = subprocess.Popen(
+        _redis_local_argv(command, port, tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=2)
     try:
         deadline = time.monotonic() + 10

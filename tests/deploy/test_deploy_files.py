@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from core.settings import Settings
-from tests.deploy import (
+from tests.deploy.commands import (
     DEPLOY,
     K8S,
     SYSTEMD,
@@ -32,9 +31,14 @@ from tests.deploy import (
     read_unit_file,
     systemd_units,
 )
+from tiercel.core.settings import Settings
 
-SHAPES = {"compose": compose_units, "k8s": k8s_units, "systemd": systemd_units,
-          "procfile": procfile_units}
+SHAPES = {
+    "compose": compose_units,
+    "k8s": k8s_units,
+    "systemd": systemd_units,
+    "procfile": procfile_units,
+}
 DEFAULT_TIME_LIMIT = 1800.0
 
 
@@ -43,8 +47,9 @@ def _roles(units: list[Unit]) -> list[str]:
 
 
 def _workload(name: str) -> dict[str, Any]:
-    found: dict[str, Any] = next(doc for _path, doc in pod_templates()
-                                 if doc["metadata"]["name"] == name)
+    found: dict[str, Any] = next(
+        doc for _path, doc in pod_templates() if doc["metadata"]["name"] == name
+    )
     return found
 
 
@@ -57,6 +62,7 @@ def _time_limit(env: dict[str, str]) -> float:
 
 
 # --- every file parses ---------------------------------------------------------------------
+
 
 def test_every_yaml_file_parses() -> None:
     paths = sorted(DEPLOY.rglob("*.yaml"))
@@ -110,6 +116,7 @@ def test_every_shape_runs_the_same_services() -> None:
 
 # --- exactly one beat; workers scale ---------------------------------------------------------
 
+
 def test_exactly_one_beat_in_every_shape() -> None:
     for shape, units in SHAPES.items():
         assert _roles(units()).count("beat") == 1, shape
@@ -148,15 +155,23 @@ def test_worker_node_names_are_unique_per_replica_and_probes_name_the_same_node(
 
 # --- Redis policies --------------------------------------------------------------------------
 
+
 def _redis_commands() -> dict[str, DeployCommand]:
-    return {u.source: u.main for u in all_units()
-            if u.main is not None and u.main.role == "redis-server"}
+    return {
+        u.source: u.main
+        for u in all_units()
+        if u.main is not None and u.main.role == "redis-server"
+    }
 
 
 def test_broker_is_noeviction_and_cache_is_bounded_lru() -> None:
     commands = _redis_commands()
-    assert {"compose.yaml broker", "compose.yaml cache", "k8s/redis.yaml tiercel-broker/redis",
-            "k8s/redis.yaml tiercel-cache/redis"} <= set(commands)
+    assert {
+        "compose.yaml broker",
+        "compose.yaml cache",
+        "k8s/redis.yaml tiercel-broker/redis",
+        "k8s/redis.yaml tiercel-cache/redis",
+    } <= set(commands)
     for source, command in commands.items():
         if "broker" in source:
             assert command.option("--maxmemory-policy") == "noeviction", source
@@ -167,8 +182,11 @@ def test_broker_is_noeviction_and_cache_is_bounded_lru() -> None:
 
 
 def test_urls_point_broker_and_cache_at_their_own_servers() -> None:
-    env = next(u.main.env for u in compose_units() if u.source == "compose.yaml worker"
-               and u.main is not None)
+    env = next(
+        u.main.env
+        for u in compose_units()
+        if u.source == "compose.yaml worker" and u.main is not None
+    )
     assert "@broker:" in env["TIERCEL_BROKER_URL"] and "@cache:" in env["TIERCEL_CACHE_URL"]
     k8s_env = container_env(_container("tiercel-worker"))
     assert "tiercel-broker" in k8s_env["TIERCEL_BROKER_URL"]
@@ -176,6 +194,7 @@ def test_urls_point_broker_and_cache_at_their_own_servers() -> None:
 
 
 # --- settings and secrets --------------------------------------------------------------------
+
 
 def test_every_shapes_settings_are_valid() -> None:
     for unit in all_units():
@@ -209,8 +228,9 @@ def test_flower_requires_authentication_everywhere() -> None:
     assert all(p.startswith("127.0.0.1:") for p in flower["ports"])
     env = container_env(_container("tiercel-flower"))
     assert ":" in env["FLOWER_BASIC_AUTH"]
-    flower_item = next(i for i in _container("tiercel-flower")["env"]
-                       if i["name"] == "FLOWER_BASIC_AUTH")
+    flower_item = next(
+        i for i in _container("tiercel-flower")["env"] if i["name"] == "FLOWER_BASIC_AUTH"
+    )
     assert "secretKeyRef" in flower_item["valueFrom"]
     unit = read_unit_file(SYSTEMD / "tiercel-flower.service")["Service"]
     assert any("flower.env" in f for f in unit["EnvironmentFile"])
@@ -228,6 +248,7 @@ def test_readme_warns_that_flower_metrics_and_healthcheck_are_open() -> None:
 
 
 # --- shutdown, probes, disruption, autoscaling --------------------------------------------
+
 
 def test_worker_grace_period_covers_the_longest_task() -> None:
     for unit in all_units():
@@ -253,15 +274,24 @@ def test_k8s_workers_are_probed_with_tiercel_health() -> None:
 
 
 def test_pdb_and_services_select_existing_pods() -> None:
-    labels = {doc["metadata"]["name"]: doc["spec"]["template"]["metadata"]["labels"]
-              for _p, doc in pod_templates()}
+    labels = {
+        doc["metadata"]["name"]: doc["spec"]["template"]["metadata"]["labels"]
+        for _p, doc in pod_templates()
+    }
 
     def selects(selector: dict[str, str]) -> bool:
         return any(selector.items() <= pod.items() for pod in labels.values())
 
     kinds = {doc["kind"] for _p, doc in k8s_documents()}
-    assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget",
-            "ScaledObject", "HorizontalPodAutoscaler"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+        "ScaledObject",
+        "HorizontalPodAutoscaler",
+    } <= kinds
     for _path, doc in k8s_documents():
         if doc["kind"] == "Service":
             assert selects(doc["spec"]["selector"]), doc["metadata"]["name"]
@@ -269,8 +299,10 @@ def test_pdb_and_services_select_existing_pods() -> None:
             selector = doc["spec"]["selector"]["matchLabels"]
             assert selector.items() <= labels["tiercel-worker"].items()
         if doc["kind"] in ("Deployment", "StatefulSet"):
-            assert (doc["spec"]["selector"]["matchLabels"].items()
-                    <= doc["spec"]["template"]["metadata"]["labels"].items())
+            assert (
+                doc["spec"]["selector"]["matchLabels"].items()
+                <= doc["spec"]["template"]["metadata"]["labels"].items()
+            )
 
 
 def test_autoscalers_target_the_worker_queue() -> None:
@@ -284,8 +316,11 @@ def test_autoscalers_target_the_worker_queue() -> None:
     assert auth["name"] == "tiercel-secrets"
     assert trigger["authenticationRef"]["name"] == docs["TriggerAuthentication"]["metadata"]["name"]
     hpa = docs["HorizontalPodAutoscaler"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": "tiercel-worker"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tiercel-worker",
+    }
     secret = docs["Secret"]["stringData"]
     for _path, workload in pod_templates():
         for container in workload["spec"]["template"]["spec"]["containers"]:

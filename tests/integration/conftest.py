@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.integration.fleet import worker_fleet
-from workers.launcher import Fleet
+from tiercel.workers.launcher import Fleet
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def fleet() -> Iterator[Fleet]:
     Module scope, not session: tests that start a private fleet (with other
     settings) must never share the queue with a fleet that outlives its module.
     """
-    import workers.app  # noqa: F401  (the client side uses the session's servers too)
+    import tiercel.workers.app  # noqa: F401  (the client side uses the session's servers too)
 
     with worker_fleet(nodes=2, concurrency=2) as running:
         yield running

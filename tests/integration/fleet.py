@@ -10,26 +10,35 @@ import contextlib
 import subprocess
 from collections.abc import Iterator
 
-from core.settings import resolve_settings
-from workers.control import control_app
-from workers.launcher import Fleet, FleetSpec
+from tiercel.core.settings import resolve_settings
+from tiercel.workers.control import control_app
+from tiercel.workers.launcher import Fleet, FleetSpec
 
 
 @contextlib.contextmanager
-def worker_fleet(nodes: int = 2, concurrency: int = 2, pool: str = "prefork",
-                 grace: float = 15.0) -> Iterator[Fleet]:
+def worker_fleet(
+    nodes: int = 2, concurrency: int = 2, pool: str = "prefork", grace: float = 15.0
+) -> Iterator[Fleet]:
     """Run ``nodes`` worker nodes against the session's servers."""
-    import workers.app  # noqa: F401  (this client publishes through the configured app)
+    import tiercel.workers.app  # noqa: F401  (this client publishes through the configured app)
 
-    spec = FleetSpec(workers=nodes, concurrency=concurrency, pool=pool, beat=False,
-                     flower=False, loglevel="WARNING", grace=grace, quiet=False)
+    spec = FleetSpec(
+        workers=nodes,
+        concurrency=concurrency,
+        pool=pool,
+        beat=False,
+        flower=False,
+        loglevel="WARNING",
+        grace=grace,
+        quiet=False,
+    )
     fleet = Fleet(resolve_settings(), spec)
     with fleet.running():
         # One full round trip through the fleet's own broker and backend (this process's
         # Celery app may be configured for other servers).
         control = control_app(fleet.settings)
         try:
-            control.send_task("tasks.examples.noop").get(timeout=60)
+            control.send_task("tiercel.tasks.examples.noop").get(timeout=60)
         finally:
             control.close()
         yield fleet

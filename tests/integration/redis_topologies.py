@@ -23,16 +23,22 @@ from pathlib import Path
 
 import redis
 
-from core.errors import ServerError
-from core.redis_server import RedisServer, die_with_parent, find_redis_server, free_port
+from tiercel.core.embedded.redis_server import (
+    RedisServer,
+    die_with_parent,
+    find_redis_server,
+    free_port,
+)
+from tiercel.core.errors import ServerError
 
 _CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
 _SLOTS = 16384
 
 
 def _version(binary: str) -> tuple[int, ...]:
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                         timeout=10, check=False).stdout
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
     match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
     return tuple(int(part) for part in match.groups()) if match else ()
 
@@ -43,9 +49,10 @@ def modern_redis_server() -> str:
     for binary in seen:
         if binary and Path(binary).is_file() and _version(binary) >= (7, 0, 0):
             return binary
-    raise ServerError("these tests need redis-server >= 7 (cluster-port, TLS): install it, "
-                      "e.g. `apt-get install redis-server`; looked at "
-                      + ", ".join(b for b in seen if b))
+    raise ServerError(
+        "these tests need redis-server >= 7 (cluster-port, TLS): install it, "
+        "e.g. `apt-get install redis-server`; looked at " + ", ".join(b for b in seen if b)
+    )
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -98,8 +105,10 @@ class ClusterProcesses:
         if self.certs is None:
             raise ServerError("this cluster was started without certs: no TLS ports")
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.tls_ports)
-        return (f"rediss+cluster://{hosts}?ssl_ca_certs={self.certs['ca']}"
-                f"&ssl_cert_reqs=required{query}")
+        return (
+            f"rediss+cluster://{hosts}?ssl_ca_certs={self.certs['ca']}"
+            f"&ssl_cert_reqs=required{query}"
+        )
 
     def node_client(self, index: int) -> redis.Redis:
         """A plain (non-cluster) client of one node."""
@@ -111,12 +120,22 @@ class ClusterProcesses:
         try:
             for _ in range(self.masters):
                 bus = free_port()
-                server = RedisServer(binary=binary, maxmemory=64 * 2**20,
-                                     maxmemory_policy="allkeys-lru", extra_args=(
-                                         "--cluster-enabled", "yes",
-                                         "--cluster-config-file", "nodes.conf",
-                                         "--cluster-node-timeout", "5000",
-                                         "--cluster-port", str(bus), *self._tls_args()))
+                server = RedisServer(
+                    binary=binary,
+                    maxmemory=64 * 2**20,
+                    maxmemory_policy="allkeys-lru",
+                    extra_args=(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                        "--cluster-port",
+                        str(bus),
+                        *self._tls_args(),
+                    ),
+                )
                 self.servers.append(server.start())
                 self.bus_ports.append(bus)
             self._form()
@@ -130,11 +149,20 @@ class ClusterProcesses:
             return ()
         port = free_port()
         self.tls_ports.append(port)
-        return ("--tls-port", str(port), "--tls-cluster", "yes",
-                "--tls-cert-file", str(self.certs["cert"]),
-                "--tls-key-file", str(self.certs["key"]),
-                "--tls-ca-cert-file", str(self.certs["ca"]),
-                "--tls-auth-clients", "no")
+        return (
+            "--tls-port",
+            str(port),
+            "--tls-cluster",
+            "yes",
+            "--tls-cert-file",
+            str(self.certs["cert"]),
+            "--tls-key-file",
+            str(self.certs["key"]),
+            "--tls-ca-cert-file",
+            str(self.certs["ca"]),
+            "--tls-auth-clients",
+            "no",
+        )
 
     def _form(self) -> None:
         clients = [self.node_client(i) for i in range(self.masters)]
@@ -145,15 +173,18 @@ class ClusterProcesses:
                 last = _SLOTS if index == self.masters - 1 else first + share
                 client.execute_command("CLUSTER", "ADDSLOTS", *range(first, last))
             for index in range(1, self.masters):
-                clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", self.ports[index],
-                                           self.bus_ports[index])
+                clients[0].execute_command(
+                    "CLUSTER", "MEET", "127.0.0.1", self.ports[index], self.bus_ports[index]
+                )
 
             def ready() -> bool:
                 for client in clients:
                     info = client.execute_command("CLUSTER", "INFO")
                     text = info.decode() if isinstance(info, bytes) else str(info)
-                    if "cluster_state:ok" not in text or \
-                            f"cluster_known_nodes:{self.masters}" not in text:
+                    if (
+                        "cluster_state:ok" not in text
+                        or f"cluster_known_nodes:{self.masters}" not in text
+                    ):
                         return False
                 return True
 
@@ -186,8 +217,13 @@ class SentinelProcesses:
     With ``sentinel_password``, the Sentinel itself needs one.
     """
 
-    def __init__(self, service: str = "tiercel", *, password: str | None = None,
-                 sentinel_password: str | None = None) -> None:
+    def __init__(
+        self,
+        service: str = "tiercel",
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
         self.service = service
         self.master = RedisServer()
         self.password = password
@@ -236,18 +272,31 @@ class SentinelProcesses:
         # Sentinel rewrites its config file: it must be a writable file, not arguments.
         config.write_text("\n".join(lines) + "\n")
         self._process = subprocess.Popen(
-            [binary, str(config), "--sentinel"], stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
-        client = redis.Redis(host="127.0.0.1", port=self.sentinel_port, socket_timeout=1,
-                             socket_connect_timeout=0.2, password=self.sentinel_password)
+            [binary, str(config), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.sentinel_port,
+            socket_timeout=1,
+            socket_connect_timeout=0.2,
+            password=self.sentinel_password,
+        )
         try:
+
             def reports_master() -> bool:
                 if self._process is not None and self._process.poll() is not None:
                     log = workdir / "sentinel.log"
-                    raise ServerError("redis sentinel exited: " + (
-                        log.read_text(errors="replace")[-500:] if log.exists() else "no log"))
+                    raise ServerError(
+                        "redis sentinel exited: "
+                        + (log.read_text(errors="replace")[-500:] if log.exists() else "no log")
+                    )
                 address = client.execute_command(
-                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                    "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                )
                 return bool(address) and int(address[1]) == self.master.port
 
             wait_until(reports_master, 15.0, "the sentinel reporting its master")
@@ -283,8 +332,9 @@ def _openssl(*args: str, cwd: Path) -> None:
     binary = shutil.which("openssl")
     if binary is None:
         raise ServerError("the TLS tests need the openssl command: install openssl")
-    result = subprocess.run([binary, *args], cwd=cwd, capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        [binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
+    )
     if result.returncode != 0:
         raise ServerError(f"openssl {args[0]} failed: {result.stderr.strip()[-500:]}")
 
@@ -296,16 +346,56 @@ def make_certificates(directory: Path) -> dict[str, Path]:
     ``ca``, ``cert`` and ``key``.
     """
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=tiercel test CA", cwd=directory)
-    _openssl("req", "-new", *ec, "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=127.0.0.1", cwd=directory)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tiercel test CA",
+        cwd=directory,
+    )
+    _openssl(
+        "req",
+        "-new",
+        *ec,
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=directory,
+    )
     (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.cnf",
-             cwd=directory)
-    return {"ca": directory / "ca.crt", "cert": directory / "server.crt",
-            "key": directory / "server.key"}
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.cnf",
+        cwd=directory,
+    )
+    return {
+        "ca": directory / "ca.crt",
+        "cert": directory / "server.crt",
+        "key": directory / "server.key",
+    }
 
 
 class TLSServer:
@@ -319,13 +409,21 @@ class TLSServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="tiercel-tls-")
         self.certs = make_certificates(Path(self._workdir.name))
         self.tls_port = free_port()
-        self.server = RedisServer(binary=modern_redis_server(), extra_args=(
-            "--tls-port", str(self.tls_port),
-            "--tls-cert-file", str(self.certs["cert"]),
-            "--tls-key-file", str(self.certs["key"]),
-            "--tls-ca-cert-file", str(self.certs["ca"]),
-            "--tls-auth-clients", "no",
-        ))
+        self.server = RedisServer(
+            binary=modern_redis_server(),
+            extra_args=(
+                "--tls-port",
+                str(self.tls_port),
+                "--tls-cert-file",
+                str(self.certs["cert"]),
+                "--tls-key-file",
+                str(self.certs["key"]),
+                "--tls-ca-cert-file",
+                str(self.certs["ca"]),
+                "--tls-auth-clients",
+                "no",
+            ),
+        )
 
     @property
     def ca(self) -> Path:
@@ -335,8 +433,10 @@ class TLSServer:
     def tls_url(self, userinfo: str = "") -> str:
         """``rediss://`` URL of the TLS port, verifying the server against :attr:`ca`."""
         auth = f"{userinfo}@" if userinfo else ""
-        return (f"rediss://{auth}127.0.0.1:{self.tls_port}/0"
-                f"?ssl_ca_certs={self.ca}&ssl_cert_reqs=required")
+        return (
+            f"rediss://{auth}127.0.0.1:{self.tls_port}/0"
+            f"?ssl_ca_certs={self.ca}&ssl_cert_reqs=required"
+        )
 
     def start(self) -> TLSServer:
         """Start the server; raises ServerError when this redis-server has no TLS."""

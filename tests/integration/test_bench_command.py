@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from workers.cli import main
-from workers.launcher import Fleet
+from tiercel.workers.cli import main
+from tiercel.workers.launcher import Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +20,24 @@ def _bench(capsys: pytest.CaptureFixture[str], *options: str) -> dict[str, Any]:
     return figures
 
 
-def test_figures_add_up_against_plain_celery(fleet: Fleet,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    figures = _bench(capsys, "--requests", "80", "--keys", "20", "--zipf", "1.1",
-                     "--compute-ms", "5", "--concurrency", "4", "--max-seconds", "60")
+def test_figures_add_up_against_plain_celery(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    figures = _bench(
+        capsys,
+        "--requests",
+        "80",
+        "--keys",
+        "20",
+        "--zipf",
+        "1.1",
+        "--compute-ms",
+        "5",
+        "--concurrency",
+        "4",
+        "--max-seconds",
+        "60",
+    )
     cached, plain = figures["tiercel"], figures["plain"]
     assert figures["fleet"].startswith("existing fleet: ")  # TIERCEL_* point at the session's
     assert cached["failed"] == cached["wrong"] == 0 and not cached["stopped_early"]
@@ -41,19 +55,48 @@ def test_figures_add_up_against_plain_celery(fleet: Fleet,
         assert 0 <= percentiles["p50"] <= percentiles["p95"] <= percentiles["p99"]
     assert plain["completed"] == plain["computations"] == 80
     assert plain["failed"] == plain["wrong"] == 0
-    assert figures["speedup"] == pytest.approx(cached["throughput"] / plain["throughput"],
-                                               rel=0.02)
+    assert figures["speedup"] == pytest.approx(cached["throughput"] / plain["throughput"], rel=0.02)
 
 
 def test_invalidations_and_the_table(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--requests", "60", "--keys", "5", "--compute-ms", "2",
-                 "--concurrency", "3", "--invalidate-rate", "0.3", "--no-plain",
-                 "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--requests",
+                "60",
+                "--keys",
+                "5",
+                "--compute-ms",
+                "2",
+                "--concurrency",
+                "3",
+                "--invalidate-rate",
+                "0.3",
+                "--no-plain",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "tiercel against plain Celery" in text and "existing fleet" in text
     assert "invalidations" in text
-    figures = _bench(capsys, "--requests", "60", "--keys", "5", "--compute-ms", "2",
-                     "--concurrency", "3", "--invalidate-rate", "0.3", "--no-plain")
+    figures = _bench(
+        capsys,
+        "--requests",
+        "60",
+        "--keys",
+        "5",
+        "--compute-ms",
+        "2",
+        "--concurrency",
+        "3",
+        "--invalidate-rate",
+        "0.3",
+        "--no-plain",
+    )
     cached = figures["tiercel"]
     assert "plain" not in figures and "speedup" not in figures
     assert cached["completed"] == sum(cached["sources"].values()) == 60
@@ -63,9 +106,22 @@ def test_invalidations_and_the_table(fleet: Fleet, capsys: pytest.CaptureFixture
 
 
 def test_max_seconds_stops_the_phase(fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
-    figures = _bench(capsys, "--requests", "500", "--keys", "500", "--zipf", "0",
-                     "--compute-ms", "40", "--concurrency", "2", "--max-seconds", "0.4",
-                     "--no-plain")
+    figures = _bench(
+        capsys,
+        "--requests",
+        "500",
+        "--keys",
+        "500",
+        "--zipf",
+        "0",
+        "--compute-ms",
+        "40",
+        "--concurrency",
+        "2",
+        "--max-seconds",
+        "0.4",
+        "--no-plain",
+    )
     cached = figures["tiercel"]
     assert cached["stopped_early"]
     assert 0 < cached["completed"] < 500
@@ -73,12 +129,20 @@ def test_max_seconds_stops_the_phase(fleet: Fleet, capsys: pytest.CaptureFixture
     assert cached["computations"] <= cached["distinct_keys"]
 
 
-@pytest.mark.parametrize("options", [
-    ["--zipf", "-1"], ["--keys", "0"], ["--invalidate-rate", "1.5"], ["--max-seconds", "0"],
-    ["--concurrency", "100000"], ["--requests", "0"],
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--zipf", "-1"],
+        ["--keys", "0"],
+        ["--invalidate-rate", "1.5"],
+        ["--max-seconds", "0"],
+        ["--concurrency", "100000"],
+        ["--requests", "0"],
+    ],
+)
 def test_out_of_range_options_are_one_line_errors(
-        options: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    options: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["bench", *options]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and options[0] in err[0]

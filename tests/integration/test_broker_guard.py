@@ -1,4 +1,4 @@
-"""workers.broker_guard: a Redis channel whose connection info was detached (what
+"""tiercel.workers.broker_guard: a Redis channel whose connection info was detached (what
 Celery 5.7's consumer leaves after ``connection.collect()`` on a lost broker)
 fails with a connection error, which Celery ignores, not an AttributeError,
 which killed the worker (seen in this suite's broker-restart test)."""
@@ -11,7 +11,7 @@ import pytest
 import redis
 from kombu import Connection
 
-from workers import broker_guard
+from tiercel.workers import broker_guard
 
 
 def test_a_detached_channel_raises_a_connection_error_celery_ignores() -> None:

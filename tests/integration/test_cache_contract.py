@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from core.codecs import MsgpackCodec, Serializer
-from core.levels import BytesLevel, CacheLevel, MemoryLevel
-from core.multilevel import MultiLevelCache
-from core.redis_tier import MISSING, RedisTier
 from tests.core.cache_contract import CHECKS, MISS
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
+from tiercel.core.tier.redis_tier import MISSING, RedisTier
 
 SERIALIZER = Serializer(MsgpackCodec())
 
@@ -74,24 +74,36 @@ class MultiLevelStore:
 
 
 def _levels() -> list[CacheLevel[Any]]:
-    return [MemoryLevel("memory", max_entries=100),
-            BytesLevel("bytes", max_entries=100, max_bytes=2**20)]
+    return [
+        MemoryLevel("memory", max_entries=100),
+        BytesLevel("bytes", max_entries=100, max_bytes=2**20),
+    ]
 
 
 STORES: dict[str, Callable[[str], Any]] = {
     "memory-level": lambda url: LevelStore(MemoryLevel("l1", max_entries=100), encode=False),
-    "bytes-level": lambda url: LevelStore(BytesLevel("l2", max_entries=100, max_bytes=2**20),
-                                          encode=True),
-    "redis-tier": lambda url: TierStore(RedisTier.from_url(url, serializer=SERIALIZER,
-                                                           namespace="contract")),
-    "multilevel-local": lambda url: MultiLevelStore(MultiLevelCache(serializer=SERIALIZER,
-                                                                    levels=_levels())),
-    "multilevel-redis": lambda url: MultiLevelStore(MultiLevelCache(
-        serializer=SERIALIZER, levels=_levels(),
-        tier=RedisTier.from_url(url, serializer=SERIALIZER, namespace="contract"))),
-    "redis-only": lambda url: MultiLevelStore(MultiLevelCache(
-        serializer=SERIALIZER,
-        tier=RedisTier.from_url(url, serializer=SERIALIZER, namespace="contract"))),
+    "bytes-level": lambda url: LevelStore(
+        BytesLevel("l2", max_entries=100, max_bytes=2**20), encode=True
+    ),
+    "redis-tier": lambda url: TierStore(
+        RedisTier.from_url(url, serializer=SERIALIZER, namespace="contract")
+    ),
+    "multilevel-local": lambda url: MultiLevelStore(
+        MultiLevelCache(serializer=SERIALIZER, levels=_levels())
+    ),
+    "multilevel-redis": lambda url: MultiLevelStore(
+        MultiLevelCache(
+            serializer=SERIALIZER,
+            levels=_levels(),
+            tier=RedisTier.from_url(url, serializer=SERIALIZER, namespace="contract"),
+        )
+    ),
+    "redis-only": lambda url: MultiLevelStore(
+        MultiLevelCache(
+            serializer=SERIALIZER,
+            tier=RedisTier.from_url(url, serializer=SERIALIZER, namespace="contract"),
+        )
+    ),
 }
 
 

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
-TIERCEL = [sys.executable, "-m", "workers.cli"]
+TIERCEL = [sys.executable, "-m", "tiercel.workers.cli"]
 
 
 def run(
     args: list[str], env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*TIERCEL, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [*TIERCEL, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture()
@@ -58,8 +59,8 @@ def test_help_lists_every_command(clean_env: dict[str, str]) -> None:
 
 def test_unknown_task_name(clean_env: dict[str, str]) -> None:
     env = {**os.environ, "TIERCEL_RUN_DIR": clean_env["TIERCEL_RUN_DIR"]}
-    result = run(["call", "tasks.examples.does_not_exist", "1"], env)
-    assert_one_line_error(result, "unknown cached task", "tasks.examples.slow_square")
+    result = run(["call", "tiercel.tasks.examples.does_not_exist", "1"], env)
+    assert_one_line_error(result, "unknown cached task", "tiercel.tasks.examples.slow_square")
 
 
 def test_unreachable_redis_url(clean_env: dict[str, str]) -> None:
@@ -96,9 +97,11 @@ def test_call_submits_and_reports_the_source(fleet: object) -> None:
     import uuid
 
     n = str(uuid.uuid4().int % 10**9)
-    result = run(["call", "tasks.examples.slow_square", n], dict(os.environ))
+    result = run(["call", "tiercel.tasks.examples.slow_square", n], dict(os.environ))
     assert result.returncode == 0, result.stderr
     first = json.loads(result.stdout)
     assert first["result"] == int(n) ** 2 and first["source"] == "computed"
-    again = json.loads(run(["call", "tasks.examples.slow_square", n], dict(os.environ)).stdout)
+    again = json.loads(
+        run(["call", "tiercel.tasks.examples.slow_square", n], dict(os.environ)).stdout
+    )
     assert again["source"] == "redis" and again["task_id"] is None

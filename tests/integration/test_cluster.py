@@ -23,22 +23,22 @@ import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
-from core.codecs import MsgpackCodec, Serializer
-from core.connections import client_from_url, is_cluster, parse_cache_url
-from core.constants import EPOCH, INFLIGHT, LEASE, channel_name, related_key
-from core.coordinator import FleetCoordinator
-from core.entry import Entry
-from core.errors import ServerError, SettingsError
-from core.leases import Held, Lease, LeaseManager, LeaseRenewer
-from core.levels import MemoryLevel
-from core.multilevel import MultiLevelCache
-from core.notifier import Notifier
-from core.redis_server import free_port
-from core.redis_tier import MISSING, RedisTier, tag_drain_key, tag_index_key
 from tests.core.cache_contract import CHECKS
 from tests.integration.redis_topologies import ClusterProcesses
 from tests.integration.test_cache_contract import MultiLevelStore, TierStore
-from workers.launcher import check_reachable
+from tiercel.core.cache.coordinator import FleetCoordinator
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.embedded.redis_server import free_port
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.encoding.prefixes import EPOCH, INFLIGHT, LEASE, channel_name, related_key
+from tiercel.core.errors import ServerError, SettingsError
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.tier.connections import client_from_url, is_cluster, parse_cache_url
+from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer
+from tiercel.core.tier.notifier import Notifier
+from tiercel.core.tier.redis_tier import MISSING, RedisTier, tag_drain_key, tag_index_key
+from tiercel.workers.launcher import check_reachable
 
 pytestmark = pytest.mark.integration
 
@@ -105,7 +105,8 @@ def keys_per_node(cluster: ClusterProcesses) -> list[int]:
 
 
 def test_the_url_names_every_startup_node_and_pools_are_bounded_per_node(
-        cluster: ClusterProcesses, tier: RedisTier) -> None:
+    cluster: ClusterProcesses, tier: RedisTier
+) -> None:
     target = parse_cache_url(cluster.url)
     assert target.kind == "cluster"
     assert [port for _, port in target.nodes] == cluster.ports
@@ -119,13 +120,16 @@ def test_the_url_names_every_startup_node_and_pools_are_bounded_per_node(
         assert pool.max_connections == 32
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("redis+cluster://app:pw-in-url@127.0.0.1:7000/2", "only database 0"),
-    ("redis+cluster://app:pw-in-url@", "no host:port"),
-    ("redis+cluster://app:pw-in-url@127.0.0.1:notaport", "is not host:port"),
-    ("redis+cluster://app:pw-in-url@127.0.0.1:7000?socket_timeout=soon", "socket_timeout"),
-    ("memcached://app:pw-in-url@127.0.0.1:7000", "expected a URL starting with"),
-])
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("redis+cluster://app:pw-in-url@127.0.0.1:7000/2", "only database 0"),
+        ("redis+cluster://app:pw-in-url@", "no host:port"),
+        ("redis+cluster://app:pw-in-url@127.0.0.1:notaport", "is not host:port"),
+        ("redis+cluster://app:pw-in-url@127.0.0.1:7000?socket_timeout=soon", "socket_timeout"),
+        ("memcached://app:pw-in-url@127.0.0.1:7000", "expected a URL starting with"),
+    ],
+)
 def test_malformed_urls_are_clear_errors_without_the_password(url: str, problem: str) -> None:
     with pytest.raises(SettingsError, match=problem) as info:
         parse_cache_url(url)
@@ -163,8 +167,8 @@ def test_each_node_pool_waits_for_a_free_connection_then_gives_up(cluster_url: s
 
 
 def test_a_runtime_from_settings_runs_on_the_cluster(cluster_url: str) -> None:
-    from core.settings import Settings
-    from tasks.runtime import Runtime
+    from tiercel.core.settings import Settings
+    from tiercel.tasks.runtime import Runtime
 
     runtime = Runtime(Settings(cache_url=cluster_url, namespace=NS))
     try:
@@ -198,9 +202,15 @@ def test_any_one_startup_node_is_enough(cluster: ClusterProcesses, cluster_url: 
 def test_contract(cluster_url: str, kind: str, check: Callable[[Any], None]) -> None:
     tier = RedisTier.from_url(cluster_url, serializer=SERIALIZER, namespace="contract")
     try:
-        store: Any = TierStore(tier) if kind == "redis-tier" else MultiLevelStore(
-            MultiLevelCache(serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=100)],
-                            tier=tier))
+        store: Any = (
+            TierStore(tier)
+            if kind == "redis-tier"
+            else MultiLevelStore(
+                MultiLevelCache(
+                    serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=100)], tier=tier
+                )
+            )
+        )
         check(store)
     finally:
         tier.close()
@@ -209,8 +219,7 @@ def test_contract(cluster_url: str, kind: str, check: Callable[[Any], None]) -> 
 # --- multi-key operations across slots ---
 
 
-def test_set_many_and_get_many_span_every_node(cluster: ClusterProcesses,
-                                               tier: RedisTier) -> None:
+def test_set_many_and_get_many_span_every_node(cluster: ClusterProcesses, tier: RedisTier) -> None:
     items = {value_key(): index for index in range(300)}
     assert tier.set_many(items, ttl=60) == 300
     assert all(count > 0 for count in keys_per_node(cluster))  # spread over all masters
@@ -219,8 +228,9 @@ def test_set_many_and_get_many_span_every_node(cluster: ClusterProcesses,
     assert found == items
     assert tier.stats["errors"] == 0
     entries = tier.get_entries(list(items)[:50])
-    assert {key: SERIALIZER.loads(e.payload) for key, e in entries.items()} == \
-        {key: items[key] for key in list(items)[:50]}
+    assert {key: SERIALIZER.loads(e.payload) for key, e in entries.items()} == {
+        key: items[key] for key in list(items)[:50]
+    }
 
 
 def test_tag_index_and_its_drain_copy_share_a_slot() -> None:
@@ -228,8 +238,9 @@ def test_tag_index_and_its_drain_copy_share_a_slot() -> None:
     assert key_slot(index.encode()) == key_slot(tag_drain_key(NS, "reports", "x").encode())
 
 
-def test_tag_invalidation_drains_keys_spread_over_slots(cluster: ClusterProcesses,
-                                                        tier: RedisTier) -> None:
+def test_tag_invalidation_drains_keys_spread_over_slots(
+    cluster: ClusterProcesses, tier: RedisTier
+) -> None:
     tagged = {value_key(): index for index in range(1200)}  # > one SSCAN batch
     other = {value_key(): "keep" for _ in range(10)}
     assert tier.set_many(tagged, ttl=60, tags=["t1"]) == 1200
@@ -301,8 +312,9 @@ def test_lease_acquire_write_back_invalidate(cluster: ClusterProcesses, tier: Re
     assert tier.get(key) is MISSING
 
 
-def test_scripts_reload_on_every_node_after_a_flush(cluster: ClusterProcesses,
-                                                    tier: RedisTier) -> None:
+def test_scripts_reload_on_every_node_after_a_flush(
+    cluster: ClusterProcesses, tier: RedisTier
+) -> None:
     leases = LeaseManager(tier.client, ttl=5.0)
     keys = [value_key() for _ in range(30)]
     held = [leases.acquire(key) for key in keys]
@@ -333,7 +345,8 @@ def test_claim_inflight_many_across_slots(cluster: ClusterProcesses, tier: Redis
 
 
 def test_notifier_hears_messages_published_through_every_node(
-        cluster: ClusterProcesses, tier: RedisTier) -> None:
+    cluster: ClusterProcesses, tier: RedisTier
+) -> None:
     heard: list[str] = []
     notifier = Notifier(tier.client, channel=channel_name(NS), on_invalidate=heard.append)
     assert notifier.start()
@@ -373,22 +386,27 @@ def test_a_write_back_on_another_node_wakes_the_waiter(tier: RedisTier) -> None:
 
 
 def build_cache(url: str) -> tuple[MultiLevelCache, FleetCoordinator]:
-    """One process's stack, wired as tasks.runtime wires it."""
+    """One process's stack, wired as tiercel.tasks.runtime wires it."""
     tier = RedisTier.from_url(url, serializer=SERIALIZER, namespace=NS)
-    cache = MultiLevelCache(serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=100)],
-                            tier=tier)
+    cache = MultiLevelCache(
+        serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=100)], tier=tier
+    )
     leases = LeaseManager(tier.client, ttl=5.0, channel=channel_name(NS))
-    notifier = Notifier(tier.client, channel=channel_name(NS),
-                        on_invalidate=lambda key: cache.invalidate_local([key]),
-                        on_done=cache.discard_local)
+    notifier = Notifier(
+        tier.client,
+        channel=channel_name(NS),
+        on_invalidate=lambda key: cache.invalidate_local([key]),
+        on_done=cache.discard_local,
+    )
     coordinator = FleetCoordinator(tier, leases, LeaseRenewer(leases), notifier, max_wait=20)
     cache.coordinator = coordinator
     assert notifier.start()
     return cache, coordinator
 
 
-def run_threads(cache: MultiLevelCache, key: str, counter: str, threads: int,
-                start_at: float) -> list[str]:
+def run_threads(
+    cache: MultiLevelCache, key: str, counter: str, threads: int, start_at: float
+) -> list[str]:
     """``value:source`` of each thread's get_or_compute; ``late`` if it missed ``start_at``."""
     results: list[str] = []
 
@@ -425,17 +443,25 @@ def child(url: str, key: str, counter: str, start_at: float) -> None:
         cache.close()
 
 
-def test_one_computation_across_processes_and_threads(cluster_url: str,
-                                                      tier: RedisTier) -> None:
+def test_one_computation_across_processes_and_threads(cluster_url: str, tier: RedisTier) -> None:
     key = value_key("single_flight")
     counter = f"{NS}:counter:{{{uuid.uuid4().hex}}}"
     # after both children have imported and connected (about 0.5 s on this machine)
     start_at = time.time() + 2.0
-    code = ("import sys; from tests.integration.test_cluster import child; "
-            "child(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))")
-    children = [subprocess.Popen([sys.executable, "-c", code, cluster_url, key, counter,
-                                  repr(start_at)], cwd=ROOT, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    code = (
+        "import sys; from tests.integration.test_cluster import child; "
+        "child(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))"
+    )
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, cluster_url, key, counter, repr(start_at)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     cache, coordinator = build_cache(cluster_url)
     try:
         here = run_threads(cache, key, counter, 4, start_at)
@@ -470,8 +496,8 @@ def test_check_reachable_takes_cluster_urls(cluster: ClusterProcesses) -> None:
 
 
 def test_housekeeping_walks_every_node_of_the_cluster(cluster_url: str) -> None:
-    from core.constants import LEASE, TAG_INDEX, related_key
-    from tasks.maintenance import housekeep
+    from tiercel.core.encoding.prefixes import LEASE, TAG_INDEX, related_key
+    from tiercel.tasks.maintenance import housekeep
 
     client = client_from_url(cluster_url, max_connections=4, socket_timeout=2.0)
     try:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from celery import signals
 
-from tasks.examples import slow_square
-from workers.launcher import Fleet
+from tiercel.tasks.examples import slow_square
+from tiercel.workers.launcher import Fleet
 
 
 @pytest.fixture()
@@ -35,7 +35,7 @@ def test_first_submit_computes_on_a_worker_then_redis_answers(
     assert first.source == "computed"
     assert first.task_id is not None
     assert first.get(timeout=30) == n * n
-    assert publishes == ["tasks.examples.slow_square"]
+    assert publishes == ["tiercel.tasks.examples.slow_square"]
 
     # get() read the value from the cache when the worker wrote it: it is local now.
     second = slow_square.submit(n)
@@ -43,13 +43,13 @@ def test_first_submit_computes_on_a_worker_then_redis_answers(
     assert second.task_id is None and second.ready()
     assert second.get() == n * n
 
-    from tasks import runtime
+    from tiercel.tasks import runtime
 
     runtime.current().cache.clear_local()
     third = slow_square.submit(n)
     assert third.source == "redis"
     assert third.task_id is None and third.get() == n * n
-    assert publishes == ["tasks.examples.slow_square"], "a hit must publish nothing"
+    assert publishes == ["tiercel.tasks.examples.slow_square"], "a hit must publish nothing"
 
 
 def test_plain_delay_uses_the_worker_side_cache(fleet: Fleet) -> None:
@@ -61,14 +61,14 @@ def test_plain_delay_uses_the_worker_side_cache(fleet: Fleet) -> None:
 
 
 def test_every_node_answers_ping(fleet: Fleet) -> None:
-    from workers.control import ping_nodes
+    from tiercel.workers.control import ping_nodes
 
     assert ping_nodes(fleet.settings, fleet.node_names, timeout=2.0) == set(fleet.node_names)
 
 
 def test_a_task_with_no_local_levels_is_answered_by_redis_every_time(fleet: Fleet) -> None:
-    from tasks import runtime
-    from tasks.examples import shared_only
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import shared_only
 
     n = uuid.uuid4().int % 10_000
     assert shared_only.submit(n).get(timeout=30) == 3 * n

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import redis
 
-from tasks.examples import counted_square
-from workers.launcher import Fleet
+from tiercel.tasks.examples import counted_square
+from tiercel.workers.launcher import Fleet
 
 
 def fresh() -> tuple[int, str]:
@@ -46,12 +46,11 @@ def test_concurrent_submissions_in_one_client_publish_one_task(
     signals.before_task_publish.connect(count, weak=False)
     try:
         with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(lambda _: counted_square.submit(n, counter, 300),
-                                    range(40)))
+            results = list(pool.map(lambda _: counted_square.submit(n, counter, 300), range(40)))
     finally:
         signals.before_task_publish.disconnect(count)
     assert [r.get(timeout=30) for r in results] == [n * n] * 40
-    assert published == ["tasks.examples.counted_square"]
+    assert published == ["tiercel.tasks.examples.counted_square"]
     sources = [r.source for r in results]
     assert sources.count("computed") == 1 and sources.count("joined") >= 1
     assert computations(cache_client, counter) == 1
@@ -60,14 +59,15 @@ def test_concurrent_submissions_in_one_client_publish_one_task(
 def _client_process(n: int, counter: str, threads: int, out: Any) -> None:
     from celery import signals
 
-    import workers.app  # noqa: F401  (configured from the inherited environment)
-    from tasks.examples import counted_square as task
+    import tiercel.workers.app  # noqa: F401  (configured from the inherited environment)
+    from tiercel.tasks.examples import counted_square as task
 
     published: list[str] = []
     signals.before_task_publish.connect(lambda **_: published.append("x"), weak=False)
     with ThreadPoolExecutor(threads) as pool:
-        values = list(pool.map(lambda _: task.submit(n, counter, 500).get(timeout=60),
-                               range(threads)))
+        values = list(
+            pool.map(lambda _: task.submit(n, counter, 500).get(timeout=60), range(threads))
+        )
     out.put((len(published), values))
 
 
@@ -77,8 +77,7 @@ def test_submissions_from_many_client_processes_publish_one_task(
     n, counter = fresh()
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    clients = [context.Process(target=_client_process, args=(n, counter, 8, out))
-               for _ in range(3)]
+    clients = [context.Process(target=_client_process, args=(n, counter, 8, out)) for _ in range(3)]
     for client in clients:
         client.start()
     reports = [out.get(timeout=120) for _ in clients]
@@ -104,8 +103,7 @@ def test_a_failure_reaches_every_joined_submitter_and_is_not_cached(
 ) -> None:
     n, counter = fresh()
     with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(lambda _: counted_square.submit(n, counter, 200, True),
-                                range(8)))
+        results = list(pool.map(lambda _: counted_square.submit(n, counter, 200, True), range(8)))
     errors = []
     for result in results:
         with pytest.raises(ValueError, match="failed on purpose") as info:
@@ -151,7 +149,7 @@ def test_invalidation_racing_an_inflight_computation_is_not_undone(
 def test_invalidate_all_is_a_version_bump_seen_by_workers(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
-    from tasks.examples import slow_square
+    from tiercel.tasks.examples import slow_square
 
     n = uuid.uuid4().int % 10**6
     assert slow_square.submit(n).get(timeout=30) == n * n
@@ -161,8 +159,8 @@ def test_invalidate_all_is_a_version_bump_seen_by_workers(
 
 
 def _reader_process(key: str, ready: Any, go: Any, out: Any) -> None:
-    import workers.app  # noqa: F401
-    from tasks import runtime
+    import tiercel.workers.app  # noqa: F401
+    from tiercel.tasks import runtime
 
     rt = runtime.current()
     assert rt.cache.lookup(key) is not None  # now in this process's local levels
@@ -180,15 +178,16 @@ def _reader_process(key: str, ready: Any, go: Any, out: Any) -> None:
 def test_invalidation_reaches_other_processes_local_levels_quickly(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
-    from tasks import runtime
+    from tiercel.tasks import runtime
 
     rt = runtime.current()
     key = f"tiercel:v:test:invalidate:{{{uuid.uuid4().hex}}}"
     rt.cache.set(key, "old", ttl=600)
     context = multiprocessing.get_context("spawn")
     ready, out, go = context.Queue(), context.Queue(), context.Event()
-    readers = [context.Process(target=_reader_process, args=(key, ready, go, out))
-               for _ in range(3)]
+    readers = [
+        context.Process(target=_reader_process, args=(key, ready, go, out)) for _ in range(3)
+    ]
     for reader in readers:
         reader.start()
     for _ in readers:
@@ -233,7 +232,7 @@ def test_a_worker_waiting_on_a_lease_is_woken_by_the_write(
 
 
 def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, cache_client: redis.Redis) -> None:
-    from tasks.examples import fx_quote
+    from tiercel.tasks.examples import fx_quote
 
     pair = f"EUR{uuid.uuid4().hex[:6]}"
     counter = f"test:count:{pair}"
@@ -242,8 +241,9 @@ def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, cache_client: redis.R
     time.sleep(1.2)  # fresh for 1 s; now stale (kept for 60 s more)
     with ThreadPoolExecutor(10) as pool:
         stale = list(pool.map(lambda _: fx_quote.submit(pair, counter), range(20)))
-    assert all(r.task_id is None and r.get()["revision"] == 1 for r in stale), \
+    assert all(r.task_id is None and r.get()["revision"] == 1 for r in stale), (
         "stale readers must be answered at once, from the cache"
+    )
     deadline = time.monotonic() + 20
     while computations(cache_client, counter) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -260,7 +260,7 @@ def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, cache_client: redis.R
 def test_a_listed_failure_is_cached_and_raised_as_its_own_type(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
-    from tasks.examples import AccountNotFound, account_summary
+    from tiercel.tasks.examples import AccountNotFound, account_summary
 
     account = (uuid.uuid4().int % 10**6) * 2 + 1  # odd: does not exist
     counter = f"test:count:account:{account}"
@@ -277,7 +277,7 @@ def test_a_listed_failure_is_cached_and_raised_as_its_own_type(
 def test_submit_many_treats_an_expired_cached_failure_as_a_miss(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
-    from tasks.examples import AccountNotFound, account_summary
+    from tiercel.tasks.examples import AccountNotFound, account_summary
 
     account = (uuid.uuid4().int % 10**6) * 2 + 1
     counter = f"test:count:account:{account}"
@@ -298,7 +298,7 @@ def test_submit_many_treats_an_expired_cached_failure_as_a_miss(
 def test_without_revalidate_a_reader_past_the_ttl_waits_for_the_refresh(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
-    from tasks.examples import strict_quote
+    from tiercel.tasks.examples import strict_quote
 
     pair = f"GBP{uuid.uuid4().hex[:6]}"
     counter = f"test:count:{pair}"
@@ -313,9 +313,9 @@ def test_without_revalidate_a_reader_past_the_ttl_waits_for_the_refresh(
 def test_a_task_message_the_broker_lost_is_republished_by_its_waiter(fleet: Fleet) -> None:
     from celery.result import AsyncResult
 
-    from tasks import runtime
-    from tasks.examples import slow_square
-    from tasks.results import CachedResult
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import slow_square
+    from tiercel.tasks.results import CachedResult
 
     rt = runtime.current()
     n = uuid.uuid4().int % 10**9
@@ -327,9 +327,15 @@ def test_a_task_message_the_broker_lost_is_republished_by_its_waiter(fleet: Flee
         published.append(lost)
         return slow_square.apply_async((n, 10), task_id=lost)
 
-    result = CachedResult(key=key, source="computed", runtime=rt, cache=rt.cache,
-                          spec=slow_square.tiercel_spec,
-                          async_result=AsyncResult(lost, app=slow_square.app),
-                          resubmit=resubmit, republish_after=1.0)
+    result = CachedResult(
+        key=key,
+        source="computed",
+        runtime=rt,
+        cache=rt.cache,
+        spec=slow_square.tiercel_spec,
+        async_result=AsyncResult(lost, app=slow_square.app),
+        resubmit=resubmit,
+        republish_after=1.0,
+    )
     assert result.get(timeout=30) == n * n
     assert published == [lost]  # once: the re-published task then computed it

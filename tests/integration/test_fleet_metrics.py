@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.settings import Settings, resolve_settings
-from tasks import metrics
-from workers.launcher import Fleet, FleetSpec
+from tiercel.core.settings import Settings, resolve_settings
+from tiercel.tasks import metrics
+from tiercel.workers.launcher import Fleet, FleetSpec
 
 pytestmark = pytest.mark.integration
 
@@ -22,15 +22,23 @@ AGGREGATION_PERIOD = 2 * INTERVAL
 @pytest.fixture()
 def metered_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fleet, Settings, str]]:
     """2 nodes x 2 prefork children in their own namespace and queue, publishing every 0.5 s."""
-    import workers.app  # noqa: F401  (the client publishes through the session's servers)
+    import tiercel.workers.app  # noqa: F401  (the client publishes through the session's servers)
 
     namespace = f"fm-{uuid.uuid4().hex[:8]}"
     queue = f"fleet-metrics-{namespace}"
     monkeypatch.setenv("TIERCEL_NAMESPACE", namespace)
     monkeypatch.setenv("TIERCEL_METRICS_INTERVAL", str(INTERVAL))
     settings = resolve_settings()
-    spec = FleetSpec(workers=2, concurrency=2, pool="prefork", beat=False, flower=False,
-                     loglevel="WARNING", grace=10.0, extra_worker_args=("-Q", queue))
+    spec = FleetSpec(
+        workers=2,
+        concurrency=2,
+        pool="prefork",
+        beat=False,
+        flower=False,
+        loglevel="WARNING",
+        grace=10.0,
+        extra_worker_args=("-Q", queue),
+    )
     with Fleet(settings, spec).running() as fleet:
         yield fleet, settings, queue
 
@@ -54,9 +62,10 @@ def _wait_for(settings: Settings, check: Any, timeout: float = 30.0) -> dict[str
 
 
 def test_view_covers_every_child_and_a_killed_node_leaves_it(
-        metered_fleet: tuple[Fleet, Settings, str]) -> None:
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
     fleet, settings, queue = metered_fleet
-    from tasks.examples import slow_square
+    from tiercel.tasks.examples import slow_square
 
     # Computed once, then answered from the tiers: compute seconds saved grow.
     n = uuid.uuid4().int % 10**9
@@ -64,7 +73,7 @@ def test_view_covers_every_child_and_a_killed_node_leaves_it(
         assert slow_square.apply_async((n, 50), queue=queue).get(timeout=30) == n * n
 
     def complete(view: dict[str, Any]) -> bool:
-        task = view["tasks"].get("tasks.examples.slow_square", {})
+        task = view["tasks"].get("tiercel.tasks.examples.slow_square", {})
         return view["fleet"]["processes"] == 4 and task.get("requests", 0) >= 6
 
     view = _wait_for(settings, complete)
@@ -72,7 +81,7 @@ def test_view_covers_every_child_and_a_killed_node_leaves_it(
     assert len(pids) == 4 and view["fleet"]["nodes"] == 2
     assert set(view["nodes"]) == set(fleet.node_names)
     assert all(figures["processes"] == 2 for figures in view["nodes"].values())
-    task = view["tasks"]["tasks.examples.slow_square"]
+    task = view["tasks"]["tiercel.tasks.examples.slow_square"]
     assert task["by_source"].get("computed") == 1
     # Each hit saved about one 50 ms computation.
     assert task["compute_seconds_saved"] >= 5 * 0.04

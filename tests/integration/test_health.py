@@ -12,20 +12,27 @@ from pathlib import Path
 
 import pytest
 
-from core.redis_server import free_port
-from workers.launcher import Fleet
+from tiercel.core.embedded.redis_server import free_port
+from tiercel.workers.launcher import Fleet
 
-TIERCEL = [sys.executable, "-m", "workers.cli", "health"]
+TIERCEL = [sys.executable, "-m", "tiercel.workers.cli", "health"]
 SECRET = "s3cret-Pa55word-for-health"
 #: Interpreter start-up and imports on a loaded 2-core machine, on top of --timeout.
 STARTUP_ALLOWANCE = 8.0
 
 
-def health(*args: str, env: dict[str, str] | None = None
-           ) -> tuple[subprocess.CompletedProcess[str], float]:
+def health(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], float]:
     started = time.monotonic()
-    result = subprocess.run([*TIERCEL, *args], env=env or dict(os.environ), capture_output=True,
-                            text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [*TIERCEL, *args],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     return result, time.monotonic() - started
 
 
@@ -88,7 +95,8 @@ def test_a_silent_node_fails_within_the_timeout(fleet: Fleet) -> None:
 
 
 def test_hung_cache_fails_readiness_in_bounded_time_without_leaking_the_password(
-        silent_port: int) -> None:
+    silent_port: int,
+) -> None:
     env = {**os.environ, "TIERCEL_CACHE_URL": f"redis://:{SECRET}@127.0.0.1:{silent_port}/0"}
     result, took = health("--readiness", "--timeout", "2", env=env)
     line = assert_unhealthy(result)

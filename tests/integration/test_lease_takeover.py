@@ -15,16 +15,16 @@ import uuid
 import pytest
 import redis
 
-from core.constants import LEASE, related_key
-from tasks.examples import counted_square
 from tests.integration.fleet import worker_fleet
+from tiercel.core.encoding.prefixes import LEASE, related_key
+from tiercel.tasks.examples import counted_square
 
 
 def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
     monkeypatch: pytest.MonkeyPatch, cache_client: redis.Redis
 ) -> None:
     monkeypatch.setenv("TIERCEL_LEASE_TTL", "2")
-    from tasks import runtime
+    from tiercel.tasks import runtime
 
     n = uuid.uuid4().int % 10**9
     counter = f"test:count:{n}"
@@ -54,16 +54,14 @@ def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
     assert cache_client.get(related_key(key, LEASE)) is None, "a lease was left behind"
 
 
-def test_hard_time_limit_frees_the_lease_at_once(
-    fleet: object, cache_client: redis.Redis
-) -> None:
+def test_hard_time_limit_frees_the_lease_at_once(fleet: object, cache_client: redis.Redis) -> None:
     # celery-singleton's issue 40: a lock left behind after a hard time limit. Here the
     # worker's main process frees the lease as soon as it kills the child, so a waiter
     # takes over at once instead of after the lease TTL (30 s in this fleet).
     from celery.exceptions import TimeLimitExceeded
 
-    from tasks import runtime
-    from tasks.examples import stubborn
+    from tests.fleet_tasks import stubborn
+    from tiercel.tasks import runtime
 
     name = uuid.uuid4().hex
     counter = f"test:count:{name}"

@@ -13,7 +13,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core.constants import (
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.encoding.prefixes import (
     EPOCH,
     FAILURE,
     FENCE,
@@ -23,10 +24,9 @@ from core.constants import (
     namespace_of,
     related_key,
 )
-from core.entry import Entry
-from core.errors import LeaseError, TierUnavailable
-from core.leases import Held, Lease, LeaseManager, LeaseRenewer
-from core.notifier import Notifier
+from tiercel.core.errors import LeaseError, TierUnavailable
+from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer
+from tiercel.core.tier.notifier import Notifier
 
 pytestmark = pytest.mark.integration
 
@@ -122,8 +122,9 @@ def test_lease_value_names_the_owner(leases: LeaseManager, redis_client: redis.R
     assert redis_client.get(related_key(key, LEASE)) == f"{lease.token}:node-7:123".encode()
 
 
-def test_a_lease_without_expiry_is_given_one(leases: LeaseManager,
-                                             redis_client: redis.Redis) -> None:
+def test_a_lease_without_expiry_is_given_one(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
     key = value_key()
     redis_client.set(related_key(key, LEASE), "1:by-hand")
     held = leases.acquire(key)
@@ -159,8 +160,9 @@ def test_a_stale_holder_may_store_when_nobody_took_over(redis_client: redis.Redi
     assert stored_payload(redis_client, key) == b"late but newest"
 
 
-def test_invalidation_during_compute_rejects_the_write_back(leases: LeaseManager,
-                                                            redis_client: redis.Redis) -> None:
+def test_invalidation_during_compute_rejects_the_write_back(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
     key = value_key()
     lease = leases.acquire(key)
     assert isinstance(lease, Lease)
@@ -176,8 +178,9 @@ def test_invalidation_during_compute_rejects_the_write_back(leases: LeaseManager
     assert stored_payload(redis_client, key) == b"fresh"
 
 
-def test_lost_fence_and_epoch_keys_only_ever_reject(leases: LeaseManager,
-                                                    redis_client: redis.Redis) -> None:
+def test_lost_fence_and_epoch_keys_only_ever_reject(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
     # allkeys-lru may evict the counters; a restarted counter must not match a stale lease
     key = value_key()
     lease = leases.acquire(key)
@@ -186,8 +189,7 @@ def test_lost_fence_and_epoch_keys_only_ever_reject(leases: LeaseManager,
     assert not leases.write_back(lease, packed(b"x"), 60.0)
     stale = leases.acquire(key)
     assert isinstance(stale, Lease)
-    redis_client.delete(related_key(key, FENCE), related_key(key, EPOCH),
-                        related_key(key, LEASE))
+    redis_client.delete(related_key(key, FENCE), related_key(key, EPOCH), related_key(key, LEASE))
     newer = leases.acquire(key)
     assert isinstance(newer, Lease)
     assert newer.token > stale.token
@@ -206,7 +208,8 @@ def test_counters_carry_a_bounded_ttl(leases: LeaseManager, redis_client: redis.
 
 
 def test_write_back_stores_with_ttl_releases_and_clears_our_inflight(
-        leases: LeaseManager, redis_client: redis.Redis) -> None:
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
     key = value_key()
     assert leases.claim_inflight(key, "task-1", 60.0) is None
     lease = leases.acquire(key)
@@ -224,7 +227,8 @@ def test_write_back_stores_with_ttl_releases_and_clears_our_inflight(
 
 
 def test_invalidate_removes_value_inflight_and_failure_and_publishes(
-        leases: LeaseManager, redis_client: redis.Redis, notifier: Notifier) -> None:
+    leases: LeaseManager, redis_client: redis.Redis, notifier: Notifier
+) -> None:
     key = value_key()
     assert leases.invalidate(key) == 0  # nothing ever computed: no epoch needed
     lease = leases.acquire(key)
@@ -238,8 +242,9 @@ def test_invalidate_removes_value_inflight_and_failure_and_publishes(
     assert redis_client.exists(key, related_key(key, INFLIGHT), related_key(key, FAILURE)) == 0
 
 
-def test_invalidate_keys_bumps_every_epoch_in_one_call(leases: LeaseManager,
-                                                        redis_client: redis.Redis) -> None:
+def test_invalidate_keys_bumps_every_epoch_in_one_call(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
     keys = [value_key() for _ in range(5)]
     running = []
     for key in keys[:3]:
@@ -321,7 +326,8 @@ def test_renewer_is_bounded_and_refuses_use_after_stop(leases: LeaseManager) -> 
 
 
 def test_a_dead_holders_lease_expires_and_exactly_one_waiter_takes_over(
-        redis_client: redis.Redis, notifier: Notifier) -> None:
+    redis_client: redis.Redis, notifier: Notifier
+) -> None:
     key = value_key()
     manager = LeaseManager(redis_client, ttl=0.3)
     dead = manager.acquire(key)  # never renewed, never released
@@ -363,7 +369,8 @@ def test_a_dead_holders_lease_expires_and_exactly_one_waiter_takes_over(
 
 
 def test_publish_failure_wakes_waiters_and_records_the_error(
-        leases: LeaseManager, redis_client: redis.Redis, notifier: Notifier) -> None:
+    leases: LeaseManager, redis_client: redis.Redis, notifier: Notifier
+) -> None:
     key = value_key()
     lease = leases.acquire(key)
     assert isinstance(lease, Lease)
@@ -385,7 +392,8 @@ def test_publish_failure_wakes_waiters_and_records_the_error(
 
 
 def test_a_fenced_out_holder_cannot_fail_its_successors_waiters(
-        redis_client: redis.Redis, notifier: Notifier) -> None:
+    redis_client: redis.Redis, notifier: Notifier
+) -> None:
     key = value_key()
     manager = LeaseManager(redis_client, ttl=0.1)
     stale = manager.acquire(key)
@@ -454,8 +462,7 @@ def test_claim_inflight_many_is_one_round_trip(cache_url: str) -> None:
         keys = [value_key() for _ in range(50)]
         assert manager.claim_inflight(keys[0], "early", 60.0) is None  # connects, loads script
         CountingConnection.sends = 0
-        results = manager.claim_inflight_many([(k, f"task-{i}") for i, k in enumerate(keys)],
-                                              60.0)
+        results = manager.claim_inflight_many([(k, f"task-{i}") for i, k in enumerate(keys)], 60.0)
         assert CountingConnection.sends == 1
         assert results == ["early"] + [None] * 49
     finally:
@@ -463,8 +470,9 @@ def test_claim_inflight_many_is_one_round_trip(cache_url: str) -> None:
         pool.disconnect()
 
 
-def test_batches_survive_a_flushed_script_cache(leases: LeaseManager,
-                                                redis_client: redis.Redis) -> None:
+def test_batches_survive_a_flushed_script_cache(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
     keys = [value_key() for _ in range(3)]
     redis_client.script_flush()
     assert leases.claim_inflight_many([(k, "t") for k in keys], 60.0) == [None] * 3
@@ -474,8 +482,9 @@ def test_batches_survive_a_flushed_script_cache(leases: LeaseManager,
 
 
 def test_redis_trouble_raises_tier_unavailable() -> None:
-    client = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     manager = LeaseManager(client)
     with pytest.raises(TierUnavailable, match="lease operation failed"):
         manager.acquire(value_key())

@@ -10,16 +10,17 @@ from typing import Any
 import pytest
 import redis
 
-from core.settings import resolve_settings
-from tasks import maintenance, metrics
-from tasks.maintenance import fill_local, local_levels
-from workers.launcher import Fleet
+from tests.fleet_tasks import fill_local, local_levels
+from tiercel.core.settings import resolve_settings
+from tiercel.tasks import maintenance, metrics
+from tiercel.workers.launcher import Fleet
 
 pytestmark = pytest.mark.integration
 
 
-def _spread(task: Any, kwargs: dict[str, Any], want: int = 4, rounds: int = 6
-            ) -> dict[int, dict[str, Any]]:
+def _spread(
+    task: Any, kwargs: dict[str, Any], want: int = 4, rounds: int = 6
+) -> dict[int, dict[str, Any]]:
     """Run ``task`` in batches (each call holds its child) until ``want`` children answered."""
     seen: dict[int, dict[str, Any]] = {}
     for _ in range(rounds):
@@ -47,8 +48,10 @@ def test_a_published_sweep_empties_expired_entries_in_every_child(fleet: Fleet) 
     deadline = time.monotonic() + 15
     while True:
         after = _spread(local_levels, {"prefix": prefix})
-        left = {pid: sum(level["matching"] for level in answer["levels"].values())
-                for pid, answer in after.items()}
+        left = {
+            pid: sum(level["matching"] for level in answer["levels"].values())
+            for pid, answer in after.items()
+        }
         if all(count == 0 for count in left.values()):
             break
         assert time.monotonic() < deadline, f"expired entries still held: {left}"
@@ -58,8 +61,7 @@ def test_a_published_sweep_empties_expired_entries_in_every_child(fleet: Fleet) 
     assert all(answer["sweeps"]["message"] >= 1 for answer in after.values())
 
 
-def test_housekeeping_removes_stale_leases_and_dead_tag_members(
-        redis_client: redis.Redis) -> None:
+def test_housekeeping_removes_stale_leases_and_dead_tag_members(redis_client: redis.Redis) -> None:
     ns = f"hk-{uuid.uuid4().hex[:6]}"
     for i in range(30):
         redis_client.set(f"{ns}:lease:{{d{i}}}", "tok:owner")  # no TTL: nobody releases it

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import redis
 
-from core.codecs import MsgpackCodec, Serializer
-from core.generations import Generations
-from core.levels import BytesLevel, MemoryLevel
-from core.memoize import cached
-from core.multilevel import MultiLevelCache
-from core.redis_server import RedisServer
-from core.redis_tier import RedisTier
 from tests.core.level_suite import FakeClock
+from tiercel.core.cache.memoize import cached
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.embedded.redis_server import RedisServer
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.tier.generations import Generations
+from tiercel.core.tier.redis_tier import RedisTier
 
 SERIALIZER = Serializer(MsgpackCodec())
 
@@ -29,16 +29,20 @@ class WallClock:
         return self.now
 
 
-def make_cache(url: str, clock: FakeClock | None = None,
-               wall: WallClock | None = None) -> MultiLevelCache:
+def make_cache(
+    url: str, clock: FakeClock | None = None, wall: WallClock | None = None
+) -> MultiLevelCache:
     timer = clock or FakeClock()
     wall_clock = wall or time.time
     tier = RedisTier.from_url(url, serializer=SERIALIZER, namespace="mlc", wall_clock=wall_clock)
     return MultiLevelCache(
         serializer=SERIALIZER,
-        levels=[MemoryLevel("memory", max_entries=100, ttl=300, timer=timer),
-                BytesLevel("bytes", max_entries=100, max_bytes=2**20, ttl=3600, timer=timer)],
-        tier=tier, wall_clock=wall_clock,
+        levels=[
+            MemoryLevel("memory", max_entries=100, ttl=300, timer=timer),
+            BytesLevel("bytes", max_entries=100, max_bytes=2**20, ttl=3600, timer=timer),
+        ],
+        tier=tier,
+        wall_clock=wall_clock,
     )
 
 
@@ -90,8 +94,10 @@ def test_concurrent_misses_compute_once_per_process(cache_url: str) -> None:
         return 42
 
     results: list[Any] = []
-    threads = [threading.Thread(target=lambda: results.append(cache.get_or_compute("k", compute)))
-               for _ in range(20)]
+    threads = [
+        threading.Thread(target=lambda: results.append(cache.get_or_compute("k", compute)))
+        for _ in range(20)
+    ]
     for thread in threads:
         thread.start()
     time.sleep(0.2)  # let every thread reach the single-flight table
@@ -217,10 +223,12 @@ def test_generation_bump_reaches_another_process_within_max_age(cache_url: str) 
 
 def test_redis_down_never_fails_a_computation() -> None:
     server = RedisServer().start()
-    tier = RedisTier.from_url(server.url, serializer=SERIALIZER, namespace="mlc",
-                              socket_timeout=0.2)
-    cache = MultiLevelCache(serializer=SERIALIZER, tier=tier,
-                            levels=[MemoryLevel("memory", max_entries=10)])
+    tier = RedisTier.from_url(
+        server.url, serializer=SERIALIZER, namespace="mlc", socket_timeout=0.2
+    )
+    cache = MultiLevelCache(
+        serializer=SERIALIZER, tier=tier, levels=[MemoryLevel("memory", max_entries=10)]
+    )
     server.stop()
     try:
         assert cache.get_or_compute("k", lambda: "v").value == "v"
@@ -259,7 +267,12 @@ def test_hot_memo_keeps_types_apart_and_follows_invalidation(cache_url: str) -> 
         return f"{type(x).__name__}:{x!r}"
 
     assert [echo(1), echo(True), echo(1.0), echo("1"), echo(b"1")] == [
-        "int:1", "bool:True", "float:1.0", "str:'1'", "bytes:b'1'"]
+        "int:1",
+        "bool:True",
+        "float:1.0",
+        "str:'1'",
+        "bytes:b'1'",
+    ]
     hot_before = echo.hot_hits
     assert echo(1) == "int:1" and echo(True) == "bool:True" and echo(1.0) == "float:1.0"
     assert echo.hot_hits == hot_before + 1  # only the int call is memo-eligible
@@ -278,8 +291,9 @@ def test_hot_memo_keeps_types_apart_and_follows_invalidation(cache_url: str) -> 
 def test_hot_memo_respects_ttl_and_bound(cache_url: str) -> None:
     clock = FakeClock()
     serializer = SERIALIZER
-    cache = MultiLevelCache(serializer=serializer,
-                            levels=[MemoryLevel("memory", max_entries=100, timer=clock)])
+    cache = MultiLevelCache(
+        serializer=serializer, levels=[MemoryLevel("memory", max_entries=100, timer=clock)]
+    )
     gens = Generations(None, max_age=1000, timer=clock)
     calls: list[int] = []
 
@@ -287,10 +301,9 @@ def test_hot_memo_respects_ttl_and_bound(cache_url: str) -> None:
         calls.append(n)
         return n * n
 
-    from core.memoize import CachedFunction, Memoized
+    from tiercel.core.cache.memoize import CachedFunction, Memoized
 
-    memo = Memoized(CachedFunction(square, ttl=5), cache, gens, "mlc", timer=clock,
-                    hot_entries=8)
+    memo = Memoized(CachedFunction(square, ttl=5), cache, gens, "mlc", timer=clock, hot_entries=8)
     assert memo(3) == 9 and memo(3) == 9 and calls == [3]
     clock.advance(6)  # past the value's TTL: neither the memo nor the level may answer
     assert memo(3) == 9 and calls == [3, 3]
@@ -334,16 +347,22 @@ def test_a_lost_generation_counter_is_restored_by_processes_that_remember_it(
     assert new_process.current("fn:x") == 2  # so a process that never saw it agrees
 
 
-@pytest.mark.parametrize(("levels", "holders"), [((), []), (("bytes",), ["bytes"]),
-                                                (None, ["memory", "bytes"])])
+@pytest.mark.parametrize(
+    ("levels", "holders"), [((), []), (("bytes",), ["bytes"]), (None, ["memory", "bytes"])]
+)
 def test_levels_choose_where_a_function_is_kept_locally(
     cache_url: str, levels: tuple[str, ...] | None, holders: list[str]
 ) -> None:
     cache = make_cache(cache_url)
     calls: list[int] = []
 
-    @cached(cache, ttl=60, namespace="mlc", levels=levels,
-            generations=Generations(cache.tier, max_age=60))
+    @cached(
+        cache,
+        ttl=60,
+        namespace="mlc",
+        levels=levels,
+        generations=Generations(cache.tier, max_age=60),
+    )
     def triple(n: int) -> int:
         calls.append(n)
         return 3 * n
@@ -369,8 +388,14 @@ def test_listed_failures_are_cached_for_error_ttl_and_others_never(cache_url: st
     class Missing(LookupError):
         pass
 
-    @cached(cache, ttl=60, namespace="mlc", cache_errors=(Missing,), error_ttl=0.3,
-            generations=Generations(cache.tier, max_age=60))
+    @cached(
+        cache,
+        ttl=60,
+        namespace="mlc",
+        cache_errors=(Missing,),
+        error_ttl=0.3,
+        generations=Generations(cache.tier, max_age=60),
+    )
     def find(n: int) -> int:
         calls.append(n)
         if n < 0:

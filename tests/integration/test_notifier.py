@@ -13,11 +13,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from core.constants import channel_name
-from core.entry import Entry
-from core.leases import Lease, LeaseManager
-from core.notifier import OVERFLOW_POLL, WAKE_RESET, Notifier, Waiter
-from core.redis_server import RedisServer, free_port
+from tiercel.core.embedded.redis_server import RedisServer, free_port
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.tier.leases import Lease, LeaseManager
+from tiercel.core.tier.notifier import OVERFLOW_POLL, WAKE_RESET, Notifier, Waiter
 
 pytestmark = pytest.mark.integration
 
@@ -66,9 +66,16 @@ def recorder() -> Recorder:
 
 
 def make_notifier(client: redis.Redis, recorder: Recorder, **kw: int) -> Notifier:
-    return Notifier(client, channel=CHANNEL, on_invalidate=recorder.invalidate,
-                    on_tag=recorder.tag, on_generation=recorder.generation,
-                    on_reset=recorder.reset, on_clear=recorder.clear, **kw)
+    return Notifier(
+        client,
+        channel=CHANNEL,
+        on_invalidate=recorder.invalidate,
+        on_tag=recorder.tag,
+        on_generation=recorder.generation,
+        on_reset=recorder.reset,
+        on_clear=recorder.clear,
+        **kw,
+    )
 
 
 @pytest.fixture()
@@ -79,8 +86,7 @@ def notifier(redis_client: redis.Redis, recorder: Recorder) -> Iterator[Notifier
     n.stop()
 
 
-def test_write_back_wakes_a_waiter_quickly(redis_client: redis.Redis,
-                                           notifier: Notifier) -> None:
+def test_write_back_wakes_a_waiter_quickly(redis_client: redis.Redis, notifier: Notifier) -> None:
     leases = LeaseManager(redis_client, ttl=5.0)
     entry = Entry.create(b"v", now=time.time(), ttl=60.0).pack()
     latencies: list[float] = []
@@ -92,8 +98,11 @@ def test_write_back_wakes_a_waiter_quickly(redis_client: redis.Redis,
         ready = threading.Event()
         woke: list[tuple[str | None, float]] = []
 
-        def wait(w: Waiter = waiter, r: threading.Event = ready,
-                 out: list[tuple[str | None, float]] = woke) -> None:
+        def wait(
+            w: Waiter = waiter,
+            r: threading.Event = ready,
+            out: list[tuple[str | None, float]] = woke,
+        ) -> None:
             r.set()
             kind = w.wait(5.0)
             out.append((kind, time.perf_counter()))
@@ -111,8 +120,10 @@ def test_write_back_wakes_a_waiter_quickly(redis_client: redis.Redis,
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"\nwake-up after write_back: p50={p50:.2f} ms p99={p99:.2f} ms "
-          f"max={latencies[-1] * 1000:.2f} ms")
+    print(
+        f"\nwake-up after write_back: p50={p50:.2f} ms p99={p99:.2f} ms "
+        f"max={latencies[-1] * 1000:.2f} ms"
+    )
     assert p99 < 50  # target is 5 ms on an idle machine; loose bound against noisy CI
     assert notifier.waiting == 0
 
@@ -139,7 +150,8 @@ def test_many_waiters_of_one_key_all_wake_and_others_do_not(notifier: Notifier) 
 
 
 def test_invalidation_reaches_the_handler_and_wakes_waiters(
-        redis_client: redis.Redis, notifier: Notifier, recorder: Recorder) -> None:
+    redis_client: redis.Redis, notifier: Notifier, recorder: Recorder
+) -> None:
     key = value_key()
     leases = LeaseManager(redis_client)
     with notifier.waiter(key) as waiter:
@@ -156,14 +168,19 @@ def test_tag_generation_and_clear_messages(notifier: Notifier, recorder: Recorde
     notifier.publish("g|scope|with|bars|8")
     notifier.publish("c|")
     assert eventually(lambda: len(recorder.events) == 4)
-    assert recorder.events == [("t", "reports"), ("g", "pkg.fn", "7"),
-                               ("g", "scope|with|bars", "8"), ("c",)]
+    assert recorder.events == [
+        ("t", "reports"),
+        ("g", "pkg.fn", "7"),
+        ("g", "scope|with|bars", "8"),
+        ("c",),
+    ]
     assert waiter.wait(1.0) == "i"  # a clear wakes everyone to re-check
     waiter.close()
 
 
 def test_bad_messages_and_failing_handlers_never_kill_the_listener(
-        redis_client: redis.Redis) -> None:
+    redis_client: redis.Redis,
+) -> None:
     calls: list[str] = []
 
     def explode(key: str) -> None:
@@ -190,7 +207,8 @@ def test_bad_messages_and_failing_handlers_never_kill_the_listener(
 
 @pytest.mark.parametrize("retries", [0, 3], ids=["no-retry-client", "retrying-client"])
 def test_a_killed_connection_resets_wakes_waiters_and_recovers(
-        cache_url: str, redis_client: redis.Redis, recorder: Recorder, retries: int) -> None:
+    cache_url: str, redis_client: redis.Redis, recorder: Recorder, retries: int
+) -> None:
     client = redis.Redis.from_url(cache_url, retry=Retry(NoBackoff(), retries))
     n = make_notifier(client, recorder)
     try:
@@ -214,8 +232,9 @@ def test_a_killed_connection_resets_wakes_waiters_and_recovers(
 def test_a_late_start_and_a_redis_restart_both_reset(recorder: Recorder) -> None:
     port = free_port("127.0.0.1")
     server = RedisServer(port=port)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2,
-                         retry=Retry(NoBackoff(), 0))
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     n = make_notifier(client, recorder)
     try:
         assert not n.start(timeout=0.2)  # nothing listens yet: the listener keeps trying
@@ -244,8 +263,9 @@ def test_a_late_start_and_a_redis_restart_both_reset(recorder: Recorder) -> None
     assert n._thread is not None and not n._thread.is_alive()
 
 
-def test_stop_joins_the_thread_and_wakes_waiters(redis_client: redis.Redis,
-                                                 recorder: Recorder) -> None:
+def test_stop_joins_the_thread_and_wakes_waiters(
+    redis_client: redis.Redis, recorder: Recorder
+) -> None:
     n = make_notifier(redis_client, recorder)
     assert n.start()
     waiter = n.waiter(value_key())
@@ -263,7 +283,8 @@ def test_stop_joins_the_thread_and_wakes_waiters(redis_client: redis.Redis,
 
 
 def test_beyond_max_waiters_waiters_fall_back_to_short_timeouts(
-        redis_client: redis.Redis, recorder: Recorder) -> None:
+    redis_client: redis.Redis, recorder: Recorder
+) -> None:
     n = make_notifier(redis_client, recorder, max_waiters=2)
     try:
         key = value_key()

@@ -17,13 +17,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from core.errors import PoolClosed, PoolTimeout
-from core.postgres_pool import PostgresPool
-from core.settings import resolve_settings
-from tasks import pools
-from tasks.db_examples import SERIES_SUMMARY_SQL, series_summary
-from tasks.pools import describe
+from tests.fleet_tasks import describe_pools as describe
 from tests.integration.test_pools_prefork import private_fleet
+from tiercel.core.errors import PoolClosed, PoolTimeout
+from tiercel.core.pools.postgres_pool import PostgresPool
+from tiercel.core.settings import resolve_settings
+from tiercel.tasks import pools
+from tiercel.tasks.examples.postgres import SERIES_SUMMARY_SQL, series_summary
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,17 @@ def database_url() -> str:
     """A URL of the test database that accepts a connection, or a failed test."""
     given = os.environ.get("TIERCEL_TEST_DATABASE_URL")
     errors = []
-    for url in ((given,) if given else CANDIDATES):
+    for url in (given,) if given else CANDIDATES:
         try:
             with psycopg.connect(url, connect_timeout=5) as conn:
                 conn.execute("SELECT 1")
             return url
         except psycopg.Error as exc:
             errors.append(f"{url}: {exc}".strip())
-    pytest.fail("PostgreSQL is unreachable; these tests need it (set TIERCEL_TEST_DATABASE_URL "
-                "or start it on 127.0.0.1:5432 with a database 'test'):\n" + "\n".join(errors))
+    pytest.fail(
+        "PostgreSQL is unreachable; these tests need it (set TIERCEL_TEST_DATABASE_URL "
+        "or start it on 127.0.0.1:5432 with a database 'test'):\n" + "\n".join(errors)
+    )
 
 
 def expected_summary(url: str, n: int, modulus: int) -> tuple[int, int, int]:
@@ -128,8 +130,7 @@ def test_cached_db_task_runs_its_query_through_the_registry_pool(
         n = 200_000 + uuid.uuid4().int % 100_000
         value = series_summary.cached_call(n, 7)
         count, total, checksum = expected_summary(database_url, n, 7)
-        assert value == {"n": n, "modulus": 7, "count": count, "sum": total,
-                         "checksum": checksum}
+        assert value == {"n": n, "modulus": 7, "count": count, "sum": total, "checksum": checksum}
         db = registry.get("db")
         assert registry.creator_pid("db") == os.getpid()
         acquires = db.snapshot()["acquires"]
@@ -154,8 +155,10 @@ def test_cached_db_task_on_prefork_workers(
         value = series_summary.apply_async((n, 11), queue=queue).get(timeout=60)
         seen: list[dict[str, Any]] = [
             p.get(timeout=60)
-            for p in [describe.apply_async(kwargs={"hold_ms": 300, "use": ["db"]}, queue=queue)
-                      for _ in range(4)]
+            for p in [
+                describe.apply_async(kwargs={"hold_ms": 300, "use": ["db"]}, queue=queue)
+                for _ in range(4)
+            ]
         ]
     count, total, checksum = expected_summary(database_url, n, 11)
     assert value == {"n": n, "modulus": 11, "count": count, "sum": total, "checksum": checksum}

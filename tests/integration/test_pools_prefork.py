@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from core.settings import resolve_settings
-from tasks.pools import describe
-from workers.launcher import Fleet, FleetSpec
+from tests.fleet_tasks import describe_pools as describe
+from tiercel.core.settings import resolve_settings
+from tiercel.workers.launcher import Fleet, FleetSpec
 
 pytestmark = pytest.mark.integration
 
@@ -19,11 +19,19 @@ pytestmark = pytest.mark.integration
 @contextlib.contextmanager
 def private_fleet(queue: str, *extra: str, concurrency: int = 1) -> Iterator[Fleet]:
     """One worker node consuming only ``queue`` (so the session fleet takes none of its tasks)."""
-    import workers.app  # noqa: F401  (the client side publishes through the session's servers)
+    import tiercel.workers.app  # noqa: F401  (the client side publishes through the session's servers)
 
-    spec = FleetSpec(workers=1, concurrency=concurrency, pool="prefork", beat=False,
-                     flower=False, loglevel="WARNING", grace=15.0, quiet=False,
-                     extra_worker_args=("-Q", queue, *extra))
+    spec = FleetSpec(
+        workers=1,
+        concurrency=concurrency,
+        pool="prefork",
+        beat=False,
+        flower=False,
+        loglevel="WARNING",
+        grace=15.0,
+        quiet=False,
+        extra_worker_args=("-Q", queue, *extra),
+    )
     with Fleet(resolve_settings(), spec).running() as fleet:
         yield fleet
 
@@ -58,8 +66,10 @@ def test_a_child_recycled_by_max_memory_per_child_starts_with_new_pools() -> Non
     queue = f"pools-recycle-{uuid.uuid4().hex[:8]}"
     # 1 KiB: every child crosses it after its first task and is replaced by a new one.
     with private_fleet(queue, "--max-memory-per-child", "1"):
-        results = [describe.apply_async(kwargs={"hold_ms": 0}, queue=queue).get(timeout=60)
-                   for _ in range(3)]
+        results = [
+            describe.apply_async(kwargs={"hold_ms": 0}, queue=queue).get(timeout=60)
+            for _ in range(3)
+        ]
     pids = [r["pid"] for r in results]
     assert len(set(pids)) == 3, f"each task should run in a fresh child, got {pids}"
     for r in results:

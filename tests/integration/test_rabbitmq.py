@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis
 
-from core.errors import ServerError, SettingsError
-from core.settings import Settings, resolve_settings
-from workers.launcher import Fleet, FleetSpec, check_reachable
+from tiercel.core.errors import ServerError, SettingsError
+from tiercel.core.settings import Settings, resolve_settings
+from tiercel.workers.launcher import Fleet, FleetSpec, check_reachable
 
 RABBITMQ_URL = os.environ.get("TIERCEL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
@@ -57,12 +57,14 @@ def rabbit_fleet() -> Iterator[Fleet]:
     try:
         check_reachable("RabbitMQ broker", RABBITMQ_URL, timeout=3.0)
     except ServerError as exc:
-        pytest.fail(f"{exc}; these tests need RabbitMQ on 127.0.0.1:5672 (guest/guest, "
-                    "vhost /): start rabbitmq-server, or set TIERCEL_TEST_AMQP_URL")
+        pytest.fail(
+            f"{exc}; these tests need RabbitMQ on 127.0.0.1:5672 (guest/guest, "
+            "vhost /): start rabbitmq-server, or set TIERCEL_TEST_AMQP_URL"
+        )
     # This process keeps its own app and runtime on the session's Redis broker: build
     # them before the environment below points new processes at RabbitMQ.
-    import workers.app  # noqa: F401
-    from tasks import runtime
+    import tiercel.workers.app  # noqa: F401
+    from tiercel.tasks import runtime
 
     runtime.current()
     queue = f"tiercel-test-{uuid.uuid4().hex[:12]}"
@@ -71,8 +73,9 @@ def rabbit_fleet() -> Iterator[Fleet]:
         patch.setenv("TIERCEL_QUEUE", queue)
         settings = resolve_settings()  # result backend and cache stay on Redis
         assert settings.result_backend and settings.result_backend.startswith("redis")
-        spec = FleetSpec(workers=2, concurrency=2, beat=False, flower=False,
-                         loglevel="WARNING", grace=15.0)
+        spec = FleetSpec(
+            workers=2, concurrency=2, beat=False, flower=False, loglevel="WARNING", grace=15.0
+        )
         fleet = Fleet(settings, spec)
         try:
             with fleet.running():
@@ -87,11 +90,13 @@ def _client(scenario: str, n: int, counter: str, out: Any) -> None:
 
     from celery import signals
 
-    import workers.app
-    from tasks.examples import counted_square, noop, slow_square
+    import tiercel.workers.app
+    from tiercel.tasks.examples import counted_square, noop, slow_square
 
-    report: dict[str, Any] = {"broker": workers.app.app.conf.broker_url.split(":")[0],
-                              "queue": workers.app.app.conf.task_default_queue}
+    report: dict[str, Any] = {
+        "broker": tiercel.workers.app.app.conf.broker_url.split(":")[0],
+        "queue": tiercel.workers.app.app.conf.task_default_queue,
+    }
     published: list[str] = []
     signals.before_task_publish.connect(lambda **_: published.append("x"), weak=False)
     if scenario == "round_trip":
@@ -102,8 +107,7 @@ def _client(scenario: str, n: int, counter: str, out: Any) -> None:
         report["again"] = (again.source, again.get(timeout=60))
     elif scenario == "coalesce":
         with ThreadPoolExecutor(16) as pool:
-            handles = list(pool.map(lambda _: counted_square.submit(n, counter, 500),
-                                    range(40)))
+            handles = list(pool.map(lambda _: counted_square.submit(n, counter, 500), range(40)))
         report["values"] = [handle.get(timeout=60) for handle in handles]
         report["sources"] = [handle.source for handle in handles]
     elif scenario == "single_flight":
@@ -167,7 +171,7 @@ def test_duplicate_tasks_compute_once_on_rabbitmq(
 
 
 def test_queue_setting_is_validated_and_reaches_celery() -> None:
-    from workers.config import celery_config
+    from tiercel.workers.config import celery_config
 
     settings = Settings.from_env({"TIERCEL_QUEUE": "team-a.reports"})
     assert celery_config(settings)["task_default_queue"] == "team-a.reports"

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import redis
 
-from core.breaker import CircuitBreaker
-from core.codecs import MsgpackCodec, Serializer, SignedPickleCodec
-from core.entry import Entry
-from core.errors import TierUnavailable
-from core.redis_server import RedisServer
-from core.redis_tier import MISSING, RedisTier, generation_key, tag_index_key
+from tiercel.core.embedded.redis_server import RedisServer
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer, SignedPickleCodec
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.errors import TierUnavailable
+from tiercel.core.tier.breaker import CircuitBreaker
+from tiercel.core.tier.redis_tier import MISSING, RedisTier, generation_key, tag_index_key
 
 pytestmark = pytest.mark.integration
 
@@ -76,9 +76,17 @@ def command_calls(client: redis.Redis) -> dict[str, int]:
 # --- reads and writes ---
 
 
-@pytest.mark.parametrize("value", [
-    {"a": [1, 2.5, "x", b"\x00bytes"]}, "text", b"raw", 12345, 1.5, [1, [2, [3]]],
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": [1, 2.5, "x", b"\x00bytes"]},
+        "text",
+        b"raw",
+        12345,
+        1.5,
+        [1, [2, [3]]],
+    ],
+)
 def test_set_then_get(tier: RedisTier, value: Any) -> None:
     assert tier.set(vkey("k"), value, ttl=60)
     assert tier.get(vkey("k")) == value
@@ -105,8 +113,9 @@ def test_missing_key_is_a_miss(tier: RedisTier) -> None:
 def test_ttl_is_set_in_redis_and_in_the_entry(
     cache_url: str, serializer: Serializer, redis_client: redis.Redis
 ) -> None:
-    tier = RedisTier.from_url(cache_url, serializer=serializer, namespace=NS,
-                              wall_clock=lambda: 1_000_000.0)
+    tier = RedisTier.from_url(
+        cache_url, serializer=serializer, namespace=NS, wall_clock=lambda: 1_000_000.0
+    )
     try:
         assert tier.set(vkey("ttl"), "v", ttl=5, tags=("a",), compute_seconds=0.25)
         assert 4000 < redis_client.pttl(vkey("ttl")) <= 5000
@@ -183,8 +192,9 @@ def test_oversize_is_not_stored(tier: RedisTier, redis_client: redis.Redis) -> N
 def test_serializer_size_limit_counts_as_oversize(
     tier: RedisTier, redis_client: redis.Redis
 ) -> None:
-    limited = RedisTier(tier.client, serializer=Serializer(MsgpackCodec(), max_bytes=100),
-                        namespace=NS)
+    limited = RedisTier(
+        tier.client, serializer=Serializer(MsgpackCodec(), max_bytes=100), namespace=NS
+    )
     assert not limited.set(vkey("big"), "y" * 500, ttl=60)
     assert limited.stats["oversize"] == 1
     assert redis_client.exists(vkey("big")) == 0
@@ -195,9 +205,15 @@ def test_unencodable_value_is_counted_not_raised(tier: RedisTier) -> None:
     assert tier.stats["unencodable"] == 1
 
 
-@pytest.mark.parametrize("garbage", [
-    b"garbage", b"", b"\x01" * 3, Entry(b"not a serializer frame", stored_at=1.0).pack(),
-])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"garbage",
+        b"",
+        b"\x01" * 3,
+        Entry(b"not a serializer frame", stored_at=1.0).pack(),
+    ],
+)
 def test_corrupt_entry_is_deleted_and_counted(
     tier: RedisTier, redis_client: redis.Redis, garbage: bytes
 ) -> None:
@@ -225,7 +241,9 @@ def test_get_entries_is_one_mget_of_raw_entries(
     entries = tier.get_entries([vkey("e1"), vkey("e2"), vkey("bad"), vkey("absent")])
     assert trips.count == 2  # the MGET, and the compare-and-delete of the corrupt key
     assert {key: tier.serializer.loads(e.payload) for key, e in entries.items()} == {
-        vkey("e1"): 1, vkey("e2"): 2}
+        vkey("e1"): 1,
+        vkey("e2"): 2,
+    }
     assert entries[vkey("e1")].tags == ("t",)
     assert redis_client.exists(vkey("bad")) == 0
     assert tier.stats["corrupt"] == 1
@@ -247,11 +265,16 @@ def test_corrupt_delete_spares_a_value_written_in_between(
     assert tier.get(vkey("race")) == "fresh"
 
 
-@pytest.mark.parametrize("make_payload", [
-    pytest.param(lambda: pickle.dumps(Boom()), id="raw-pickle-in-an-entry"),
-    pytest.param(lambda: Serializer(SignedPickleCodec(["k" * 32])).dumps(Boom()),
-                 id="signed-pickle-frame"),
-])
+@pytest.mark.parametrize(
+    "make_payload",
+    [
+        pytest.param(lambda: pickle.dumps(Boom()), id="raw-pickle-in-an-entry"),
+        pytest.param(
+            lambda: Serializer(SignedPickleCodec(["k" * 32])).dumps(Boom()),
+            id="signed-pickle-frame",
+        ),
+    ],
+)
 def test_pickle_payload_is_never_executed(
     tier: RedisTier, redis_client: redis.Redis, make_payload: Callable[[], bytes]
 ) -> None:
@@ -265,9 +288,7 @@ def test_pickle_payload_is_never_executed(
     assert tier.stats["corrupt"] == 2
 
 
-def test_wrong_type_key_is_an_error_not_a_crash(
-    tier: RedisTier, redis_client: redis.Redis
-) -> None:
+def test_wrong_type_key_is_an_error_not_a_crash(tier: RedisTier, redis_client: redis.Redis) -> None:
     redis_client.sadd(vkey("set"), "member")
     assert tier.get(vkey("set")) is MISSING
     assert tier.stats["errors"] == 1
@@ -319,7 +340,7 @@ def test_tag_index_ttl_only_grows(tier: RedisTier, redis_client: redis.Redis) ->
 def test_tag_index_key_shares_a_hash_slot_with_its_drain(tier: RedisTier) -> None:
     from redis.crc import key_slot
 
-    from core.redis_tier import tag_drain_key
+    from tiercel.core.tier.redis_tier import tag_drain_key
 
     for tag in ("users", "a}b", "{x}"):
         index = tag_index_key(NS, tag).encode()
@@ -347,8 +368,13 @@ def test_generation(tier: RedisTier, redis_client: redis.Redis) -> None:
 
 
 def test_from_url_builds_a_bounded_pool_without_retries(serializer: Serializer) -> None:
-    tier = RedisTier.from_url("rediss://localhost:1/0", serializer=serializer, namespace=NS,
-                              max_connections=7, socket_timeout=0.25)
+    tier = RedisTier.from_url(
+        "rediss://localhost:1/0",
+        serializer=serializer,
+        namespace=NS,
+        max_connections=7,
+        socket_timeout=0.25,
+    )
     try:
         pool = tier.client.connection_pool
         assert isinstance(pool, redis.BlockingConnectionPool)
@@ -365,8 +391,16 @@ def test_from_url_builds_a_bounded_pool_without_retries(serializer: Serializer) 
 
 def test_ping_and_stats(tier: RedisTier) -> None:
     assert tier.ping()
-    assert set(tier.stats) >= {"hits", "misses", "errors", "corrupt", "oversize",
-                               "short_circuited", "writes", "breaker"}
+    assert set(tier.stats) >= {
+        "hits",
+        "misses",
+        "errors",
+        "corrupt",
+        "oversize",
+        "short_circuited",
+        "writes",
+        "breaker",
+    }
     assert tier.stats["breaker"] == "closed"
 
 
@@ -384,8 +418,9 @@ def test_stopped_server_costs_little_and_recovers(
     own_server: RedisServer, serializer: Serializer
 ) -> None:
     breaker = CircuitBreaker(failures=3, reset_after=0.3)
-    tier = RedisTier.from_url(own_server.url, serializer=serializer, namespace=NS,
-                              socket_timeout=0.5, breaker=breaker)
+    tier = RedisTier.from_url(
+        own_server.url, serializer=serializer, namespace=NS, socket_timeout=0.5, breaker=breaker
+    )
     try:
         assert tier.set(vkey("k"), "v", ttl=60)
         own_server.stop()
@@ -425,8 +460,9 @@ def test_hung_server_costs_at_most_failures_timeouts(
 ) -> None:
     """A server that accepts but never answers (SIGSTOP): each call waits socket_timeout."""
     breaker = CircuitBreaker(failures=3, reset_after=0.3)
-    tier = RedisTier.from_url(own_server.url, serializer=serializer, namespace=NS,
-                              socket_timeout=0.2, breaker=breaker)
+    tier = RedisTier.from_url(
+        own_server.url, serializer=serializer, namespace=NS, socket_timeout=0.2, breaker=breaker
+    )
     assert own_server.pid is not None
     try:
         assert tier.set(vkey("k"), "v", ttl=60)

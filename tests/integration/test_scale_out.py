@@ -23,26 +23,45 @@ from typing import Any
 
 import redis
 
-from core.fleet_file import read_fleet_file
-from core.settings import Settings
 from tests.integration.fleet import wait_for_up
-from workers.control import control_app, ping_nodes
+from tiercel.core.embedded.fleet_file import read_fleet_file
+from tiercel.core.settings import Settings
+from tiercel.workers.control import control_app, ping_nodes
 
 
 @contextlib.contextmanager
 def _embedded_up(env: dict[str, str]) -> Iterator[tuple[Settings, str]]:
     """`tiercel up --workers 1` on the embedded Redis; yields its settings and node."""
     up = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "up", "--workers", "1", "--concurrency", "2",
-         "--no-flower", "--no-beat"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tiercel.workers.cli",
+            "up",
+            "--workers",
+            "1",
+            "--concurrency",
+            "2",
+            "--no-flower",
+            "--no-beat",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         nodes = wait_for_up(up)
         assert len(nodes) == 1, nodes
         record = _fleet_record(env)
-        yield Settings(broker_url=record["broker_url"], result_backend=record["result_backend"],
-                       cache_url=record["cache_url"]), nodes[0]
+        yield (
+            Settings(
+                broker_url=record["broker_url"],
+                result_backend=record["result_backend"],
+                cache_url=record["cache_url"],
+            ),
+            nodes[0],
+        )
     finally:
         up.send_signal(signal.SIGINT)
         up.wait(60)
@@ -63,8 +82,7 @@ def _fleet_record(env: dict[str, str]) -> dict[str, Any]:
     return record
 
 
-def _wait_for_pings(settings: Settings, nodes: list[str], joined: subprocess.Popen[bytes]
-                    ) -> None:
+def _wait_for_pings(settings: Settings, nodes: list[str], joined: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 60
     missing = set(nodes)
     while missing:
@@ -85,9 +103,21 @@ def test_a_joined_node_takes_tasks_and_leaves_without_losing_any(tmp_path: Path)
         joined_node = f"joined-{uuid.uuid4().hex[:6]}@{first_node.split('@', 1)[1]}"
         # The joining node gets no URL: it reads the running fleet's file.
         joined = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "worker", "--name", joined_node,
-             "--concurrency", "2", "--loglevel", "WARNING"],
-            env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "tiercel.workers.cli",
+                "worker",
+                "--name",
+                joined_node,
+                "--concurrency",
+                "2",
+                "--loglevel",
+                "WARNING",
+            ],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         app = control_app(settings)
         cache = redis.Redis.from_url(settings.cache_url or "")
@@ -101,8 +131,10 @@ def test_a_joined_node_takes_tasks_and_leaves_without_losing_any(tmp_path: Path)
             base = uuid.uuid4().int % 10**9
             for batch in range(5):
                 numbers = [base + batch * 10 + i for i in range(8)]
-                results = [app.send_task("tasks.examples.counted_square", (n, counter, 200))
-                           for n in numbers]
+                results = [
+                    app.send_task("tiercel.tasks.examples.counted_square", (n, counter, 200))
+                    for n in numbers
+                ]
                 assert [r.get(timeout=30) for r in results] == [n * n for n in numbers]
                 seen.update(r.worker for r in results)
                 if seen == {first_node, joined_node}:
@@ -112,8 +144,10 @@ def test_a_joined_node_takes_tasks_and_leaves_without_losing_any(tmp_path: Path)
             # The joined node leaves (SIGTERM) while it runs two 2-second tasks.
             slow_counter = f"test:scale:slow:{uuid.uuid4().hex}"
             numbers = [base + 1000 + i for i in range(6)]
-            results = [app.send_task("tasks.examples.counted_square",
-                                     (n, slow_counter, 2000)) for n in numbers]
+            results = [
+                app.send_task("tiercel.tasks.examples.counted_square", (n, slow_counter, 2000))
+                for n in numbers
+            ]
             deadline = time.monotonic() + 20
             while _active_on(app, joined_node) < 2:
                 assert time.monotonic() < deadline, "the joined node never ran two tasks"

@@ -14,16 +14,16 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from core.codecs import MsgpackCodec, Serializer
-from core.connections import client_from_url, parse_cache_url
-from core.constants import channel_name
-from core.entry import Entry
-from core.errors import ServerError, SettingsError
-from core.leases import Held, Lease, LeaseManager
-from core.notifier import Notifier
-from core.redis_tier import MISSING, RedisTier
 from tests.integration.redis_topologies import SentinelProcesses
-from workers.launcher import check_reachable
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.errors import ServerError, SettingsError
+from tiercel.core.tier.connections import client_from_url, parse_cache_url
+from tiercel.core.tier.leases import Held, Lease, LeaseManager
+from tiercel.core.tier.notifier import Notifier
+from tiercel.core.tier.redis_tier import MISSING, RedisTier
+from tiercel.workers.launcher import check_reachable
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +72,7 @@ def test_the_url_names_sentinels_service_and_db() -> None:
 
 def test_get_set_and_get_many_through_the_sentinel(tier: RedisTier) -> None:
     keys = [value_key() for _ in range(20)]
-    assert tier.set_many({key: index for index, key in enumerate(keys)}, ttl=60,
-                         tags=["t"]) == 20
+    assert tier.set_many({key: index for index, key in enumerate(keys)}, ttl=60, tags=["t"]) == 20
     assert tier.get(keys[3]) == 3
     assert tier.get_many(keys) == {key: index for index, key in enumerate(keys)}
     assert tier.invalidate_tag("t") == 20
@@ -101,8 +100,7 @@ def test_leases_and_notifications_through_the_sentinel(tier: RedisTier) -> None:
 
 def test_the_db_in_the_url_is_used(sentinel: SentinelProcesses, url: str) -> None:
     tier = RedisTier.from_url(url + "/2", serializer=SERIALIZER, namespace=NS)
-    direct = redis.Redis(host="127.0.0.1", port=sentinel.master.port or 0, db=2,
-                         password=PASSWORD)
+    direct = redis.Redis(host="127.0.0.1", port=sentinel.master.port or 0, db=2, password=PASSWORD)
     try:
         key = value_key()
         assert tier.set(key, 1, ttl=60)
@@ -129,7 +127,8 @@ def test_the_master_pool_is_bounded_and_waits(url: str) -> None:
 
 
 def test_a_wrong_password_is_a_clear_error_without_the_password(
-        sentinel: SentinelProcesses) -> None:
+    sentinel: SentinelProcesses,
+) -> None:
     url = sentinel.url.replace("://", "://:not-the-password@")
     client = client_from_url(url)
     with pytest.raises(redis.AuthenticationError) as info:
@@ -155,11 +154,13 @@ def test_check_reachable_finds_the_master(url: str, sentinel: SentinelProcesses)
 
 
 def test_a_sentinel_with_its_own_password() -> None:
-    with SentinelProcesses("guarded", password=PASSWORD,
-                           sentinel_password="sentinel-own-pw") as guarded:
+    with SentinelProcesses(
+        "guarded", password=PASSWORD, sentinel_password="sentinel-own-pw"
+    ) as guarded:
         url = guarded.url.replace("://", f"://:{PASSWORD}@")
-        tier = RedisTier.from_url(url + "?sentinel_password=sentinel-own-pw",
-                                  serializer=SERIALIZER, namespace=NS)
+        tier = RedisTier.from_url(
+            url + "?sentinel_password=sentinel-own-pw", serializer=SERIALIZER, namespace=NS
+        )
         try:
             key = value_key()
             assert tier.set(key, "guarded", ttl=60)

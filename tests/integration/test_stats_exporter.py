@@ -12,11 +12,11 @@ import uuid
 
 import pytest
 
-from core.redis_server import free_port
-from core.settings import resolve_settings
-from tasks.maintenance import aggregate
-from workers.cli import main
-from workers.launcher import Fleet
+from tiercel.core.embedded.redis_server import free_port
+from tiercel.core.settings import resolve_settings
+from tiercel.tasks.maintenance import aggregate
+from tiercel.workers.cli import main
+from tiercel.workers.launcher import Fleet
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +26,9 @@ def _get(url: str, timeout: float = 5.0) -> str:
         return response.read().decode()
 
 
-def test_stats_reads_the_latest_aggregation(fleet: Fleet, capsys: pytest.CaptureFixture[str]
-                                            ) -> None:
+def test_stats_reads_the_latest_aggregation(
+    fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
     task_id = aggregate.delay().id
     aggregate.AsyncResult(task_id).get(timeout=30)
     assert main(["stats", "--json"]) == 0
@@ -41,7 +42,8 @@ def test_stats_reads_the_latest_aggregation(fleet: Fleet, capsys: pytest.Capture
 
 
 def test_stats_without_an_aggregation_says_so_and_exits_1(
-        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TIERCEL_NAMESPACE", f"empty-{uuid.uuid4().hex[:8]}")
     assert main(["stats"]) == 1
     err = capsys.readouterr().err.strip()
@@ -51,8 +53,8 @@ def test_stats_without_an_aggregation_says_so_and_exits_1(
 def test_exporter_serves_the_fleet_view_in_prometheus_format(fleet: Fleet) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tasks.examples import slow_square
-    from workers.exporter import serve
+    from tiercel.tasks.examples import slow_square
+    from tiercel.workers.exporter import serve
 
     for n in range(40):  # enough calls that some are timed (1 in 16)
         slow_square.delay(7000 + n % 4, 1).get(timeout=30)
@@ -75,14 +77,26 @@ def test_exporter_serves_the_fleet_view_in_prometheus_format(fleet: Fleet) -> No
 def test_flower_shows_which_tier_answered_and_the_aggregation(fleet: Fleet) -> None:
     """Flower 2.2 counts each task's `task-tiercel-<source>` events, and lists the
     aggregation task with its result."""
-    from tasks.examples import slow_square
+    from tiercel.tasks.examples import slow_square
 
     port = free_port()
     env = dict(os.environ, FLOWER_UNAUTHENTICATED_API="true")
     flower = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.app", "flower", "--address=127.0.0.1",
-         f"--port={port}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "tiercel.workers.app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -103,11 +117,14 @@ def test_flower_shows_which_tier_answered_and_the_aggregation(fleet: Fleet) -> N
         deadline = time.monotonic() + 15
         while True:
             metrics_text = _get(f"http://127.0.0.1:{port}/metrics")
-            tasks = json.loads(_get(f"http://127.0.0.1:{port}/api/tasks?"
-                                    "taskname=tiercel.metrics.aggregate"))
-            sources = {line.split('type="task-tiercel-')[1].split('"')[0]
-                       for line in metrics_text.splitlines()
-                       if 'type="task-tiercel-' in line and "slow_square" in line}
+            tasks = json.loads(
+                _get(f"http://127.0.0.1:{port}/api/tasks?taskname=tiercel.metrics.aggregate")
+            )
+            sources = {
+                line.split('type="task-tiercel-')[1].split('"')[0]
+                for line in metrics_text.splitlines()
+                if 'type="task-tiercel-' in line and "slow_square" in line
+            }
             if "computed" in sources and len(sources) >= 2 and task_id in tasks:
                 break
             assert time.monotonic() < deadline, (sources, list(tasks))

@@ -16,18 +16,18 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from core.codecs import MsgpackCodec, Serializer
-from core.connections import client_from_url
-from core.constants import channel_name
-from core.coordinator import FleetCoordinator
-from core.errors import ServerError
-from core.leases import Lease, LeaseManager, LeaseRenewer
-from core.levels import MemoryLevel
-from core.multilevel import SOURCE_COMPUTED, MultiLevelCache
-from core.notifier import Notifier
-from core.redis_tier import MISSING, RedisTier
 from tests.integration.redis_topologies import ClusterProcesses, TLSServer
-from workers.launcher import check_reachable
+from tiercel.core.cache.coordinator import FleetCoordinator
+from tiercel.core.cache.multilevel import SOURCE_COMPUTED, MultiLevelCache
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.errors import ServerError
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.tier.connections import client_from_url
+from tiercel.core.tier.leases import Lease, LeaseManager, LeaseRenewer
+from tiercel.core.tier.notifier import Notifier
+from tiercel.core.tier.redis_tier import MISSING, RedisTier
+from tiercel.workers.launcher import check_reachable
 
 pytestmark = pytest.mark.integration
 
@@ -45,10 +45,12 @@ def server() -> Iterator[TLSServer]:
     with TLSServer() as tls:
         admin = admin_client(tls)
         # app may use tiercel:* keys and channels, other only other:*
-        admin.execute_command("ACL", "SETUSER", "app", "on", f">{APP_PASSWORD}",
-                              "~tiercel:*", "&*", "+@all")
-        admin.execute_command("ACL", "SETUSER", "other", "on", f">{OTHER_PASSWORD}",
-                              "~other:*", "&other:*", "+@all")
+        admin.execute_command(
+            "ACL", "SETUSER", "app", "on", f">{APP_PASSWORD}", "~tiercel:*", "&*", "+@all"
+        )
+        admin.execute_command(
+            "ACL", "SETUSER", "other", "on", f">{OTHER_PASSWORD}", "~other:*", "&other:*", "+@all"
+        )
         admin.close()
         yield tls
 
@@ -85,14 +87,17 @@ def test_a_rediss_url_with_the_ca_reaches_the_tier(server: TLSServer) -> None:
         tier.close()
 
 
-def test_a_multilevel_round_trip_over_tls_with_leases_and_notifications(
-        server: TLSServer) -> None:
+def test_a_multilevel_round_trip_over_tls_with_leases_and_notifications(server: TLSServer) -> None:
     tier = RedisTier.from_url(server.tls_url(), serializer=SERIALIZER, namespace="tiercel")
-    cache = MultiLevelCache(serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=10)],
-                            tier=tier)
+    cache = MultiLevelCache(
+        serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=10)], tier=tier
+    )
     leases = LeaseManager(tier.client, ttl=5.0, channel=channel_name("tiercel"))
-    notifier = Notifier(tier.client, channel=channel_name("tiercel"),
-                        on_invalidate=lambda key: cache.invalidate_local([key]))
+    notifier = Notifier(
+        tier.client,
+        channel=channel_name("tiercel"),
+        on_invalidate=lambda key: cache.invalidate_local([key]),
+    )
     cache.coordinator = FleetCoordinator(tier, leases, LeaseRenewer(leases), notifier)
     assert notifier.start()
     try:
@@ -132,8 +137,9 @@ def test_plain_tcp_to_the_tls_port_fails(server: TLSServer) -> None:
 
 
 def test_an_acl_user_with_a_password_works(server: TLSServer) -> None:
-    tier = RedisTier.from_url(plain_url(server, f"app:{APP_PASSWORD}"), serializer=SERIALIZER,
-                              namespace="tiercel")
+    tier = RedisTier.from_url(
+        plain_url(server, f"app:{APP_PASSWORD}"), serializer=SERIALIZER, namespace="tiercel"
+    )
     leases = LeaseManager(tier.client, ttl=5.0)
     notifier = Notifier(tier.client, channel=channel_name("tiercel"))
     assert notifier.start()
@@ -154,8 +160,9 @@ def test_an_acl_user_with_a_password_works(server: TLSServer) -> None:
 
 
 def test_acl_user_over_tls(server: TLSServer) -> None:
-    tier = RedisTier.from_url(server.tls_url(f"app:{APP_PASSWORD}"), serializer=SERIALIZER,
-                              namespace="tiercel")
+    tier = RedisTier.from_url(
+        server.tls_url(f"app:{APP_PASSWORD}"), serializer=SERIALIZER, namespace="tiercel"
+    )
     try:
         assert tier.client.acl_whoami() in ("app", b"app")
         key = value_key("tiercel")
@@ -185,10 +192,12 @@ def test_a_wrong_password_is_a_clear_error_without_the_password(server: TLSServe
 
 
 def test_two_namespaces_cannot_read_each_others_keys(server: TLSServer) -> None:
-    app = RedisTier.from_url(plain_url(server, f"app:{APP_PASSWORD}"), serializer=SERIALIZER,
-                             namespace="tiercel")
-    other = RedisTier.from_url(plain_url(server, f"other:{OTHER_PASSWORD}"),
-                               serializer=SERIALIZER, namespace="other")
+    app = RedisTier.from_url(
+        plain_url(server, f"app:{APP_PASSWORD}"), serializer=SERIALIZER, namespace="tiercel"
+    )
+    other = RedisTier.from_url(
+        plain_url(server, f"other:{OTHER_PASSWORD}"), serializer=SERIALIZER, namespace="other"
+    )
     try:
         mine, theirs = value_key("tiercel"), value_key("other")
         assert app.set(mine, "app's", ttl=60)
@@ -202,8 +211,9 @@ def test_two_namespaces_cannot_read_each_others_keys(server: TLSServer) -> None:
         assert not other.set(mine, "overwrite", ttl=60)
         assert app.get(mine) == "app's"
         # a tier in a namespace its user may not touch fails writes, never raises
-        wrong = RedisTier.from_url(plain_url(server, f"other:{OTHER_PASSWORD}"),
-                                   serializer=SERIALIZER, namespace="tiercel")
+        wrong = RedisTier.from_url(
+            plain_url(server, f"other:{OTHER_PASSWORD}"), serializer=SERIALIZER, namespace="tiercel"
+        )
         assert not wrong.set(value_key("tiercel"), 1, ttl=60)
         wrong.close()
         with pytest.raises(redis.exceptions.NoPermissionError):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psutil
 
-from core.redis_server import free_port
 from tests.integration.fleet import wait_for_up
+from tiercel.core.embedded.redis_server import free_port
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -30,18 +30,47 @@ def test_up_embedded_fleet_lifecycle(tmp_path: Path) -> None:
     env["TIERCEL_RUN_DIR"] = str(tmp_path / "run")
     flower_port = free_port()
     up = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "up", "--workers", "2", "--concurrency", "2",
-         "--flower-port", str(flower_port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tiercel.workers.cli",
+            "up",
+            "--workers",
+            "2",
+            "--concurrency",
+            "2",
+            "--flower-port",
+            str(flower_port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     try:
         nodes = wait_for_up(up)
         assert len(nodes) == 2, nodes
 
         # A Celery user's own command finds the embedded fleet through the fleet file.
-        ping = subprocess.run([sys.executable, "-m", "celery", "-A", "workers.app", "inspect",
-                               "ping", "--timeout", "5", "--json"],
-                              env=env, capture_output=True, text=True, timeout=60, check=False)
+        ping = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tiercel.workers.app",
+                "inspect",
+                "ping",
+                "--timeout",
+                "5",
+                "--json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert ping.returncode == 0, ping.stderr
         replies = json.loads(ping.stdout)
         answered = set(replies) if isinstance(replies, dict) else {n for r in replies for n in r}

@@ -23,10 +23,19 @@ class Figures:
     def __init__(self, test: str) -> None:
         self.test = test
 
-    def record(self, name: str, value: Any, unit: str = "", ok: bool | None = None,
-               note: str = "") -> None:
-        _FIGURES.append({"test": self.test, "figure": name, "value": value, "unit": unit,
-                         "ok": ok, "note": note})
+    def record(
+        self, name: str, value: Any, unit: str = "", ok: bool | None = None, note: str = ""
+    ) -> None:
+        _FIGURES.append(
+            {
+                "test": self.test,
+                "figure": name,
+                "value": value,
+                "unit": unit,
+                "ok": ok,
+                "note": note,
+            }
+        )
 
 
 @pytest.fixture()
@@ -40,7 +49,7 @@ def _restore_client_runtime() -> Iterator[None]:
     yield
     import sys
 
-    runtime = sys.modules.get("tasks.runtime")
+    runtime = sys.modules.get("tiercel.tasks.runtime")
     if runtime is not None:
         runtime.shutdown()  # rebuilt from the session settings on next use
 
@@ -53,11 +62,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     width = max(len(f"{row['figure']}") for row in _FIGURES)
     for row in _FIGURES:
         value = row["value"]
-        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" \
-            if isinstance(value, int) else str(value)
+        shown = (
+            f"{value:,.3f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value)
+        )
         mark = {True: "ok", False: "FAILED", None: ""}[row["ok"]]
-        writer.line(f"{row['figure']:<{width}}  {shown:>14} {row['unit']:<8} {mark:<6} "
-                    f"{row['note']}")
+        writer.line(
+            f"{row['figure']:<{width}}  {shown:>14} {row['unit']:<8} {mark:<6} {row['note']}"
+        )
     Path("results").mkdir(exist_ok=True)
     Path("results/reliability.json").write_text(
-        json.dumps({"taken_at": time.time(), "figures": _FIGURES}, indent=2))
+        json.dumps({"taken_at": time.time(), "figures": _FIGURES}, indent=2)
+    )

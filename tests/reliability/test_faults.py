@@ -17,19 +17,23 @@ from typing import Any
 import pytest
 import redis
 
-from core.codecs import MsgpackCodec, Serializer
-from core.constants import LEASE, related_key
-from core.redis_server import RedisServer
-from core.redis_tier import RedisTier
 from tests.integration.fleet import worker_fleet
 from tests.reliability.conftest import Figures
+from tiercel.core.embedded.redis_server import RedisServer
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.encoding.prefixes import LEASE, related_key
+from tiercel.core.tier.redis_tier import RedisTier
 
 
 def start_workload(options: dict[str, Any]) -> subprocess.Popen[str]:
     """A client process running tests/reliability/workload.py with this environment."""
-    return subprocess.Popen([sys.executable, "-m", "tests.reliability.workload",
-                             json.dumps(options)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability.workload", json.dumps(options)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 100) -> dict[str, Any]:
@@ -60,8 +64,9 @@ def test_cache_redis_killed_mid_workload_then_restarted(
 ) -> None:
     cache = RedisServer(maxmemory=128 * 2**20, maxmemory_policy="allkeys-lru").start()
     monkeypatch.setenv("TIERCEL_CACHE_URL", cache.url)
-    probe = RedisTier.from_url(cache.url, serializer=Serializer(MsgpackCodec()),
-                               namespace="probe", socket_timeout=0.5)
+    probe = RedisTier.from_url(
+        cache.url, serializer=Serializer(MsgpackCodec()), namespace="probe", socket_timeout=0.5
+    )
     states: list[tuple[float, str]] = []
     stop = threading.Event()
 
@@ -73,8 +78,9 @@ def test_cache_redis_killed_mid_workload_then_restarted(
 
     try:
         with worker_fleet(nodes=2, concurrency=2):
-            client = start_workload({"keys": 300, "requests": 200_000, "seconds": 8,
-                                     "threads": 8, "compute_ms": 5})
+            client = start_workload(
+                {"keys": 300, "requests": 200_000, "seconds": 8, "threads": 8, "compute_ms": 5}
+            )
             watcher = threading.Thread(target=watch)
             watcher.start()
             time.sleep(3)
@@ -94,8 +100,13 @@ def test_cache_redis_killed_mid_workload_then_restarted(
     reused = next(t for t, state in states if t > back_at and state == "closed") - back_at
     assert states[-1][0] - back_at > 2, "the probe must watch the tier after the restart"
     assert_nothing_lost(summary)
-    figures.record("cache Redis outage: requests answered", summary["answered"], "req",
-                   ok=True, note=f"0 failed, 0 lost, sources {summary['sources']}")
+    figures.record(
+        "cache Redis outage: requests answered",
+        summary["answered"],
+        "req",
+        ok=True,
+        note=f"0 failed, 0 lost, sources {summary['sources']}",
+    )
     figures.record("breaker opened after the cache Redis died", opened, "s", ok=opened < 1)
     figures.record("cache tier used again after Redis returned", reused, "s", ok=reused < 1)
     assert opened < 1.0
@@ -118,9 +129,18 @@ def test_broker_redis_restarted_mid_workload(
     try:
         with worker_fleet(nodes=2, concurrency=2):
             offset = uuid.uuid4().int % 10**9
-            client = start_workload({"keys": 400, "requests": 1500, "seconds": 8,
-                                     "threads": 8, "compute_ms": 20, "zipf": 0,
-                                     "offset": offset, "result_timeout": 45})
+            client = start_workload(
+                {
+                    "keys": 400,
+                    "requests": 1500,
+                    "seconds": 8,
+                    "threads": 8,
+                    "compute_ms": 20,
+                    "zipf": 0,
+                    "offset": offset,
+                    "result_timeout": 45,
+                }
+            )
             time.sleep(3)
             broker.restart()  # SIGTERM: Redis writes its append-only file, then starts again
             restarted_at = time.monotonic()
@@ -129,8 +149,13 @@ def test_broker_redis_restarted_mid_workload(
     finally:
         broker.stop()
     assert_nothing_lost(summary)
-    figures.record("broker restart: requests answered", summary["answered"], "req", ok=True,
-                   note="0 failed, 0 lost (AOF broker, acks_late, publish retries)")
+    figures.record(
+        "broker restart: requests answered",
+        summary["answered"],
+        "req",
+        ok=True,
+        note="0 failed, 0 lost (AOF broker, acks_late, publish retries)",
+    )
     figures.record("broker restart: workload finished after the restart", recovered, "s")
 
 
@@ -140,7 +165,7 @@ def test_worker_node_killed_mid_compute(
     monkeypatch.setenv("TIERCEL_VISIBILITY_TIMEOUT", "6")
     monkeypatch.setenv("TIERCEL_TASK_TIME_LIMIT", "5")
     monkeypatch.setenv("TIERCEL_LEASE_TTL", "2")
-    from tasks.examples import slow_square
+    from tiercel.tasks.examples import slow_square
 
     base = uuid.uuid4().int % 10**9
     with worker_fleet(nodes=2, concurrency=2) as fleet:
@@ -152,18 +177,27 @@ def test_worker_node_killed_mid_compute(
         recovered = time.monotonic() - killed_at
     assert values == [(base + i) ** 2 for i in range(12)]
     assert no_lease_left(cache_client) == []
-    figures.record("node SIGKILLed mid-compute: tasks answered", len(values), "tasks",
-                   ok=True, note="redelivered (acks_late), leases taken over, 0 lost")
-    figures.record("node SIGKILLed: last answer after the kill", recovered, "s",
-                   note="about visibility_timeout (6 s here) + restore interval")
+    figures.record(
+        "node SIGKILLed mid-compute: tasks answered",
+        len(values),
+        "tasks",
+        ok=True,
+        note="redelivered (acks_late), leases taken over, 0 lost",
+    )
+    figures.record(
+        "node SIGKILLed: last answer after the kill",
+        recovered,
+        "s",
+        note="about visibility_timeout (6 s here) + restore interval",
+    )
 
 
 def test_paused_lease_holder_cannot_overwrite_a_newer_value(
     monkeypatch: pytest.MonkeyPatch, cache_client: redis.Redis, figures: Figures
 ) -> None:
     monkeypatch.setenv("TIERCEL_LEASE_TTL", "1")
-    from tasks import runtime
-    from tasks.examples import revision
+    from tests.fleet_tasks import revision
+    from tiercel.tasks import runtime
 
     name = uuid.uuid4().hex
     counter = f"test:count:{name}"
@@ -185,14 +219,19 @@ def test_paused_lease_holder_cannot_overwrite_a_newer_value(
         assert first.get(timeout=30) == 1  # the paused holder finished, late
         stored = runtime.current().tier.get(key)
     assert stored == 2, "the late write of a fenced-out holder overwrote the newer value"
-    figures.record("holder SIGSTOPped past its lease, then resumed", stored, "revision",
-                   ok=stored == 2, note="its late write was rejected by the fence")
+    figures.record(
+        "holder SIGSTOPped past its lease, then resumed",
+        stored,
+        "revision",
+        ok=stored == 2,
+        note="its late write was rejected by the fence",
+    )
 
 
 def test_cut_invalidation_channel_drops_local_levels(
     cache_client: redis.Redis, figures: Figures
 ) -> None:
-    from tasks import runtime
+    from tiercel.tasks import runtime
 
     rt = runtime.current()
     assert rt.notifier.start(5)
@@ -212,5 +251,10 @@ def test_cut_invalidation_channel_drops_local_levels(
     assert rt.cache.lookup(key, remote=False) is None
     assert rt.cache.lookup(other, remote=False) is None, "local levels were not dropped"
     assert rt.cache.lookup(key) is None  # and Redis no longer has it either
-    figures.record("invalidation channel cut: reconnected, local levels dropped", took, "s",
-                   ok=True, note="no stale value served")
+    figures.record(
+        "invalidation channel cut: reconnected, local levels dropped",
+        took,
+        "s",
+        ok=True,
+        note="no stale value served",
+    )

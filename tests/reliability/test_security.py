@@ -11,15 +11,15 @@ import time
 import pytest
 import redis
 
-from core.codecs import Serializer, SignedPickleCodec, serializer_from_settings
-from core.generations import Generations
-from core.levels import MemoryLevel
-from core.memoize import cached
-from core.multilevel import MultiLevelCache
-from core.redis_server import RedisServer
-from core.redis_tier import MISSING, RedisTier
-from core.settings import Settings
 from tests.reliability.conftest import Figures
+from tiercel.core.cache.memoize import cached
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.embedded.redis_server import RedisServer
+from tiercel.core.encoding.codecs import Serializer, SignedPickleCodec, serializer_from_settings
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.settings import Settings
+from tiercel.core.tier.generations import Generations
+from tiercel.core.tier.redis_tier import MISSING, RedisTier
 
 OLD_KEY = "retired-signing-key-0123456789"
 NEW_KEY = "current-signing-key-9876543210"
@@ -32,10 +32,12 @@ def test_the_default_codec_is_the_safe_one(figures: Figures) -> None:
 
 
 def _app(url: str, namespace: str) -> tuple[MultiLevelCache, Generations]:
-    tier = RedisTier.from_url(url, serializer=serializer_from_settings(Settings()),
-                              namespace=namespace)
-    cache = MultiLevelCache(serializer=tier.serializer, tier=tier,
-                            levels=[MemoryLevel("memory", max_entries=100)])
+    tier = RedisTier.from_url(
+        url, serializer=serializer_from_settings(Settings()), namespace=namespace
+    )
+    cache = MultiLevelCache(
+        serializer=tier.serializer, tier=tier, levels=[MemoryLevel("memory", max_entries=100)]
+    )
     return cache, Generations(tier, max_age=0.001)
 
 
@@ -46,13 +48,15 @@ def test_two_applications_on_one_redis_cannot_read_or_invalidate_each_other(
     caches = {name: _app(cache_url, name) for name in calls}
     functions = {}
     for name, (cache, generations) in caches.items():
+
         def report(day: int, _name: str = name) -> str:
             calls[_name] += 1
             return f"{_name}:{day}"
 
         report.__qualname__ = "report"  # the same function name in both applications
-        functions[name] = cached(cache, ttl=600, tags=("reports",), namespace=name,
-                                 generations=generations)(report)
+        functions[name] = cached(
+            cache, ttl=600, tags=("reports",), namespace=name, generations=generations
+        )(report)
     assert functions["billing"](1) == "billing:1"
     assert functions["search"](1) == "search:1"  # not billing's value
     assert calls == {"billing": 1, "search": 1}
@@ -64,14 +68,20 @@ def test_two_applications_on_one_redis_cannot_read_or_invalidate_each_other(
     functions["search"].invalidate_all()  # ...and bumps its own version
     assert functions["billing"](1) == "billing:1"
     assert calls["billing"] == 1, "search's invalidations reached billing's entries"
-    figures.record("two namespaces on one Redis", "isolated", "", ok=True,
-                   note="no shared reads, tag or version invalidations")
+    figures.record(
+        "two namespaces on one Redis",
+        "isolated",
+        "",
+        ok=True,
+        note="no shared reads, tag or version invalidations",
+    )
 
 
 def test_opt_in_pickle_is_signed_and_rotates_keys(cache_url: str, figures: Figures) -> None:
     def tier(keys: list[str]) -> RedisTier:
-        return RedisTier.from_url(cache_url, serializer=Serializer(SignedPickleCodec(keys)),
-                                  namespace="signed")
+        return RedisTier.from_url(
+            cache_url, serializer=Serializer(SignedPickleCodec(keys)), namespace="signed"
+        )
 
     writer_old = tier([OLD_KEY])
     assert writer_old.set("signed:k", {"a": (1, 2)}, ttl=60)
@@ -83,11 +93,13 @@ def test_opt_in_pickle_is_signed_and_rotates_keys(cache_url: str, figures: Figur
     # A value signed with a key this process does not hold is a miss, never unpickled.
     assert tier([NEW_KEY]).get("signed:k") is MISSING
     # Under the safe codec, pickle frames are refused outright.
-    safe = RedisTier.from_url(cache_url, serializer=serializer_from_settings(Settings()),
-                              namespace="signed")
+    safe = RedisTier.from_url(
+        cache_url, serializer=serializer_from_settings(Settings()), namespace="signed"
+    )
     assert safe.get("signed:k2") is MISSING
-    figures.record("signed pickle: rotation, unknown key, safe codec", "refused unsigned",
-                   "", ok=True)
+    figures.record(
+        "signed pickle: rotation, unknown key, safe codec", "refused unsigned", "", ok=True
+    )
 
 
 def test_secrets_never_appear_in_settings_output_or_worker_logs(
@@ -97,20 +109,49 @@ def test_secrets_never_appear_in_settings_output_or_worker_logs(
     signing = "signing-key-never-shown-0123"
     server = RedisServer(extra_args=("--requirepass", password)).start()
     url = f"redis://:{password}@127.0.0.1:{server.port}/0"
-    env = {**os.environ, "TIERCEL_BROKER_URL": url, "TIERCEL_RESULT_BACKEND": url,
-           "TIERCEL_CACHE_URL": url, "TIERCEL_CODEC": "pickle",
-           "TIERCEL_SIGNING_KEYS": signing}
+    env = {
+        **os.environ,
+        "TIERCEL_BROKER_URL": url,
+        "TIERCEL_RESULT_BACKEND": url,
+        "TIERCEL_CACHE_URL": url,
+        "TIERCEL_CODEC": "pickle",
+        "TIERCEL_SIGNING_KEYS": signing,
+    }
     try:
-        shown = subprocess.run([sys.executable, "-m", "workers.cli", "settings"], env=env,
-                               capture_output=True, text=True, timeout=60, check=True)
+        shown = subprocess.run(
+            [sys.executable, "-m", "tiercel.workers.cli", "settings"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert password not in shown.stdout + shown.stderr
         assert signing not in shown.stdout + shown.stderr
         assert "***" in shown.stdout
 
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-P", "solo",
-             "-n", "secret-check@%h", "-l", "DEBUG", "--without-mingle", "--without-gossip"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "tiercel.workers.app",
+                "worker",
+                "-P",
+                "solo",
+                "-n",
+                "secret-check@%h",
+                "-l",
+                "DEBUG",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         client = redis.Redis.from_url(url)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and client.pubsub_numsub("tiercel:events")[0][1] < 1:
@@ -130,7 +171,7 @@ def test_secrets_never_appear_in_settings_output_or_worker_logs(
 
 @pytest.mark.parametrize("scheme", ["redis", "rediss"])
 def test_redacted_urls_keep_user_and_host(scheme: str) -> None:
-    from core.settings import redact_url
+    from tiercel.core.settings import redact_url
 
     url = f"{scheme}://app:pw-123456@cache.internal:6380/1"
     assert redact_url(url) == f"{scheme}://app:***@cache.internal:6380/1"

@@ -24,8 +24,8 @@ from typing import Any
 
 
 def run(options: dict[str, Any]) -> dict[str, Any]:
-    import workers.app  # noqa: F401  (configured from this process's environment)
-    from tasks.examples import slow_square
+    import tiercel.workers.app  # noqa: F401  (configured from this process's environment)
+    from tiercel.tasks.examples import slow_square
 
     keys = int(options.get("keys", 1000))
     requests = int(options.get("requests", 10_000))
@@ -48,8 +48,9 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
         if time.monotonic() - started > seconds:
             return
         rng = random.Random(index)
-        n = offset + (rng.choices(range(keys), weights=weights)[0] if weights
-                      else rng.randrange(keys))
+        n = offset + (
+            rng.choices(range(keys), weights=weights)[0] if weights else rng.randrange(keys)
+        )
         try:
             if invalidate_rate and rng.random() < invalidate_rate:
                 slow_square.invalidate(n, compute_ms)
@@ -71,15 +72,20 @@ def run(options: dict[str, Any]) -> dict[str, Any]:
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(requests)))
-    return {**counts, "errors": errors[:20], "error_count": len(errors),
-            "wrong": len(wrong), "sources": dict(sources),
-            "seconds": time.monotonic() - started,
-            "lost": counts["submitted"] - counts["answered"] - len(errors)}
+    return {
+        **counts,
+        "errors": errors[:20],
+        "error_count": len(errors),
+        "wrong": len(wrong),
+        "sources": dict(sources),
+        "seconds": time.monotonic() - started,
+        "lost": counts["submitted"] - counts["answered"] - len(errors),
+    }
 
 
 if __name__ == "__main__":
     result = run(json.loads(sys.argv[1]) if len(sys.argv) > 1 else {})
-    from tasks import runtime
+    from tiercel.tasks import runtime
 
     runtime.shutdown()
     print(json.dumps(result))

@@ -1,0 +1,79 @@
+"""tiercel: cached compute on Celery.
+
+Each distinct (function, version, arguments) computes once across a fleet of
+Celery workers; later calls are answered from the nearest cache tier.
+
+``import tiercel`` loads no Celery: the Celery-facing names (``cached_task``,
+``CachedResult``, ``CachedTask``) are imported on first use, so a plain Python
+process that only uses the framework-free parts pays nothing for Celery.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tiercel.core.errors import (
+    CacheError,
+    CodecError,
+    ComputationFailed,
+    KeyEncodingError,
+    LeaseError,
+    LeaseLost,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    ServerError,
+    SettingsError,
+    TiercelError,
+    TierUnavailable,
+    ValueTooLarge,
+)
+from tiercel.core.settings import Settings
+
+if TYPE_CHECKING:
+    from tiercel.tasks.cached import CachedTask, cached_task
+    from tiercel.tasks.results import CachedResult
+
+__version__ = "0.1.0"
+
+#: Names loaded on first use, by the module that defines them (these import Celery).
+_LAZY: dict[str, str] = {
+    "cached_task": "tiercel.tasks.cached",
+    "CachedTask": "tiercel.tasks.cached",
+    "CachedResult": "tiercel.tasks.results",
+}
+
+__all__ = [
+    "CacheError",
+    "CachedResult",
+    "CachedTask",
+    "CodecError",
+    "ComputationFailed",
+    "KeyEncodingError",
+    "LeaseError",
+    "LeaseLost",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "ServerError",
+    "Settings",
+    "SettingsError",
+    "TierUnavailable",
+    "TiercelError",
+    "ValueTooLarge",
+    "cached_task",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tiercel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

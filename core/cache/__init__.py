@@ -1,0 +1,1 @@
+"""The heart: the multi-level cache, memoized functions, freshness and fleet coordination."""

@@ -1,0 +1,347 @@
+"""A cached function without Celery: ``@cached(cache)`` in any Python process.
+
+The key is ``namespace : name : version : digest(generation, arguments)``;
+the generation combines the namespace's and the function's counters so that
+``invalidate_all()`` (a version bump) and a namespace-wide invalidation are
+O(1). :class:`CachedFunction` is also what a Celery cached task computes
+through on a worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from tiercel.core.cache.failures import expired, is_failure, raise_failure
+from tiercel.core.cache.failures import record as failure_record
+from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
+from tiercel.core.cache.multilevel import Lookup, MultiLevelCache
+from tiercel.core.encoding.keys import KeyBuilder, function_name
+from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.tier.generations import Generations
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Argument types whose equality and hashing never cross types (``1 == True`` and
+#: ``1 == 1.0`` are why bool and float are not here), so a tuple of them can key the
+#: hot memo without ever confusing two calls that have different cache keys.
+_HOT_TYPES: frozenset[type] = frozenset({str, int, bytes, type(None)})
+#: Calls with at most this many positional arguments have their keys remembered...
+_KEY_MEMO_ARGS = 8
+#: ...up to this many per function.
+_KEY_MEMO_ENTRIES = 4096
+
+#: Generation scope of a whole namespace.
+NAMESPACE_SCOPE = "ns"
+
+
+def function_scope(name: str) -> str:
+    """Generation scope of one function (bumped by its ``invalidate_all``)."""
+    return f"fn:{name}"
+
+
+@dataclass
+class CachedFunction(Generic[P, R]):
+    """A function plus how its results are cached: ttl, tags, version, ignored arguments."""
+
+    fn: Callable[P, R]
+    ttl: float | None = None
+    tags: tuple[str, ...] = ()
+    version: str | None = None
+    ignore: tuple[str, ...] = ()
+    name: str = ""
+    policy: FreshnessPolicy = field(default_factory=FreshnessPolicy)
+    #: Names of the local levels this function's values may occupy; None: all of
+    #: them, ``()``: none (values live in the Redis tier only).
+    levels: tuple[str, ...] | None = None
+    #: Failures of these types are cached for ``error_ttl`` seconds and raised again on
+    #: a hit (negative caching); any other exception is never cached.
+    cache_errors: tuple[type[BaseException], ...] = ()
+    error_ttl: float = 30.0
+    _builders: dict[str, KeyBuilder] = field(default_factory=dict, init=False, repr=False)
+    _keys: dict[tuple[Any, ...], str] = field(default_factory=dict, init=False, repr=False)
+    _scope: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or function_name(self.fn)
+        self._scope = function_scope(self.name)
+
+    def builder(self, namespace: str) -> KeyBuilder:
+        """The key builder for ``namespace`` (built once; signature binding is slow)."""
+        builder = self._builders.get(namespace)
+        if builder is None:
+            builder = KeyBuilder(
+                self.fn,
+                namespace=namespace,
+                name=self.name,
+                version=self.version,
+                ignore=self.ignore,
+            )
+            self._builders[namespace] = builder
+        return builder
+
+    def key(
+        self,
+        namespace: str,
+        generations: Generations,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> str:
+        """The cache key of one call (raises KeyEncodingError for unencodable arguments).
+
+        Keys of calls with a few positional ``str``/``int``/``bytes``/``None``
+        arguments are remembered (bounded), keyed by the generation too, so the
+        canonical encoding and digest run once per distinct call.
+        """
+        generation = (generations.current(NAMESPACE_SCOPE) << 32) | generations.current(self._scope)
+        if not kwargs and len(args) <= _KEY_MEMO_ARGS:
+            for arg in args:
+                if type(arg) not in _HOT_TYPES:
+                    break
+            else:
+                memo_key = (namespace, generation, *args)
+                known = self._keys.get(memo_key)
+                if known is None:
+                    known = self.builder(namespace).key(args, kwargs, generation)
+                    if len(self._keys) >= _KEY_MEMO_ENTRIES:
+                        self._keys.pop(next(iter(self._keys)), None)  # oldest first
+                    self._keys[memo_key] = known
+                return known
+        return self.builder(namespace).key(args, kwargs, generation)
+
+    def call(
+        self,
+        cache: MultiLevelCache,
+        generations: Generations,
+        namespace: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        refresher: BackgroundRefresher | None = None,
+        inflight_id: str | None = None,
+        force_refresh: bool = False,
+    ) -> Lookup:
+        """Look up or compute one call through ``cache``, refreshing early or stale values
+        as :attr:`policy` says (in the background when a ``refresher`` is given)."""
+        if self.levels is not None:
+            cache = cache.with_levels(self.levels)
+        key = self.key(namespace, generations, args, kwargs)
+        found = self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
+        if self.cache_errors and is_failure(found.value):
+            raise_failure(found.value, self.cache_errors, key)
+        return found
+
+    def _answer(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        refresher: BackgroundRefresher | None,
+        inflight_id: str | None,
+        force_refresh: bool,
+    ) -> Lookup:
+        found = None if force_refresh else cache.lookup(key)
+        verdict = FRESH
+        if found is not None:
+            verdict = self.policy.judge(found.ttl, found.compute_seconds)
+            if self.cache_errors and is_failure(found.value) and expired(found.value):
+                verdict, refresher = STALE, None  # an old failure: try again, now
+            if verdict == FRESH:
+                return found  # the hit path: nothing else to decide
+        ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
+        errors = self.cache_errors
+
+        def compute() -> Any:
+            try:
+                return self.fn(*args, **kwargs)
+            except errors as error:  # () catches nothing: only listed types are cached
+                return failure_record(error, self.error_ttl)
+
+        if force_refresh:
+            refreshed = cache.refresh(
+                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
+            )
+            if refreshed is not None:
+                return refreshed
+            found = cache.lookup(key)  # another process is refreshing: serve what there is
+            if found is not None:
+                return found
+        if found is None:
+            return cache.get_or_compute(
+                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id, known_missing=True
+            )
+        # The value is due for an early refresh, or stale.
+        background = refresher is not None and (
+            verdict == EARLY or self.policy.stale_while_revalidate
+        )
+        if background and refresher is not None:
+            refresher.submit(key, lambda: cache.refresh(key, compute, ttl=ttl, tags=self.tags))
+            return found
+        try:
+            refreshed = cache.refresh(
+                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
+            )
+        except Exception:
+            if verdict == STALE and not self.policy.stale_if_error:
+                raise
+            return found  # an early refresh failed (the value is still fresh), or stale-if-error
+        # None: another process holds the lease and is refreshing; serve what we have.
+        return found if refreshed is None else refreshed
+
+    def memo_lifetime(self, found: Lookup, max_age: float) -> float:
+        """How long an answer may be reused without asking the cache again."""
+        if found.ttl is None:
+            return max_age
+        return min(max_age, found.ttl - self.policy.stale_ttl)
+
+
+class Memoized(Generic[P, R]):
+    """The callable :func:`cached` returns: call it like the function.
+
+    In front of the multi-level cache sits a small memo of recent answers for
+    calls with positional ``str``/``int``/``bytes``/``None`` arguments: it
+    skips key derivation (canonical encoding and a BLAKE2b digest) on the
+    hottest path. A memo answer is trusted while the cache's epoch is
+    unchanged (any local invalidation or generation change advances it), for
+    no longer than the value's remaining TTL and the generations' ``max_age``.
+    """
+
+    def __init__(
+        self,
+        spec: CachedFunction[P, R],
+        cache: MultiLevelCache,
+        generations: Generations,
+        namespace: str,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+        hot_entries: int = 1024,
+        refresher: BackgroundRefresher | None = None,
+    ) -> None:
+        self.spec = spec
+        self.refresher = refresher or _shared_refresher()
+        self.cache = cache
+        self.generations = generations
+        self.namespace = namespace
+        self.hot_hits = 0
+        self._timer = timer
+        self._hot: dict[tuple[Any, ...], tuple[Any, int, float]] = {}
+        # The memo holds live objects, as a memory level does: only where one may.
+        self._hot_entries = (
+            hot_entries
+            if any(
+                isinstance(level, MemoryLevel) for level in cache.with_levels(spec.levels).levels
+            )
+            else 0
+        )
+        previous = generations.on_change
+        if previous is None:
+            generations.on_change = cache.advance_epoch
+        elif previous != cache.advance_epoch:
+
+            def both() -> None:
+                previous()
+                cache.advance_epoch()
+
+            generations.on_change = both
+        functools.update_wrapper(self, spec.fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        if not kwargs:
+            for arg in args:
+                if type(arg) not in _HOT_TYPES:
+                    break
+            else:
+                hot = self._hot.get(args)
+                if hot is not None and hot[1] == self.cache.epoch and hot[2] > self._timer():
+                    self.hot_hits += 1
+                    value: R = hot[0]
+                    return value
+                found = self.spec.call(
+                    self.cache,
+                    self.generations,
+                    self.namespace,
+                    args,
+                    kwargs,
+                    refresher=self.refresher,
+                )
+                self._remember(args, found)
+                result: R = found.value
+                return result
+        found = self.spec.call(
+            self.cache, self.generations, self.namespace, args, kwargs, refresher=self.refresher
+        )
+        computed: R = found.value
+        return computed
+
+    def _remember(self, args: tuple[Any, ...], found: Lookup) -> None:
+        lifetime = self.spec.memo_lifetime(found, self.generations.max_age)
+        if lifetime <= 0 or not self._hot_entries:
+            return
+        hot = self._hot
+        if len(hot) >= self._hot_entries and args not in hot:
+            # Bounded, first in first out: the oldest remembered call goes.
+            hot.pop(next(iter(hot)), None)
+        hot[args] = (found.value, self.cache.epoch, self._timer() + lifetime)
+
+    def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
+        """Like calling, but also says where the value came from (never from the memo)."""
+        return self.spec.call(
+            self.cache, self.generations, self.namespace, args, kwargs, refresher=self.refresher
+        )
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Forget one call's value in every tier."""
+        self.cache.invalidate(self.spec.key(self.namespace, self.generations, args, kwargs))
+
+    def invalidate_all(self) -> int:
+        """Forget every value of this function (a generation bump); returns the generation."""
+        return self.generations.bump(function_scope(self.spec.name))
+
+
+_REFRESHER: list[BackgroundRefresher] = []
+
+
+def _shared_refresher() -> BackgroundRefresher:
+    """One background refresher for every memoized function of this process."""
+    if not _REFRESHER:
+        _REFRESHER.append(BackgroundRefresher())
+    return _REFRESHER[0]
+
+
+def cached(
+    cache: MultiLevelCache,
+    *,
+    ttl: float | None = None,
+    policy: FreshnessPolicy | None = None,
+    tags: Iterable[str] = (),
+    version: str | None = None,
+    ignore: Iterable[str] = (),
+    namespace: str = "tiercel",
+    generations: Generations | None = None,
+    levels: Iterable[str] | None = None,
+    cache_errors: Iterable[type[BaseException]] = (),
+    error_ttl: float = 30.0,
+) -> Callable[[Callable[P, R]], Memoized[P, R]]:
+    """Decorate a function so its results are cached in ``cache``."""
+    gens = generations or Generations(cache.tier)
+
+    def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
+        spec = CachedFunction(
+            fn,
+            ttl=ttl,
+            tags=tuple(tags),
+            version=version,
+            ignore=tuple(ignore),
+            policy=policy or FreshnessPolicy(),
+            levels=None if levels is None else tuple(levels),
+            cache_errors=tuple(cache_errors),
+            error_ttl=error_ttl,
+        )
+        return Memoized(spec, cache, gens, namespace)
+
+    return decorate

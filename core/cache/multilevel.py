@@ -1,0 +1,498 @@
+"""The multi-level cache: ordered local levels in front of the Redis tier.
+
+Reads go fastest level first: a hit is promoted into the faster levels for
+no longer than the value's remaining TTL; a miss everywhere computes once per
+process (single-flight) and writes through every tier. Live objects live in
+:class:`~tiercel.core.local.levels.MemoryLevel` levels, encoded frames in
+:class:`~tiercel.core.local.levels.BytesLevel` levels, so a bytes level never decodes on
+write and a memory level never decodes on read.
+
+Cache trouble never reaches the caller: the Redis tier swallows and counts
+its own errors, and a value the codec cannot encode is returned but kept only
+in the memory levels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from tiercel.core.cache.singleflight import SingleFlight
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
+from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
+from tiercel.core.tier.redis_tier import PayloadSerializer, RedisTier
+
+#: Source names a lookup reports besides level names.
+SOURCE_REDIS = "redis"
+SOURCE_COMPUTED = "computed"
+SOURCE_JOINED = "joined"
+
+
+class Coordinator(Protocol):
+    """Computes misses once across processes and invalidates everywhere (see
+    :class:`tiercel.core.cache.coordinator.FleetCoordinator`)."""
+
+    def compute(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        ttl: float,
+        tags: Sequence[str] = (),
+        inflight_id: str | None = None,
+        checked: bool = False,
+    ) -> Lookup: ...
+
+    def refresh(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        ttl: float,
+        tags: Sequence[str] = (),
+        inflight_id: str | None = None,
+    ) -> Lookup | None: ...
+
+    def invalidate(self, keys: Iterable[str]) -> None: ...
+
+    def invalidate_tag(self, tag: str) -> int: ...
+
+
+class Lookup(NamedTuple):
+    """A value and where it came from: a level name, ``redis``, ``computed`` or ``joined``."""
+
+    value: Any
+    source: str
+    ttl: float | None = None
+    #: How long the value took to compute (known for values read from Redis).
+    compute_seconds: float = 0.0
+
+
+class CacheState:
+    """Counters every view of one cache shares (see :meth:`MultiLevelCache.with_levels`).
+
+    ``epoch`` advances on every local invalidation: memos in front of the cache
+    (see :mod:`tiercel.core.cache.memoize`) trust an answer only while it is unchanged.
+    ``drops`` advances on every local drop (invalidation, or a newer value
+    elsewhere): a value read from Redis while it moved may be outdated and is
+    not promoted.
+    """
+
+    __slots__ = ("compute_errors", "computed", "corrupt", "drops", "epoch", "uncacheable")
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.drops = 0
+        self.computed = 0
+        self.compute_errors = 0
+        self.uncacheable = 0
+        self.corrupt = 0
+
+
+def _shared(name: str, doc: str) -> property:
+    def get(self: MultiLevelCache) -> int:
+        value: int = getattr(self._state, name)
+        return value
+
+    def set_(self: MultiLevelCache, value: int) -> None:
+        setattr(self._state, name, value)
+
+    return property(get, set_, doc=doc)
+
+
+class MultiLevelCache:
+    """Local levels (fastest first) in front of an optional Redis tier."""
+
+    epoch = _shared("epoch", "Advances on every local invalidation (memos check it).")
+    computed = _shared("computed", "Values computed through this cache.")
+    compute_errors = _shared("compute_errors", "Computations that raised.")
+    uncacheable = _shared("uncacheable", "Values the codec could not encode (kept local).")
+    corrupt = _shared("corrupt", "Stored payloads that failed to decode (deleted).")
+
+    def __init__(
+        self,
+        *,
+        serializer: PayloadSerializer,
+        levels: Sequence[CacheLevel[Any]] = (),
+        tier: RedisTier | None = None,
+        default_ttl: float = 3600.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.serializer = serializer
+        self.levels: list[CacheLevel[Any]] = list(levels)
+        self.tier = tier
+        #: Set to share computations and invalidations with other processes.
+        self.coordinator: Coordinator | None = None
+        self.default_ttl = default_ttl
+        self._wall_clock = wall_clock
+        self._flight = SingleFlight()
+        self._state = CacheState()
+        self._views: dict[tuple[str, ...], MultiLevelCache] = {}
+
+    # --- configuration ---
+
+    def add_level(
+        self,
+        name: str,
+        ttl: float | None,
+        max_size: int,
+        *,
+        kind: str = "memory",
+        max_bytes: int | None = None,
+    ) -> CacheLevel[Any]:
+        """Append a level (slower than those before it), as the seed's ``add_level``.
+
+        ``kind`` is ``memory`` (live objects; ``max_size`` entries) or ``bytes``
+        (encoded values; ``max_size`` entries and ``max_bytes`` bytes).
+        """
+        if any(level.name == name for level in self.levels):
+            raise ValueError(f"a level named {name!r} already exists")
+        level: CacheLevel[Any]
+        if kind == "memory":
+            level = MemoryLevel(name, max_entries=max_size, max_bytes=max_bytes, ttl=ttl)
+        elif kind == "bytes":
+            level = BytesLevel(name, max_entries=max_size, max_bytes=max_bytes, ttl=ttl)
+        else:
+            raise ValueError(f"kind={kind!r}: expected 'memory' or 'bytes'")
+        self.levels.append(level)
+        return level
+
+    def with_levels(self, names: Iterable[str] | None) -> MultiLevelCache:
+        """A view of this cache that reads and writes only the named local levels
+        (``()``: none, Redis only). It shares the levels, the tier, the coordinator,
+        single-flight and every counter; None returns this cache."""
+        if names is None:
+            return self
+        wanted = tuple(names)
+        view = self._views.get(wanted)
+        if view is None:
+            known = {level.name for level in self.levels}
+            unknown = [name for name in wanted if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"no local level named {', '.join(map(repr, unknown))}; "
+                    f"this process has {', '.join(sorted(known)) or 'none'}"
+                )
+            view = copy.copy(self)
+            view.levels = [level for level in self.levels if level.name in wanted]
+            view._views = {}
+            self._views[wanted] = view
+        return view
+
+    # --- reads ---
+
+    def lookup(self, key: str, *, remote: bool = True) -> Lookup | None:
+        """The value of ``key`` from the fastest tier holding it, promoted; None on a miss.
+
+        ``remote=False`` looks in this process's levels only.
+        """
+        for index, level in enumerate(self.levels):
+            found = level.get_with_ttl(key)
+            if found is None:
+                continue
+            stored, ttl = found
+            if isinstance(level, BytesLevel):
+                try:
+                    value = self.serializer.loads(stored)
+                except CodecError:
+                    level.discard(key)
+                    self.corrupt += 1
+                    continue
+                self._promote(index, key, value, stored, ttl)
+            else:
+                value = stored
+                self._promote(index, key, value, None, ttl)
+            return Lookup(value, level.name, ttl)
+        if self.tier is None or not remote:
+            return None
+        drops = self._state.drops
+        entry = self.tier.get_entry(key)
+        if entry is None:
+            return None
+        return self._accept_entry(key, entry, promote=drops == self._state.drops)
+
+    def _accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
+        try:
+            value = self.serializer.loads(entry.payload)
+        except CodecError:
+            self.corrupt += 1
+            if self.tier is not None:
+                # Best effort: a read never fails because cleaning up failed.
+                with contextlib.suppress(TierUnavailable):
+                    self.tier.delete(key)
+            return None
+        ttl = entry.remaining_ttl(self._wall_clock())
+        if ttl is not None and ttl <= 0:
+            return None
+        if promote and self.levels:
+            self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
+        return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The cached value, or ``default`` (``None`` is a valid cached value)."""
+        found = self.lookup(key)
+        return default if found is None else found.value
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Values of the keys that hit anywhere; the Redis tier is asked once (MGET)."""
+        found: dict[str, Any] = {}
+        remote: list[str] = []
+        for key in keys:
+            hit = self.lookup(key, remote=False)
+            if hit is None:
+                remote.append(key)
+            else:
+                found[key] = hit.value
+        if remote and self.tier is not None:
+            drops = self._state.drops
+            entries = self.tier.get_entries(remote)
+            promote = drops == self._state.drops
+            for key, entry in entries.items():
+                accepted = self._accept_entry(key, entry, promote=promote)
+                if accepted is not None:
+                    found[key] = accepted.value
+        return found
+
+    def _promote(
+        self,
+        found_at: int,
+        key: str,
+        value: Any,
+        frame: bytes | None,
+        ttl: float | None,
+        tags: Sequence[str] = (),
+    ) -> None:
+        """Copy a hit into the levels faster than where it was found, for at most ``ttl``."""
+        if found_at == 0:
+            return
+        tagset = frozenset(tags)
+        for level in self.levels[:found_at]:
+            if isinstance(level, BytesLevel):
+                if frame is None:
+                    frame = self._encode(value)
+                    if frame is None:
+                        continue
+                level.set(key, frame, ttl=ttl, tags=tagset)
+            else:
+                level.set(
+                    key, value, ttl=ttl, size=len(frame) if frame is not None else None, tags=tagset
+                )
+
+    # --- writes ---
+
+    def _encode(self, value: Any) -> bytes | None:
+        try:
+            frame: bytes = self.serializer.dumps(value)
+        except (CodecError, ValueTooLarge):
+            self.uncacheable += 1
+            return None
+        return frame
+
+    def set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        tags: Sequence[str] = (),
+        compute_seconds: float = 0.0,
+    ) -> None:
+        """Write through every tier (Redis first, so local levels never outlive it)."""
+        ttl = self.default_ttl if ttl is None else ttl
+        if self.tier is not None:
+            self.tier.set(key, value, ttl=ttl, tags=tags, compute_seconds=compute_seconds)
+        self.store_local(key, value, None, ttl, tags)
+
+    def store_local(
+        self, key: str, value: Any, frame: bytes | None, ttl: float | None, tags: Sequence[str]
+    ) -> None:
+        """Put a value (and its encoded ``frame``, when known) into this process's levels."""
+        tagset = frozenset(tags)
+        needs_frame = any(isinstance(level, BytesLevel) for level in self.levels)
+        if frame is None and needs_frame:
+            frame = self._encode(value)
+        for level in self.levels:
+            if isinstance(level, BytesLevel):
+                if frame is not None:
+                    level.set(key, frame, ttl=ttl, tags=tagset)
+            else:
+                level.set(
+                    key, value, ttl=ttl, size=len(frame) if frame is not None else None, tags=tagset
+                )
+
+    def set_many(
+        self, items: Mapping[str, Any], *, ttl: float | None = None, tags: Sequence[str] = ()
+    ) -> None:
+        """Write many values through every tier (one pipeline to Redis)."""
+        ttl = self.default_ttl if ttl is None else ttl
+        if self.tier is not None:
+            self.tier.set_many(items, ttl=ttl, tags=tags)
+        for key, value in items.items():
+            self.store_local(key, value, None, ttl, tags)
+
+    def get_or_compute(
+        self,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        ttl: float | None = None,
+        tags: Sequence[str] = (),
+        inflight_id: str | None = None,
+        known_missing: bool = False,
+    ) -> Lookup:
+        """The cached value of ``key``, or ``compute()`` stored through every tier.
+
+        Concurrent misses of one key in this process compute once; the others
+        get ``source == "joined"``. With a coordinator, concurrent misses in
+        other processes join the same computation too. An exception from
+        ``compute`` is not cached and reaches every caller waiting on it.
+        ``inflight_id`` names the task whose in-flight marker the write clears;
+        ``known_missing`` says the caller just looked ``key`` up and found nothing.
+        """
+        if not known_missing:
+            found = self.lookup(key)
+            if found is not None:
+                return found
+        coordinator = self.coordinator
+
+        def compute_and_store() -> Lookup:
+            if coordinator is not None:
+                # Only this caller (the single-flight leader) runs this, right after its
+                # own lookup; the fleet-wide acquire re-checks for a value in the same trip.
+                return coordinator.compute(
+                    self,
+                    key,
+                    compute,
+                    ttl=self.default_ttl if ttl is None else ttl,
+                    tags=tags,
+                    inflight_id=inflight_id,
+                    checked=known_missing,
+                )
+            again = self.lookup(key)  # another process may have written it meanwhile
+            if again is not None:
+                return again
+            started = time.perf_counter()
+            try:
+                value = compute()
+            except BaseException:
+                self.compute_errors += 1
+                raise
+            elapsed = time.perf_counter() - started
+            self.computed += 1
+            self.set(key, value, ttl=ttl, tags=tags, compute_seconds=elapsed)
+            return Lookup(value, SOURCE_COMPUTED, ttl)
+
+        result, joined = self._flight.do(key, compute_and_store)
+        lookup: Lookup = result
+        if joined:
+            return Lookup(lookup.value, SOURCE_JOINED, lookup.ttl)
+        return lookup
+
+    def refresh(
+        self,
+        key: str,
+        compute: Callable[[], Any],
+        *,
+        ttl: float | None = None,
+        tags: Sequence[str] = (),
+        inflight_id: str | None = None,
+    ) -> Lookup | None:
+        """Recompute ``key`` now although a value exists (an early or stale refresh).
+
+        Returns None when another process is already refreshing it (it holds
+        the key's lease); the current value stays until that one writes.
+        """
+        ttl = self.default_ttl if ttl is None else ttl
+        if self.coordinator is not None:
+            return self.coordinator.refresh(
+                self, key, compute, ttl=ttl, tags=tags, inflight_id=inflight_id
+            )
+        started = time.perf_counter()
+        value = compute()
+        self.computed += 1
+        self.set(key, value, ttl=ttl, tags=tags, compute_seconds=time.perf_counter() - started)
+        return Lookup(value, SOURCE_COMPUTED, ttl)
+
+    # --- invalidation ---
+
+    def invalidate(self, *keys: str) -> None:
+        """Remove ``keys`` from every tier (and, with a coordinator, every process)."""
+        if self.coordinator is not None:
+            self.coordinator.invalidate(keys)
+        elif self.tier is not None and keys:
+            self.tier.delete(*keys)
+        self.invalidate_local(keys)
+
+    def advance_epoch(self) -> None:
+        """Declare every memoized answer in front of this cache stale."""
+        self.epoch += 1
+
+    def discard_local(self, key: str) -> None:
+        """Drop this process's copy of ``key`` because a newer value was written elsewhere.
+
+        Unlike an invalidation this does not advance the epoch: the copy was a
+        valid (older) answer, and memos may keep it for their short ``max_age``.
+        """
+        self._state.drops += 1
+        for level in self.levels:
+            level.discard(key)
+
+    def invalidate_local(self, keys: Iterable[str]) -> None:
+        """Remove ``keys`` from this process's levels only."""
+        self.epoch += 1
+        self._state.drops += 1
+        for key in keys:
+            for level in self.levels:
+                level.discard(key)
+
+    def invalidate_tag(self, tag: str) -> int:
+        """Remove every entry tagged ``tag`` from every tier; returns Redis keys removed."""
+        if self.coordinator is not None:
+            removed = self.coordinator.invalidate_tag(tag)
+        else:
+            removed = self.tier.invalidate_tag(tag) if self.tier is not None else 0
+        self.invalidate_tag_local(tag)
+        return removed
+
+    def invalidate_tag_local(self, tag: str) -> int:
+        """Remove entries tagged ``tag`` from this process's levels (a scan: rare, bounded)."""
+        self.epoch += 1
+        self._state.drops += 1
+        return sum(level.discard_tagged(tag) for level in self.levels)
+
+    def clear_local(self) -> None:
+        """Drop this process's levels (after losing the invalidation channel)."""
+        self.epoch += 1
+        self._state.drops += 1
+        for level in self.levels:
+            level.clear()
+
+    def expire(self) -> int:
+        """Remove expired entries from every local level now; returns how many."""
+        return sum(level.expire() for level in self.levels)
+
+    # --- introspection ---
+
+    def stats(self) -> dict[str, Any]:
+        """Per-level and tier counters."""
+        return {
+            "levels": {level.name: level.stats for level in self.levels},
+            "redis": self.tier.stats if self.tier is not None else None,
+            "computed": self.computed,
+            "compute_errors": self.compute_errors,
+            "joined": self._flight.joined,
+            "uncacheable": self.uncacheable,
+            "corrupt": self.corrupt,
+        }
+
+    def close(self) -> None:
+        """Drop local levels and close the tier's connections."""
+        self.clear_local()
+        if self.tier is not None:
+            self.tier.close()

@@ -1,0 +1,1 @@
+"""Keys and codecs: canonical cache keys, the Redis key layout, value envelopes and codecs."""

@@ -1,0 +1,1 @@
+"""In-process cache levels (live objects, then bytes) and the memory budget they share."""

@@ -1,0 +1,1 @@
+"""Metrics: the per-process registry, mergeable sketches, snapshots and the monitor."""

@@ -1,0 +1,1 @@
+"""Optional infrastructure: bounded pools of connections and reusable objects."""

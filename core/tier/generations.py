@@ -1,0 +1,129 @@
+"""Generation counters that are part of cache keys.
+
+Bumping a generation (``invalidate_all`` of a function, or of a whole
+namespace) makes every older key unreachable in O(1): the old entries are
+never read again and age out of Redis by TTL or LRU. Each process keeps the
+counters it has read for at most ``max_age`` seconds, the hard bound on how
+long it can miss a bump; a subscriber to the invalidation channel makes that
+immediate by calling :meth:`observe` (or :meth:`forget` after a reconnect).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+from tiercel.core.errors import TierUnavailable
+
+
+class GenerationStore(Protocol):
+    """Where the shared counters live (the Redis tier)."""
+
+    def generation(self, scope: str) -> int: ...
+
+    def bump_generation(self, scope: str) -> int: ...
+
+    def restore_generation(self, scope: str, value: int) -> int: ...
+
+
+class Generations:
+    """A process-local view of shared generation counters, refreshed after ``max_age``."""
+
+    def __init__(
+        self,
+        store: GenerationStore | None,
+        *,
+        max_age: float = 1.0,
+        timer: Callable[[], float] = time.monotonic,
+        max_scopes: int = 10_000,
+    ) -> None:
+        self._store = store
+        self._max_age = max_age
+        self._timer = timer
+        self._max_scopes = max_scopes
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[int, float]] = {}
+        #: Called (outside any lock) when a known generation moves or is forgotten.
+        self.on_change: Callable[[], None] | None = None
+        #: Reads that found the store unreachable.
+        self.unavailable = 0
+        #: Counters this process wrote back after the store lost them.
+        self.restored = 0
+
+    @property
+    def max_age(self) -> float:
+        """Seconds a value read from the store is trusted without re-reading."""
+        return self._max_age
+
+    def current(self, scope: str) -> int:
+        """The scope's generation, from memory when fresh, else from the store."""
+        known = self._known.get(scope)
+        now = self._timer()
+        if known is not None and now - known[1] < self._max_age:
+            return known[0]
+        try:
+            value = self._store.generation(scope) if self._store is not None else 0
+        except TierUnavailable:
+            # Cache trouble must not fail a call: keep the last value we knew (or 0 for
+            # a scope never read), and try the store again on the next call. Values
+            # cached under a guessed generation live only in this process's levels.
+            self.unavailable += 1
+            return known[0] if known is not None else 0
+        if known is not None and value < known[0]:
+            # The store lost the counter (flushed or evicted): never go backwards, or
+            # keys from before an invalidation would become reachable again; and write
+            # it back, so processes that never saw it converge on it too.
+            value = known[0]
+            if self._store is not None:
+                with contextlib.suppress(TierUnavailable):
+                    self._store.restore_generation(scope, value)
+                    self.restored += 1
+        self._remember(scope, value, now)
+        return value
+
+    def bump(self, scope: str) -> int:
+        """Advance the scope's generation everywhere; returns the new value."""
+        if self._store is None:
+            value = self.current(scope) + 1
+        else:
+            value = self._store.bump_generation(scope)
+        self._remember(scope, value, self._timer())
+        return value
+
+    def observe(self, scope: str, value: int) -> None:
+        """Apply a generation announced by another process."""
+        with self._lock:
+            known = self._known.get(scope)
+            changed = known is None or value > known[0]
+            if changed:
+                self._known[scope] = (value, self._timer())
+        if changed:
+            self._changed()
+
+    def forget(self, scopes: Iterable[str] | None = None) -> None:
+        """Drop remembered values (all when ``scopes`` is None): re-read on next use."""
+        with self._lock:
+            if scopes is None:
+                self._known.clear()
+            else:
+                for scope in scopes:
+                    self._known.pop(scope, None)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def _remember(self, scope: str, value: int, now: float) -> None:
+        with self._lock:
+            if len(self._known) >= self._max_scopes and scope not in self._known:
+                self._known.clear()  # bounded: re-reading is cheap, growing is not
+            known = self._known.get(scope)
+            if known is None or value >= known[0]:
+                self._known[scope] = (value, now)
+            moved = known is not None and value > known[0]
+        if moved:
+            self._changed()

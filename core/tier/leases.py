@@ -1,0 +1,602 @@
+"""Cluster-wide single-flight: leases with fencing, write-back, invalidation, in-flight claims.
+
+One computation per cache key across the fleet runs under a lease. Every
+operation on a key is one Lua script over keys that share the value key's
+``{digest}`` hash tag (see :func:`tiercel.core.encoding.prefixes.related_key`), so each is
+atomic and works on Redis Cluster:
+
+``lease``   ``"<token>:<owner>"`` with a PX expiry; renewed while computing.
+``fence``   the newest token handed out; a token only grows.
+``epoch``   the key's invalidation counter; bumped by every invalidation.
+``inflight`` the task id computing the key (coalescing at submit).
+``err``     a short-lived record of a failed computation.
+
+:meth:`LeaseManager.write_back` stores the value only if the lease's token is
+still the newest fence and the epoch has not moved since :meth:`acquire`, so a
+holder that lost its lease (paused, partitioned, expired) can never overwrite
+a newer value or resurrect an invalidated one. Fence and epoch are
+time-floored counters with a long TTL (``state_ttl``): losing them to expiry
+or LRU eviction can only reject a write-back (see :mod:`tiercel.core.tier.scripts`).
+
+The protocol of a caller that needs ``key`` (the lead's integration)::
+
+    with notifier.waiter(key) as waiter:        # subscribe first ...
+        while True:
+            if (entry := tier.get_entry(key)):  # ... then re-read: no lost wake-up
+                return entry
+            got = leases.acquire(key)
+            if isinstance(got, Lease):
+                with renewer.holding(got):
+                    ...compute, then leases.write_back(got, entry_bytes, ttl)
+                return ...
+            if waiter.wait(got.holder_ttl + slack) == "f":
+                raise ... leases.read_failure(key)
+            # any other wake-up or a timeout: loop, re-read, maybe take over
+
+Redis errors surface as :class:`~tiercel.core.errors.TierUnavailable` (a caller that
+cannot lease computes without one: cache trouble never fails a task).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+from tiercel.core.encoding.prefixes import (
+    EPOCH,
+    FAILURE,
+    FENCE,
+    INFLIGHT,
+    LEASE,
+    REPUBLISH,
+    channel_name,
+    namespace_of,
+    related_key,
+)
+from tiercel.core.errors import LeaseError, TierUnavailable
+from tiercel.core.tier import scripts
+from tiercel.core.tier.connections import CacheClient
+
+__all__ = ["DEFAULT_STATE_TTL", "Held", "Lease", "LeaseManager", "LeaseRenewer"]
+
+log = logging.getLogger(__name__)
+
+#: How long fence and epoch counters outlive their last use (1 day).
+DEFAULT_STATE_TTL: Final = 86_400.0
+#: How long a failure record stays readable after :meth:`LeaseManager.publish_failure`.
+DEFAULT_FAILURE_TTL: Final = 10.0
+_MAX_FAILURE_MESSAGE: Final = 2_000
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease: ``token`` is its fence, ``epoch`` the key's invalidation counter then.
+
+    ``ttl`` is the lease's lifetime in seconds; ``acquired_at`` is the
+    manager's ``timer()`` (monotonic) when it was taken.
+    """
+
+    key: str
+    token: int
+    epoch: int
+    ttl: float
+    acquired_at: float
+
+
+@dataclass(frozen=True)
+class Held:
+    """Someone else holds the lease; it expires in ``holder_ttl`` seconds unless renewed."""
+
+    holder_ttl: float
+
+
+@dataclass(frozen=True)
+class Present:
+    """:meth:`LeaseManager.acquire` found a value already stored: read it instead."""
+
+
+PRESENT: Final = Present()
+
+
+def _ms(seconds: float, what: str) -> int:
+    if not seconds > 0:
+        raise ValueError(f"{what}={seconds!r}: expected a positive number of seconds")
+    return max(1, round(seconds * 1000))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+class LeaseManager:
+    """Leases, fenced write-back, invalidation and in-flight claims on one Redis client.
+
+    ``ttl`` is the default lease lifetime, ``renew_interval`` (default
+    ``ttl / 3``) how often a :class:`LeaseRenewer` extends it. ``state_ttl``
+    bounds how long fence and epoch counters outlive their last use; a
+    computation longer than that has its write-back rejected. ``channel``
+    overrides the pub/sub channel (default ``{namespace}:events`` of each
+    key). ``timer`` stamps :attr:`Lease.acquired_at`; ``wall_clock`` stamps
+    failure records. Thread-safe; create one per process (after fork).
+    """
+
+    def __init__(
+        self,
+        client: CacheClient,
+        *,
+        ttl: float = 30.0,
+        renew_interval: float | None = None,
+        state_ttl: float = DEFAULT_STATE_TTL,
+        channel: str | None = None,
+        timer: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._ttl_ms = _ms(ttl, "ttl")
+        self.ttl = ttl
+        self.renew_interval = ttl / 3 if renew_interval is None else renew_interval
+        if not self.renew_interval > 0:
+            raise ValueError(f"renew_interval={renew_interval!r}: expected a positive number")
+        self._state_ttl_ms = _ms(state_ttl, "state_ttl")
+        if state_ttl < ttl:
+            raise ValueError(f"state_ttl={state_ttl!r} must be at least the lease ttl ({ttl!r})")
+        self.client = client
+        self.channel = channel
+        self._timer = timer
+        self._wall_clock = wall_clock
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        register = client.register_script
+        self._acquire = register(scripts.ACQUIRE)
+        self._renew = register(scripts.RENEW)
+        self._release = register(scripts.RELEASE)
+        self._release_abandoned = register(scripts.RELEASE_ABANDONED)
+        self._claim_republish = register(scripts.CLAIM_REPUBLISH)
+        self._write_back = register(scripts.WRITE_BACK)
+        self._fail = register(scripts.FAIL)
+        self._invalidate = register(scripts.INVALIDATE)
+        self._claim = register(scripts.CLAIM_INFLIGHT)
+        self._delete_if_equal = register(scripts.DELETE_IF_EQUAL)
+
+    # --- plumbing ---
+
+    def _channel(self, key: str) -> str:
+        return self.channel if self.channel is not None else channel_name(namespace_of(key))
+
+    @staticmethod
+    def _call(func: Callable[[], T]) -> T:
+        try:
+            return func()
+        except redis.RedisError as exc:
+            raise TierUnavailable(
+                f"lease operation failed: {exc}; compute without the "
+                "lease or retry once Redis is back"
+            ) from exc
+
+    def _run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return self._call(lambda: script(keys=keys, args=args))
+
+    def _run_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """``script`` once per call in one pipelined round trip (no MULTI: Cluster-safe).
+
+        EVALSHA directly rather than a Script in a pipeline, which would add a
+        SCRIPT EXISTS round trip; only a NoScript answer costs a reload.
+        """
+        if not calls:
+            return []
+
+        def run(indexes: Sequence[int]) -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for i in indexes:
+                keys, args = calls[i]
+                # execute_command: redis-py's cluster pipeline refuses evalsha() by name
+                # but routes a raw EVALSHA by its first key's slot
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return list(pipe.execute(raise_on_error=False))
+
+        def run_all() -> list[Any]:
+            results = run(range(len(calls)))
+            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+            if missing:
+                self.client.script_load(script.script)
+                for i, result in zip(missing, run(missing), strict=True):
+                    results[i] = result
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+
+        return self._call(run_all)
+
+    # --- leases ---
+
+    def acquire(
+        self, key: str, owner: str = "", *, ttl: float | None = None, unless_present: bool = False
+    ) -> Lease | Held | Present:
+        """Take ``key``'s lease (one round trip), or learn how long its holder keeps it.
+
+        ``owner`` (default ``host:pid``) is stored beside the token, for
+        debugging. A successful acquire clears an old failure record. With
+        ``unless_present``, a value already stored under ``key`` is reported
+        (:class:`Present`) instead of taking the lease, in the same round trip.
+        """
+        ttl = self.ttl if ttl is None else ttl
+        ttl_ms = self._ttl_ms if ttl == self.ttl else _ms(ttl, "ttl")
+        started = self._timer()
+        result = self._run(
+            self._acquire,
+            [
+                related_key(key, LEASE),
+                related_key(key, FENCE),
+                related_key(key, EPOCH),
+                related_key(key, FAILURE),
+                *((key,) if unless_present else ()),
+            ],
+            [ttl_ms, owner or self._owner, self._state_ttl_ms],
+        )
+        if int(result[0]) == 2:
+            return PRESENT
+        if int(result[0]) == 0:
+            return Held(max(0.0, int(result[1]) / 1000))
+        return Lease(key, int(result[1]), int(result[2]), ttl, started)
+
+    def renew(self, lease: Lease) -> bool:
+        """Extend ``lease`` by its ttl if it is still ours; False once lost."""
+        return bool(self._run(self._renew, *self._renew_call(lease)))
+
+    def renew_many(self, leases: Sequence[Lease]) -> list[bool]:
+        """:meth:`renew` each lease in one round trip."""
+        return [
+            bool(r) for r in self._run_many(self._renew, [self._renew_call(le) for le in leases])
+        ]
+
+    def _renew_call(self, lease: Lease) -> tuple[list[str], list[Any]]:
+        key = lease.key
+        return (
+            [related_key(key, LEASE), related_key(key, FENCE), related_key(key, EPOCH)],
+            [lease.token, _ms(lease.ttl, "ttl"), self._state_ttl_ms],
+        )
+
+    def release(self, lease: Lease) -> bool:
+        """Delete ``lease`` if it is still ours; True if it was."""
+        return bool(self._run(self._release, [related_key(lease.key, LEASE)], [lease.token]))
+
+    def release_abandoned(self, key: str, task_id: str) -> bool:
+        """Free ``key``'s lease if the task ``task_id`` holds it (its process is gone:
+        hard time limit, revoke, worker lost), clear its in-flight marker, and wake the
+        waiters so one takes over at once instead of after the lease's TTL."""
+        return bool(
+            self._run(
+                self._release_abandoned,
+                [related_key(key, LEASE), related_key(key, INFLIGHT)],
+                [task_id, self._channel(key), f"d|{key}"],
+            )
+        )
+
+    def claim_republish(self, key: str, period: float) -> bool:
+        """May this client re-publish ``key``'s task now? Only when nobody holds its lease
+        and no other client re-published it in the last ``period`` seconds."""
+        return bool(
+            self._run(
+                self._claim_republish,
+                [related_key(key, LEASE), related_key(key, REPUBLISH)],
+                [_ms(period, "period")],
+            )
+        )
+
+    def write_back(
+        self,
+        lease: Lease,
+        entry_bytes: bytes,
+        ttl: float,
+        *,
+        inflight_id: str | None = None,
+        tags_index: Sequence[str] = (),
+    ) -> bool:
+        """Store a packed :class:`Entry` under ``lease``; True if stored.
+
+        Stored (``SET PX ttl``) only if ``lease.token`` is still the newest
+        fence and the epoch has not moved since acquire. Either way the lease
+        is released if still ours, the in-flight marker is cleared if it
+        holds ``inflight_id``, and ``d|<key>`` is published so waiters
+        re-check. Tag indexes are the caller's (add the key to them *before*
+        :meth:`acquire`, so a tag invalidation during the computation finds
+        it); ``tags_index`` is accepted for that contract and ignored here.
+        """
+        del tags_index
+        key = lease.key
+        return bool(
+            self._run(
+                self._write_back,
+                [
+                    key,
+                    related_key(key, LEASE),
+                    related_key(key, FENCE),
+                    related_key(key, EPOCH),
+                    related_key(key, INFLIGHT),
+                ],
+                [
+                    lease.token,
+                    lease.epoch,
+                    entry_bytes,
+                    _ms(ttl, "ttl"),
+                    inflight_id or "",
+                    self._channel(key),
+                    f"d|{key}",
+                ],
+            )
+        )
+
+    # --- failures ---
+
+    def publish_failure(
+        self,
+        lease: Lease,
+        error: BaseException | str,
+        *,
+        inflight_id: str | None = None,
+        ttl: float = DEFAULT_FAILURE_TTL,
+    ) -> bool:
+        """Record that ``lease``'s computation failed, release it and publish ``f|<key>``.
+
+        The record (``{"type", "message", "at", "token"}``, JSON) lives ``ttl``
+        seconds. Only the newest lease records and publishes (True): a holder
+        that was fenced out must not fail the waiters of its successor. The
+        lease and the in-flight marker are released either way.
+        """
+        if isinstance(error, BaseException):
+            kind, message = type(error).__qualname__, str(error)
+        else:
+            kind, message = "Error", error
+        record = json.dumps(
+            {
+                "type": kind,
+                "message": message[:_MAX_FAILURE_MESSAGE],
+                "at": self._wall_clock(),
+                "token": lease.token,
+            }
+        )
+        key = lease.key
+        return bool(
+            self._run(
+                self._fail,
+                [
+                    related_key(key, FAILURE),
+                    related_key(key, LEASE),
+                    related_key(key, FENCE),
+                    related_key(key, INFLIGHT),
+                ],
+                [
+                    lease.token,
+                    record,
+                    _ms(ttl, "ttl"),
+                    inflight_id or "",
+                    self._channel(key),
+                    f"f|{key}",
+                ],
+            )
+        )
+
+    def read_failure(self, key: str) -> dict[str, Any] | None:
+        """The failure record of ``key``'s last computation, or None (none, expired, corrupt)."""
+        raw = self._call(lambda: self.client.get(related_key(key, FAILURE)))
+        if raw is None:
+            return None
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
+
+    # --- invalidation ---
+
+    def invalidate(self, key: str, *, channel: str | None = None) -> int:
+        """Invalidate ``key`` everywhere; returns its new epoch (0: nothing was computing).
+
+        One script: bump the epoch (an in-flight computation's write-back is
+        then rejected), delete the value, the in-flight marker and the
+        failure record, and publish ``i|<key>`` on ``channel`` (default
+        ``{namespace}:events``) so every process drops its local copies.
+        """
+        result = self._run(
+            self._invalidate,
+            *self._invalidate_call(
+                key, channel if channel is not None else self._channel(key), publish=True
+            ),
+        )
+        return int(result[0])
+
+    def invalidate_keys(self, keys: Sequence[str | bytes]) -> int:
+        """Invalidate many keys in one round trip without publishing per key.
+
+        For the tag path: the caller publishes one ``t|<tag>`` afterwards.
+        Returns how many values existed.
+        """
+        calls = [self._invalidate_call(_text(k), "", publish=False) for k in keys]
+        return sum(int(result[1]) for result in self._run_many(self._invalidate, calls))
+
+    def _invalidate_call(
+        self, key: str, channel: str, *, publish: bool
+    ) -> tuple[list[str], list[Any]]:
+        return (
+            [key, related_key(key, INFLIGHT), related_key(key, FAILURE), related_key(key, EPOCH)],
+            [self._state_ttl_ms, channel, f"i|{key}" if publish else ""],
+        )
+
+    # --- coalescing at submit ---
+
+    def claim_inflight(self, key: str, task_id: str, ttl: float) -> str | None:
+        """Mark ``task_id`` as computing ``key``: None if claimed, else the id already there."""
+        result = self._run(self._claim, *self._claim_call(key, task_id, ttl))
+        return None if result is None else _text(result)
+
+    def claim_inflight_many(self, pairs: Sequence[tuple[str, str]], ttl: float) -> list[str | None]:
+        """:meth:`claim_inflight` for many (key, task id) pairs in one round trip."""
+        calls = [self._claim_call(key, task_id, ttl) for key, task_id in pairs]
+        return [None if r is None else _text(r) for r in self._run_many(self._claim, calls)]
+
+    def _claim_call(self, key: str, task_id: str, ttl: float) -> tuple[list[str], list[Any]]:
+        return [related_key(key, INFLIGHT)], [task_id, _ms(ttl, "ttl")]
+
+    def inflight(self, key: str) -> str | None:
+        """The task id computing ``key``, or None."""
+        raw = self._call(lambda: self.client.get(related_key(key, INFLIGHT)))
+        return None if raw is None else _text(raw)
+
+    def clear_inflight(self, key: str, task_id: str) -> bool:
+        """Delete ``key``'s in-flight marker if it still names ``task_id``."""
+        return bool(self._run(self._delete_if_equal, [related_key(key, INFLIGHT)], [task_id]))
+
+    def __repr__(self) -> str:
+        return f"LeaseManager(ttl={self.ttl!r}, renew_interval={self.renew_interval!r})"
+
+
+@dataclass
+class _Tracked:
+    last_renewed: float
+    lost: bool = False
+
+
+class LeaseRenewer:
+    """One daemon thread per process that renews every held lease every ``renew_interval``.
+
+    All held leases are renewed in one pipelined round trip per tick. A lease
+    whose renewal answers "not yours" is marked lost at once; while Redis is
+    unreachable a lease is marked lost once it has gone a full ttl without a
+    successful renewal. :meth:`lost` lets a holder stop early; write-back's
+    fencing makes a lost lease harmless anyway. At most ``max_leases`` are
+    tracked (:meth:`hold` raises :class:`~tiercel.core.errors.LeaseError` beyond).
+
+    Create it in the process that uses it, after fork: the thread does not
+    survive a fork, and a renewer used in another process raises LeaseError.
+    """
+
+    def __init__(
+        self,
+        manager: LeaseManager,
+        *,
+        renew_interval: float | None = None,
+        max_leases: int = 10_000,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manager = manager
+        self.renew_interval = manager.renew_interval if renew_interval is None else renew_interval
+        if not self.renew_interval > 0:
+            raise ValueError(f"renew_interval={renew_interval!r}: expected a positive number")
+        self.max_leases = max_leases
+        self._timer = timer
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._leases: dict[Lease, _Tracked] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.renewals = 0
+        self.failures = 0
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise LeaseError(
+                "this LeaseRenewer was created in another process: create one "
+                "per process after fork (worker_process_init)"
+            )
+
+    def hold(self, lease: Lease) -> None:
+        """Keep renewing ``lease`` until :meth:`drop`; starts the thread on first use."""
+        self._check_process()
+        with self._lock:
+            if self._stop.is_set():
+                raise LeaseError("the LeaseRenewer is stopped; create a new one")
+            if lease not in self._leases and len(self._leases) >= self.max_leases:
+                raise LeaseError(
+                    f"already renewing {self.max_leases} leases: drop finished "
+                    "leases or raise max_leases"
+                )
+            self._leases[lease] = _Tracked(self._timer())
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tiercel-lease-renewer", daemon=True
+                )
+                self._thread.start()
+
+    def drop(self, lease: Lease) -> None:
+        """Stop renewing ``lease`` (it then expires unless released)."""
+        with self._lock:
+            self._leases.pop(lease, None)
+
+    def lost(self, lease: Lease) -> bool:
+        """True once a renewal of a held lease failed for good."""
+        with self._lock:
+            tracked = self._leases.get(lease)
+            return tracked is not None and tracked.lost
+
+    @contextmanager
+    def holding(self, lease: Lease) -> Iterator[Lease]:
+        """Renew ``lease`` for the duration of the block."""
+        self.hold(lease)
+        try:
+            yield lease
+        finally:
+            self.drop(lease)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._leases)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop renewing and join the thread (at most ``timeout`` seconds)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.renew_interval):
+            try:
+                self._tick()
+            except Exception:  # never let one bad tick end renewal for every lease
+                log.exception("lease renewal tick failed")
+
+    def _tick(self) -> None:
+        with self._lock:
+            batch = [lease for lease, tracked in self._leases.items() if not tracked.lost]
+        if not batch:
+            return
+        try:
+            results = self.manager.renew_many(batch)
+        except TierUnavailable as exc:
+            self.failures += 1
+            now = self._timer()
+            with self._lock:
+                for lease in batch:
+                    tracked = self._leases.get(lease)
+                    if tracked is not None and now - tracked.last_renewed >= lease.ttl:
+                        tracked.lost = True
+            log.warning("could not renew %d leases: %s", len(batch), exc)
+            return
+        now = self._timer()
+        self.renewals += 1
+        with self._lock:
+            for lease, ok in zip(batch, results, strict=True):
+                tracked = self._leases.get(lease)
+                if tracked is None:
+                    continue
+                if ok:
+                    tracked.last_renewed = now
+                else:
+                    tracked.lost = True
+                    log.warning("lease of %s (token %d) was lost", lease.key, lease.token)
+
+    def __repr__(self) -> str:
+        return f"LeaseRenewer(leases={len(self)}, renew_interval={self.renew_interval!r})"

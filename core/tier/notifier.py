@@ -1,0 +1,417 @@
+"""Waiting without polling, and invalidation delivery: one pub/sub listener per process.
+
+Every process subscribes one connection to its namespace's channel
+(:func:`tiercel.core.encoding.prefixes.channel_name`) and serves it with one daemon thread.
+Messages are plain strings:
+
+``d|<key>``               a computation of ``key`` finished (stored or not): re-check
+``f|<key>``               it failed; :meth:`LeaseManager.read_failure` has the error
+``i|<key>``               ``key`` was invalidated: drop local copies
+``t|<tag>``               a tag was invalidated
+``g|<scope>|<generation>`` a generation was bumped
+``c|``                    the namespace was cleared
+``s|``                    sweep: drop expired local entries now (beat's fleet-wide sweep)
+
+A waiting thread registers a :class:`Waiter` for its key *before* it
+re-reads the value, so a completion published in between is not lost, then
+waits at most the lease's remaining time. :meth:`Waiter.wait` answers why it
+woke: ``"d"``, ``"f"``, ``"i"``, :data:`WAKE_RESET` (``"r"``: the listener
+reconnected or stopped, so messages may have been missed) or None on
+timeout. Every answer means "re-check the value and the lease".
+
+After every reconnect the listener calls ``on_reset`` (the process may have
+missed invalidations: drop local levels and cached generations) and wakes
+every waiter, so nobody waits on a lost message longer than it takes to
+reconnect. The reset runs when the new subscription is confirmed, so
+everything published after that point is delivered.
+
+Capacity: at most ``max_waiters`` registered waiters. Beyond that,
+:meth:`Notifier.waiter` returns an unregistered waiter whose :meth:`wait`
+sleeps at most :data:`OVERFLOW_POLL` seconds and answers None, so the caller
+degrades to slow polling rather than failing (counted in ``overflowed``).
+The same holds after :meth:`Notifier.stop` and in a process where the
+listener could not subscribe yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
+
+import redis
+
+__all__ = [
+    "OVERFLOW_POLL",
+    "SWEEP",
+    "WAKE_DONE",
+    "WAKE_FAILED",
+    "WAKE_INVALIDATED",
+    "WAKE_RESET",
+    "Notifier",
+    "Waiter",
+]
+
+log = logging.getLogger(__name__)
+
+WAKE_DONE: Final = "d"
+WAKE_FAILED: Final = "f"
+WAKE_INVALIDATED: Final = "i"
+WAKE_RESET: Final = "r"
+#: Kind of the sweep message: publish ``SWEEP + "|"`` to make every process sweep.
+SWEEP: Final = "s"
+#: Longest sleep of a waiter that could not be registered.
+OVERFLOW_POLL: Final = 0.05
+
+_POLL: Final = 0.2  # the listener's read timeout: how quickly stop() is noticed
+_BACKOFF_MIN: Final = 0.05
+_BACKOFF_MAX: Final = 2.0
+
+
+class Waiter:
+    """A registration for wake-ups of one key; see :meth:`Notifier.waiter`.
+
+    Wake-ups that arrive while nobody is inside :meth:`wait` are kept (the
+    first one) and answered by the next :meth:`wait`, so a registered waiter
+    can re-check and wait again without losing a message.
+    """
+
+    __slots__ = ("_event", "_kind", "_notifier", "key", "registered")
+
+    def __init__(self, notifier: Notifier, key: str, registered: bool) -> None:
+        self.key = key
+        self.registered = registered
+        self._notifier = notifier
+        self._event = threading.Event()
+        self._kind: str | None = None
+
+    def _wake(self, kind: str) -> None:  # called under the notifier's lock
+        if self._kind is None:
+            self._kind = kind
+        self._event.set()
+
+    def wait(self, timeout: float | None) -> str | None:
+        """Block until woken (``"d"``/``"f"``/``"i"``/``"r"``) or ``timeout`` seconds (None)."""
+        if not self.registered:
+            if timeout is None or timeout > OVERFLOW_POLL:
+                timeout = OVERFLOW_POLL
+            if timeout > 0:
+                self._event.wait(timeout)
+            return None
+        if not self._event.wait(timeout):
+            return None
+        with self._notifier._lock:
+            kind, self._kind = self._kind, None
+            self._event.clear()
+        return kind
+
+    def close(self) -> None:
+        """Deregister; idempotent."""
+        if self.registered:
+            self._notifier._deregister(self)
+            self.registered = False
+
+    def __enter__(self) -> Waiter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Waiter({self.key!r}, registered={self.registered})"
+
+
+class Notifier:
+    """The process's one pub/sub listener on ``channel``; see the module docstring.
+
+    Callbacks run on the listener thread and must be quick; an exception in
+    one is logged and counted (``handler_errors``), never fatal. Create, start
+    and use it in one process (after fork); :meth:`stop` on shutdown.
+
+    For metrics: ``connected`` (subscribed right now), ``reconnects`` (resets:
+    every confirmed subscription after the first, plus a first one that came
+    after :meth:`start` gave up waiting), ``received`` (messages),
+    ``last_message_at`` (``time.monotonic()`` of the last one),
+    ``handler_errors``, ``malformed`` and ``overflowed`` (unregistered waiters).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis | redis.RedisCluster,  # a cluster's pubsub hears every node
+        *,
+        channel: str,
+        on_invalidate: Callable[[str], None] | None = None,
+        on_tag: Callable[[str], object] | None = None,
+        on_generation: Callable[[str, int], None] | None = None,
+        on_reset: Callable[[], None] | None = None,
+        on_clear: Callable[[], None] | None = None,
+        on_done: Callable[[str], None] | None = None,
+        max_waiters: int = 10_000,
+        on_sweep: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.on_invalidate = on_invalidate
+        self.on_tag = on_tag
+        self.on_generation = on_generation
+        self.on_reset = on_reset
+        self.on_clear = on_clear
+        #: Called with the key of every completed computation: a newer value exists,
+        #: so a local copy of that key is outdated.
+        self.on_done = on_done
+        self.max_waiters = max_waiters
+        #: Called on a sweep message (``s|``): beat asks every process, prefork children
+        #: included, to drop its expired local entries; keep it quick (wake a thread).
+        self.on_sweep = on_sweep
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._waiters: dict[str, list[Waiter]] = {}
+        self._count = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._subscribed = threading.Event()
+        self._confirmations = 0
+        self._start_timed_out = False
+        self.connected = False
+        self.reconnects = 0
+        self.received = 0
+        self.last_message_at: float | None = None
+        self.handler_errors = 0
+        self.overflowed = 0
+        self.malformed = 0
+
+    # --- lifecycle ---
+
+    def _check_process(self) -> None:
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                "this Notifier was created in another process: create one per "
+                "process after fork (worker_process_init)"
+            )
+
+    @property
+    def started(self) -> bool:
+        """True once :meth:`start` ran (the listener may still be reconnecting)."""
+        return self._thread is not None
+
+    def start(self, timeout: float = 5.0) -> bool:
+        """Start the listener; True once the subscription is confirmed within ``timeout``.
+
+        After a True answer no message published later is missed (short of a
+        reconnect, which resets). On False the listener keeps trying in the
+        background and resets (``on_reset``, all waiters woken) when it
+        subscribes. Idempotent.
+        """
+        self._check_process()
+        with self._lock:
+            if self._stopping.is_set():
+                return False
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="tiercel-notifier", daemon=True
+                )
+                self._thread.start()
+        if self._subscribed.wait(timeout):
+            return True
+        with self._lock:
+            if self._confirmations == 0:
+                self._start_timed_out = True
+                return False
+        return True
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Unsubscribe, close the connection, join the thread; wake every waiter."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._wake_all(WAKE_RESET)
+
+    # --- waiting ---
+
+    def waiter(self, key: str) -> Waiter:
+        """Register for wake-ups of ``key``; do this before re-reading the value.
+
+        Starts the listener on first use. See the module docstring for what
+        happens beyond ``max_waiters`` or when the listener is not running.
+        """
+        if self._thread is None:
+            self.start(timeout=1.0)
+        else:
+            self._check_process()
+        with self._lock:
+            if self._stopping.is_set() or self._count >= self.max_waiters:
+                self.overflowed += 1
+                return Waiter(self, key, registered=False)
+            waiter = Waiter(self, key, registered=True)
+            self._waiters.setdefault(key, []).append(waiter)
+            self._count += 1
+        return waiter
+
+    @property
+    def waiting(self) -> int:
+        """How many waiters are registered."""
+        return self._count
+
+    def _deregister(self, waiter: Waiter) -> None:
+        with self._lock:
+            waiters = self._waiters.get(waiter.key)
+            if waiters is None:
+                return
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                return
+            self._count -= 1
+            if not waiters:
+                del self._waiters[waiter.key]
+
+    def _wake(self, key: str, kind: str) -> None:
+        with self._lock:
+            for waiter in self._waiters.get(key, ()):
+                waiter._wake(kind)
+
+    def _wake_all(self, kind: str) -> None:
+        with self._lock:
+            for waiters in self._waiters.values():
+                for waiter in waiters:
+                    waiter._wake(kind)
+
+    # --- publishing ---
+
+    def publish(self, message: str) -> int:
+        """Publish ``message`` on the channel; returns how many subscribers got it.
+
+        Raises redis errors (an unpublished invalidation must not pass silently).
+        """
+        return int(self.client.publish(self.channel, message))
+
+    # --- the listener ---
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_MIN
+        pubsub: Any = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if pubsub is None:
+                        pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                        pubsub.subscribe(self.channel)
+                    message = pubsub.get_message(timeout=_POLL)
+                except Exception as exc:  # connection lost, or anything else: back off
+                    # One warning per outage, not one per attempt: retries are DEBUG.
+                    level = logging.WARNING if backoff == _BACKOFF_MIN else logging.DEBUG
+                    self.connected = False
+                    log.log(
+                        level,
+                        "invalidation channel %s: %s; reconnecting in %.2fs",
+                        self.channel,
+                        exc,
+                        backoff,
+                    )
+                    if pubsub is not None:
+                        self._close(pubsub)
+                        pubsub = None
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, _BACKOFF_MAX)
+                    continue
+                if message is None:
+                    continue
+                backoff = _BACKOFF_MIN
+                self._handle(message)
+        finally:
+            if pubsub is not None:
+                try:
+                    pubsub.unsubscribe(self.channel)
+                except Exception:  # closing anyway
+                    log.debug("unsubscribe failed", exc_info=True)
+                self._close(pubsub)
+            self.connected = False
+
+    @staticmethod
+    def _close(pubsub: Any) -> None:
+        try:
+            pubsub.close()
+        except Exception:  # a dead connection may fail to close; nothing to keep
+            log.debug("closing the pub/sub connection failed", exc_info=True)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "subscribe":
+            self._confirmed()
+        elif kind == "message":
+            self.received += 1
+            self.last_message_at = time.monotonic()
+            data = message.get("data")
+            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+            self._dispatch(text)
+
+    def _confirmed(self) -> None:
+        """A (re)subscription is confirmed: reset unless it is the clean first one."""
+        with self._lock:
+            reset = self._confirmations > 0 or self._start_timed_out
+            self._confirmations += 1
+        self.connected = True
+        self._subscribed.set()
+        if reset:
+            self.reconnects += 1
+            log.info("invalidation channel %s re-subscribed: dropping local state", self.channel)
+            self._call(self.on_reset)
+            self._wake_all(WAKE_RESET)
+
+    def _dispatch(self, text: str) -> None:
+        kind, sep, rest = text.partition("|")
+        if not sep:
+            self.malformed += 1
+            return
+        if kind == WAKE_DONE:
+            self._call(self.on_done, rest)
+            self._wake(rest, kind)
+        elif kind == WAKE_FAILED:
+            self._wake(rest, kind)
+        elif kind == WAKE_INVALIDATED:
+            self._call(self.on_invalidate, rest)
+            self._wake(rest, kind)
+        elif kind == "t":
+            self._call(self.on_tag, rest)
+        elif kind == "g":
+            scope, sep, generation = rest.rpartition("|")
+            try:
+                number = int(generation)
+            except ValueError:
+                sep = ""
+            if not sep:
+                self.malformed += 1
+                return
+            self._call(self.on_generation, scope, number)
+        elif kind == "c":
+            self._call(self.on_clear)
+            self._wake_all(WAKE_INVALIDATED)
+        elif kind == SWEEP:
+            self._call(self.on_sweep)
+        else:
+            self.malformed += 1
+
+    def _call(self, handler: Callable[..., object] | None, *args: Any) -> None:
+        if handler is None:
+            return
+        try:
+            handler(*args)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("invalidation handler %r failed", handler)
+
+    def __repr__(self) -> str:
+        return (
+            f"Notifier({self.channel!r}, connected={self.connected}, "
+            f"waiting={self._count}, reconnects={self.reconnects})"
+        )

@@ -1,0 +1,116 @@
+"""Test-only tasks: what the fleet tests ask a worker process about itself.
+
+Workers started by the tests opt into this module (``TIERCEL_TASK_MODULES``);
+no production worker registers it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from celery import shared_task
+
+from tiercel.tasks import maintenance, metrics, pools, runtime
+from tiercel.tasks.cached import cached_task
+
+
+@cached_task(ttl=600)
+def revision(name: str, counter: str, compute_ms: int = 100) -> int:
+    """Which computation produced the value: INCR ``counter`` first, then work.
+
+    Two computations of one key return different numbers, so a test can tell
+    whose value the cache holds (fencing).
+    """
+    from tiercel.tasks import runtime
+
+    number = int(runtime.current().tier.client.incr(counter))
+    time.sleep(compute_ms / 1000)
+    return number
+
+
+@cached_task(ttl=600)
+def stubborn(name: str, counter: str, seconds: float = 3.0) -> int:
+    """Like :func:`revision`, but ignores its soft time limit (as a call stuck in C code
+    would): only the hard limit's SIGKILL stops it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    from tiercel.tasks import runtime
+
+    number = int(runtime.current().tier.client.incr(counter))
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            continue
+    return number
+
+
+@shared_task(name="tests.fleet_tasks.fill_local")
+def fill_local(prefix: str, count: int, ttl: float, hold_ms: int = 0) -> dict[str, Any]:
+    """Put ``count`` entries living ``ttl`` seconds into this process's local levels only."""
+    rt = runtime.current()
+    for index in range(min(count, 10_000)):
+        rt.cache.store_local(f"{prefix}:{index}", index, None, ttl, ())
+    time.sleep(hold_ms / 1000)
+    return {"pid": os.getpid()}
+
+
+@shared_task(name="tests.fleet_tasks.local_levels")
+def local_levels(prefix: str = "", hold_ms: int = 0) -> dict[str, Any]:
+    """This process's levels: entries held (expired ones not yet swept included),
+    how many keys start with ``prefix``, and how many sweeps each trigger ran."""
+    rt = runtime.current()
+    time.sleep(hold_ms / 1000)
+    levels = {}
+    for level in rt.cache.levels:
+        # Read the held keys without touching them: a read would expire them lazily.
+        held = list(getattr(level, "_data", {}))
+        levels[level.name] = {
+            "entries": len(held),
+            "matching": sum(1 for key in held if key.startswith(prefix)),
+        }
+    return {
+        "pid": os.getpid(),
+        "node": maintenance.NODE,
+        "levels": levels,
+        "sweeps": {
+            trigger: rt.metrics.counter_value(metrics.SWEEPS, trigger=trigger)
+            for trigger in ("message", "timer")
+        },
+    }
+
+
+@shared_task(name="tests.fleet_tasks.describe_pools")
+def describe_pools(
+    hold_ms: int = 0, use: tuple[str, ...] | list[str] = ("redis",)
+) -> dict[str, Any]:
+    """Which process ran this, and its pools: each used once, then snapshotted.
+
+    Proves per-process pools on a prefork fleet: every child reports its own pid,
+    and each pool's creator pid equals it. ``hold_ms`` keeps the child busy so
+    concurrent calls spread over the children.
+    """
+    registry = pools.current()
+    for name in use:
+        with registry.acquire(name) as resource:
+            if name == "redis":
+                resource.ping()
+    time.sleep(hold_ms / 1000)
+    built = registry.built()
+    return {
+        "pid": os.getpid(),
+        "parent_pid": os.getppid(),
+        "registry_pid": registry.pid,
+        "pools": {
+            name: {
+                "id": id(pool),
+                "creator_pid": registry.creator_pid(name),
+                "snapshot": pool.snapshot(),
+            }
+            for name, pool in built.items()
+        },
+        "memory": registry.budget.snapshot(),
+    }
