@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p tiercel.core -p tiercel.tasks -p tiercel.workers
+	$(BIN)/mypy -m tiercel -p tiercel.core -p tiercel.tasks -p tiercel.workers
 
 test: $(STAMP) lint typecheck
 	$(BIN)/pytest

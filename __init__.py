@@ -3,9 +3,10 @@
 Each distinct (function, version, arguments) computes once across a fleet of
 Celery workers; later calls are answered from the nearest cache tier.
 
-``import tiercel`` loads no Celery: the Celery-facing names (``cached_task``,
-``CachedResult``, ``CachedTask``) are imported on first use, so a plain Python
-process that only uses the framework-free parts pays nothing for Celery.
+``import tiercel`` loads no Celery: names are imported on first use, and
+``tiercel.cached`` (a cached function in any process) never imports Celery,
+so a plain Python process pays nothing for it. ``cached_task``,
+``CachedTask`` and ``CachedResult`` are the Celery-facing API.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from tiercel.core.settings import Settings
 
 if TYPE_CHECKING:
     from tiercel.tasks.cached import CachedTask, cached_task
+    from tiercel.tasks.cached_function import cached
     from tiercel.tasks.results import CachedResult
 
 __version__ = "0.1.0"
 
 #: Names loaded on first use, by the module that defines them (these import Celery).
 _LAZY: dict[str, str] = {
+    "cached": "tiercel.tasks.cached_function",
     "cached_task": "tiercel.tasks.cached",
     "CachedTask": "tiercel.tasks.cached",
     "CachedResult": "tiercel.tasks.results",
@@ -62,6 +65,7 @@ __all__ = [
     "TierUnavailable",
     "TiercelError",
     "ValueTooLarge",
+    "cached",
     "cached_task",
 ]
 

@@ -1,0 +1,96 @@
+"""``tiercel.cached``: a cached function in any Python process, on this process's runtime.
+
+No Celery is involved: calls are answered from this process's local levels and
+the Redis tier (settings from ``TIERCEL_*`` variables or a running ``tiercel
+up``), and a miss computes here under the same fleet-wide fenced lease a worker
+takes, so concurrent callers in other processes compute a key once. The runtime
+is built on the first call, not at decoration, and anew after a fork.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+from tiercel.core.cache.freshness import FreshnessPolicy
+from tiercel.core.cache.memoize import CachedFunction, Memoized
+from tiercel.core.encoding.keys import function_name
+from tiercel.tasks import runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CachedCallable(Generic[P, R]):
+    """What :func:`cached` returns: call it like the function."""
+
+    def __init__(self, spec: CachedFunction[P, R]) -> None:
+        self.spec = spec
+        self._bound: tuple[runtime.Runtime, Memoized[P, R]] | None = None
+        functools.update_wrapper(self, spec.fn)
+
+    def _memoized(self) -> tuple[runtime.Runtime, Memoized[P, R]]:
+        rt = runtime.current()
+        bound = self._bound
+        if bound is None or bound[0] is not rt:  # first call, a fork, or a restart
+            memo = Memoized(
+                self.spec, rt.cache, rt.generations, rt.namespace, refresher=rt.refresher
+            )
+            bound = self._bound = (rt, memo)
+        return bound
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._memoized()[1](*args, **kwargs)
+
+    def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Like calling, but returns the value with where it came from (``.source``)."""
+        return self._memoized()[1].lookup(*args, **kwargs)
+
+    def invalidate(self, *args: P.args, **kwargs: P.kwargs) -> None:
+        """Forget one call's value in every tier and every process."""
+        rt = self._memoized()[0]
+        rt.cache.invalidate(rt.key(self.spec, args, kwargs))
+
+    def invalidate_all(self) -> int:
+        """Forget every value of this function everywhere (a version bump)."""
+        return self._memoized()[0].invalidate_all(self.spec)
+
+
+def cached(
+    ttl: float | None = None,
+    *,
+    tags: Iterable[str] = (),
+    version: str | None = None,
+    ignore: Iterable[str] = (),
+    name: str | None = None,
+    levels: Iterable[str] | None = None,
+    stale_ttl: float = 0.0,
+) -> Callable[[Callable[P, R]], CachedCallable[P, R]]:
+    """Cache a function's results in this process's levels and the shared Redis tier.
+
+    ``ttl`` is in seconds (None: the ``TIERCEL_DEFAULT_TTL``); ``version``
+    defaults to a digest of the function's code, so a changed function never
+    answers from its old values; ``ignore`` names arguments left out of the key.
+    """
+
+    def decorate(fn: Callable[P, R]) -> CachedCallable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"tiercel.cached cannot cache the coroutine function {function_name(fn)}: "
+                "it would cache the coroutine object, not its result"
+            )
+        spec: CachedFunction[P, R] = CachedFunction(
+            fn,
+            ttl=ttl,
+            tags=tuple(tags),
+            version=version,
+            ignore=tuple(ignore),
+            name=name or function_name(fn),
+            policy=FreshnessPolicy(stale_ttl=stale_ttl),
+            levels=None if levels is None else tuple(levels),
+        )
+        return CachedCallable(spec)
+
+    return decorate
