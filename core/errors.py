@@ -54,6 +54,21 @@ class PoolClosed(PoolError):
     """The pool was used after it was closed."""
 
 
+class ForeignResource(PoolError, ValueError):
+    """A resource was released to a pool that did not hand it out (or released twice)."""
+
+
+class UnknownTask(TiercelError, KeyError):
+    """No cached task has that name; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class NodeSilent(TiercelError):
+    """A named worker node did not answer a ping in time."""
+
+
 class ServerError(TiercelError):
     """An embedded redis-server could not be started or reached."""
 

@@ -6,16 +6,11 @@ import contextlib
 import importlib
 from typing import Any
 
-from tiercel.core.errors import TiercelError
+from tiercel.core.errors import UnknownTask
+
+__all__ = ["UnknownTask", "find_cached_task", "register"]
 
 _TASKS: dict[str, Any] = {}
-
-
-class UnknownTask(TiercelError, KeyError):
-    """No cached task has that name."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def register(name: str, task: Any) -> None:

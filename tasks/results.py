@@ -12,13 +12,12 @@ from celery.result import AsyncResult
 
 from tiercel.core.cache.failures import expired, is_failure, raise_failure
 from tiercel.core.cache.freshness import STALE
+from tiercel.core.missing import MISSING
 
 log = logging.getLogger("tiercel.results")
 
 #: Where an answer came from.
 SOURCES = ("memory", "redis", "computed", "joined")
-
-_UNSET: Any = object()
 
 
 class CachedResult:
@@ -47,7 +46,7 @@ class CachedResult:
         *,
         key: str,
         source: str,
-        value: Any = _UNSET,
+        value: Any = MISSING,
         async_result: AsyncResult | None = None,
         runtime: Any = None,
         cache: Any = None,
@@ -55,7 +54,7 @@ class CachedResult:
         resubmit: Callable[[], Any] | None = None,
         republish_after: float | None = None,
     ) -> None:
-        if (value is _UNSET) == (async_result is None):
+        if (value is MISSING) == (async_result is None):
             raise ValueError("a CachedResult has either a value or an async result")
         self.key = key
         self.source = source
@@ -104,7 +103,7 @@ class CachedResult:
 
     def ready(self) -> bool:
         """True when the value is available."""
-        return self._value is not _UNSET or self._async is None or self._async.ready()
+        return self._value is not MISSING or self._async is None or self._async.ready()
 
     def get(self, timeout: float | None = None) -> Any:
         """The value; waits up to ``timeout`` seconds for a pending task (re-raises its error).
@@ -114,7 +113,7 @@ class CachedResult:
         Celery result backend answers when there is nothing to read (the task
         failed, its value was too large to cache, or the channel is down).
         """
-        if self._value is not _UNSET:
+        if self._value is not MISSING:
             return self._settled(self._value)
         assert self._async is not None
         runtime = self._runtime

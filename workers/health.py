@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tiercel.core.errors import NodeSilent
+
 #: Seconds the whole check may take unless --timeout says otherwise.
 DEFAULT_TIMEOUT = 5.0
 
@@ -116,10 +118,6 @@ class HealthCheck:
             if not ping_nodes(settings, [node], timeout=max(0.05, wait)):
                 raise NodeSilent(f"worker node {node} did not answer a ping within {wait:.1f}s")
             self.passed.append(f"node {node}")
-
-
-class NodeSilent(Exception):
-    """The named worker node did not answer."""
 
 
 def _remaining(deadline: float) -> float:

@@ -47,6 +47,7 @@ from typing import Any, Final
 
 from tiercel.core.encoding.prefixes import VALUE
 from tiercel.core.errors import KeyEncodingError
+from tiercel.core.missing import MISSING
 
 __all__ = [
     "MAX_DEPTH",
@@ -70,7 +71,6 @@ _SUPPORTED = (
 )
 _pack_double = struct.Struct(">d").pack
 _NAN = b"f" + _pack_double(float("nan"))
-_MISSING: Final[Any] = object()
 
 
 class _Unencodable(Exception):
@@ -437,7 +437,7 @@ class KeyBuilder:
         self._names = tuple(params)
         self._index = {name: i for i, name in enumerate(params)}
         self._defaults = tuple(
-            _MISSING if p.default is inspect.Parameter.empty else p.default for p in params.values()
+            MISSING if p.default is inspect.Parameter.empty else p.default for p in params.values()
         )
         kept = sorted(n for n in params if n not in self._ignore_params)
         self._layout = tuple((self._index[n], _name_header(n)) for n in kept)
@@ -496,7 +496,7 @@ class KeyBuilder:
                 values[index] = value
                 filled.add(index)
         for index in range(given, count):
-            if values[index] is _MISSING:
+            if values[index] is MISSING:
                 return None
         return values
 

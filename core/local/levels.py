@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any, Final, TypeVar, overload
 
+from tiercel.core.missing import MISSING
+
 __all__ = [
     "ENTRY_OVERHEAD",
     "EVICTED",
@@ -82,9 +84,6 @@ _BYTES_HEADER: Final = sys.getsizeof(b"")
 # when it is a literal, and a module global lookup would cost on the hot path.)
 _NO_TAGS: frozenset[str] = frozenset()
 # Marks "no entry" where None is a valid cached value.
-_MISSING: Any = object()
-# Marks "no default given" to pop(), where any object, _MISSING included, may be one.
-_NO_DEFAULT: Any = object()
 # Rebuild the expiry heap once it holds more than _HEAP_MAX_RATIO x the live entries
 # + _HEAP_MIN (so tiny levels do not rebuild on every set); keeps it O(live).
 _HEAP_MAX_RATIO = 2
@@ -376,7 +375,7 @@ class CacheLevel(MutableMapping[str, V]):
 
     def __delitem__(self, key: str) -> None:
         """Remove ``key``; :class:`KeyError` if it is absent or already expired."""
-        if self._remove(key) is _MISSING:
+        if self._remove(key) is MISSING:
             raise KeyError(key)
 
     @overload
@@ -386,21 +385,21 @@ class CacheLevel(MutableMapping[str, V]):
     @overload
     def pop(self, key: str, default: _T) -> V | _T: ...
 
-    def pop(self, key: str, default: Any = _NO_DEFAULT) -> Any:
+    def pop(self, key: str, default: Any = MISSING) -> Any:
         """Remove ``key`` and return its live value, else ``default`` (or :class:`KeyError`).
 
         Counts neither a hit nor a miss. An expired entry is removed and treated as absent.
         """
         value = self._remove(key)
-        if value is _MISSING:
-            if default is _NO_DEFAULT:
+        if value is MISSING:
+            if default is MISSING:
                 raise KeyError(key)
             return default
         return value
 
     def discard(self, key: str) -> bool:
         """Remove ``key`` if present; True if a live entry was removed."""
-        return self._remove(key) is not _MISSING
+        return self._remove(key) is not MISSING
 
     def discard_tagged(self, tag: str) -> int:
         """Remove every entry carrying ``tag``; return how many were removed.
@@ -495,15 +494,15 @@ class CacheLevel(MutableMapping[str, V]):
         self._expirations += 1
 
     def _remove(self, key: str) -> Any:
-        """Remove ``key``; return its value if it was live, else ``_MISSING``."""
+        """Remove ``key``; return its value if it was live, else ``MISSING``."""
         with self._lock:
             entry = self._data.pop(key, None)
             if entry is None:
-                return _MISSING
+                return MISSING
             self._nbytes -= entry[2]
             self._bound_heap()
             expires = entry[1]
-            return entry[0] if expires is None or expires > self._timer() else _MISSING
+            return entry[0] if expires is None or expires > self._timer() else MISSING
 
     def _sweep(self, now: float, evicted: list[tuple[str, str]] | None) -> int:
         heap, data = self._heap, self._data

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from tiercel.core.errors import PoolClosed, PoolError, PoolTimeout
+from tiercel.core.errors import ForeignResource, PoolClosed, PoolTimeout
 
 __all__ = [
     "WAIT_BUCKETS_US",
@@ -45,10 +45,6 @@ log = logging.getLogger("tiercel.pools")
 #: Upper bounds (microseconds) of the wait-time buckets: 1 us, 2 us, 4 us ... 2**25 us
 #: (~33.6 s); one more bucket counts everything above. Fixed, so histograms merge.
 WAIT_BUCKETS_US: tuple[int, ...] = tuple(2**k for k in range(26))
-
-
-class ForeignResource(PoolError, ValueError):
-    """A resource was released to a pool that did not hand it out (or released twice)."""
 
 
 class NamedPool(Protocol):

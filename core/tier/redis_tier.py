@@ -20,7 +20,6 @@ builders below; value keys are built by the caller and passed in whole.
 
 from __future__ import annotations
 
-import enum
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +30,7 @@ import redis
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import GENERATION, TAG_DRAIN, TAG_INDEX
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
+from tiercel.core.missing import MISSING, Missing
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.connections import CacheClient, client_from_url, is_cluster
 
@@ -69,22 +69,6 @@ return current
 
 
 # --- the tier ---
-
-
-class Missing(enum.Enum):
-    """Type of :data:`MISSING`; falsey, and distinct from every cached value (None, 0, "")."""
-
-    MISSING = "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-
-#: Returned by reads that found nothing usable. Test with ``value is MISSING``.
-MISSING: Final = Missing.MISSING
 
 
 class PayloadSerializer(Protocol):
