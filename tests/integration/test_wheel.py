@@ -153,13 +153,14 @@ def test_a_users_tasks_core_and_workers_stay_theirs(wheel: Path, tmp_path: Path)
     assert seen["user_task"] == "tasks.add"
 
 
-def test_the_old_top_level_names_are_gone_outside_the_checkout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["core", "tasks", "workers"])
+def test_the_old_top_level_names_are_gone_outside_the_checkout(name: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import core"],
+        [sys.executable, "-c", f"import {name}"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         env={**os.environ, "PYTHONPATH": ""},
         check=False,
     )
-    assert result.returncode != 0 and "No module named 'core'" in result.stderr
+    assert result.returncode != 0 and f"No module named '{name}'" in result.stderr
