@@ -3,9 +3,12 @@
 from tiercel.core.errors import (
     CacheError,
     CodecError,
+    ComputationFailed,
+    ForeignResource,
     KeyEncodingError,
     LeaseError,
     LeaseLost,
+    NodeSilent,
     PoolClosed,
     PoolError,
     PoolTimeout,
@@ -13,6 +16,7 @@ from tiercel.core.errors import (
     SettingsError,
     TiercelError,
     TierUnavailable,
+    UnknownTask,
     ValueTooLarge,
 )
 from tiercel.core.settings import Settings
@@ -20,9 +24,12 @@ from tiercel.core.settings import Settings
 __all__ = [
     "CacheError",
     "CodecError",
+    "ComputationFailed",
+    "ForeignResource",
     "KeyEncodingError",
     "LeaseError",
     "LeaseLost",
+    "NodeSilent",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
@@ -31,5 +38,6 @@ __all__ = [
     "SettingsError",
     "TierUnavailable",
     "TiercelError",
+    "UnknownTask",
     "ValueTooLarge",
 ]

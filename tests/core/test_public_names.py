@@ -57,6 +57,14 @@ def test_every_error_class_is_in_the_tree_and_exported() -> None:
         assert name in tiercel.__all__
 
 
+def test_core_exports_what_the_face_exports_of_it() -> None:
+    import tiercel.core
+
+    assert set(tiercel.core.__all__) <= set(tiercel.__all__)
+    for name in tiercel.core.__all__:
+        assert getattr(tiercel, name) is getattr(tiercel.core, name)
+
+
 def test_one_missing_value_sentinel() -> None:
     assert redis_tier.MISSING is MISSING
     assert not MISSING and repr(MISSING) == "MISSING"

@@ -45,7 +45,7 @@ def test_a_plain_process_caches_without_celery(cache_url: str) -> None:
     assert celery_loaded == "False"
 
 
-def test_values_are_shared_through_redis_and_invalidated(cache_url: str) -> None:
+def test_a_call_is_invalidated_by_key_and_by_version(cache_url: str) -> None:
     name = f"tests.plain.double.{uuid.uuid4().hex[:8]}"
     computed: list[int] = []
 
