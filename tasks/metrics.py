@@ -242,7 +242,7 @@ def instrument(runtime: Any) -> MetricsRegistry:
     runtime.call = recorder.wrap(runtime.call)
 
     def coordinator_samples() -> list[Sample]:
-        stats = runtime.coordinator.stats()
+        stats = {**(runtime.cache.stats()["fleet"] or {}), **runtime.coordinator.stats()}
         active = {"renewing", "waiting"}
         samples = [
             Sample("gauge", COORDINATOR_ACTIVE, value, {"what": name})

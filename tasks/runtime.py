@@ -15,8 +15,9 @@ from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import CachedFunction, function_scope
-from tiercel.core.cache.multilevel import Lookup, MultiLevelCache
+from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.settings import Settings, resolve_settings
@@ -55,8 +56,31 @@ class Runtime:
             breaker=breaker,
             max_value_bytes=settings.max_value_bytes,
         )
+        channel = channel_name(settings.namespace)
+        self.leases = LeaseManager(self.tier.client, ttl=settings.lease_ttl, channel=channel)
+        # The handlers reach the cache built below; none runs before start_listening().
+        self.notifier = Notifier(
+            self.tier.client,
+            channel=channel,
+            on_invalidate=lambda key: self.cache.invalidate_local([key]),
+            on_tag=lambda tag: self.cache.invalidate_tag_local(tag),
+            on_generation=lambda scope, generation: self.generations.observe(scope, generation),
+            on_reset=self._on_reconnect,
+            on_clear=lambda: self.cache.clear_local(),
+            on_done=lambda key: self.cache.discard_local(key),
+        )
+        self.coordinator = FleetCoordinator(
+            self.tier,
+            self.leases,
+            LeaseRenewer(self.leases),
+            self.notifier,
+            max_wait=settings.task_time_limit,
+        )
         self.cache = MultiLevelCache(
-            serializer=self.serializer, tier=self.tier, default_ttl=settings.default_ttl
+            serializer=self.serializer,
+            tier=self.tier,
+            fleet=self.coordinator,
+            default_ttl=settings.default_ttl,
         )
         self.cache.add_level("memory", settings.l1_ttl, settings.l1_max_entries, kind="memory")
         self.cache.add_level(
@@ -68,26 +92,6 @@ class Runtime:
         )
         self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
         self.generations.on_change = self.cache.advance_epoch
-        channel = channel_name(settings.namespace)
-        self.leases = LeaseManager(self.tier.client, ttl=settings.lease_ttl, channel=channel)
-        self.notifier = Notifier(
-            self.tier.client,
-            channel=channel,
-            on_invalidate=lambda key: self.cache.invalidate_local([key]),
-            on_tag=self.cache.invalidate_tag_local,
-            on_generation=self.generations.observe,
-            on_reset=self._on_reconnect,
-            on_clear=self.cache.clear_local,
-            on_done=self.cache.discard_local,
-        )
-        self.coordinator = FleetCoordinator(
-            self.tier,
-            self.leases,
-            LeaseRenewer(self.leases),
-            self.notifier,
-            max_wait=settings.task_time_limit,
-        )
-        self.cache.coordinator = self.coordinator
         self.refresher = BackgroundRefresher()
         # Fleet metrics and sweeps (tasks.metrics, tasks.maintenance): a registry that pulls
         # the figures above at snapshot time, and a wake-up for this process's sweeper.

@@ -18,81 +18,22 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any
 
+from tiercel.core.cache.fleet import Fleet
+from tiercel.core.cache.lookup import (
+    SOURCE_COMPUTED,
+    SOURCE_JOINED,
+    SOURCE_REDIS,
+    CacheState,
+    Lookup,
+)
+from tiercel.core.cache.miss_loop import MissLoop
 from tiercel.core.cache.singleflight import SingleFlight
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
 from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
 from tiercel.core.tier.redis_tier import PayloadSerializer, RedisTier
-
-#: Source names a lookup reports besides level names.
-SOURCE_REDIS = "redis"
-SOURCE_COMPUTED = "computed"
-SOURCE_JOINED = "joined"
-
-
-class Coordinator(Protocol):
-    """Computes misses once across processes and invalidates everywhere (see
-    :class:`tiercel.core.cache.coordinator.FleetCoordinator`)."""
-
-    def compute(
-        self,
-        cache: MultiLevelCache,
-        key: str,
-        compute: Callable[[], Any],
-        *,
-        ttl: float,
-        tags: Sequence[str] = (),
-        inflight_id: str | None = None,
-        checked: bool = False,
-    ) -> Lookup: ...
-
-    def refresh(
-        self,
-        cache: MultiLevelCache,
-        key: str,
-        compute: Callable[[], Any],
-        *,
-        ttl: float,
-        tags: Sequence[str] = (),
-        inflight_id: str | None = None,
-    ) -> Lookup | None: ...
-
-    def invalidate(self, keys: Iterable[str]) -> None: ...
-
-    def invalidate_tag(self, tag: str) -> int: ...
-
-
-class Lookup(NamedTuple):
-    """A value and where it came from: a level name, ``redis``, ``computed`` or ``joined``."""
-
-    value: Any
-    source: str
-    ttl: float | None = None
-    #: How long the value took to compute (known for values read from Redis).
-    compute_seconds: float = 0.0
-
-
-class CacheState:
-    """Counters every view of one cache shares (see :meth:`MultiLevelCache.with_levels`).
-
-    ``epoch`` advances on every local invalidation: memos in front of the cache
-    (see :mod:`tiercel.core.cache.memoize`) trust an answer only while it is unchanged.
-    ``drops`` advances on every local drop (invalidation, or a newer value
-    elsewhere): a value read from Redis while it moved may be outdated and is
-    not promoted.
-    """
-
-    __slots__ = ("compute_errors", "computed", "corrupt", "drops", "epoch", "uncacheable")
-
-    def __init__(self) -> None:
-        self.epoch = 0
-        self.drops = 0
-        self.computed = 0
-        self.compute_errors = 0
-        self.uncacheable = 0
-        self.corrupt = 0
 
 
 def _shared(name: str, doc: str) -> property:
@@ -121,18 +62,26 @@ class MultiLevelCache:
         serializer: PayloadSerializer,
         levels: Sequence[CacheLevel[Any]] = (),
         tier: RedisTier | None = None,
+        fleet: Fleet | None = None,
         default_ttl: float = 3600.0,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if fleet is not None and tier is None:
+            raise ValueError("a cache that shares computations (fleet=) needs the tier (tier=)")
         self.serializer = serializer
         self.levels: list[CacheLevel[Any]] = list(levels)
         self.tier = tier
-        #: Set to share computations and invalidations with other processes.
-        self.coordinator: Coordinator | None = None
+        #: Shares computations and invalidations with other processes (None: this one only).
+        self.fleet = fleet
         self.default_ttl = default_ttl
         self._wall_clock = wall_clock
         self._flight = SingleFlight()
         self._state = CacheState()
+        self._misses = (
+            MissLoop(fleet, self._state, self._encode_entry)
+            if fleet is not None and tier is not None
+            else None
+        )
         self._views: dict[tuple[str, ...], MultiLevelCache] = {}
 
     # --- configuration ---
@@ -165,7 +114,7 @@ class MultiLevelCache:
 
     def with_levels(self, names: Iterable[str] | None) -> MultiLevelCache:
         """A view of this cache that reads and writes only the named local levels
-        (``()``: none, Redis only). It shares the levels, the tier, the coordinator,
+        (``()``: none, Redis only). It shares the levels, the tier, the fleet,
         single-flight and every counter; None returns this cache."""
         if names is None:
             return self
@@ -349,7 +298,7 @@ class MultiLevelCache:
         """The cached value of ``key``, or ``compute()`` stored through every tier.
 
         Concurrent misses of one key in this process compute once; the others
-        get ``source == "joined"``. With a coordinator, concurrent misses in
+        get ``source == "joined"``. With a fleet, concurrent misses in
         other processes join the same computation too. An exception from
         ``compute`` is not cached and reaches every caller waiting on it.
         ``inflight_id`` names the task whose in-flight marker the write clears;
@@ -359,16 +308,18 @@ class MultiLevelCache:
             found = self.lookup(key)
             if found is not None:
                 return found
-        coordinator = self.coordinator
+        misses = self._misses
+        create = self._counted(compute)
 
         def compute_and_store() -> Lookup:
-            if coordinator is not None:
+            if misses is not None:
                 # Only this caller (the single-flight leader) runs this, right after its
-                # own lookup; the fleet-wide acquire re-checks for a value in the same trip.
-                return coordinator.compute(
-                    self,
+                # own lookup; the fleet-wide claim re-checks for a value in the same trip.
+                return misses.compute(
                     key,
-                    compute,
+                    create,
+                    read=lambda: self.lookup(key),
+                    store=self._local_storer(key, ttl, tags),
                     ttl=self.default_ttl if ttl is None else ttl,
                     tags=tags,
                     inflight_id=inflight_id,
@@ -378,13 +329,8 @@ class MultiLevelCache:
             if again is not None:
                 return again
             started = time.perf_counter()
-            try:
-                value = compute()
-            except BaseException:
-                self.compute_errors += 1
-                raise
+            value = create()
             elapsed = time.perf_counter() - started
-            self.computed += 1
             self.set(key, value, ttl=ttl, tags=tags, compute_seconds=elapsed)
             return Lookup(value, SOURCE_COMPUTED, ttl)
 
@@ -409,22 +355,53 @@ class MultiLevelCache:
         the key's lease); the current value stays until that one writes.
         """
         ttl = self.default_ttl if ttl is None else ttl
-        if self.coordinator is not None:
-            return self.coordinator.refresh(
-                self, key, compute, ttl=ttl, tags=tags, inflight_id=inflight_id
+        create = self._counted(compute)
+        if self._misses is not None:
+            return self._misses.refresh(
+                key,
+                create,
+                store=self._local_storer(key, ttl, tags),
+                ttl=ttl,
+                tags=tags,
+                inflight_id=inflight_id,
             )
         started = time.perf_counter()
-        value = compute()
-        self.computed += 1
+        value = create()
         self.set(key, value, ttl=ttl, tags=tags, compute_seconds=time.perf_counter() - started)
         return Lookup(value, SOURCE_COMPUTED, ttl)
+
+    def _counted(self, compute: Callable[[], Any]) -> Callable[[], Any]:
+        """``compute`` counted into this cache's ``computed`` and ``compute_errors``."""
+
+        def create() -> Any:
+            try:
+                value = compute()
+            except BaseException:
+                self.compute_errors += 1
+                raise
+            self.computed += 1
+            return value
+
+        return create
+
+    def _local_storer(
+        self, key: str, ttl: float | None, tags: Sequence[str]
+    ) -> Callable[[Any, bytes | None], None]:
+        ttl = self.default_ttl if ttl is None else ttl
+        return lambda value, frame: self.store_local(key, value, frame, ttl, tags)
+
+    def _encode_entry(
+        self, value: Any, ttl: float, tags: Sequence[str], compute_seconds: float
+    ) -> tuple[bytes, bytes] | None:
+        assert self.tier is not None  # a miss loop exists only beside a tier
+        return self.tier.encode_entry(value, ttl=ttl, tags=tags, compute_seconds=compute_seconds)
 
     # --- invalidation ---
 
     def invalidate(self, *keys: str) -> None:
-        """Remove ``keys`` from every tier (and, with a coordinator, every process)."""
-        if self.coordinator is not None:
-            self.coordinator.invalidate(keys)
+        """Remove ``keys`` from every tier (and, with a fleet, every process)."""
+        if self.fleet is not None:
+            self.fleet.invalidate(keys)
         elif self.tier is not None and keys:
             self.tier.delete(*keys)
         self.invalidate_local(keys)
@@ -453,8 +430,8 @@ class MultiLevelCache:
 
     def invalidate_tag(self, tag: str) -> int:
         """Remove every entry tagged ``tag`` from every tier; returns Redis keys removed."""
-        if self.coordinator is not None:
-            removed = self.coordinator.invalidate_tag(tag)
+        if self.fleet is not None:
+            removed = self.fleet.invalidate_tag(tag)
         else:
             removed = self.tier.invalidate_tag(tag) if self.tier is not None else 0
         self.invalidate_tag_local(tag)
@@ -489,6 +466,7 @@ class MultiLevelCache:
             "joined": self._flight.joined,
             "uncacheable": self.uncacheable,
             "corrupt": self.corrupt,
+            "fleet": self._state.fleet_counts() if self.fleet is not None else None,
         }
 
     def close(self) -> None:

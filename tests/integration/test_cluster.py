@@ -388,18 +388,20 @@ def test_a_write_back_on_another_node_wakes_the_waiter(tier: RedisTier) -> None:
 def build_cache(url: str) -> tuple[MultiLevelCache, FleetCoordinator]:
     """One process's stack, wired as tiercel.tasks.runtime wires it."""
     tier = RedisTier.from_url(url, serializer=SERIALIZER, namespace=NS)
-    cache = MultiLevelCache(
-        serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=100)], tier=tier
-    )
     leases = LeaseManager(tier.client, ttl=5.0, channel=channel_name(NS))
     notifier = Notifier(
         tier.client,
         channel=channel_name(NS),
         on_invalidate=lambda key: cache.invalidate_local([key]),
-        on_done=cache.discard_local,
+        on_done=lambda key: cache.discard_local(key),
     )
     coordinator = FleetCoordinator(tier, leases, LeaseRenewer(leases), notifier, max_wait=20)
-    cache.coordinator = coordinator
+    cache = MultiLevelCache(
+        serializer=SERIALIZER,
+        levels=[MemoryLevel("l1", max_entries=100)],
+        tier=tier,
+        fleet=coordinator,
+    )
     assert notifier.start()
     return cache, coordinator
 

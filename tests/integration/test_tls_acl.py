@@ -18,7 +18,8 @@ from redis.cluster import RedisCluster
 
 from tests.integration.redis_topologies import ClusterProcesses, TLSServer
 from tiercel.core.cache.coordinator import FleetCoordinator
-from tiercel.core.cache.multilevel import SOURCE_COMPUTED, MultiLevelCache
+from tiercel.core.cache.lookup import SOURCE_COMPUTED
+from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.errors import ServerError
@@ -89,16 +90,16 @@ def test_a_rediss_url_with_the_ca_reaches_the_tier(server: TLSServer) -> None:
 
 def test_a_multilevel_round_trip_over_tls_with_leases_and_notifications(server: TLSServer) -> None:
     tier = RedisTier.from_url(server.tls_url(), serializer=SERIALIZER, namespace="tiercel")
-    cache = MultiLevelCache(
-        serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=10)], tier=tier
-    )
     leases = LeaseManager(tier.client, ttl=5.0, channel=channel_name("tiercel"))
     notifier = Notifier(
         tier.client,
         channel=channel_name("tiercel"),
         on_invalidate=lambda key: cache.invalidate_local([key]),
     )
-    cache.coordinator = FleetCoordinator(tier, leases, LeaseRenewer(leases), notifier)
+    fleet = FleetCoordinator(tier, leases, LeaseRenewer(leases), notifier)
+    cache = MultiLevelCache(
+        serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=10)], tier=tier, fleet=fleet
+    )
     assert notifier.start()
     try:
         key = value_key("tiercel")
@@ -110,7 +111,7 @@ def test_a_multilevel_round_trip_over_tls_with_leases_and_notifications(server: 
         assert found is not None
         assert (found.value, found.source) == ([1, 2, 3], "redis")
     finally:
-        cache.coordinator.close()
+        fleet.close()
         tier.close()
 
 

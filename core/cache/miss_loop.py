@@ -1,0 +1,227 @@
+"""The cache's side of a miss in every tier: one computation per key, fleet-wide.
+
+:class:`MissLoop` runs the election through the narrow
+:class:`~tiercel.core.cache.fleet.Fleet` interface and keeps the counters in
+the cache's own :class:`~tiercel.core.cache.lookup.CacheState`. It reads and
+stores through callables the cache hands it per call, so the fleet layer
+never sees the cache and this loop never holds it:
+
+1. register a waiter for the key, *then* re-read it (no lost wake-up);
+2. claim the key's lease (indexing its tags first);
+3. the holder computes (the lease renewed meanwhile), writes back under
+   fencing and wakes everyone;
+4. a waiter wakes on completion and reads the value, or on a shared failure
+   raises :class:`~tiercel.core.errors.ComputationFailed`, or, when the holder
+   died and its lease expired, loops and one of the waiters takes over.
+
+Cache trouble never fails a computation: when the shared tier is unreachable
+(or its breaker is open) the loop computes without a lease, keeps the value in
+the process's own levels and counts it as ``degraded``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tiercel.core.cache.fleet import Fleet, Waiter
+from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, CacheState, Lookup
+from tiercel.core.errors import TierUnavailable
+from tiercel.core.tier.leases import Held, Lease, Present
+
+log = logging.getLogger("tiercel.coordinator")
+
+#: Extra seconds a waiter allows past the holder's remaining lease time.
+WAIT_SLACK = 0.05
+
+#: The shortest gap between two "computing without a lease" log lines of one process.
+DEGRADED_LOG_EVERY = 10.0
+
+#: ``encode(value, ttl, tags, compute_seconds)``: ``(frame, entry)`` or None (not storable).
+Encoder = Callable[[Any, float, Sequence[str], float], "tuple[bytes, bytes] | None"]
+#: ``read()``: the key's value from any tier, or None.
+Reader = Callable[[], "Lookup | None"]
+#: ``store(value, frame)``: keep a value in this process's levels.
+Storer = Callable[[Any, "bytes | None"], None]
+
+
+class MissLoop:
+    """Elects one computer per key through ``fleet``; counts into ``state``."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        state: CacheState,
+        encode: Encoder,
+        *,
+        timer: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fleet = fleet
+        self._state = state
+        self._encode = encode
+        self._timer = timer
+        self._last_degraded_log = -DEGRADED_LOG_EVERY
+
+    def compute(
+        self,
+        key: str,
+        create: Callable[[], Any],
+        *,
+        read: Reader,
+        store: Storer,
+        ttl: float,
+        tags: Sequence[str],
+        inflight_id: str | None,
+        checked: bool,
+    ) -> Lookup:
+        """The value of ``key``: another process's, or ``create()`` run here under a lease.
+
+        ``checked`` says the caller just found ``key`` missing in every tier: the
+        first read is skipped (the claim still reports a value written since).
+        """
+        fleet = self.fleet
+        if not fleet.available():
+            return self._degraded(create, store, ttl, "breaker open")
+        deadline = self._timer() + fleet.max_wait
+        waited = False
+        try:
+            waiter = fleet.waiter(key)
+        except TierUnavailable as exc:
+            return self._degraded(create, store, ttl, str(exc))
+        with waiter:
+            while True:
+                if not checked:
+                    found = read()
+                    if found is not None:
+                        if waited:
+                            self._state.fleet_joined += 1
+                            return Lookup(found.value, SOURCE_JOINED, found.ttl)
+                        return found
+                checked = False
+                got = self._claim(key, ttl, tags, inflight_id, unless_present=True)
+                if isinstance(got, str):
+                    return self._degraded(create, store, ttl, got)
+                if isinstance(got, Present):
+                    continue  # written since we looked: read it
+                if isinstance(got, Lease):
+                    if waited:
+                        self._state.takeovers += 1
+                    return self._compute_as_holder(got, create, store, ttl, tags, inflight_id)
+                self._wait_for_holder(key, got, waiter, deadline)
+                waited = True
+
+    def refresh(
+        self,
+        key: str,
+        create: Callable[[], Any],
+        *,
+        store: Storer,
+        ttl: float,
+        tags: Sequence[str],
+        inflight_id: str | None,
+    ) -> Lookup | None:
+        """Recompute ``key`` under its lease although a value exists; None when another
+        process holds the lease (it is already computing a newer value)."""
+        if not self.fleet.available():
+            return self._degraded(create, store, ttl, "breaker open")
+        got = self._claim(key, ttl, tags, inflight_id, unless_present=False)
+        if isinstance(got, str):
+            return self._degraded(create, store, ttl, got)
+        if not isinstance(got, Lease):
+            return None
+        self._state.refreshed += 1
+        return self._compute_as_holder(got, create, store, ttl, tags, inflight_id)
+
+    def _claim(
+        self,
+        key: str,
+        ttl: float,
+        tags: Sequence[str],
+        inflight_id: str | None,
+        *,
+        unless_present: bool,
+    ) -> Lease | Held | Present | str:
+        """The fleet's answer, or a str saying why the shared tier failed."""
+        try:
+            return self.fleet.claim(
+                key, ttl=ttl, tags=tags, inflight_id=inflight_id, unless_present=unless_present
+            )
+        except TierUnavailable as exc:
+            self.fleet.unavailable()
+            return str(exc)
+
+    def _wait_for_holder(self, key: str, held: Held, waiter: Waiter, deadline: float) -> None:
+        remaining = deadline - self._timer()
+        if remaining <= 0:
+            raise TimeoutError(f"waited {self.fleet.max_wait:g}s for the computation of {key}")
+        outcome = waiter.wait(min(held.holder_ttl + WAIT_SLACK, remaining))
+        if outcome == "f":
+            try:
+                failure = self.fleet.failure(key)
+            except TierUnavailable:
+                failure = None
+            if failure is not None:
+                self._state.failures_shared += 1
+                raise failure
+        # Done, invalidated, reconnected or a timeout: look again, and take the lease
+        # over if its holder is gone.
+
+    def _compute_as_holder(
+        self,
+        lease: Lease,
+        create: Callable[[], Any],
+        store: Storer,
+        ttl: float,
+        tags: Sequence[str],
+        inflight_id: str | None,
+    ) -> Lookup:
+        started = time.perf_counter()
+        with self.fleet.holding(lease):
+            try:
+                value = create()
+            except BaseException as exc:
+                self.fleet.fail(lease, exc, inflight_id=inflight_id)
+                raise
+        elapsed = time.perf_counter() - started
+        self._state.leased += 1
+        encoded = self._encode(value, ttl, tags, elapsed)
+        try:
+            if encoded is None:
+                # Too large or not encodable: nothing to share.
+                self._state.uncacheable += 1
+                self.fleet.abandon(lease, inflight_id=inflight_id)
+                stored = False
+            else:
+                stored = self.fleet.write_back(lease, encoded[1], ttl, inflight_id=inflight_id)
+                if not stored:
+                    # Fenced out (lease lost) or invalidated while computing: the value
+                    # answers this request only and is kept nowhere.
+                    self._state.fenced += 1
+        except TierUnavailable as exc:
+            self.fleet.unavailable()
+            self._note_degraded(str(exc))
+            stored = True  # keep it locally: the process's levels still serve it
+        if stored:
+            store(value, encoded[0] if encoded else None)
+        return Lookup(value, SOURCE_COMPUTED, ttl)
+
+    def _degraded(
+        self, create: Callable[[], Any], store: Storer, ttl: float, reason: str
+    ) -> Lookup:
+        self._note_degraded(reason)
+        value = create()
+        store(value, None)
+        return Lookup(value, SOURCE_COMPUTED, ttl)
+
+    def _note_degraded(self, reason: str) -> None:
+        self._state.degraded += 1
+        now = self._timer()
+        if now - self._last_degraded_log >= DEGRADED_LOG_EVERY:
+            self._last_degraded_log = now
+            log.warning(
+                "tiercel: cache tier unavailable (%s); computing without a lease, "
+                "serving from local levels",
+                reason,
+            )
