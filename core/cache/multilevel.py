@@ -33,7 +33,8 @@ from tiercel.core.cache.singleflight import SingleFlight
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
 from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
-from tiercel.core.tier.redis_tier import PayloadSerializer, RedisTier
+from tiercel.core.tier.api import CacheTier
+from tiercel.core.tier.redis_tier import PayloadSerializer
 
 
 def _shared(name: str, doc: str) -> property:
@@ -61,7 +62,7 @@ class MultiLevelCache:
         *,
         serializer: PayloadSerializer,
         levels: Sequence[CacheLevel[Any]] = (),
-        tier: RedisTier | None = None,
+        tier: CacheTier | None = None,
         fleet: Fleet | None = None,
         default_ttl: float = 3600.0,
         wall_clock: Callable[[], float] = time.time,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from tiercel.core.cache.multilevel import MultiLevelCache
+
 MISS: Any = object()
 
 VALUES: list[Any] = [
@@ -38,6 +40,24 @@ class Store(Protocol):
     def fetch(self, key: str) -> Any: ...
     def remove(self, key: str) -> None: ...
     def fetch_many(self, keys: list[str]) -> dict[str, Any]: ...
+
+
+class MultiLevelStore:
+    def __init__(self, cache: MultiLevelCache) -> None:
+        self.cache = cache
+
+    def put(self, key: str, value: Any, ttl: float = 60.0) -> None:
+        self.cache.set(key, value, ttl=ttl)
+
+    def fetch(self, key: str) -> Any:
+        found = self.cache.lookup(key)
+        return MISS if found is None else found.value
+
+    def remove(self, key: str) -> None:
+        self.cache.invalidate(key)
+
+    def fetch_many(self, keys: list[str]) -> dict[str, Any]:
+        return self.cache.get_many(keys)
 
 
 def check_round_trips_every_value_kind(store: Store) -> None:

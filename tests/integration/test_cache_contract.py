@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.core.cache_contract import CHECKS, MISS
+from tests.core.cache_contract import CHECKS, MISS, MultiLevelStore
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
@@ -53,24 +53,6 @@ class TierStore:
 
     def fetch_many(self, keys: list[str]) -> dict[str, Any]:
         return self.tier.get_many(keys)
-
-
-class MultiLevelStore:
-    def __init__(self, cache: MultiLevelCache) -> None:
-        self.cache = cache
-
-    def put(self, key: str, value: Any, ttl: float = 60.0) -> None:
-        self.cache.set(key, value, ttl=ttl)
-
-    def fetch(self, key: str) -> Any:
-        found = self.cache.lookup(key)
-        return MISS if found is None else found.value
-
-    def remove(self, key: str) -> None:
-        self.cache.invalidate(key)
-
-    def fetch_many(self, keys: list[str]) -> dict[str, Any]:
-        return self.cache.get_many(keys)
 
 
 def _levels() -> list[CacheLevel[Any]]:
