@@ -307,15 +307,15 @@ def bench_l1_hit(calls: int, repeats: int) -> list[Row]:
 
 
 def bench_task_wiring(calls: int, repeats: int) -> list[Row]:
-    """The worker's wiring (tiercel.tasks.metrics) on the L1 hit path, on vs off, side by side.
+    """The worker's wiring (tiercel.tasks.recorder) on the L1 hit path, on vs off, side by side.
 
     ``Runtime.call`` (a cached task's body) on an L1 hit, bare and wrapped by
-    :class:`tiercel.tasks.metrics.CallRecorder` (a count by task and source, saved
+    :class:`tiercel.tasks.recorder.CallRecorder` (a count by task and source, saved
     seconds, 1 in 16 timed); and a memo hit with the registry fully wired
     (register_cache, recorder) against none: the memo path records nothing.
     """
     from tiercel.core.cache.memoize import CachedFunction
-    from tiercel.tasks.metrics import CallRecorder
+    from tiercel.tasks.recorder import CallRecorder
 
     def build() -> tuple[Any, MultiLevelCache, Generations]:
         cache = MultiLevelCache(
@@ -334,7 +334,15 @@ def bench_task_wiring(calls: int, repeats: int) -> list[Row]:
 
     registry = MetricsRegistry()
     register_cache(registry, cache)
-    wired = CallRecorder(registry).wrap(call)
+    recorder = CallRecorder(registry)
+    clock = time.perf_counter
+
+    def wired(spec: Any, args: Any, kwargs: Any) -> Any:  # as Runtime.call records
+        started = clock()
+        found = call(spec, args, kwargs)
+        recorder.record(spec.name, found.source, clock() - started, found.compute_seconds)
+        return found
+
     rows = []
     mine, theirs = side_by_side(
         lambda: wired(spec, (1, "x"), {}),

@@ -13,39 +13,45 @@ Runs in the main process: it builds only a small Redis client of its own
 from __future__ import annotations
 
 import logging
-import os
-import threading
-from typing import Any
+from typing import Any, NamedTuple
+
+from tiercel.core.encoding.codecs import serializer_from_settings
+from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.settings import Settings, resolve_settings
+from tiercel.core.tier.generations import Generations
+from tiercel.core.tier.leases import LeaseManager
+from tiercel.core.tier.redis_tier import RedisTier
+from tiercel.tasks.process_local import ProcessLocal
 
 log = logging.getLogger("tiercel.abandoned")
 
-_lock = threading.Lock()
-_state: dict[str, Any] = {}
+
+class MainProcessTools(NamedTuple):
+    """What the main process needs to free a lease: no listener thread, no levels."""
+
+    settings: Settings
+    tier: RedisTier
+    leases: LeaseManager
 
 
-def _tools() -> tuple[Any, Any, Any]:
-    """(settings, tier, leases) of this main process, built once per process."""
-    with _lock:
-        if _state.get("pid") != os.getpid():
-            from tiercel.core.encoding.codecs import serializer_from_settings
-            from tiercel.core.encoding.prefixes import channel_name
-            from tiercel.core.settings import resolve_settings
-            from tiercel.core.tier.leases import LeaseManager
-            from tiercel.core.tier.redis_tier import RedisTier
+def _build_tools() -> MainProcessTools:
+    settings = resolve_settings()
+    tier = RedisTier.from_url(
+        settings.cache_url or "",
+        serializer=serializer_from_settings(settings),
+        namespace=settings.namespace,
+        max_connections=4,
+        socket_timeout=settings.redis_timeout,
+    )
+    leases = LeaseManager(
+        tier.client, ttl=settings.lease_ttl, channel=channel_name(settings.namespace)
+    )
+    return MainProcessTools(settings, tier, leases)
 
-            settings = resolve_settings()
-            tier = RedisTier.from_url(
-                settings.cache_url or "",
-                serializer=serializer_from_settings(settings),
-                namespace=settings.namespace,
-                max_connections=4,
-                socket_timeout=settings.redis_timeout,
-            )
-            leases = LeaseManager(
-                tier.client, ttl=settings.lease_ttl, channel=channel_name(settings.namespace)
-            )
-            _state.update(pid=os.getpid(), settings=settings, tier=tier, leases=leases)
-        return _state["settings"], _state["tier"], _state["leases"]
+
+_tools: ProcessLocal[MainProcessTools] = ProcessLocal(
+    _build_tools, close=lambda tools: tools.tier.close()
+)
 
 
 def release_abandoned(task: Any, task_id: str, args: Any, kwargs: Any, why: str) -> bool:
@@ -54,9 +60,7 @@ def release_abandoned(task: Any, task_id: str, args: Any, kwargs: Any, why: str)
     if spec is None or not task_id:
         return False
     try:
-        from tiercel.core.tier.generations import Generations
-
-        settings, tier, leases = _tools()
+        settings, tier, leases = _tools.get()
         key = spec.key(settings.namespace, Generations(tier, max_age=0.0), args or (), kwargs or {})
         released = bool(leases.release_abandoned(key, task_id))
     except Exception:  # cleanup is best effort: the lease still expires by TTL
@@ -75,8 +79,4 @@ def release_abandoned(task: Any, task_id: str, args: Any, kwargs: Any, why: str)
 
 def close() -> None:
     """Close the main process's client (worker shutdown)."""
-    with _lock:
-        tier = _state.pop("tier", None)
-        _state.clear()
-    if tier is not None:
-        tier.close()
+    _tools.clear()

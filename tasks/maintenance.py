@@ -1,11 +1,12 @@
-"""Maintenance: beat's periodic tasks, and each worker process's own sweeper and publisher.
+"""Maintenance: beat's periodic tasks (each worker process's own sweeper is
+:mod:`tiercel.tasks.sweeper`).
 
 Periodic tasks (scheduled by :mod:`tiercel.workers.schedule`; exactly one beat per deployment):
 
 * ``tiercel.maintenance.sweep`` publishes ``s|`` on the invalidation channel.
   Every process's notifier (each prefork child runs its own) wakes its
-  :class:`LocalSweeper`, which drops expired local entries and reaps idle pool
-  resources. A control command or a broadcast queue would reach only one
+  :class:`~tiercel.tasks.sweeper.LocalSweeper`, which drops expired local
+  entries and reaps idle pool resources. A control command or a broadcast queue would reach only one
   process per node; a publish reaches every subscriber. Each sweeper also
   runs on its own timer (``TIERCEL_SWEEP_INTERVAL``), so sweeps go on when
   beat or the channel is down.
@@ -14,8 +15,8 @@ Periodic tasks (scheduled by :mod:`tiercel.workers.schedule`; exactly one beat p
   cursor: deletes lease, in-flight and failure keys that have no TTL (nobody
   could ever release them) and removes tag-index members whose value expired.
 * ``tiercel.metrics.aggregate`` merges the live per-process snapshots into the
-  fleet view (:mod:`tiercel.tasks.metrics`), returns it as its result and records its
-  task id under :func:`tiercel.tasks.metrics.latest_key`.
+  fleet view (:mod:`tiercel.tasks.fleet_view`), returns it as its result and records
+  its task id under :func:`tiercel.tasks.publisher.latest_key`.
 
 Each runs under :func:`periodic_lock` (``SET NX PX`` on
 ``{ns}:periodic:{name}``, released by compare-and-delete): a second run that
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -44,20 +43,17 @@ from tiercel.core.encoding.prefixes import (
     TAG_DRAIN,
     TAG_INDEX,
 )
-from tiercel.core.settings import Settings
 from tiercel.core.tier.connections import is_cluster
 from tiercel.core.tier.notifier import SWEEP
-from tiercel.tasks import metrics, runtime
+from tiercel.tasks import fleet_view, runtime
+from tiercel.tasks.process_local import ProcessLocal
+from tiercel.tasks.publisher import latest_key, metrics_client
 
 __all__ = [
-    "LocalSweeper",
     "aggregate",
-    "announce_source",
     "housekeep",
     "housekeeping",
     "periodic_lock",
-    "start_process",
-    "stop_process",
     "sweep",
 ]
 
@@ -67,8 +63,6 @@ log = logging.getLogger("tiercel.maintenance")
 SCAN_BATCH: Final = 500
 #: Longest one housekeeping run works before it stores its cursor and stops.
 HOUSEKEEPING_BUDGET: Final = 2.0
-#: Node name of this worker (set in the main process before the pool forks).
-NODE: str | None = None
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -97,17 +91,10 @@ def periodic_lock(client: redis.Redis, namespace: str, name: str, ttl: float) ->
                 client.eval(_RELEASE, 1, key, token)
 
 
-_clients: dict[int, redis.Redis] = {}
-
-
-def _client(settings: Settings) -> redis.Redis:
-    """This process's client of the result-backend Redis (locks, snapshots)."""
-    pid = os.getpid()
-    client = _clients.get(pid)
-    if client is None:
-        _clients.clear()  # a forked child must not use its parent's sockets
-        client = _clients[pid] = metrics.metrics_client(settings)
-    return client
+#: This process's client of the result-backend Redis (locks, snapshots).
+_backend: ProcessLocal[redis.Redis] = ProcessLocal(
+    lambda: metrics_client(runtime.current().settings), close=redis.Redis.close
+)
 
 
 def _skipped(name: str) -> dict[str, Any]:
@@ -123,7 +110,7 @@ def sweep() -> dict[str, Any]:
     rt = runtime.current()
     settings = rt.settings
     with periodic_lock(
-        _client(settings), settings.namespace, "sweep", settings.sweep_interval
+        _backend.get(), settings.namespace, "sweep", settings.sweep_interval
     ) as held:
         if not held:
             return _skipped("sweep")
@@ -136,7 +123,7 @@ def housekeeping(budget: float = HOUSEKEEPING_BUDGET) -> dict[str, Any]:
     """Clean the cache tier for at most ``budget`` seconds (see :func:`housekeep`)."""
     rt = runtime.current()
     settings = rt.settings
-    with periodic_lock(_client(settings), settings.namespace, "housekeeping", budget + 30) as held:
+    with periodic_lock(_backend.get(), settings.namespace, "housekeeping", budget + 30) as held:
         if not held:
             return _skipped("housekeeping")
         return housekeep(rt.tier.client, settings.namespace, budget=budget)
@@ -228,18 +215,18 @@ def _prune_tag(client: Any, tag_key: str, batch: int, deadline: float) -> int:
 def aggregate(self: Any) -> dict[str, Any]:
     """Merge every live process's snapshot into the fleet view; the view is the result.
 
-    Its task id is recorded under :func:`tiercel.tasks.metrics.latest_key`, so
+    Its task id is recorded under :func:`tiercel.tasks.publisher.latest_key`, so
     ``tiercel stats``, the exporter and Flower users find the newest one.
     """
     rt = runtime.current()
     settings = rt.settings
-    client = _client(settings)
+    client = _backend.get()
     with periodic_lock(
         client, settings.namespace, "aggregate", settings.aggregate_interval
     ) as held:
         if not held:
             return _skipped("aggregation")
-        view = metrics.aggregate(client, settings.namespace, settings.metrics_interval)
+        view = fleet_view.aggregate(client, settings.namespace, settings.metrics_interval)
     task_id = getattr(self.request, "id", None)
     if task_id:
         view["task_id"] = task_id
@@ -247,115 +234,5 @@ def aggregate(self: Any) -> dict[str, Any]:
         seconds = int(
             expires.total_seconds() if hasattr(expires, "total_seconds") else (expires or 3600)
         )
-        client.set(metrics.latest_key(settings.namespace), task_id, ex=max(60, seconds))
+        client.set(latest_key(settings.namespace), task_id, ex=max(60, seconds))
     return view
-
-
-# -- each worker process's own duties --------------------------------------------------------
-
-
-class LocalSweeper:
-    """A daemon thread sweeping this process's levels and pools.
-
-    Sweeps when a sweep message arrives (the notifier sets
-    ``runtime.sweep_requested``) and every ``interval`` seconds regardless.
-    """
-
-    def __init__(self, rt: runtime.Runtime, interval: float) -> None:
-        self.runtime = rt
-        self.interval = interval
-        self.sweeps = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, daemon=True, name=f"tiercel-sweeper-{os.getpid()}"
-        )
-
-    def start(self) -> LocalSweeper:
-        """Start the thread."""
-        self._thread.start()
-        return self
-
-    def sweep(self, trigger: str) -> int:
-        """Drop expired local entries and reap idle pool resources now; returns entries."""
-        from tiercel.tasks import pools
-
-        rt = self.runtime
-        removed = rt.cache.expire()
-        registry = pools._current  # sweep the pools this process built, never build one
-        if registry is not None and registry.pid == os.getpid():
-            registry.sweep()
-        self.sweeps += 1
-        rt.metrics.inc(metrics.SWEEPS, trigger=trigger)
-        rt.metrics.inc(metrics.SWEPT, removed)
-        return removed
-
-    def _run(self) -> None:
-        requested = self.runtime.sweep_requested
-        while not self._stop.is_set():
-            woken = requested.wait(self.interval)
-            if self._stop.is_set():
-                return
-            requested.clear()
-            try:
-                self.sweep("message" if woken else "timer")
-            except Exception:  # a sweep must never kill the thread
-                log.warning("local sweep failed", exc_info=True)
-
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread."""
-        self._stop.set()
-        self.runtime.sweep_requested.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-
-_duties: dict[int, tuple[LocalSweeper, metrics.SnapshotPublisher]] = {}
-
-
-def start_process(rt: runtime.Runtime) -> None:
-    """Start this worker process's sweeper and snapshot publisher (after fork)."""
-    stop_process()
-    settings = rt.settings
-    sweeper = LocalSweeper(rt, settings.sweep_interval).start()
-    publisher = metrics.SnapshotPublisher(
-        metrics.metrics_client(settings),
-        settings.namespace,
-        rt.metrics,
-        settings.metrics_interval,
-        node=NODE,
-    ).start()
-    _duties[os.getpid()] = (sweeper, publisher)
-
-
-def stop_process() -> None:
-    """Stop them (worker shutdown); the publisher leaves the fleet index."""
-    duties = _duties.pop(os.getpid(), None)
-    _duties.clear()  # entries of a parent process are not ours to stop
-    if duties is not None:
-        sweeper, publisher = duties
-        sweeper.stop()
-        publisher.stop()
-
-
-def announce_source(task: Any, task_id: str | None, state: str | None) -> None:
-    """Send a ``task-tiercel-<source>`` event for a cached task that just succeeded.
-
-    Flower counts it in ``flower_events_total{type="task-tiercel-redis", task=...}``
-    and keeps its fields (``source``, ``seconds_saved``) with the task.
-    """
-    rt = runtime._current
-    recorder = getattr(rt, "recorder", None)
-    if recorder is None or rt is None or rt.pid != os.getpid():
-        return
-    last = recorder.last()
-    if last is None or state != "SUCCESS" or not task_id or last[0] != task.name:
-        return
-    if not task.app.conf.worker_send_task_events:
-        return
-    _, source, saved = last
-    try:
-        task.send_event(
-            f"task-tiercel-{source}", retry=False, source=source, seconds_saved=round(saved, 6)
-        )
-    except Exception:  # an event is a nicety: never fail the task for it
-        log.debug("sending the source event failed", exc_info=True)

@@ -3,8 +3,8 @@
 Pools are *defined* anywhere, at import time (a definition is only a recipe,
 so a prefork child inherits it harmlessly), and *built* on first use in the
 process that uses them: each prefork child builds its own, never shares the
-parent's sockets, and closes them at shutdown (:mod:`tiercel.workers.signals` calls
-:func:`start` after fork and :func:`shutdown` on exit). A child recycled by
+parent's sockets, and closes them at shutdown (the registry belongs to the
+process's :class:`tiercel.tasks.runtime.Runtime`). A child recycled by
 ``worker_max_tasks_per_child`` or ``worker_max_memory_per_child`` is a new
 process: it starts with new pools and empty levels.
 
@@ -37,10 +37,10 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from tiercel.core.errors import PoolClosed, PoolError
-from tiercel.core.local.memory_budget import BudgetedLevel, MemoryBudget, fits_max_memory_per_child
+from tiercel.core.local.memory_budget import BudgetedLevel, MemoryBudget
 from tiercel.core.pools.object_pool import ObjectPool, ObjectPools
 from tiercel.core.pools.resource_pool import NamedPool, ResourcePool
-from tiercel.core.settings import Settings, resolve_settings
+from tiercel.core.settings import Settings
 
 __all__ = [
     "PoolRegistry",
@@ -50,9 +50,7 @@ __all__ = [
     "define_resource",
     "get",
     "object_pool",
-    "shutdown",
     "snapshot",
-    "start",
 ]
 
 log = logging.getLogger("tiercel.pools")
@@ -256,46 +254,11 @@ class PoolRegistry:
                 log.warning("pool sweep failed", exc_info=True)
 
 
-_lock = threading.Lock()
-_current: PoolRegistry | None = None
-
-
 def current() -> PoolRegistry:
-    """This process's registry, built on first use."""
-    global _current
-    registry = _current
-    if registry is not None and registry.pid == os.getpid():
-        return registry
-    with _lock:
-        if _current is None or _current.pid != os.getpid():
-            _current = PoolRegistry(resolve_settings())
-        return _current
+    """This process's registry: its runtime's (see :mod:`tiercel.tasks.runtime`)."""
+    from tiercel.tasks import runtime
 
-
-def start(
-    settings: Settings | None = None, *, levels: Iterable[BudgetedLevel] = (), sweep: bool = True
-) -> PoolRegistry:
-    """Build this process's registry now (worker signals call this after fork)."""
-    global _current
-    with _lock:
-        old = _current if _current is not None and _current.pid == os.getpid() else None
-        _current = PoolRegistry(settings or resolve_settings(), levels=levels)
-        registry = _current
-    if old is not None:
-        old.close()
-    if sweep:
-        registry.start_sweeper(registry.settings.pool_reap_interval)
-    _warn_if_budget_exceeds_child_limit(registry)
-    return registry
-
-
-def shutdown() -> None:
-    """Close this process's pools, if any."""
-    global _current
-    with _lock:
-        registry, _current = _current, None
-    if registry is not None and registry.pid == os.getpid():
-        registry.close()
+    return runtime.current().pools
 
 
 def acquire(name: str, timeout: float | None = None) -> contextlib.AbstractContextManager[Any]:
@@ -316,38 +279,3 @@ def object_pool(kind: type[T], *, max_idle: int | None = None) -> ObjectPool[T]:
 def snapshot() -> dict[str, Any]:
     """This process's pool metrics and memory budget."""
     return current().snapshot()
-
-
-def after_task() -> None:
-    """Keep the local levels inside the budget (worker signals call this after each task)."""
-    registry = _current
-    if registry is not None and registry.pid == os.getpid():
-        registry.budget.enforce()
-
-
-def _warn_if_budget_exceeds_child_limit(registry: PoolRegistry) -> None:
-    try:
-        from celery import current_app
-
-        limit = current_app.conf.worker_max_memory_per_child
-    except Exception:  # pragma: no cover - no app configured
-        return
-    if not fits_max_memory_per_child(registry.budget.max_bytes, limit):
-        log.warning(
-            "TIERCEL_MEMORY_BUDGET_BYTES=%d plus this process's %d bytes exceed "
-            "worker_max_memory_per_child=%s KiB: children will be recycled before their "
-            "levels fill; lower the budget or raise the limit",
-            registry.budget.max_bytes,
-            registry.budget.snapshot()["peak_rss_bytes"],
-            limit,
-        )
-
-
-def _forget_after_fork() -> None:
-    # The child must not use (or close) the parent's sockets or threads: drop the reference.
-    global _current, _lock
-    _current = None
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)

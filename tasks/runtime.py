@@ -1,16 +1,23 @@
-"""What one process owns: its local levels, its Redis-tier client and its generations.
+"""The per-process composition root: everything one process owns, built in one constructor.
 
-The runtime is built lazily in the process that uses it and forgotten in a
-forked child (``os.register_at_fork``), so a prefork child never shares the
-parent's sockets or levels; the worker signals in :mod:`tiercel.workers.signals`
-build it eagerly after fork and close it at shutdown.
+A :class:`Runtime` holds a process's local levels, its Redis-tier client,
+leases, notifier (the invalidation listener), generations, background
+refresher, pools and memory budget, metrics registry, and (in a worker) its
+local sweeper and snapshot publisher. :meth:`Runtime.start` starts its
+threads; :meth:`Runtime.close` stops them and closes its sockets, in reverse.
+
+There is one per process (:func:`current`), built lazily in the process that
+uses it; a forked child forgets its parent's (see
+:mod:`tiercel.tasks.process_local`). The worker signals
+(:mod:`tiercel.workers.signals`) build it eagerly after fork with
+:func:`start` and close it with :func:`shutdown`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
+import time
 from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
@@ -20,12 +27,20 @@ from tiercel.core.cache.memoize import CachedFunction, function_scope
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.local.memory_budget import fits_max_memory_per_child
+from tiercel.core.metrics.registry import MetricsRegistry, register_cache
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.generations import Generations
 from tiercel.core.tier.leases import LeaseManager, LeaseRenewer
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
+from tiercel.tasks.pools import PoolRegistry
+from tiercel.tasks.process_local import ProcessLocal
+from tiercel.tasks.publisher import SnapshotPublisher, metrics_client
+from tiercel.tasks.recorder import CallRecorder, fleet_samples, pool_samples
+from tiercel.tasks.source_events import announce_source
+from tiercel.tasks.sweeper import LocalSweeper
 
 log = logging.getLogger("tiercel.runtime")
 
@@ -33,41 +48,52 @@ log = logging.getLogger("tiercel.runtime")
 #: missing an ``invalidate_all`` when no invalidation message arrives).
 GENERATION_MAX_AGE = 1.0
 
+#: Roles: a ``worker`` process runs the sweeper and the snapshot publisher and waits
+#: for its listener at start; a ``client`` (any process that submits) does neither.
+ROLES = ("client", "worker")
+
 
 class Runtime:
-    """Per-process cache state: levels, Redis tier, generations."""
+    """What one process owns; see the module docstring."""
 
-    def __init__(self, settings: Settings, *, role: str = "client") -> None:
+    def __init__(
+        self, settings: Settings, *, role: str = "client", node: str | None = None
+    ) -> None:
         if settings.cache_url is None:
             raise ValueError("Runtime needs resolved settings with a cache_url")
+        if role not in ROLES:
+            raise ValueError(f"role={role!r}: expected one of {', '.join(ROLES)}")
         self.settings = settings
         self.role = role
-        self.pid = os.getpid()
         self.serializer = serializer_from_settings(settings)
-        breaker = CircuitBreaker(
-            failures=settings.breaker_failures, reset_after=settings.breaker_reset
-        )
+
+        # The Redis wing: the tier, leases, and the channel every process listens on.
         self.tier = RedisTier.from_url(
             settings.cache_url,
             serializer=self.serializer,
             namespace=settings.namespace,
             max_connections=settings.redis_max_connections,
             socket_timeout=settings.redis_timeout,
-            breaker=breaker,
+            breaker=CircuitBreaker(
+                failures=settings.breaker_failures, reset_after=settings.breaker_reset
+            ),
             max_value_bytes=settings.max_value_bytes,
         )
         channel = channel_name(settings.namespace)
         self.leases = LeaseManager(self.tier.client, ttl=settings.lease_ttl, channel=channel)
-        # The handlers reach the cache built below; none runs before start_listening().
+        #: Set by a sweep message; this process's sweeper waits on it.
+        self.sweep_requested = threading.Event()
+        # The handlers reach the cache built below; none runs before start().
         self.notifier = Notifier(
             self.tier.client,
             channel=channel,
             on_invalidate=lambda key: self.cache.invalidate_local([key]),
             on_tag=lambda tag: self.cache.invalidate_tag_local(tag),
-            on_generation=lambda scope, generation: self.generations.observe(scope, generation),
+            on_generation=lambda scope, number: self.generations.observe(scope, number),
             on_reset=self._on_reconnect,
             on_clear=lambda: self.cache.clear_local(),
             on_done=lambda key: self.cache.discard_local(key),
+            on_sweep=self.sweep_requested.set,
         )
         self.coordinator = FleetCoordinator(
             self.tier,
@@ -76,6 +102,8 @@ class Runtime:
             self.notifier,
             max_wait=settings.task_time_limit,
         )
+
+        # The cache: local levels in front of the tier, sharing misses with the fleet.
         self.cache = MultiLevelCache(
             serializer=self.serializer,
             tier=self.tier,
@@ -93,15 +121,63 @@ class Runtime:
         self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
         self.generations.on_change = self.cache.advance_epoch
         self.refresher = BackgroundRefresher()
-        # Fleet metrics and sweeps (tasks.metrics, tasks.maintenance): a registry that pulls
-        # the figures above at snapshot time, and a wake-up for this process's sweeper.
-        from tiercel.tasks import metrics as _metrics
 
-        #: Set by a sweep message (``s|``); this process's LocalSweeper waits on it.
-        self.sweep_requested = threading.Event()
-        self.notifier.on_sweep = self.sweep_requested.set
-        #: This process's metrics registry (``self.call`` is wrapped to count calls).
-        self.metrics = _metrics.instrument(self)
+        # Pools, and the memory budget over the levels.
+        self.pools = PoolRegistry(settings, levels=self.cache.levels)
+
+        # Metrics: pulled from everything above at snapshot time.
+        self.metrics = MetricsRegistry()
+        register_cache(self.metrics, self.cache)
+        self.recorder = CallRecorder(self.metrics)
+        self.metrics.register_collector(fleet_samples(self.cache, self.coordinator, self.refresher))
+        self.metrics.register_collector(pool_samples(self.pools))
+
+        # A worker's own duties.
+        self.sweeper = LocalSweeper(
+            self.cache, self.pools, self.metrics, settings.sweep_interval, self.sweep_requested
+        )
+        self.publisher: SnapshotPublisher | None = None
+        self.node = node
+        #: Whether the invalidation listener was subscribed when :meth:`start` returned.
+        self.listening = False
+
+    # --- lifecycle ---
+
+    def start(self, *, listen_timeout: float | None = None) -> Runtime:
+        """Start listening for invalidations, and in a worker the sweepers and the publisher.
+
+        A worker waits up to 5 s for its subscription (a client 1 s) by default;
+        a listener that is not up yet keeps trying in the background.
+        """
+        worker = self.role == "worker"
+        timeout = listen_timeout if listen_timeout is not None else (5.0 if worker else 1.0)
+        self.listening = self.notifier.start(timeout)
+        if not worker:
+            return self
+        self.pools.start_sweeper(self.settings.pool_reap_interval)
+        self._warn_if_budget_exceeds_child_limit()
+        try:
+            self.sweeper.start()
+            self.publisher = SnapshotPublisher(
+                metrics_client(self.settings),
+                self.settings.namespace,
+                self.metrics,
+                self.settings.metrics_interval,
+                node=self.node,
+            ).start()
+        except Exception:  # metrics and sweeps must never stop a worker from serving
+            log.warning("starting the sweeper and metrics publisher failed", exc_info=True)
+        return self
+
+    def close(self) -> None:
+        """Stop every thread and close every socket this process opened (reverse order)."""
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.sweeper.stop()
+        self.pools.close()
+        self.refresher.close()
+        self.coordinator.close()
+        self.cache.close()
 
     def _on_reconnect(self) -> None:
         # Invalidation messages may have been missed while the channel was down: local
@@ -109,9 +185,25 @@ class Runtime:
         self.cache.clear_local()
         self.generations.forget()
 
-    def start_listening(self, timeout: float = 5.0) -> bool:
-        """Subscribe to the invalidation channel now (workers do at start-up)."""
-        return self.notifier.start(timeout)
+    def _warn_if_budget_exceeds_child_limit(self) -> None:
+        try:
+            from celery import current_app
+
+            limit = current_app.conf.worker_max_memory_per_child
+        except Exception:  # pragma: no cover - no app configured
+            return
+        budget = self.pools.budget
+        if not fits_max_memory_per_child(budget.max_bytes, limit):
+            log.warning(
+                "TIERCEL_MEMORY_BUDGET_BYTES=%d plus this process's %d bytes exceed "
+                "worker_max_memory_per_child=%s KiB: children will be recycled before their "
+                "levels fill; lower the budget or raise the limit",
+                budget.max_bytes,
+                budget.snapshot()["peak_rss_bytes"],
+                limit,
+            )
+
+    # --- cached calls ---
 
     @property
     def namespace(self) -> str:
@@ -132,8 +224,9 @@ class Runtime:
         force_refresh: bool = False,
     ) -> Lookup:
         """Look up or compute one call through every tier (refreshing early or stale
-        values in this process's background refresher)."""
-        return spec.call(
+        values in this process's background refresher), counted by the recorder."""
+        started = time.perf_counter()
+        found = spec.call(
             self.cache,
             self.generations,
             self.namespace,
@@ -143,6 +236,16 @@ class Runtime:
             inflight_id=inflight_id,
             force_refresh=force_refresh,
         )
+        self.recorder.record(
+            spec.name, found.source, time.perf_counter() - started, found.compute_seconds
+        )
+        return found
+
+    def after_task(self, task: Any, task_id: str | None, state: str | None) -> None:
+        """After each task in a worker: keep the levels inside the memory budget, and tell
+        Flower where a cached task's answer came from."""
+        self.pools.budget.enforce()
+        announce_source(self.recorder, task, task_id, state)
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
         """Bump the function's generation and announce it to every process."""
@@ -151,57 +254,32 @@ class Runtime:
         self.coordinator.announce_generation(scope, generation)
         return generation
 
-    def close(self) -> None:
-        """Stop the listener and renewer, drop the levels, close connections."""
-        self.refresher.close()
-        self.coordinator.close()
-        self.cache.close()
+
+def _build_client() -> Runtime:
+    return Runtime(resolve_settings()).start()
 
 
-_lock = threading.Lock()
-_current: Runtime | None = None
+_process: ProcessLocal[Runtime] = ProcessLocal(_build_client, close=Runtime.close)
 
 
 def current() -> Runtime:
-    """This process's runtime, built on first use from the resolved settings."""
-    global _current
-    runtime = _current
-    if runtime is not None and runtime.pid == os.getpid():
-        return runtime
-    with _lock:
-        if _current is None or _current.pid != os.getpid():
-            _current = Runtime(resolve_settings())
-            # A client keeps local levels too: it must hear invalidations.
-            _current.start_listening(timeout=1.0)
-        return _current
+    """This process's runtime, built on first use (as a client) from the resolved settings."""
+    return _process.get()
 
 
-def start(settings: Settings | None = None, *, role: str = "client") -> Runtime:
-    """Build this process's runtime now (worker signals call this after fork)."""
-    global _current
-    with _lock:
-        if _current is not None and _current.pid == os.getpid():
-            _current.close()
-        runtime = _current = Runtime(settings or resolve_settings(), role=role)
-    if role == "worker":
-        runtime.start_listening()
-    return runtime
+def existing() -> Runtime | None:
+    """This process's runtime if it has one (never builds one)."""
+    return _process.peek()
+
+
+def start(
+    settings: Settings | None = None, *, role: str = "client", node: str | None = None
+) -> Runtime:
+    """Build and start this process's runtime now, replacing (closing) one it had."""
+    runtime = Runtime(settings or resolve_settings(), role=role, node=node)
+    return _process.replace(runtime).start()
 
 
 def shutdown() -> None:
     """Close this process's runtime, if any."""
-    global _current
-    with _lock:
-        runtime, _current = _current, None
-    if runtime is not None and runtime.pid == os.getpid():
-        runtime.close()
-
-
-def _forget_after_fork() -> None:
-    # The child must not use (or close) the parent's sockets: just drop the reference.
-    global _current, _lock
-    _current = None
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
+    _process.clear()

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import shared_task
 
-from tiercel.tasks import maintenance, metrics, pools, runtime
+from tiercel.tasks import metrics, pools, runtime
 from tiercel.tasks.cached import cached_task
 
 
@@ -74,7 +74,7 @@ def local_levels(prefix: str = "", hold_ms: int = 0) -> dict[str, Any]:
         }
     return {
         "pid": os.getpid(),
-        "node": maintenance.NODE,
+        "node": rt.node,
         "levels": levels,
         "sweeps": {
             trigger: rt.metrics.counter_value(metrics.SWEEPS, trigger=trigger)

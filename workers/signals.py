@@ -1,21 +1,25 @@
-"""Per-process lifecycle: resources are built after fork, in the process that uses them.
+"""Per-process lifecycle: one runtime per process, built after fork, in the process that uses it.
 
-* prefork: each child builds its runtime in ``worker_process_init`` and closes
-  it in ``worker_process_shutdown``; the main process builds none.
+* prefork: each child builds and starts its runtime (:mod:`tiercel.tasks.runtime`)
+  in ``worker_process_init`` and closes it in ``worker_process_shutdown``; the
+  main process builds none (it only frees the leases of children that died).
 * solo and threads: the worker process itself builds it in ``worker_init``
   and closes it in ``worker_shutdown``.
+
+The runtime owns everything else (levels, tier, listener, pools, metrics,
+sweeper, publisher), so these few handlers are all the wiring there is.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import signals
 
-from tiercel.tasks import pools, runtime
+from tiercel.tasks import abandoned, runtime
 
-log = logging.getLogger("tiercel.worker")
+#: This worker's node name, remembered in the main process before the pool forks.
+_node: str | None = None
 
 
 def _uses_prefork(sender: Any) -> bool:
@@ -24,105 +28,37 @@ def _uses_prefork(sender: Any) -> bool:
     return "prefork" in name or "asynpool" in name
 
 
+@signals.celeryd_after_setup.connect
+def _remember_node(sender: Any = None, **_: Any) -> None:
+    global _node
+    _node = str(sender) if sender else None
+
+
 @signals.worker_init.connect
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     if not _uses_prefork(sender):
-        runtime.start(role="worker")
+        runtime.start(role="worker", node=_node)
 
 
 @signals.worker_process_init.connect
 def _on_child_init(**_: Any) -> None:
-    runtime.start(role="worker")
+    runtime.start(role="worker", node=_node)
 
 
 @signals.worker_process_shutdown.connect
-def _on_child_shutdown(**_: Any) -> None:
-    runtime.shutdown()
-
-
 @signals.worker_shutdown.connect
-def _on_worker_shutdown(**_: Any) -> None:
+def _on_shutdown(**_: Any) -> None:
     runtime.shutdown()
-
-
-# Pools and the memory budget (tiercel.tasks.pools): connected after the runtime's handlers, so
-# the runtime's levels exist when the budget registers them.
-@signals.worker_init.connect
-def _on_worker_init_pools(sender: Any = None, **_: Any) -> None:
-    if not _uses_prefork(sender):
-        pools.start(levels=runtime.current().cache.levels)
-
-
-@signals.worker_process_init.connect
-def _on_child_init_pools(**_: Any) -> None:
-    pools.start(levels=runtime.current().cache.levels)
+    abandoned.close()
 
 
 @signals.task_postrun.connect
-def _on_task_postrun_budget(**_: Any) -> None:
-    pools.after_task()
-
-
-@signals.worker_process_shutdown.connect
-def _on_child_shutdown_pools(**_: Any) -> None:
-    pools.shutdown()
-
-
-@signals.worker_shutdown.connect
-def _on_worker_shutdown_pools(**_: Any) -> None:
-    pools.shutdown()
-
-
-# Fleet maintenance and metrics (tasks.maintenance): every process that owns a runtime runs a
-# local sweeper and a snapshot publisher, and names the cache tier that answered each task.
-@signals.celeryd_after_setup.connect
-def _remember_node(sender: Any = None, **_: Any) -> None:
-    from tiercel.tasks import maintenance
-
-    maintenance.NODE = str(sender) if sender else None  # set before the pool forks
-
-
-@signals.worker_init.connect
-def _on_worker_init_duties(sender: Any = None, **_: Any) -> None:
-    if not _uses_prefork(sender):
-        _start_duties()
-
-
-@signals.worker_process_init.connect
-def _on_child_init_duties(**_: Any) -> None:
-    _start_duties()
-
-
-def _start_duties() -> None:
-    from tiercel.tasks import maintenance
-
-    try:
-        maintenance.start_process(runtime.current())
-    except Exception:  # metrics and sweeps must never stop a worker from serving
-        log.warning("starting the sweeper and metrics publisher failed", exc_info=True)
-
-
-@signals.worker_process_shutdown.connect
-def _on_child_shutdown_duties(**_: Any) -> None:
-    from tiercel.tasks import maintenance
-
-    maintenance.stop_process()
-
-
-@signals.worker_shutdown.connect
-def _on_worker_shutdown_duties(**_: Any) -> None:
-    from tiercel.tasks import maintenance
-
-    maintenance.stop_process()
-
-
-@signals.task_postrun.connect
-def _on_task_postrun_source(
+def _on_task_postrun(
     task: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
 ) -> None:
-    from tiercel.tasks import maintenance
-
-    maintenance.announce_source(task, task_id, state)
+    rt = runtime.existing()
+    if rt is not None:
+        rt.after_task(task, task_id, state)
 
 
 @signals.task_revoked.connect
@@ -131,9 +67,7 @@ def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None
     # make later submissions join it; one that was terminated leaves its lease.
     task = getattr(request, "task", None)
     if request is not None and getattr(task, "tiercel_spec", None) is not None:
-        from tiercel.tasks.abandoned import release_abandoned
-
-        release_abandoned(
+        abandoned.release_abandoned(
             task,
             request.id,
             request.args,

@@ -48,13 +48,13 @@ def load_view(
     settings: Any, *, fresh: bool = False, timeout: float = 10.0
 ) -> dict[str, Any] | None:
     """The newest fleet view, or None when no aggregation exists yet."""
-    from tiercel.tasks import metrics
+    from tiercel.tasks import fleet_view, publisher
 
-    client = metrics.metrics_client(settings)
+    client = publisher.metrics_client(settings)
     try:
         if fresh:
-            return metrics.aggregate(client, settings.namespace, settings.metrics_interval)
-        task_id = client.get(metrics.latest_key(settings.namespace))
+            return fleet_view.aggregate(client, settings.namespace, settings.metrics_interval)
+        task_id = client.get(publisher.latest_key(settings.namespace))
     finally:
         client.close()
     if task_id is None:

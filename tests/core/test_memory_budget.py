@@ -88,12 +88,16 @@ def test_fits_max_memory_per_child() -> None:
 
 
 def test_a_forked_child_starts_with_its_own_empty_budget() -> None:
-    # What a recycled or new prefork child sees: the registry is forgotten after fork, and
-    # a fresh one (and its budget) is built in the child.
+    # What a recycled or new prefork child sees: the process's registry (held, as the
+    # runtime holds it, in a ProcessLocal) is forgotten after fork, and a fresh one (and
+    # its budget) is built in the child.
     from tiercel.core.settings import Settings
-    from tiercel.tasks import pools
+    from tiercel.tasks.pools import PoolRegistry
+    from tiercel.tasks.process_local import ProcessLocal
 
-    parent = pools.start(Settings(cache_url="redis://127.0.0.1:1/0"), sweep=False)
+    settings = Settings(cache_url="redis://127.0.0.1:1/0")
+    holder = ProcessLocal(lambda: PoolRegistry(settings), close=PoolRegistry.close)
+    parent = holder.get()
     level = BytesLevel("l2", max_entries=10, max_bytes=10**6)
     parent.budget.register(level)
     fill(level, 3)
@@ -101,9 +105,10 @@ def test_a_forked_child_starts_with_its_own_empty_budget() -> None:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
-            forgotten = pools._current is None
-            child = pools.start(Settings(cache_url="redis://127.0.0.1:1/0"), sweep=False)
-            ok = forgotten and child.pid == os.getpid() and child.budget.used == 0
+            forgotten = holder.peek() is None
+            child = holder.get()
+            ok = forgotten and child is not parent and child.pid == os.getpid()
+            ok = ok and child.budget.used == 0
             os.write(write, b"1" if ok else b"0")
         finally:
             os._exit(0)
@@ -112,5 +117,7 @@ def test_a_forked_child_starts_with_its_own_empty_budget() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     assert answer == b"1"
+    assert holder.get() is parent
     assert parent.budget.used == level.nbytes > 0
-    pools.shutdown()
+    holder.clear()
+    assert holder.peek() is None

@@ -564,13 +564,13 @@ def test_registry_builds_defined_pools_on_first_use_and_closes_them(cache_url: s
     import os
 
     from tiercel.core.settings import Settings
-    from tiercel.tasks import pools
+    from tiercel.tasks import pools, runtime
 
     name = f"parsers-{os.getpid()}-{next(Resource.ids)}"
     pools.define_resource(name, Resource, max_size=2)
     with pytest.raises(PoolError, match="already defined"):
         pools.define_resource(name, Resource)
-    registry = pools.start(Settings(cache_url=cache_url), sweep=False)
+    registry = runtime.start(Settings(cache_url=cache_url)).pools
     try:
         assert registry.built() == {}
         with pools.acquire(name) as resource:
@@ -590,7 +590,7 @@ def test_registry_builds_defined_pools_on_first_use_and_closes_them(cache_url: s
         assert snap["pools"]["redis"]["kind"] == "redis"
         assert "memory" in snap and "objects" in snap
     finally:
-        pools.shutdown()
+        runtime.shutdown()
     assert resource.closed, "shutdown closes the process's pools"
     with pytest.raises(PoolClosed):
         registry.acquire(name)

@@ -172,7 +172,7 @@ def test_a_runtime_from_settings_runs_on_the_cluster(cluster_url: str) -> None:
 
     runtime = Runtime(Settings(cache_url=cluster_url, namespace=NS))
     try:
-        assert runtime.start_listening(timeout=5.0)
+        assert runtime.start(listen_timeout=5.0).listening
         key = value_key()
         first = runtime.cache.get_or_compute(key, lambda: "computed once", ttl=60)
         assert first.source == "computed"

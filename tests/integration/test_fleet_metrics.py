@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tiercel.core.settings import Settings, resolve_settings
-from tiercel.tasks import metrics
+from tiercel.tasks import fleet_view, publisher
 from tiercel.workers.launcher import Fleet, FleetSpec
 
 pytestmark = pytest.mark.integration
@@ -44,9 +44,9 @@ def metered_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fleet, Sett
 
 
 def _view(settings: Settings) -> dict[str, Any]:
-    client = metrics.metrics_client(settings)
+    client = publisher.metrics_client(settings)
     try:
-        return metrics.aggregate(client, settings.namespace, INTERVAL)
+        return fleet_view.aggregate(client, settings.namespace, INTERVAL)
     finally:
         client.close()
 

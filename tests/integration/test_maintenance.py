@@ -12,7 +12,7 @@ import redis
 
 from tests.fleet_tasks import fill_local, local_levels
 from tiercel.core.settings import resolve_settings
-from tiercel.tasks import maintenance, metrics
+from tiercel.tasks import maintenance, publisher
 from tiercel.workers.launcher import Fleet
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def test_housekeeping_removes_stale_leases_and_dead_tag_members(redis_client: re
 
 def test_overlapping_runs_of_a_periodic_task_do_not_both_work(fleet: Fleet) -> None:
     settings = resolve_settings()
-    client = metrics.metrics_client(settings)
+    client = publisher.metrics_client(settings)
     worked: list[int] = []
     started = threading.Barrier(2)
 

@@ -22,7 +22,7 @@ from tests.integration.test_pools_prefork import private_fleet
 from tiercel.core.errors import PoolClosed, PoolTimeout
 from tiercel.core.pools.postgres_pool import PostgresPool
 from tiercel.core.settings import resolve_settings
-from tiercel.tasks import pools
+from tiercel.tasks import runtime
 from tiercel.tasks.examples.postgres import SERIES_SUMMARY_SQL, series_summary
 
 pytestmark = pytest.mark.integration
@@ -125,7 +125,7 @@ def test_a_broken_connection_is_discarded_not_reused(pg_pool: PostgresPool) -> N
 def test_cached_db_task_runs_its_query_through_the_registry_pool(
     database_url: str, cache_url: str
 ) -> None:
-    registry = pools.start(resolve_settings().replace(database_url=database_url), sweep=False)
+    registry = runtime.start(resolve_settings().replace(database_url=database_url)).pools
     try:
         n = 200_000 + uuid.uuid4().int % 100_000
         value = series_summary.cached_call(n, 7)
@@ -140,7 +140,7 @@ def test_cached_db_task_runs_its_query_through_the_registry_pool(
         with pytest.raises(ValueError, match="modulus"):
             series_summary.cached_call(n, 0)
     finally:
-        pools.shutdown()
+        runtime.shutdown()
     with pytest.raises(PoolClosed):
         registry.acquire("db").__enter__()
 

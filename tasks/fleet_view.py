@@ -1,0 +1,183 @@
+"""The fleet view: every live process's snapshot, merged and summarised.
+
+:func:`aggregate` reads the index members published within the last
+:data:`~tiercel.tasks.metrics.STALE_INTERVALS` intervals (MGET, in bounded
+batches), merges them with :func:`tiercel.core.metrics.registry.merge_snapshots`
+and summarises per node, process, task and tier (:func:`build_view`). A
+process that died stops publishing and leaves the view after 2 intervals (its
+key expires after 3).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from tiercel.core.metrics.registry import (
+    CACHE_HITS,
+    CACHE_MISSES,
+    COMPUTE_SECONDS,
+    COMPUTE_SECONDS_SAVED,
+    REDIS_HITS,
+    REDIS_MISSES,
+    REQUEST_SECONDS,
+    counter_total,
+    merge_snapshots,
+    sketch_of,
+)
+from tiercel.tasks.metrics import MAX_PROCESSES, QUANTILES, READ_BATCH, REQUESTS, STALE_INTERVALS
+from tiercel.tasks.publisher import index_key, snapshot_key
+
+log = logging.getLogger("tiercel.metrics")
+
+
+def read_snapshots(client: redis.Redis, namespace: str, interval: float) -> list[dict[str, Any]]:
+    """The documents of every process that published within ``STALE_INTERVALS`` intervals."""
+    seconds, micros = client.time()
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    cutoff = now_ms - int(interval * STALE_INTERVALS * 1000)
+    members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+        index_key(namespace), cutoff, "+inf", start=0, num=MAX_PROCESSES, withscores=True
+    )
+    documents: list[dict[str, Any]] = []
+    for start in range(0, len(members), READ_BATCH):
+        batch = members[start : start + READ_BATCH]
+        values = client.mget([snapshot_key(namespace, _text(member)) for member, _ in batch])
+        for (_, score), value in zip(batch, values, strict=True):
+            if value is None:
+                continue  # expired between the two reads: the process is gone
+            try:
+                document = json.loads(value)
+            except ValueError:
+                log.warning("skipping an unreadable metrics snapshot")
+                continue
+            document["published_ms"] = float(score)
+            document["age"] = max(0.0, (now_ms - float(score)) / 1000)
+            documents.append(document)
+    return documents
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def aggregate(client: redis.Redis, namespace: str, interval: float) -> dict[str, Any]:
+    """Read every live snapshot and build the fleet view (see :func:`build_view`)."""
+    return build_view(read_snapshots(client, namespace, interval), interval=interval)
+
+
+def _latency(snapshot: Mapping[str, Any], name: str, **labels: str) -> dict[str, Any] | None:
+    sketch = sketch_of(snapshot, name, **labels)
+    if sketch is None or sketch.count == 0:
+        return None
+    figures: dict[str, Any] = {"count": sketch.count, "sum": sketch.sum, "max": sketch.max}
+    for q in QUANTILES:
+        figures[f"p{round(q * 100)}"] = sketch.quantile(q)
+    return figures
+
+
+def _label_values(snapshot: Mapping[str, Any], name: str, label: str) -> list[str]:
+    found = {
+        item["labels"][label]
+        for kind in ("counters", "gauges", "sketches")
+        for item in snapshot[kind]
+        if item["name"] == name and label in item["labels"]
+    }
+    return sorted(found)
+
+
+def summarize(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    """Requests by source, computations, compute-seconds saved and tier hit ratios."""
+    sources = _label_values(snapshot, REQUESTS, "source")
+    by_source = {source: counter_total(snapshot, REQUESTS, source=source) for source in sources}
+    tiers: dict[str, dict[str, float]] = {}
+    for level in _label_values(snapshot, CACHE_HITS, "level"):
+        tiers[level] = _ratio(
+            counter_total(snapshot, CACHE_HITS, level=level),
+            counter_total(snapshot, CACHE_MISSES, level=level),
+        )
+    tiers["redis"] = _ratio(
+        counter_total(snapshot, REDIS_HITS), counter_total(snapshot, REDIS_MISSES)
+    )
+    return {
+        "requests": sum(by_source.values()),
+        "by_source": by_source,
+        "computed": by_source.get("computed", 0),
+        "compute_seconds_saved": counter_total(snapshot, COMPUTE_SECONDS_SAVED),
+        "tiers": tiers,
+    }
+
+
+def _ratio(hits: float, misses: float) -> dict[str, float]:
+    lookups = hits + misses
+    return {"hits": hits, "misses": misses, "hit_ratio": hits / lookups if lookups else 0.0}
+
+
+def build_view(documents: Iterable[Mapping[str, Any]], *, interval: float) -> dict[str, Any]:
+    """The fleet view: the merged snapshot, plus summaries per node, process, task and tier.
+
+    One snapshot per process (the publisher's key is per process, so there is
+    never a second); fleet latencies are quantiles of the merged sketches.
+    """
+    documents = list(documents)
+    snapshots = [document["snapshot"] for document in documents]
+    merged = merge_snapshots(snapshots)
+    processes = []
+    nodes: dict[str, list[Mapping[str, Any]]] = {}
+    for document in documents:
+        process = document["snapshot"]["processes"][0]
+        node = str(document.get("node") or process["hostname"])
+        nodes.setdefault(node, []).append(document["snapshot"])
+        processes.append(
+            {
+                "id": process["id"],
+                "node": node,
+                "hostname": process["hostname"],
+                "pid": process["pid"],
+                "started_at": process["started_at"],
+                "age": document.get("age"),
+                **summarize(document["snapshot"]),
+            }
+        )
+    processes.sort(key=lambda item: (item["node"], item["pid"]))
+    tasks = {}
+    for task in _label_values(merged, REQUESTS, "task"):
+        by_source = {
+            source: counter_total(merged, REQUESTS, task=task, source=source)
+            for source in _label_values(merged, REQUESTS, "source")
+        }
+        by_source = {source: count for source, count in by_source.items() if count}
+        tasks[task] = {
+            "requests": sum(by_source.values()),
+            "by_source": by_source,
+            "compute_seconds_saved": counter_total(merged, COMPUTE_SECONDS_SAVED, task=task),
+            "compute_seconds": _latency(merged, COMPUTE_SECONDS, task=task),
+        }
+    latency = {
+        source: _latency(merged, REQUEST_SECONDS, source=source)
+        for source in _label_values(merged, REQUEST_SECONDS, "source")
+    }
+    return {
+        "format": 1,
+        "aggregated_at": time.time(),
+        "interval": interval,
+        "fleet": {
+            **summarize(merged),
+            "processes": len(processes),
+            "nodes": len(nodes),
+            "latency": _latency(merged, REQUEST_SECONDS),
+        },
+        "nodes": {
+            node: {"processes": len(items), **summarize(merge_snapshots(items))}
+            for node, items in sorted(nodes.items())
+        },
+        "processes": processes,
+        "tasks": tasks,
+        "latency": {source: figures for source, figures in latency.items() if figures},
+        "merged": merged,
+    }

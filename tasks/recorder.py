@@ -1,0 +1,156 @@
+"""What one process's metrics registry counts of its cached calls, fleet, refresher and pools.
+
+:class:`CallRecorder` is told of every cached call (``Runtime.call``) and
+keeps counts and compute-seconds-saved in plain dicts the registry pulls at
+snapshot time; :func:`fleet_samples` and :func:`pool_samples` build the
+collectors the registry pulls for the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+from tiercel.core.cache.coordinator import FleetCoordinator
+from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.metrics.registry import (
+    COMPUTE_SECONDS,
+    COMPUTE_SECONDS_SAVED,
+    POOL_IDLE,
+    POOL_IN_USE,
+    POOL_TIMEOUTS,
+    REQUEST_SECONDS,
+    MetricsRegistry,
+    Sample,
+)
+from tiercel.tasks.metrics import (
+    COORDINATOR_ACTIVE,
+    COORDINATOR_EVENTS,
+    MAX_TASK_SERIES,
+    MEMORY_USED,
+    REFRESHES,
+    REQUESTS,
+    SAMPLE_EVERY,
+)
+from tiercel.tasks.pools import PoolRegistry
+
+#: Fleet figures that are gauges (how many now); the others count events.
+ACTIVE_FIGURES = frozenset({"renewing", "waiting"})
+
+
+class CallRecorder:
+    """Counts the cached task body's calls by task and source; times one in ``sample_every``.
+
+    Counts and compute-seconds-saved live in plain dicts the registry pulls at
+    snapshot time. Saved seconds: a Redis read knows the value's compute time;
+    a local hit (or a join) gets the task's running average compute time.
+    """
+
+    def __init__(self, registry: MetricsRegistry, *, sample_every: int = SAMPLE_EVERY) -> None:
+        self.registry = registry
+        self.sample_every = sample_every
+        self._countdown = sample_every
+        self._counts: dict[tuple[str, str], int] = {}
+        self._saved: dict[str, float] = {}
+        self._compute: dict[str, tuple[float, int]] = {}
+        self._last = threading.local()
+        registry.register_collector(self._collect)
+
+    def record(self, task: str, source: str, elapsed: float, compute_seconds: float) -> None:
+        """Account one call of ``task`` answered from ``source`` in ``elapsed`` seconds."""
+        key = (task, source)
+        counts = self._counts
+        count = counts.get(key)
+        if count is None:
+            if len(counts) >= MAX_TASK_SERIES:
+                key = task, source = "_other", source
+            count = counts.get(key, 0)
+        counts[key] = count + 1
+        if source == "computed":
+            total, n = self._compute.get(task, (0.0, 0))
+            self._compute[task] = (total + elapsed, n + 1)
+            self.registry.observe(COMPUTE_SECONDS, elapsed, task=task)
+            saved = 0.0
+        elif source == "redis" and compute_seconds > 0:
+            total, n = self._compute.get(task, (0.0, 0))
+            self._compute[task] = (total + compute_seconds, n + 1)
+            saved = compute_seconds
+        else:
+            total, n = self._compute.get(task, (0.0, 0))
+            saved = total / n if n else 0.0
+        if saved:
+            self._saved[task] = self._saved.get(task, 0.0) + saved
+        self._last.value = (task, source, saved)
+        self._countdown -= 1
+        if self._countdown <= 0:
+            self._countdown = self.sample_every
+            self.registry.observe(REQUEST_SECONDS, elapsed, self.sample_every, source=source)
+
+    def last(self) -> tuple[str, str, float] | None:
+        """(task, source, seconds saved) of this thread's latest call, then forgotten."""
+        value: tuple[str, str, float] | None = getattr(self._last, "value", None)
+        self._last.value = None
+        return value
+
+    def _collect(self) -> list[Sample]:
+        samples = [
+            Sample("counter", REQUESTS, count, {"task": task, "source": source})
+            for (task, source), count in list(self._counts.items())
+        ]
+        samples += [
+            Sample("counter", COMPUTE_SECONDS_SAVED, saved, {"task": task})
+            for task, saved in list(self._saved.items())
+        ]
+        return samples
+
+
+def fleet_samples(
+    cache: MultiLevelCache, coordinator: FleetCoordinator, refresher: BackgroundRefresher
+) -> Callable[[], list[Sample]]:
+    """A collector of the fleet counters (the cache's), gauges (the coordinator's) and
+    background refreshes."""
+
+    def collect() -> list[Sample]:
+        stats = {**(cache.stats()["fleet"] or {}), **coordinator.stats()}
+        samples = [
+            Sample("gauge", COORDINATOR_ACTIVE, value, {"what": name})
+            for name, value in stats.items()
+            if name in ACTIVE_FIGURES
+        ]
+        samples += [
+            Sample("counter", COORDINATOR_EVENTS, value, {"event": name})
+            for name, value in stats.items()
+            if name not in ACTIVE_FIGURES
+        ]
+        samples += [
+            Sample("counter", REFRESHES, getattr(refresher, outcome, 0), {"outcome": outcome})
+            for outcome in ("started", "dropped", "failed")
+        ]
+        return samples
+
+    return collect
+
+
+def pool_samples(registry: PoolRegistry) -> Callable[[], list[Sample]]:
+    """A collector of the pools ``registry`` built (it never builds one) and its budget."""
+
+    def collect() -> list[Sample]:
+        figures = registry.snapshot()
+        samples: list[Sample] = []
+        for name, pool in figures["pools"].items():
+            labels = {"pool": name}
+            for field, metric, kind in (
+                ("in_use", POOL_IN_USE, "gauge"),
+                ("idle", POOL_IDLE, "gauge"),
+                ("timeouts", POOL_TIMEOUTS, "counter"),
+            ):
+                value = pool.get(field)
+                if isinstance(value, (int, float)):
+                    samples.append(Sample(kind, metric, value, labels))
+        used = figures.get("memory", {}).get("used")
+        if isinstance(used, (int, float)):
+            samples.append(Sample("gauge", MEMORY_USED, used))
+        return samples
+
+    return collect
