@@ -85,11 +85,15 @@ def test_malformed_setting(clean_env: dict[str, str]) -> None:
     assert_one_line_error(result, "TIERCEL_L1_MAX_ENTRIES")
 
 
-def test_malformed_option_is_argparse_usage(clean_env: dict[str, str]) -> None:
+def test_malformed_option_is_a_one_line_usage_error(clean_env: dict[str, str]) -> None:
     result = run(["up", "--workers", "zero"], clean_env)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "--workers" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "tiercel up: error: Invalid value for '--workers': 'zero' is not a whole number "
+        "(see 'tiercel up --help')"
+    ]
 
 
 def test_call_submits_and_reports_the_source(fleet: object) -> None:
@@ -105,3 +109,4 @@ def test_call_submits_and_reports_the_source(fleet: object) -> None:
         run(["call", "tiercel.tasks.examples.slow_square", n], dict(os.environ)).stdout
     )
     assert again["source"] == "redis" and again["task_id"] is None
+
