@@ -13,7 +13,6 @@ stops taking new requests after --max-seconds.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import os
@@ -27,9 +26,12 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
+
+import click
 
 from tiercel.core.errors import ServerError, SettingsError
+from tiercel.workers.options import pool_option
 
 #: Bounds on the options: every list this command builds is at most this long.
 MAX_KEYS = 1_000_000
@@ -42,83 +44,26 @@ CACHED_SOURCES = ("memory", "redis", "joined", "computed")
 PLAIN = "plain Celery"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the workload's options to ``parser``."""
+@dataclass(frozen=True)
+class BenchOptions:
+    """The workload and the embedded fleet ``tiercel bench`` was asked for (its options)."""
 
-    def one_line_error(message: str) -> NoReturn:
-        # The CLI promises one line on stderr and status 2 for every expected failure.
-        print(f"tiercel bench: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-    parser.error = one_line_error  # type: ignore[method-assign]
-    add = parser.add_argument
-    add("--keys", type=int, default=1000, metavar="K", help="distinct arguments (default 1000)")
-    add(
-        "--zipf",
-        type=float,
-        default=1.1,
-        metavar="S",
-        help="Zipf exponent of key popularity; 0 is uniform (default 1.1)",
-    )
-    add(
-        "--compute-ms",
-        type=int,
-        default=20,
-        metavar="MS",
-        help="compute time of one call on a worker (default 20)",
-    )
-    add("--requests", type=int, default=2000, metavar="N", help="requests per phase (default 2000)")
-    add(
-        "--concurrency",
-        type=int,
-        default=16,
-        metavar="T",
-        help="client threads submitting at once (default 16)",
-    )
-    add(
-        "--invalidate-rate",
-        type=float,
-        default=0.0,
-        metavar="P",
-        help="probability that a request is followed by invalidating a random key (default 0)",
-    )
-    add(
-        "--max-seconds",
-        type=float,
-        default=20.0,
-        metavar="S",
-        help="each phase stops taking new requests after this long (default 20)",
-    )
-    add("--no-plain", action="store_true", help="skip the plain Celery phase")
-    add("--seed", type=int, default=7, help="random seed of the workload (default 7)")
-    add(
-        "--workers",
-        type=int,
-        default=2,
-        metavar="N",
-        help="embedded fleet only: worker nodes (default 2)",
-    )
-    add(
-        "--worker-concurrency",
-        type=int,
-        default=2,
-        metavar="C",
-        help="embedded fleet only: processes per node (default 2)",
-    )
-    add(
-        "--pool",
-        choices=("prefork", "solo", "threads"),
-        default="prefork",
-        help="embedded fleet only: Celery pool (default prefork)",
-    )
-    add(
-        "--json",
-        action="store_true",
-        help="print the figures as one JSON object on stdout (the report goes to stderr)",
-    )
+    keys: int
+    zipf: float
+    compute_ms: int
+    requests: int
+    concurrency: int
+    invalidate_rate: float
+    max_seconds: float
+    no_plain: bool
+    seed: int
+    workers: int
+    worker_concurrency: int
+    pool: str
+    json: bool
 
 
-def validate(args: argparse.Namespace) -> None:
+def validate(args: BenchOptions) -> None:
     """Raise SettingsError naming the first option out of range."""
     checks = (
         ("--keys", args.keys, 1 <= args.keys <= MAX_KEYS, f"1 to {MAX_KEYS:,}"),
@@ -257,7 +202,7 @@ def run_phase(
 
 
 @contextmanager
-def fleet_for(args: argparse.Namespace, say: Callable[[str], None]) -> Iterator[str]:
+def fleet_for(args: BenchOptions, say: Callable[[str], None]) -> Iterator[str]:
     """The fleet to run on: the configured one (checked), else an embedded one.
 
     Yields a one-line description of the fleet for the report.
@@ -321,7 +266,7 @@ def _answering_nodes(settings: Any) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: BenchOptions) -> int:
     """Run the workload through tiercel, then plain Celery, and report both."""
     from rich.console import Console
 
@@ -342,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def measure(args: argparse.Namespace, fleet_line: str, console: Any) -> dict[str, Any]:
+def measure(args: BenchOptions, fleet_line: str, console: Any) -> dict[str, Any]:
     """Both phases on the running fleet; returns every figure as plain data."""
     from rich.progress import (
         BarColumn,
@@ -379,7 +324,7 @@ def measure(args: argparse.Namespace, fleet_line: str, console: Any) -> dict[str
         return PLAIN
 
     console.print(f"tiercel bench on the {fleet_line}")
-    common = {
+    common: dict[str, Any] = {
         "concurrency": args.concurrency,
         "max_seconds": args.max_seconds,
         "keys": args.keys,
@@ -428,7 +373,7 @@ def measure(args: argparse.Namespace, fleet_line: str, console: Any) -> dict[str
 
 
 def figures_of(
-    args: argparse.Namespace,
+    args: BenchOptions,
     fleet_line: str,
     phases: list[Phase],
     computations: int,
@@ -586,3 +531,75 @@ def report_tables(figures: dict[str, Any]) -> Any:
         if phase and phase["failed"]:
             notes.append(f"{name}: {phase['failed']} failed ({phase['first_error']})")
     return Group(by_source, summary, *notes)
+
+
+@click.command("bench", short_help="model your own workload against plain Celery", help=__doc__)
+@click.option(
+    "--keys", type=int, default=1000, metavar="K", help="distinct arguments (default 1000)"
+)
+@click.option(
+    "--zipf",
+    type=float,
+    default=1.1,
+    metavar="S",
+    help="Zipf exponent of key popularity; 0 is uniform (default 1.1)",
+)
+@click.option(
+    "--compute-ms",
+    type=int,
+    default=20,
+    metavar="MS",
+    help="compute time of one call on a worker (default 20)",
+)
+@click.option(
+    "--requests", type=int, default=2000, metavar="N", help="requests per phase (default 2000)"
+)
+@click.option(
+    "--concurrency",
+    type=int,
+    default=16,
+    metavar="T",
+    help="client threads submitting at once (default 16)",
+)
+@click.option(
+    "--invalidate-rate",
+    type=float,
+    default=0.0,
+    metavar="P",
+    help="probability that a request is followed by invalidating a random key (default 0)",
+)
+@click.option(
+    "--max-seconds",
+    type=float,
+    default=20.0,
+    metavar="S",
+    help="each phase stops taking new requests after this long (default 20)",
+)
+@click.option("--no-plain", is_flag=True, help="skip the plain Celery phase")
+@click.option(
+    "--seed", type=int, default=7, metavar="N", help="random seed of the workload (default 7)"
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=2,
+    metavar="N",
+    help="embedded fleet only: worker nodes (default 2)",
+)
+@click.option(
+    "--worker-concurrency",
+    type=int,
+    default=2,
+    metavar="C",
+    help="embedded fleet only: processes per node (default 2)",
+)
+@pool_option("embedded fleet only: Celery pool (default prefork)")
+@click.option(
+    "--json",
+    is_flag=True,
+    help="print the figures as one JSON object on stdout (the report goes to stderr)",
+)
+def command(**options: Any) -> int:
+    # The help is the module's docstring. Ranges are checked by validate(): an option
+    # out of range is a SettingsError, one line and status 2 like any bad setting.
+    return run(BenchOptions(**options))

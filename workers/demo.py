@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import random
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+import click
 
 from tiercel.core.settings import Settings
-from tiercel.workers.launcher import Fleet, FleetSpec
+from tiercel.workers.options import PositiveInt, fleet_options
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 REGIONS = ("emea", "amer", "apac", "latam", "nordics", "anz")
 
@@ -29,8 +30,33 @@ def workload(requests: int, keys: int, seed: int = 7) -> list[tuple[str, int]]:
     return rng.choices(distinct, weights=weights, k=requests)
 
 
-def run_demo(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class DemoOptions:
+    """What ``tiercel demo`` was asked for."""
+
+    workers: int
+    concurrency: int
+    pool: str
+    loglevel: str
+    requests: int
+    keys: int
+    compute_ms: int
+    clients: int
+
+
+def run_demo(args: DemoOptions) -> int:
     """Start a fleet, submit the workload from ``args.clients`` threads, summarise, stop."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from tiercel.workers.launcher import Fleet, FleetSpec
+
     console = Console()
     settings = Settings.from_env()
     spec = FleetSpec(
@@ -92,10 +118,10 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary_table(
-    args: argparse.Namespace, sources: Counter[str], wall: float, nodes: int
-) -> Table:
+def summary_table(args: DemoOptions, sources: Counter[str], wall: float, nodes: int) -> Table:
     """The closing table: where answers came from, wall time, speed-up."""
+    from rich.table import Table
+
     processes = nodes * args.concurrency
     # Computing every request on the same processes, perfectly parallel, at best:
     uncached = args.requests * args.compute_ms / 1000 / processes
@@ -117,3 +143,39 @@ def summary_table(
     table.add_row("computing every request (best case)", f"{uncached:.2f} s")
     table.add_row("speed-up", f"{uncached / wall:.1f}x" if wall > 0 else "n/a")
     return table
+
+
+@click.command("demo", short_help="run a demo workload on a fresh local fleet")
+@fleet_options(workers=2)
+@click.option(
+    "--requests",
+    type=PositiveInt(),
+    default=1200,
+    metavar="N",
+    help="requests to submit (default 1200)",
+)
+@click.option(
+    "--keys",
+    type=PositiveInt(),
+    default=60,
+    metavar="K",
+    help="distinct arguments among them (default 60)",
+)
+@click.option(
+    "--compute-ms",
+    type=PositiveInt(),
+    default=200,
+    metavar="MS",
+    help="simulated compute time per distinct key (default 200)",
+)
+@click.option(
+    "--clients",
+    type=PositiveInt(),
+    default=8,
+    metavar="T",
+    help="concurrent submitting threads (default 8)",
+)
+def command(**options: Any) -> int:
+    """Start a local fleet, submit a demo workload with a progress bar, print a
+    summary table, stop the fleet."""
+    return run_demo(DemoOptions(**options))

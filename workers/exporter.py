@@ -8,7 +8,6 @@ merged sketches (true fleet percentiles). Binds 127.0.0.1 unless told otherwise.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import signal
 import threading
@@ -16,21 +15,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["FleetCollector", "configure", "families", "run", "serve"]
+import click
+
+from tiercel.workers.options import Port
+
+__all__ = ["FleetCollector", "command", "families", "run", "serve"]
 
 log = logging.getLogger("tiercel.exporter")
 
 #: Seconds one loaded fleet view answers scrapes (aggregations come every ~20 s anyway).
 CACHE_SECONDS = 5.0
 _QUANTILES = (0.5, 0.9, 0.99)
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the command's options."""
-    parser.add_argument("--port", type=int, default=9808, help="port to listen on (default 9808)")
-    parser.add_argument(
-        "--address", default="127.0.0.1", help="address to bind (default 127.0.0.1)"
-    )
 
 
 def families(view: dict[str, Any]) -> Iterator[Any]:
@@ -122,23 +117,35 @@ def serve(settings: Any, address: str, port: int) -> Any:
     return server
 
 
-def run(args: argparse.Namespace) -> int:
+def run(address: str = "127.0.0.1", port: int = 9808) -> int:
     """Serve until Ctrl-C or SIGTERM."""
     from tiercel.core.errors import ServerError
     from tiercel.core.settings import resolve_settings
 
     settings = resolve_settings()
     try:
-        server = serve(settings, args.address, args.port)
+        server = serve(settings, address, port)
     except OSError as exc:
-        raise ServerError(f"cannot listen on {args.address}:{args.port}: {exc.strerror}") from None
+        raise ServerError(f"cannot listen on {address}:{port}: {exc.strerror}") from None
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    print(f"tiercel: exporter on http://{args.address}:{args.port}/metrics", flush=True)
+    print(f"tiercel: exporter on http://{address}:{port}/metrics", flush=True)
     stop.wait()
     server.shutdown()
     return 0
+
+
+@click.command("exporter", short_help="serve the fleet's metrics to Prometheus", help=__doc__)
+@click.option(
+    "--port", type=Port(), default=9808, metavar="PORT", help="port to listen on (default 9808)"
+)
+@click.option(
+    "--address", default="127.0.0.1", metavar="ADDRESS", help="address to bind (default 127.0.0.1)"
+)
+def command(port: int, address: str) -> int:
+    # The help is the module's docstring.
+    return run(address, port)
 
 
 def _value_families(items: list[dict[str, Any]], kind: Any, describe: str) -> dict[str, Any]:

@@ -16,7 +16,6 @@ worker's own -n option, so "--node worker@%h" names the worker started with
 
 from __future__ import annotations
 
-import argparse
 import sys
 import threading
 import time
@@ -24,54 +23,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import click
+
 from tiercel.core.errors import NodeSilent
 
 #: Seconds the whole check may take unless --timeout says otherwise.
 DEFAULT_TIMEOUT = 5.0
 
 
-def _timeout(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value <= 300:
-        raise argparse.ArgumentTypeError(f"{value:g} must be between 0 and 300 seconds")
-    return value
+class Seconds(click.types.FloatParamType):
+    """The probe's time budget: more than 0, at most 300 seconds."""
 
+    name = "seconds"
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the health command's options to ``parser``."""
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--liveness",
-        dest="mode",
-        action="store_const",
-        const="liveness",
-        help="broker reachable, node answers (default)",
-    )
-    mode.add_argument(
-        "--readiness",
-        dest="mode",
-        action="store_const",
-        const="readiness",
-        help="broker, result backend and cache tier reachable, node answers",
-    )
-    parser.set_defaults(mode="liveness")
-    parser.add_argument(
-        "--node",
-        default=None,
-        metavar="NAME",
-        help="also ping this worker node; %%h is this host's name, as in "
-        "the worker's -n option (e.g. worker@%%h)",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=_timeout,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"upper bound of the whole check (default {DEFAULT_TIMEOUT:g})",
-    )
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        """``value`` in seconds, or a usage error naming the option."""
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not 0 < seconds <= 300:
+            self.fail(f"{seconds:g} must be between 0 and 300 seconds", param, ctx)
+        return seconds
 
 
 def expand_node_name(name: str) -> str:
@@ -167,20 +142,53 @@ def _in_thread(target: Callable[[], None], timeout: float) -> tuple[bool, BaseEx
     return True, outcome[0]
 
 
-def run(args: Any) -> int:
+def run(mode: str = "liveness", node: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> int:
     """Run the probe; print one line; 0 when healthy, 1 when not."""
-    check = HealthCheck(mode=args.mode, node=args.node, timeout=args.timeout)
+    check = HealthCheck(mode=mode, node=node, timeout=timeout)
     # The checks bound themselves; the thread is the backstop for a call that ignores its
     # timeout (a DNS lookup, a retry loop), so the probe's own deadline always holds.
-    finished, error = _in_thread(check.run, args.timeout + 1.0)
+    finished, error = _in_thread(check.run, timeout + 1.0)
     if finished and error is None:
         print(f"tiercel health: ok ({check.mode}): {', '.join(check.passed)}", flush=True)
         return 0
     if not finished:
-        reason = f"no answer within {args.timeout:g}s"
+        reason = f"no answer within {timeout:g}s"
     else:
         reason = str(error) or type(error).__name__
     done = f" (passed: {', '.join(check.passed)})" if check.passed else ""
     message = f"tiercel health: FAIL ({check.mode}): {reason}{done}"
     print(scrub(message, check.secrets), file=sys.stderr, flush=True)
     return 1
+
+
+@click.command(
+    "health", short_help="exit 0 when this node's fleet is healthy, else 1", help=__doc__
+)
+@click.option("--liveness", is_flag=True, help="broker reachable, node answers (default)")
+@click.option(
+    "--readiness",
+    is_flag=True,
+    help="broker, result backend and cache tier reachable, node answers",
+)
+@click.option(
+    "--node",
+    default=None,
+    metavar="NAME",
+    help="also ping this worker node; %h is this host's name, as in "
+    "the worker's -n option (e.g. worker@%h)",
+)
+@click.option(
+    "--timeout",
+    type=Seconds(),
+    default=DEFAULT_TIMEOUT,
+    metavar="SECONDS",
+    help=f"upper bound of the whole check (default {DEFAULT_TIMEOUT:g})",
+)
+@click.pass_context
+def command(
+    ctx: click.Context, liveness: bool, readiness: bool, node: str | None, timeout: float
+) -> int:
+    # The help is the module's docstring.
+    if liveness and readiness:
+        ctx.fail("--liveness and --readiness are mutually exclusive")
+    return run("readiness" if readiness else "liveness", node, timeout)

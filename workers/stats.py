@@ -9,39 +9,14 @@ exits 1; `--fresh` merges the live snapshots itself instead of waiting for beat.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from typing import Any
 
-__all__ = ["configure", "load_view", "render", "run"]
+import click
 
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    """Add the command's options."""
-    parser.add_argument("--json", action="store_true", help="print the fleet view as JSON")
-    parser.add_argument(
-        "--watch",
-        type=float,
-        nargs="?",
-        const=5.0,
-        default=None,
-        metavar="SECONDS",
-        help="redraw every SECONDS (default 5) until Ctrl-C",
-    )
-    parser.add_argument(
-        "--fresh",
-        action="store_true",
-        help="merge the live per-process snapshots now instead of reading "
-        "beat's latest aggregation",
-    )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for the result backend (default 10)",
-    )
+__all__ = ["command", "load_view", "render", "run"]
 
 
 def load_view(
@@ -158,13 +133,15 @@ def _print(view: dict[str, Any], as_json: bool) -> None:
     Console().print(render(view))
 
 
-def run(args: argparse.Namespace) -> int:
-    """Print the fleet view (once, or every ``--watch`` seconds)."""
+def run(
+    *, as_json: bool = False, watch: float | None = None, fresh: bool = False, timeout: float = 10.0
+) -> int:
+    """Print the fleet view (once, or every ``watch`` seconds)."""
     from tiercel.core.settings import resolve_settings
 
     settings = resolve_settings()
     while True:
-        view = load_view(settings, fresh=args.fresh, timeout=args.timeout)
+        view = load_view(settings, fresh=fresh, timeout=timeout)
         if view is None:
             print(
                 "tiercel: no fleet aggregation yet: is beat running? "
@@ -172,10 +149,38 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        if args.watch is None:
-            _print(view, args.json)
+        if watch is None:
+            _print(view, as_json)
             return 0
-        if not args.json:
+        if not as_json:
             print("\033[2J\033[H", end="")  # clear the screen between frames
-        _print(view, args.json)
-        time.sleep(max(0.5, args.watch))
+        _print(view, as_json)
+        time.sleep(max(0.5, watch))
+
+
+@click.command("stats", short_help="the fleet's aggregated metrics as a table", help=__doc__)
+@click.option("--json", "as_json", is_flag=True, help="print the fleet view as JSON")
+@click.option(
+    "--watch",
+    type=float,
+    is_flag=False,
+    flag_value=5.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="redraw every SECONDS (default 5) until Ctrl-C",
+)
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="merge the live per-process snapshots now instead of reading beat's latest aggregation",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    metavar="SECONDS",
+    help="seconds to wait for the result backend (default 10)",
+)
+def command(as_json: bool, watch: float | None, fresh: bool, timeout: float) -> int:
+    # The help is the module's docstring.
+    return run(as_json=as_json, watch=watch, fresh=fresh, timeout=timeout)

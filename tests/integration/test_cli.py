@@ -85,11 +85,15 @@ def test_malformed_setting(clean_env: dict[str, str]) -> None:
     assert_one_line_error(result, "TIERCEL_L1_MAX_ENTRIES")
 
 
-def test_malformed_option_is_argparse_usage(clean_env: dict[str, str]) -> None:
+def test_malformed_option_is_a_one_line_usage_error(clean_env: dict[str, str]) -> None:
     result = run(["up", "--workers", "zero"], clean_env)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "--workers" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "tiercel up: error: Invalid value for '--workers': 'zero' is not a whole number "
+        "(see 'tiercel up --help')"
+    ]
 
 
 def test_call_submits_and_reports_the_source(fleet: object) -> None:
@@ -105,3 +109,188 @@ def test_call_submits_and_reports_the_source(fleet: object) -> None:
         run(["call", "tiercel.tasks.examples.slow_square", n], dict(os.environ)).stdout
     )
     assert again["source"] == "redis" and again["task_id"] is None
+
+
+# --- the click surface, in process ------------------------------------------------------
+
+#: A value each command refuses at parse time: (argv, the option the one line names).
+BAD_OPTION_VALUES = [
+    (["up", "--workers", "0"], "--workers"),
+    (["up", "--concurrency", "many"], "--concurrency"),
+    (["up", "--flower-port", "70000"], "--flower-port"),
+    (["up", "--pool", "gevent"], "--pool"),
+    (["demo", "--requests", "none"], "--requests"),
+    (["demo", "--compute-ms", "-5"], "--compute-ms"),
+    (["worker", "--concurrency", "0"], "--concurrency"),
+    (["call", "tiercel.tasks.examples.slow_square", "--timeout", "soon"], "--timeout"),
+    (["call", "tiercel.tasks.examples.slow_square", "3", "--timout", "5"], "--timout"),
+    (["health", "--timeout", "301"], "--timeout"),
+    (["health", "--timeout", "never"], "--timeout"),
+    (["health", "--liveness", "--readiness"], "--readiness"),
+    (["stats", "--watch", "often"], "--watch"),
+    (["stats", "--timeout", "soon"], "--timeout"),
+    (["exporter", "--port", "0"], "--port"),
+    (["exporter", "--port", "65536"], "--port"),
+    (["bench", "--zipf", "steep"], "--zipf"),
+    (["bench", "--pool", "gevent"], "--pool"),
+    (["up", "--no-such-option"], "--no-such-option"),
+    (["no-such-command"], "no-such-command"),
+    ([], "Missing command"),
+]
+
+
+def _commands() -> list[str]:
+    from tiercel.workers.cli import cli
+
+    return list(cli.commands)
+
+
+def test_the_group_lists_every_command_in_order_with_its_summary() -> None:
+    from click.testing import CliRunner
+
+    from tiercel.workers.cli import cli
+
+    result = CliRunner().invoke(cli, ["--help"], prog_name="tiercel")
+    assert result.exit_code == 0, result.output
+    assert _commands() == [
+        "up",
+        "demo",
+        "worker",
+        "call",
+        "settings",
+        "health",
+        "stats",
+        "exporter",
+        "bench",
+    ]
+    rows = result.stdout.split("Commands:\n")[1].splitlines()[: len(cli.commands)]
+    listed = {row.split()[0]: row.split(None, 1)[1] for row in rows}
+    assert list(listed) == _commands()
+    for name, command in cli.commands.items():
+        assert listed[name] == command.short_help, name  # one line each, not cut short
+    assert "TIERCEL_*" in result.stdout  # where settings come from
+    assert CliRunner().invoke(cli, ["-h"], prog_name="tiercel").stdout == result.stdout
+
+
+@pytest.mark.parametrize("name", _commands())
+def test_the_help_of_every_command_lists_its_options(name: str) -> None:
+    import click
+    from click.testing import CliRunner
+
+    from tiercel.workers.cli import cli
+
+    result = CliRunner().invoke(cli, [name, "--help"], prog_name="tiercel")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"Usage: tiercel {name} ")
+    command = cli.commands[name]
+    options = [p for p in command.params if isinstance(p, click.Option)]
+    for option in options:
+        assert option.help, f"tiercel {name} {option.opts[0]} has no help"
+        for flag in option.opts:
+            assert flag in result.stdout, (name, flag)
+    body = result.stdout.split("Options:")[0].split("\n", 1)[1]  # the help text, not usage
+    for argument in (p for p in command.params if isinstance(p, click.Argument)):
+        word = (argument.metavar or argument.name or "").strip("[].").upper()
+        assert word in body, f"tiercel {name}: the help does not say what {word} is"
+
+
+@pytest.mark.parametrize(("argv", "named"), BAD_OPTION_VALUES)
+def test_a_bad_option_value_is_one_line_and_status_2(
+    argv: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tiercel.workers.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("tiercel") and ": error: " in lines[0], lines[0]
+    assert named in lines[0]
+    assert lines[0].endswith(" --help')")  # where to look next
+
+
+def test_a_negative_number_is_a_json_argument_of_call() -> None:
+    from tiercel.workers.cli import cli
+
+    context = cli.commands["call"].make_context("call", ["some.task", "-3", "-0.5", "[1, -2]"])
+    assert context.params["args"] == ("-3", "-0.5", "[1, -2]")
+
+
+def test_help_imports_nothing_heavy(clean_env: dict[str, str]) -> None:
+    """`tiercel --help` and each command's help stay fast: no Celery, Redis, rich, Prometheus."""
+    heavy = ("celery", "kombu", "redis", "rich", "prometheus_client", "psycopg")
+    script = (
+        "import sys\n"
+        "from tiercel.workers.cli import cli, main\n"
+        "for argv in [['--help'], *([name, '--help'] for name in cli.commands)]:\n"
+        "    assert main(argv) == 0, argv\n"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_group_keeps_its_exit_statuses_when_mounted_in_another_click_program() -> None:
+    """`cli` can become a subcommand (of `celery`, say): statuses and error lines hold."""
+    import click
+    from click.testing import CliRunner
+
+    from tiercel.workers.cli import cli
+
+    @click.group()
+    def outer() -> None:
+        """Another program."""
+
+    outer.add_command(cli)
+    runner = CliRunner()
+    listed = runner.invoke(outer, ["tiercel", "--help"], prog_name="outer")
+    assert listed.exit_code == 0 and "Usage: outer tiercel " in listed.stdout
+    bad = runner.invoke(outer, ["tiercel", "settings"], env={"TIERCEL_L1_MAX_ENTRIES": "lots"})
+    assert bad.exit_code == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tiercel: error: "), bad.stderr
+    assert "TIERCEL_L1_MAX_ENTRIES" in lines[0]
+    shown = runner.invoke(outer, ["tiercel", "settings"])
+    assert shown.exit_code == 0 and "TIERCEL_BROKER_URL" in shown.stdout
+
+
+def test_a_command_status_and_an_interrupt_become_the_exit_status() -> None:
+    from click.testing import CliRunner
+
+    from tiercel.core.errors import ServerError
+    from tiercel.workers.cli import EXIT_INTERRUPTED, EXIT_USAGE, TiercelGroup, main
+
+    group = TiercelGroup("tiercel")
+
+    @group.command()
+    def unhealthy() -> int:
+        return 1
+
+    @group.command()
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    @group.command()
+    def unreachable() -> int:
+        raise ServerError("redis at 127.0.0.1:1 is unreachable")
+
+    runner = CliRunner()
+    assert runner.invoke(group, ["unhealthy"]).exit_code == 1
+    stopped = runner.invoke(group, ["interrupted"])
+    assert stopped.exit_code == EXIT_INTERRUPTED == 130
+    assert stopped.stderr == "tiercel: interrupted\n"
+    failed = runner.invoke(group, ["unreachable"])
+    assert failed.exit_code == EXIT_USAGE == 2
+    assert failed.stderr == "tiercel: error: redis at 127.0.0.1:1 is unreachable\n"
+    assert main(["settings"]) == 0  # the console script returns the status, not raises
