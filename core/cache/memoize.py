@@ -19,7 +19,8 @@ from tiercel.core.cache.failures import expired, is_failure, raise_failure
 from tiercel.core.cache.failures import record as failure_record
 from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from tiercel.core.cache.multilevel import Lookup, MultiLevelCache
-from tiercel.core.encoding.keys import KeyBuilder, function_name
+from tiercel.core.encoding.functions import function_name
+from tiercel.core.encoding.keys import KeyBuilder
 from tiercel.core.local.levels import MemoryLevel
 from tiercel.core.tier.generations import Generations
 
