@@ -33,7 +33,7 @@ from bench._harness import Row, figure_row, per_call_us, ratio_row, side_by_side
 from tiercel.core.cache.memoize import cached
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.metrics.registry import (
     CACHE_HITS,
     REQUEST_SECONDS,

@@ -21,7 +21,7 @@ from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefreshe
 from tiercel.core.cache.multilevel import Lookup, MultiLevelCache
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.encoding.keys import KeyBuilder
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.generations import Generations
 
 P = ParamSpec("P")

@@ -648,7 +648,7 @@ _CACHE_COUNTERS: Final = (
 def cache_samples(stats: Mapping[str, Any]) -> list[Sample]:
     """Samples from a multi-level cache's ``stats()`` (its levels, tier and counters).
 
-    Reads ``levels`` (name -> :class:`~tiercel.core.local.levels.LevelStats` or a mapping),
+    Reads ``levels`` (name -> :class:`~tiercel.core.local.level_stats.LevelStats` or a mapping),
     ``redis`` (the Redis tier's ``stats`` dict, or None) and the cache's own
     ``computed``, ``compute_errors`` and ``joined``; absent figures are skipped.
     """

@@ -15,7 +15,7 @@ import pytest
 
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import JsonCodec, Serializer
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.metrics.registry import (
     BREAKER_STATE,
     CACHE_BYTES,
