@@ -2,8 +2,9 @@
 
 **Wiring** (:func:`instrument`, called by :class:`tiercel.tasks.runtime.Runtime`): one
 :class:`~tiercel.core.metrics.registry.MetricsRegistry` per process that *pulls* at snapshot time
-the levels' and the Redis tier's own counters (:func:`tiercel.core.metrics.registry.register_cache`,
-breaker state included), the coordinator's, the background refresher's and the
+the levels' and the Redis tier's own counters
+(:func:`tiercel.core.metrics.collectors.register_cache`, breaker state included), the
+coordinator's, the background refresher's and the
 process's pools. The memo/L1 hit path records nothing. :class:`CallRecorder`
 wraps ``Runtime.call`` (the cached task's body): every call is counted by task
 and source in a plain dict (pulled too) and adds its compute-seconds-saved; one
@@ -19,7 +20,7 @@ server's clock (so hosts' clocks do not matter)::
 
 **Aggregating** (:func:`aggregate`): the index members published within the
 last 2 intervals are read (MGET, in bounded batches), merged with
-:func:`tiercel.core.metrics.registry.merge_snapshots` and summarised per node, process, task
+:func:`tiercel.core.metrics.snapshots.merge_snapshots` and summarised per node, process, task
 and tier (:func:`build_view`). A process that died stops publishing and
 leaves the view after 2 intervals (its key expires after 3).
 """
@@ -39,7 +40,8 @@ from urllib.parse import urlsplit
 import redis
 
 from tiercel.core.encoding.prefixes import METRICS
-from tiercel.core.metrics.registry import (
+from tiercel.core.metrics.collectors import Sample, register_cache
+from tiercel.core.metrics.names import (
     CACHE_HITS,
     CACHE_MISSES,
     COMPUTE_SECONDS,
@@ -50,13 +52,9 @@ from tiercel.core.metrics.registry import (
     REDIS_HITS,
     REDIS_MISSES,
     REQUEST_SECONDS,
-    MetricsRegistry,
-    Sample,
-    counter_total,
-    merge_snapshots,
-    register_cache,
-    sketch_of,
 )
+from tiercel.core.metrics.registry import MetricsRegistry
+from tiercel.core.metrics.snapshots import counter_total, merge_snapshots, sketch_of
 from tiercel.core.settings import Settings
 
 __all__ = [
