@@ -23,7 +23,8 @@ from tiercel.core.cache.memoize import cached
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.encoding.entry import Entry
-from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.generations import Generations
 from tiercel.core.tier.redis_tier import RedisTier
 

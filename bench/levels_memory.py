@@ -18,7 +18,9 @@ import time
 import tracemalloc
 from typing import Any
 
-from tiercel.core.local.levels import ENTRY_OVERHEAD, EXPIRY_OVERHEAD, BytesLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.cache_level import ENTRY_OVERHEAD
+from tiercel.core.local.expiry import EXPIRY_OVERHEAD
 
 MIN_SIZE = 10
 MAX_SIZE = 10 * 1024

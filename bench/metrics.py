@@ -33,16 +33,12 @@ from bench._harness import Row, figure_row, per_call_us, ratio_row, side_by_side
 from tiercel.core.cache.memoize import cached
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.local.levels import MemoryLevel
-from tiercel.core.metrics.registry import (
-    CACHE_HITS,
-    REQUEST_SECONDS,
-    MetricsRegistry,
-    merge_snapshots,
-    register_cache,
-    sketch_of,
-)
+from tiercel.core.local.memory_level import MemoryLevel
+from tiercel.core.metrics.collectors import register_cache
+from tiercel.core.metrics.names import CACHE_HITS, REQUEST_SECONDS
+from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.metrics.sketches import LatencySketch
+from tiercel.core.metrics.snapshots import merge_snapshots, sketch_of
 from tiercel.core.tier.generations import Generations
 
 PROCESSES = 4

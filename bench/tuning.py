@@ -35,7 +35,8 @@ from bench._harness import Row, figure_row, ratio_row, redis_server, side_by_sid
 from tiercel.core.cache.freshness import EARLY, FreshnessPolicy
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import JsonCodec, MsgpackCodec, Serializer, SignedPickleCodec
-from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.redis_tier import RedisTier
 
 SIZES = ((200, "200 B"), (4096, "4 KiB"), (65536, "64 KiB"))

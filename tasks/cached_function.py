@@ -16,7 +16,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 from tiercel.core.cache.freshness import FreshnessPolicy
 from tiercel.core.cache.memoize import CachedFunction, Memoized
-from tiercel.core.encoding.keys import function_name
+from tiercel.core.encoding.functions import function_name
 from tiercel.tasks import runtime
 
 P = ParamSpec("P")

@@ -2,7 +2,7 @@
 
 :func:`aggregate` reads the index members published within the last
 :data:`~tiercel.tasks.metrics.STALE_INTERVALS` intervals (MGET, in bounded
-batches), merges them with :func:`tiercel.core.metrics.registry.merge_snapshots`
+batches), merges them with :func:`tiercel.core.metrics.snapshots.merge_snapshots`
 and summarises per node, process, task and tier (:func:`build_view`). A
 process that died stops publishing and leaves the view after 2 intervals (its
 key expires after 3).
@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from tiercel.core.metrics.registry import (
+from tiercel.core.metrics.names import (
     CACHE_HITS,
     CACHE_MISSES,
     COMPUTE_SECONDS,
@@ -26,10 +26,8 @@ from tiercel.core.metrics.registry import (
     REDIS_HITS,
     REDIS_MISSES,
     REQUEST_SECONDS,
-    counter_total,
-    merge_snapshots,
-    sketch_of,
 )
+from tiercel.core.metrics.snapshots import counter_total, merge_snapshots, sketch_of
 from tiercel.tasks.metrics import MAX_PROCESSES, QUANTILES, READ_BATCH, REQUESTS, STALE_INTERVALS
 from tiercel.tasks.publisher import index_key, snapshot_key
 

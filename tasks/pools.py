@@ -38,8 +38,9 @@ from typing import Any, TypeVar
 
 from tiercel.core.errors import PoolClosed, PoolError
 from tiercel.core.local.memory_budget import BudgetedLevel, MemoryBudget
+from tiercel.core.pools.named_pool import NamedPool
 from tiercel.core.pools.object_pool import ObjectPool, ObjectPools
-from tiercel.core.pools.resource_pool import NamedPool, ResourcePool
+from tiercel.core.pools.resource_pool import ResourcePool
 from tiercel.core.settings import Settings
 
 __all__ = [

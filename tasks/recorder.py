@@ -14,16 +14,16 @@ from collections.abc import Callable
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
 from tiercel.core.cache.multilevel import MultiLevelCache
-from tiercel.core.metrics.registry import (
+from tiercel.core.metrics.collectors import Sample
+from tiercel.core.metrics.names import (
     COMPUTE_SECONDS,
     COMPUTE_SECONDS_SAVED,
     POOL_IDLE,
     POOL_IN_USE,
     POOL_TIMEOUTS,
     REQUEST_SECONDS,
-    MetricsRegistry,
-    Sample,
 )
+from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.tasks.metrics import (
     COORDINATOR_ACTIVE,
     COORDINATOR_EVENTS,

@@ -28,7 +28,8 @@ from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.local.memory_budget import fits_max_memory_per_child
-from tiercel.core.metrics.registry import MetricsRegistry, register_cache
+from tiercel.core.metrics.collectors import register_cache
+from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.generations import Generations

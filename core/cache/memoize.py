@@ -20,8 +20,9 @@ from tiercel.core.cache.failures import record as failure_record
 from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.multilevel import MultiLevelCache
-from tiercel.core.encoding.keys import KeyBuilder, function_name
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.encoding.functions import function_name
+from tiercel.core.encoding.keys import KeyBuilder
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.generations import Generations
 
 P = ParamSpec("P")

@@ -3,8 +3,8 @@
 Reads go fastest level first: a hit is promoted into the faster levels for
 no longer than the value's remaining TTL; a miss everywhere computes once per
 process (single-flight) and writes through every tier. Live objects live in
-:class:`~tiercel.core.local.levels.MemoryLevel` levels, encoded frames in
-:class:`~tiercel.core.local.levels.BytesLevel` levels, so a bytes level never decodes on
+:class:`~tiercel.core.local.memory_level.MemoryLevel` levels, encoded frames in
+:class:`~tiercel.core.local.bytes_level.BytesLevel` levels, so a bytes level never decodes on
 write and a memory level never decodes on read.
 
 Cache trouble never reaches the caller: the Redis tier swallows and counts
@@ -32,7 +32,9 @@ from tiercel.core.cache.miss_loop import MissLoop
 from tiercel.core.cache.singleflight import SingleFlight
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
-from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.cache_level import CacheLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.api import CacheTier
 from tiercel.core.tier.redis_tier import PayloadSerializer
 

@@ -5,7 +5,7 @@ Named timers (``start_timer``/``stop_timer``), ``average`` and ``p95``, a
 had them. Every duration is recorded in the registry's sketch
 :data:`TIMER_SECONDS` with label ``timer=<name>``, so it appears in snapshots
 and merges fleet-wide like every other sketch; ``average``, ``p95`` and
-``percentile`` read this process's figures (:func:`tiercel.core.metrics.registry.sketch_of` on
+``percentile`` read this process's figures (:func:`tiercel.core.metrics.snapshots.sketch_of` on
 a merged snapshot gives the fleet's). Percentiles are within the sketch's
 relative accuracy (1% by default); the average is exact.
 
@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Final, ParamSpec, TypeVar, overload
 
-from tiercel.core.metrics.registry import BlockTimer, MetricsRegistry, time_calls
+from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.metrics.sketches import LatencySketch
+from tiercel.core.metrics.timing import BlockTimer, time_calls
 
 __all__ = ["MAX_PENDING_PER_NAME", "TIMER_SECONDS", "PerformanceMonitor", "TimerToken"]
 

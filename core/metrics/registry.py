@@ -13,9 +13,10 @@ metric name plus a set of string labels:
   durations in seconds; they merge, so fleet percentiles are true percentiles.
 
 :meth:`~MetricsRegistry.snapshot` turns the registry into a JSON-ready dict and
-:func:`merge_snapshots` merges any number of them (from many processes, or
-already-merged ones) into one of the same shape; the merge is associative and
-commutative, so aggregation can happen in any order or tree. The snapshot::
+:func:`~tiercel.core.metrics.snapshots.merge_snapshots` merges any number of them
+(from many processes, or already-merged ones) into one of the same shape; the
+merge is associative and commutative, so aggregation can happen in any order or
+tree. The snapshot::
 
     {"format": 1, "taken_at": <unix seconds>,
      "processes": [{"id", "hostname", "pid", "started_at"}, ...],
@@ -26,8 +27,9 @@ commutative, so aggregation can happen in any order or tree. The snapshot::
 
 Bounds: a metric holds at most ``max_series`` label sets (default 1000); a new
 label set beyond that is recorded in the metric's ``{"_overflow": "true"}``
-series and counted in :data:`METRICS_OVERFLOW` (label ``metric``), so a label
-fed from user data cannot grow the registry without limit.
+series and counted in :data:`~tiercel.core.metrics.names.METRICS_OVERFLOW`
+(label ``metric``), so a label fed from user data cannot grow the registry
+without limit.
 
 **Cost and the L1 hit path.** Measured by ``python -m bench.metrics`` on a
 shared 2-CPU machine: :meth:`~MetricsRegistry.inc` with a label ~0.55 us
@@ -38,7 +40,8 @@ so one ``inc`` + ``observe`` per hit would add ~45%, far over the 3% budget.
 The hit paths therefore record nothing per hit:
 
 * counts are pulled, not pushed: levels, the Redis tier, single-flight and the
-  memo already keep plain int counters, and :func:`register_cache` /
+  memo already keep plain int counters, and
+  :func:`~tiercel.core.metrics.collectors.register_cache` /
   :meth:`~MetricsRegistry.register_counter` make the registry read them when
   a snapshot is taken (+0 us per hit);
 * request latency of L1 hits is timed for one hit in ``n`` (64) and recorded
@@ -57,198 +60,41 @@ prefork pool forks is still correct in every child.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import logging
 import os
 import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Final, ParamSpec, TypeVar
 
+from tiercel.core.metrics.collectors import COUNTER, GAUGE, Collector
+from tiercel.core.metrics.names import METRICS_COLLECTOR_ERRORS, METRICS_OVERFLOW
 from tiercel.core.metrics.sketches import (
     DEFAULT_BIN_LIMIT,
     DEFAULT_RELATIVE_ACCURACY,
     LatencySketch,
 )
-from tiercel.core.metrics.snapshots import (
-    FORMAT,
-    Labels,
-    SeriesKey,
-    counter_total,
-    empty_snapshot,
-    merge_snapshots,
-    series_entry,
-    sketch_of,
-)
+from tiercel.core.metrics.snapshots import FORMAT, Labels, SeriesKey, series_entry
+from tiercel.core.metrics.timing import BlockTimer, time_calls
 
-__all__ = [
-    "BREAKER_OPENED",
-    "BREAKER_STATE",
-    "BREAKER_STATES",
-    "CACHE_BYTES",
-    "CACHE_ENTRIES",
-    "CACHE_EVICTIONS",
-    "CACHE_EXPIRATIONS",
-    "CACHE_HITS",
-    "CACHE_MISSES",
-    "CACHE_REJECTED",
-    "COMPUTATIONS",
-    "COMPUTE_ERRORS",
-    "COMPUTE_SECONDS",
-    "COMPUTE_SECONDS_SAVED",
-    "DEFAULT_MAX_SERIES",
-    "METRICS_COLLECTOR_ERRORS",
-    "METRICS_OVERFLOW",
-    "OVERFLOW_LABELS",
-    "POOL_IDLE",
-    "POOL_IN_USE",
-    "POOL_TIMEOUTS",
-    "POOL_WAIT_SECONDS",
-    "REDIS_CORRUPT",
-    "REDIS_ERRORS",
-    "REDIS_HITS",
-    "REDIS_MISSES",
-    "REDIS_SHORT_CIRCUITED",
-    "REDIS_WRITES",
-    "REQUEST_SECONDS",
-    "SINGLEFLIGHT_JOINS",
-    "SINGLEFLIGHT_WAIT_SECONDS",
-    "BlockTimer",
-    "Counter",
-    "MetricsRegistry",
-    "Sample",
-    "cache_samples",
-    "counter_total",
-    "empty_snapshot",
-    "merge_snapshots",
-    "register_cache",
-    "sketch_of",
-]
+__all__ = ["DEFAULT_MAX_SERIES", "OVERFLOW_LABELS", "Counter", "MetricsRegistry"]
 
 logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-# -- the catalogue of tiercel's metric names (labels in brackets) ----------------------------
-#: Counter: lookups answered by a local level [level].
-CACHE_HITS: Final = "tiercel_cache_hits_total"
-#: Counter: lookups a local level could not answer [level].
-CACHE_MISSES: Final = "tiercel_cache_misses_total"
-#: Counter: entries a level evicted for room [level].
-CACHE_EVICTIONS: Final = "tiercel_cache_evictions_total"
-#: Counter: entries a level dropped because their TTL ran out [level].
-CACHE_EXPIRATIONS: Final = "tiercel_cache_expirations_total"
-#: Counter: values a level refused as larger than its byte bound [level].
-CACHE_REJECTED: Final = "tiercel_cache_rejected_total"
-#: Gauge: entries held by a level now [level].
-CACHE_ENTRIES: Final = "tiercel_cache_entries"
-#: Gauge: bytes charged by a level now [level].
-CACHE_BYTES: Final = "tiercel_cache_bytes"
-#: Counter: Redis-tier reads that found a value.
-REDIS_HITS: Final = "tiercel_redis_hits_total"
-#: Counter: Redis-tier reads that found nothing.
-REDIS_MISSES: Final = "tiercel_redis_misses_total"
-#: Counter: Redis-tier writes.
-REDIS_WRITES: Final = "tiercel_redis_writes_total"
-#: Counter: Redis-tier calls that failed (connection, timeout, server error).
-REDIS_ERRORS: Final = "tiercel_redis_errors_total"
-#: Counter: Redis-tier values dropped as corrupt.
-REDIS_CORRUPT: Final = "tiercel_redis_corrupt_total"
-#: Counter: Redis-tier calls refused at once because the breaker was open.
-REDIS_SHORT_CIRCUITED: Final = "tiercel_redis_short_circuited_total"
-#: Gauge: the Redis-tier breaker state, 0 closed, 1 half-open, 2 open (see BREAKER_STATES).
-BREAKER_STATE: Final = "tiercel_redis_breaker_state"
-#: Counter: times the Redis-tier breaker opened.
-BREAKER_OPENED: Final = "tiercel_redis_breaker_opened_total"
-#: Counter: callers that joined a computation already running in this process.
-SINGLEFLIGHT_JOINS: Final = "tiercel_singleflight_joins_total"
-#: Sketch: seconds a caller waited on someone else's computation (or lease) [scope].
-SINGLEFLIGHT_WAIT_SECONDS: Final = "tiercel_singleflight_wait_seconds"
-#: Counter: computations run (cache misses everywhere).
-COMPUTATIONS: Final = "tiercel_computations_total"
-#: Counter: computations that raised.
-COMPUTE_ERRORS: Final = "tiercel_compute_errors_total"
-#: Sketch: seconds one computation took [task].
-COMPUTE_SECONDS: Final = "tiercel_compute_seconds"
-#: Counter: compute seconds a cache hit avoided (the stored value's compute time) [task].
-COMPUTE_SECONDS_SAVED: Final = "tiercel_compute_seconds_saved_total"
-#: Gauge: resources lent out by a pool now [pool].
-POOL_IN_USE: Final = "tiercel_pool_in_use"
-#: Gauge: idle resources held by a pool now [pool].
-POOL_IDLE: Final = "tiercel_pool_idle"
-#: Sketch: seconds an acquire waited for a resource [pool].
-POOL_WAIT_SECONDS: Final = "tiercel_pool_wait_seconds"
-#: Counter: acquires that timed out [pool].
-POOL_TIMEOUTS: Final = "tiercel_pool_timeouts_total"
-#: Sketch: seconds to answer one request, by where the answer came from [source]
-#: (a level name, ``redis``, ``computed`` or ``joined``).
-REQUEST_SECONDS: Final = "tiercel_request_seconds"
-#: Counter: observations recorded in a metric's overflow series [metric].
-METRICS_OVERFLOW: Final = "tiercel_metrics_overflow_total"
-#: Counter: collectors or gauge callbacks that raised during a snapshot.
-METRICS_COLLECTOR_ERRORS: Final = "tiercel_metrics_collector_errors_total"
-
-#: The :data:`BREAKER_STATE` value of each breaker state.
-BREAKER_STATES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
 #: Label sets per metric before new ones go to the overflow series.
 DEFAULT_MAX_SERIES: Final = 1000
 #: The labels of a metric's overflow series.
 OVERFLOW_LABELS: Final[Mapping[str, str]] = {"_overflow": "true"}
 
-_COUNTER: Final = "counter"
-_GAUGE: Final = "gauge"
 _SKETCH: Final = "sketch"
 
 _OVERFLOW: Final[Labels] = tuple(sorted(OVERFLOW_LABELS.items()))
 _NO_LABELS: Final[Labels] = ()
-
-
-class Sample(NamedTuple):
-    """One figure a collector reports at snapshot time.
-
-    ``kind`` is ``"counter"`` (a cumulative count owned by the source) or
-    ``"gauge"`` (a figure now).
-    """
-
-    kind: str
-    name: str
-    value: float
-    labels: Mapping[str, str] = {}
-
-
-Collector = Callable[[], Iterable[Sample]]
-
-
-class BlockTimer:
-    """The context manager returned by :meth:`MetricsRegistry.timer` (reusable, not reentrant)."""
-
-    __slots__ = ("_clock", "_sketch", "_started", "elapsed")
-
-    def __init__(self, sketch: LatencySketch, clock: Callable[[], float]) -> None:
-        self._sketch = sketch
-        self._clock = clock
-        self._started = 0.0
-        #: Seconds the last timed block took (0.0 before it ends).
-        self.elapsed = 0.0
-
-    def __enter__(self) -> BlockTimer:
-        self._started = self._clock()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # A failing block is timed too: slow failures are latency users saw.
-        self.elapsed = max(0.0, self._clock() - self._started)
-        self._sketch.add(self.elapsed)
 
 
 class Counter:
@@ -326,7 +172,7 @@ class MetricsRegistry:
             if current is None:
                 if value < 0:
                     raise ValueError(f"counter {name!r} only grows; got {value!r}")
-                key = self._admit(key, _COUNTER)
+                key = self._admit(key, COUNTER)
                 current = counters.get(key, 0)
             counters[key] = current + value
 
@@ -335,7 +181,7 @@ class MetricsRegistry:
         key = (name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
         with self._lock:
             if key not in self._gauges:
-                key = self._admit(key, _GAUGE)
+                key = self._admit(key, GAUGE)
             self._gauges[key] = value
 
     def observe(self, name: str, seconds: float, count: int = 1, /, **labels: str) -> None:
@@ -377,7 +223,7 @@ class MetricsRegistry:
         key = (name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
         with self._lock:
             if key not in self._counters:
-                key = self._admit(key, _COUNTER)
+                key = self._admit(key, COUNTER)
                 self._counters.setdefault(key, 0)
         return Counter(self, key)
 
@@ -404,7 +250,7 @@ class MetricsRegistry:
         key = (name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
         with self._lock:
             if key not in self._gauge_callbacks:
-                key = self._admit(key, _GAUGE)
+                key = self._admit(key, GAUGE)
             self._gauge_callbacks[key] = fn
 
     def register_counter(self, name: str, fn: Callable[[], float], /, **labels: str) -> None:
@@ -417,7 +263,7 @@ class MetricsRegistry:
         key = (name, tuple(sorted(labels.items())) if len(labels) > 1 else tuple(labels.items()))
         with self._lock:
             if key not in self._counter_callbacks:
-                key = self._admit(key, _COUNTER)
+                key = self._admit(key, COUNTER)
             self._counter_callbacks[key] = fn
 
     def register_collector(self, collector: Collector) -> None:
@@ -524,7 +370,7 @@ class MetricsRegistry:
                 continue
             for sample in samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
-                if sample.kind == _COUNTER:
+                if sample.kind == COUNTER:
                     counters[key] = counters.get(key, 0) + sample.value
                 else:
                     gauges[key] = gauges.get(key, 0) + sample.value
@@ -601,7 +447,7 @@ class MetricsRegistry:
         if count >= self.max_series and name != METRICS_OVERFLOW:
             okey = (METRICS_OVERFLOW, (("metric", name),))
             self._counters[okey] = self._counters.get(okey, 0) + 1
-            self._kinds.setdefault(METRICS_OVERFLOW, _COUNTER)
+            self._kinds.setdefault(METRICS_OVERFLOW, COUNTER)
             return (name, _OVERFLOW)
         self.series_entry[name] = count + 1
         return key
@@ -617,101 +463,3 @@ def _reset_registries_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_registries_after_fork)
-
-
-# -- pulling the cache's own counters -------------------------------------------------------
-
-_LEVEL_COUNTERS: Final = (
-    ("hits", CACHE_HITS),
-    ("misses", CACHE_MISSES),
-    ("evictions", CACHE_EVICTIONS),
-    ("expirations", CACHE_EXPIRATIONS),
-    ("rejected", CACHE_REJECTED),
-)
-_LEVEL_GAUGES: Final = (("entries", CACHE_ENTRIES), ("bytes", CACHE_BYTES))
-_REDIS_COUNTERS: Final = (
-    ("hits", REDIS_HITS),
-    ("misses", REDIS_MISSES),
-    ("writes", REDIS_WRITES),
-    ("errors", REDIS_ERRORS),
-    ("corrupt", REDIS_CORRUPT),
-    ("short_circuited", REDIS_SHORT_CIRCUITED),
-    ("breaker_opened", BREAKER_OPENED),
-)
-_CACHE_COUNTERS: Final = (
-    ("computed", COMPUTATIONS),
-    ("compute_errors", COMPUTE_ERRORS),
-    ("joined", SINGLEFLIGHT_JOINS),
-)
-
-
-def cache_samples(stats: Mapping[str, Any]) -> list[Sample]:
-    """Samples from a multi-level cache's ``stats()`` (its levels, tier and counters).
-
-    Reads ``levels`` (name -> :class:`~tiercel.core.local.levels.LevelStats` or a mapping),
-    ``redis`` (the Redis tier's ``stats`` dict, or None) and the cache's own
-    ``computed``, ``compute_errors`` and ``joined``; absent figures are skipped.
-    """
-    samples: list[Sample] = []
-    for level_name, level_stats in (stats.get("levels") or {}).items():
-        figures = _as_mapping(level_stats)
-        labels = {"level": str(level_name)}
-        for field, metric in _LEVEL_COUNTERS:
-            if field in figures:
-                samples.append(Sample(_COUNTER, metric, figures[field], labels))
-        for field, metric in _LEVEL_GAUGES:
-            if field in figures:
-                samples.append(Sample(_GAUGE, metric, figures[field], labels))
-    redis_stats = stats.get("redis")
-    if redis_stats:
-        for field, metric in _REDIS_COUNTERS:
-            if field in redis_stats:
-                samples.append(Sample(_COUNTER, metric, redis_stats[field]))
-        state = redis_stats.get("breaker")
-        if state in BREAKER_STATES:
-            samples.append(Sample(_GAUGE, BREAKER_STATE, BREAKER_STATES[state]))
-    for field, metric in _CACHE_COUNTERS:
-        if field in stats:
-            samples.append(Sample(_COUNTER, metric, stats[field]))
-    return samples
-
-
-def register_cache(registry: MetricsRegistry, cache: Any) -> Collector:
-    """Make ``registry`` pull ``cache.stats()`` at every snapshot; return the collector.
-
-    The hit path then costs nothing extra: the levels count as they always
-    do, and the registry reads those counts only when asked. The cache is
-    held weakly, so registering does not keep it alive.
-    """
-    ref = weakref.ref(cache)
-
-    def collect() -> list[Sample]:
-        target = ref()
-        return cache_samples(target.stats()) if target is not None else []
-
-    registry.register_collector(collect)
-    return collect
-
-
-def _as_mapping(figures: Any) -> Mapping[str, Any]:
-    if dataclasses.is_dataclass(figures) and not isinstance(figures, type):
-        return dataclasses.asdict(figures)
-    if isinstance(figures, Mapping):
-        return figures
-    raise TypeError(f"expected LevelStats or a mapping of figures, got {type(figures).__name__}")
-
-
-def time_calls(
-    fn: Callable[P, R], sketch: LatencySketch, clock: Callable[[], float]
-) -> Callable[P, R]:
-    """``fn``, recording how long each call takes (raised or returned) in ``sketch``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        started = clock()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            sketch.add(max(0.0, clock() - started))
-
-    return wrapper

@@ -18,8 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from tiercel.core.errors import PoolClosed
-from tiercel.core.pools.resource_pool import ForeignResource
+from tiercel.core.errors import ForeignResource, PoolClosed
 
 __all__ = ["ObjectPool", "ObjectPools", "Resettable"]
 

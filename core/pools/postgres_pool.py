@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tiercel.core.errors import PoolClosed, PoolTimeout
-from tiercel.core.pools.resource_pool import PoolMetrics
+from tiercel.core.pools.pool_metrics import PoolMetrics
 
 __all__ = ["PostgresPool"]
 

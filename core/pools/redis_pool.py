@@ -19,7 +19,7 @@ import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tiercel.core.errors import PoolClosed, PoolTimeout
-from tiercel.core.pools.resource_pool import PoolMetrics
+from tiercel.core.pools.pool_metrics import PoolMetrics
 
 __all__ = ["RedisPool"]
 

@@ -1,4 +1,4 @@
-"""Bounded, blocking pools of reusable resources, and the metrics every pool reports.
+"""Bounded, blocking pools of reusable resources.
 
 :class:`ResourcePool` pools anything a factory makes (HTTP clients, model
 handles, parsers, sockets): at most ``max_size`` exist at once, an acquire
@@ -7,14 +7,9 @@ seconds, a resource is health-checked on checkout, idle ones above
 ``min_size`` are reaped, and none lives past ``max_lifetime``. One resource is
 never handed to two users at once; a broken one is discarded, not returned.
 
-Redis and PostgreSQL are pooled by their own libraries (redis-py's
-``BlockingConnectionPool``, ``psycopg_pool``); :mod:`core.pool_backends` wraps
-them behind the same :class:`NamedPool` shape so the per-process registry
-(:mod:`tiercel.tasks.pools`) and the metrics treat every pool alike.
-
-Every pool reports :meth:`snapshot` as a plain ``dict`` of counters and gauges
-plus a :class:`WaitHistogram` of acquire waits (fixed log-spaced buckets, so
-histograms of many processes merge by adding counts).
+It has the :class:`~tiercel.core.pools.named_pool.NamedPool` shape the
+per-process registry needs, and reports :meth:`ResourcePool.snapshot` through
+:class:`~tiercel.core.pools.pool_metrics.PoolMetrics` like every pool.
 """
 
 from __future__ import annotations
@@ -26,160 +21,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tiercel.core.errors import ForeignResource, PoolClosed, PoolTimeout
+from tiercel.core.pools.pool_metrics import PoolMetrics
 
-__all__ = [
-    "WAIT_BUCKETS_US",
-    "ForeignResource",
-    "NamedPool",
-    "PoolMetrics",
-    "ResourcePool",
-    "WaitHistogram",
-]
+__all__ = ["ResourcePool"]
 
 T = TypeVar("T")
 log = logging.getLogger("tiercel.pools")
-
-#: Upper bounds (microseconds) of the wait-time buckets: 1 us, 2 us, 4 us ... 2**25 us
-#: (~33.6 s); one more bucket counts everything above. Fixed, so histograms merge.
-WAIT_BUCKETS_US: tuple[int, ...] = tuple(2**k for k in range(26))
-
-
-class NamedPool(Protocol):
-    """What the per-process registry needs of any pool, whatever library backs it."""
-
-    @property
-    def name(self) -> str:
-        """The pool's name in its registry."""
-        ...
-
-    def lease(self, timeout: float | None = None) -> contextlib.AbstractContextManager[Any]:
-        """A context manager lending one resource for the ``with`` block."""
-        ...
-
-    def snapshot(self) -> dict[str, Any]:
-        """Counters and gauges as plain data (see :class:`PoolMetrics`)."""
-        ...
-
-    def reap(self) -> int:
-        """Close idle or expired resources; return how many were closed."""
-        ...
-
-    def close(self) -> None:
-        """Close every resource; later acquires raise :class:`PoolClosed`."""
-        ...
-
-
-class WaitHistogram:
-    """Counts of waits in fixed log-spaced buckets (:data:`WAIT_BUCKETS_US`).
-
-    Not thread-safe by itself: its owner records under its own lock.
-    """
-
-    __slots__ = ("count", "counts", "max_s", "sum_s")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(WAIT_BUCKETS_US) + 1)
-        self.count = 0
-        self.sum_s = 0.0
-        self.max_s = 0.0
-
-    def record(self, seconds: float) -> None:
-        """Count one wait of ``seconds``."""
-        micros = int(seconds * 1_000_000)
-        # Bucket k holds waits in (2**(k-1), 2**k] us; bit_length finds k in O(1).
-        index = (micros - 1).bit_length() if micros > 1 else 0
-        self.counts[min(index, len(WAIT_BUCKETS_US))] += 1
-        self.count += 1
-        self.sum_s += seconds
-        if seconds > self.max_s:
-            self.max_s = seconds
-
-    def quantile(self, q: float) -> float:
-        """Upper bound (seconds) of the bucket holding quantile ``q``; 0.0 when empty."""
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be within [0, 1], got {q!r}")
-        if self.count == 0:
-            return 0.0
-        rank = q * self.count
-        seen = 0
-        for index, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank and n:
-                if index >= len(WAIT_BUCKETS_US):
-                    return self.max_s
-                return min(WAIT_BUCKETS_US[index] / 1_000_000, self.max_s)
-        return self.max_s
-
-    def merge(self, other: WaitHistogram) -> None:
-        """Add ``other``'s counts into this histogram."""
-        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        self.count += other.count
-        self.sum_s += other.sum_s
-        self.max_s = max(self.max_s, other.max_s)
-
-    def snapshot(self) -> dict[str, Any]:
-        """Plain data: bucket bounds, counts and summary figures."""
-        return {
-            "bounds_us": list(WAIT_BUCKETS_US),
-            "counts": list(self.counts),
-            "count": self.count,
-            "sum_s": self.sum_s,
-            "max_s": self.max_s,
-            "p50_s": self.quantile(0.5),
-            "p99_s": self.quantile(0.99),
-        }
-
-
-class PoolMetrics:
-    """Counters and gauges of one pool; the owner serialises updates with its lock."""
-
-    __slots__ = (
-        "acquires",
-        "broken",
-        "closed",
-        "create_errors",
-        "created",
-        "in_use",
-        "timeouts",
-        "waiters",
-        "waits",
-    )
-
-    def __init__(self) -> None:
-        self.acquires = 0
-        self.timeouts = 0
-        self.created = 0
-        self.closed = 0
-        self.create_errors = 0
-        self.broken = 0
-        self.in_use = 0
-        self.waiters = 0
-        self.waits = WaitHistogram()
-
-    def checked_out(self, waited: float) -> None:
-        """A waiter got its resource after ``waited`` seconds (caller holds the lock)."""
-        self.waiters -= 1
-        self.acquires += 1
-        self.in_use += 1
-        self.waits.record(waited)
-
-    def snapshot(self, **gauges: Any) -> dict[str, Any]:
-        """The metrics as a ``dict``, with ``gauges`` (name, kind, size...) first."""
-        return {
-            **gauges,
-            "in_use": self.in_use,
-            "waiters": self.waiters,
-            "acquires": self.acquires,
-            "timeouts": self.timeouts,
-            "created": self.created,
-            "closed": self.closed,
-            "create_errors": self.create_errors,
-            "broken": self.broken,
-            "wait": self.waits.snapshot(),
-        }
 
 
 @dataclass(slots=True)

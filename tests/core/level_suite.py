@@ -12,14 +12,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tiercel.core.local.levels import (
-    ENTRY_OVERHEAD,
-    EVICTED,
-    EXPIRED,
-    EXPIRY_OVERHEAD,
-    CacheLevel,
-    LevelStats,
-)
+from tiercel.core.local.cache_level import ENTRY_OVERHEAD, EVICTED, EXPIRED, CacheLevel
+from tiercel.core.local.expiry import EXPIRY_OVERHEAD
+from tiercel.core.local.level_stats import LevelStats
 
 
 class FakeClock:
@@ -41,7 +36,7 @@ def charge(level: CacheLevel[Any], key: str, value: Any, *, expiring: bool) -> i
 
 
 class LevelSuite:
-    """Behaviour every :class:`~tiercel.core.local.levels.CacheLevel` kind shares."""
+    """Behaviour every :class:`~tiercel.core.local.cache_level.CacheLevel` kind shares."""
 
     level_cls: ClassVar[type[CacheLevel[Any]]]
     falsey_values: ClassVar[tuple[Any, ...]] = (b"",)

@@ -14,7 +14,7 @@ from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefreshe
 from tiercel.core.cache.memoize import CachedFunction, Memoized
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.generations import Generations
 
 

@@ -17,15 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiercel.core.encoding.keys import (
-    MAX_DEPTH,
-    KeyBuilder,
-    code_version,
-    digest,
-    encode_arguments,
-    function_name,
-    hash_tag,
-)
+from tiercel.core.encoding.canonical import MAX_DEPTH, encode_arguments
+from tiercel.core.encoding.functions import code_version, function_name
+from tiercel.core.encoding.keys import KeyBuilder, digest, hash_tag
 from tiercel.core.errors import KeyEncodingError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,13 +10,10 @@ from typing import Any
 import pytest
 
 from tests.core.level_suite import FakeClock, LevelSuite
-from tiercel.core.local.levels import (
-    ENTRY_OVERHEAD,
-    EXPIRY_OVERHEAD,
-    BytesLevel,
-    CacheLevel,
-    MemoryLevel,
-)
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.cache_level import ENTRY_OVERHEAD, CacheLevel
+from tiercel.core.local.expiry import EXPIRY_OVERHEAD
+from tiercel.core.local.memory_level import MemoryLevel
 
 
 class TestMemoryLevel(LevelSuite):

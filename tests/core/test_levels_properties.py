@@ -17,13 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.core.level_suite import FakeClock
-from tiercel.core.local.levels import (
-    ENTRY_OVERHEAD,
-    EXPIRY_OVERHEAD,
-    BytesLevel,
-    CacheLevel,
-    MemoryLevel,
-)
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.cache_level import ENTRY_OVERHEAD, CacheLevel
+from tiercel.core.local.expiry import EXPIRY_OVERHEAD
+from tiercel.core.local.memory_level import MemoryLevel
 
 KEYS = st.sampled_from([f"k{i}" for i in range(12)])
 TTLS = st.one_of(st.none(), st.floats(min_value=-1.0, max_value=10.0, allow_nan=False))
@@ -146,7 +143,7 @@ def test_level_agrees_with_model(
 ) -> None:
     # With no slack the expiry heap is rebuilt as soon as it holds 2x the live
     # entries, so short sequences exercise the rebuild too.
-    with mock.patch("tiercel.core.local.levels._HEAP_MIN", heap_slack):
+    with mock.patch("tiercel.core.local.expiry._HEAP_MIN", heap_slack):
         run_against_model(kind, max_entries, max_bytes, level_ttl, ops)
 
 

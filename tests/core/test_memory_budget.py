@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
 from tiercel.core.local.memory_budget import MemoryBudget, fits_max_memory_per_child, peak_rss_bytes
+from tiercel.core.local.memory_level import MemoryLevel
 
 
 def fill(level: BytesLevel, n: int, size: int = 1000, prefix: str = "k") -> None:

@@ -15,8 +15,9 @@ import pytest
 
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import JsonCodec, Serializer
-from tiercel.core.local.levels import MemoryLevel
-from tiercel.core.metrics.registry import (
+from tiercel.core.local.memory_level import MemoryLevel
+from tiercel.core.metrics.collectors import Sample, cache_samples, register_cache
+from tiercel.core.metrics.names import (
     BREAKER_STATE,
     CACHE_BYTES,
     CACHE_ENTRIES,
@@ -25,19 +26,12 @@ from tiercel.core.metrics.registry import (
     COMPUTATIONS,
     METRICS_COLLECTOR_ERRORS,
     METRICS_OVERFLOW,
-    OVERFLOW_LABELS,
     REDIS_ERRORS,
     REQUEST_SECONDS,
     SINGLEFLIGHT_JOINS,
-    MetricsRegistry,
-    Sample,
-    cache_samples,
-    counter_total,
-    empty_snapshot,
-    merge_snapshots,
-    register_cache,
-    sketch_of,
 )
+from tiercel.core.metrics.registry import OVERFLOW_LABELS, MetricsRegistry
+from tiercel.core.metrics.snapshots import counter_total, empty_snapshot, merge_snapshots, sketch_of
 
 
 class FakeClock:

@@ -22,7 +22,7 @@ from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.cache.stub_fleet import StubFleet
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.errors import ComputationFailed
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.leases import Held, Lease
 from tiercel.core.tier.stub import StubStore, StubTier
 

@@ -7,7 +7,8 @@ from collections.abc import Callable
 import pytest
 
 from tiercel.core.metrics.monitor import MAX_PENDING_PER_NAME, TIMER_SECONDS, PerformanceMonitor
-from tiercel.core.metrics.registry import MetricsRegistry, merge_snapshots, sketch_of
+from tiercel.core.metrics.registry import MetricsRegistry
+from tiercel.core.metrics.snapshots import merge_snapshots, sketch_of
 
 
 class FakeClock:

@@ -9,15 +9,11 @@ from typing import Any
 
 import pytest
 
-from tiercel.core.errors import PoolClosed, PoolError, PoolTimeout
+from tiercel.core.errors import ForeignResource, PoolClosed, PoolError, PoolTimeout
 from tiercel.core.pools.object_pool import ObjectPool, ObjectPools
 from tiercel.core.pools.redis_pool import RedisPool
-from tiercel.core.pools.resource_pool import (
-    WAIT_BUCKETS_US,
-    ForeignResource,
-    ResourcePool,
-    WaitHistogram,
-)
+from tiercel.core.pools.resource_pool import ResourcePool
+from tiercel.core.pools.wait_histogram import WAIT_BUCKETS_US, WaitHistogram
 
 
 class Resource:

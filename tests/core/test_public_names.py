@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tiercel
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.missing import MISSING
 from tiercel.core.tier import redis_tier
 

@@ -11,7 +11,8 @@ from tests.core.cache_contract import CHECKS, MultiLevelStore
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.cache.stub_fleet import StubFleet
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.stub import StubStore, StubTier
 
 SERIALIZER = Serializer(MsgpackCodec())

@@ -10,7 +10,9 @@ import pytest
 from tests.core.cache_contract import CHECKS, MISS, MultiLevelStore
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.local.levels import BytesLevel, CacheLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.cache_level import CacheLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.redis_tier import MISSING, RedisTier
 
 SERIALIZER = Serializer(MsgpackCodec())

@@ -33,7 +33,7 @@ from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import EPOCH, INFLIGHT, LEASE, channel_name, related_key
 from tiercel.core.errors import ServerError, SettingsError
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.connections import client_from_url, is_cluster, parse_cache_url
 from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer
 from tiercel.core.tier.notifier import Notifier

@@ -14,7 +14,8 @@ from tiercel.core.cache.memoize import cached
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.embedded.redis_server import RedisServer
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.local.levels import BytesLevel, MemoryLevel
+from tiercel.core.local.bytes_level import BytesLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.generations import Generations
 from tiercel.core.tier.redis_tier import RedisTier
 

@@ -23,7 +23,7 @@ from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.errors import ServerError
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.connections import client_from_url
 from tiercel.core.tier.leases import Lease, LeaseManager, LeaseRenewer
 from tiercel.core.tier.notifier import Notifier

@@ -16,7 +16,7 @@ from tiercel.core.cache.memoize import cached
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.embedded.redis_server import RedisServer
 from tiercel.core.encoding.codecs import Serializer, SignedPickleCodec, serializer_from_settings
-from tiercel.core.local.levels import MemoryLevel
+from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.settings import Settings
 from tiercel.core.tier.generations import Generations
 from tiercel.core.tier.redis_tier import MISSING, RedisTier

@@ -1,51 +1,46 @@
-"""In-process cache levels: bounded, LRU-evicting, per-entry-TTL mappings.
+"""The level contract: a bounded, LRU-evicting, per-entry-TTL mapping of ``str`` keys.
 
-A level is a :class:`~collections.abc.MutableMapping` of ``str`` keys, shaped
-like ``cachetools.Cache``: the eviction policy is one method (:meth:`CacheLevel.popitem`,
+A level is a :class:`~collections.abc.MutableMapping` shaped like
+``cachetools.Cache``: the eviction policy is one method (:meth:`CacheLevel.popitem`,
 least-recently-used) and the size policy is one method (:meth:`CacheLevel.getsizeof`).
-Two kinds play different roles in a worker process:
-
-* :class:`MemoryLevel` (the L1) holds live Python objects: small and fastest.
-* :class:`BytesLevel` (the L2) holds encoded ``bytes``: larger, bounded by bytes.
+Its two kinds play different roles in a worker process:
+:class:`~tiercel.core.local.memory_level.MemoryLevel` (the L1, live objects) and
+:class:`~tiercel.core.local.bytes_level.BytesLevel` (the L2, encoded bytes).
 
 Costs: ``get``, ``set``, ``del`` and eviction are O(1) (an ``OrderedDict`` keeps
 recency order, so the oldest entry is always at the front and never searched
 for). Per-entry expiry is checked on read; :meth:`CacheLevel.expire` removes
-expired entries in O(k log n) for k expired entries using a heap of
-``(expires_at, seq, key)`` with lazy deletion. Every method takes the level's
+expired entries in O(k log n) for k expired entries through the level's
+:class:`~tiercel.core.local.expiry.ExpiryHeap`. Every method takes the level's
 lock, so one level may be shared by the threads of a worker.
 
 Every entry is charged, once at insert, ``size + len(key) +`` :data:`ENTRY_OVERHEAD`
-(``+`` :data:`EXPIRY_OVERHEAD` if it expires) against ``max_bytes``, where ``size``
-is the caller's ``size=`` or else :meth:`CacheLevel.getsizeof` of the value. The
-overheads are the level's own measured bookkeeping, so for a :class:`BytesLevel`
-``max_bytes`` bounds real memory (``python -m bench.levels_memory`` checks it).
+(``+`` :data:`~tiercel.core.local.expiry.EXPIRY_OVERHEAD` if it expires) against
+``max_bytes``, where ``size`` is the caller's ``size=`` or else
+:meth:`CacheLevel.getsizeof` of the value. The overheads are the level's own
+measured bookkeeping, so for a ``BytesLevel`` ``max_bytes`` bounds real memory
+(``python -m bench.levels_memory`` checks it).
 """
 
 from __future__ import annotations
 
-import heapq
 import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, MutableMapping
-from dataclasses import dataclass
-from itertools import count
 from typing import Any, Final, TypeVar, overload
 
+from tiercel.core.local.expiry import EXPIRY_OVERHEAD, ExpiryHeap
+from tiercel.core.local.level_stats import LevelStats
 from tiercel.core.missing import MISSING
 
 __all__ = [
     "ENTRY_OVERHEAD",
     "EVICTED",
     "EXPIRED",
-    "EXPIRY_OVERHEAD",
-    "BytesLevel",
     "CacheLevel",
     "EvictionCallback",
-    "LevelStats",
-    "MemoryLevel",
     "Timer",
 ]
 
@@ -70,47 +65,12 @@ EXPIRED: Final = "expired"
 #: level of 6,000 entries, 331 B with 17,000); chosen so the traced peak stays
 #: within 3% of ``max_bytes`` in those runs (transient table resizes make up the rest).
 ENTRY_OVERHEAD: Final = 352
-#: Extra bytes charged for an entry that expires: its expiry-heap item (a 3-tuple
-#: and a sequence int, ~105) plus, in the worst case, one stale item of a replaced
-#: or evicted entry that keeps its key and expiry alive (~180) until the heap is
-#: rebuilt at twice the live entries. Measured: 672 B in all with ENTRY_OVERHEAD at
-#: the peak of a churning 32 MiB level, 596-692 B for levels of 1-8 MiB.
-EXPIRY_OVERHEAD: Final = 320
 
-_BYTES_HEADER: Final = sys.getsizeof(b"")
 # An entry is a plain tuple, the cheapest object to build and index:
 # entry[0] value, entry[1] expires_at or None, entry[2] charged size, entry[3] tags.
 # (Literal indices rather than named constants: mypy types a tuple index only
 # when it is a literal, and a module global lookup would cost on the hot path.)
 _NO_TAGS: frozenset[str] = frozenset()
-# Marks "no entry" where None is a valid cached value.
-# Rebuild the expiry heap once it holds more than _HEAP_MAX_RATIO x the live entries
-# + _HEAP_MIN (so tiny levels do not rebuild on every set); keeps it O(live).
-_HEAP_MAX_RATIO = 2
-_HEAP_MIN = 64
-
-
-@dataclass(frozen=True)
-class LevelStats:
-    """A snapshot of one level's counters and occupancy. Counters add across processes."""
-
-    name: str
-    hits: int
-    misses: int
-    evictions: int
-    expirations: int
-    entries: int
-    bytes: int
-    max_entries: int
-    max_bytes: int | None
-    #: Sets refused because the value alone exceeded ``max_bytes``.
-    rejected: int = 0
-
-    @property
-    def hit_ratio(self) -> float:
-        """Hits over lookups; 0.0 before the first lookup."""
-        lookups = self.hits + self.misses
-        return self.hits / lookups if lookups else 0.0
 
 
 class CacheLevel(MutableMapping[str, V]):
@@ -161,8 +121,7 @@ class CacheLevel(MutableMapping[str, V]):
         self._ttl = ttl
         self._timer = timer
         self._data: OrderedDict[str, tuple[V, float | None, int, frozenset[str]]] = OrderedDict()
-        self._heap: list[tuple[float, int, str]] = []
-        self._seq = count()
+        self._heap = ExpiryHeap()
         self._nbytes = 0
         # RLock: set() evicts through self.popitem(), a public (overridable) method
         # that takes the lock itself.
@@ -331,7 +290,7 @@ class CacheLevel(MutableMapping[str, V]):
                 old = self._data.pop(key, None)
                 if old is not None:
                     self._nbytes -= old[2]
-                    self._bound_heap()
+                    self._heap.bound(self._data)
             return False
         evicted: list[tuple[str, str]] | None = [] if self.on_evict is not None else None
         with self._lock:
@@ -342,9 +301,7 @@ class CacheLevel(MutableMapping[str, V]):
                 expires = None
             else:
                 expires = now + ttl
-                # The heap item shares the entry's float object: "is" then tells a
-                # live heap item from a stale one left by a replace or delete.
-                heapq.heappush(heap, (expires, next(self._seq), key))
+                heap.push(expires, key)
             old = data.get(key)
             data[key] = (value, expires, size, tags)
             if old is not None:
@@ -353,7 +310,7 @@ class CacheLevel(MutableMapping[str, V]):
             else:
                 self._nbytes += size
             # Expired entries go before live ones are evicted for room.
-            if heap and heap[0][0] <= now:
+            if heap.due(now):
                 self._sweep(now, evicted)
             while len(data) > self._max_entries or (
                 max_bytes is not None and self._nbytes > max_bytes
@@ -362,8 +319,7 @@ class CacheLevel(MutableMapping[str, V]):
                 self._evictions += 1
                 if evicted is not None:
                     evicted.append((evicted_key, EVICTED))
-            if len(heap) > _HEAP_MAX_RATIO * len(data) + _HEAP_MIN:  # _bound_heap, inlined
-                self._rebuild_heap()
+            heap.bound(data)
             stored = key in data
         if evicted:
             self._notify(evicted)
@@ -412,7 +368,7 @@ class CacheLevel(MutableMapping[str, V]):
             doomed = [key for key, entry in self._data.items() if tag in entry[3]]
             for key in doomed:
                 self._nbytes -= self._data.pop(key)[2]
-            self._bound_heap()
+            self._heap.bound(self._data)
             return len(doomed)
 
     def clear(self) -> None:
@@ -500,86 +456,22 @@ class CacheLevel(MutableMapping[str, V]):
             if entry is None:
                 return MISSING
             self._nbytes -= entry[2]
-            self._bound_heap()
+            self._heap.bound(self._data)
             expires = entry[1]
             return entry[0] if expires is None or expires > self._timer() else MISSING
 
     def _sweep(self, now: float, evicted: list[tuple[str, str]] | None) -> int:
-        heap, data = self._heap, self._data
-        removed = 0
-        while heap and heap[0][0] <= now:
-            expires, _, key = heapq.heappop(heap)
-            entry = data.get(key)
-            if entry is not None and entry[1] is expires:
-                self._drop_expired(key, entry)
-                removed += 1
-                if evicted is not None:
-                    evicted.append((key, EXPIRED))
-        return removed
-
-    def _bound_heap(self) -> None:
-        # Stale items (of replaced, evicted or deleted entries) keep their keys alive:
-        # rebuild once they outnumber the live ones, O(n) after >= n changes, so O(1)
-        # amortized, and the memory EXPIRY_OVERHEAD charges stays a true bound.
-        if len(self._heap) > _HEAP_MAX_RATIO * len(self._data) + _HEAP_MIN:
-            self._rebuild_heap()
-
-    def _rebuild_heap(self) -> None:
         data = self._data
-        live = []
-        for item in self._heap:
-            entry = data.get(item[2])
-            if entry is not None and entry[1] is item[0]:
-                live.append(item)
-        heapq.heapify(live)
-        self._heap = live
+        removed = 0
+        for key in self._heap.pop_expired(now, data):
+            self._drop_expired(key, data[key])
+            removed += 1
+            if evicted is not None:
+                evicted.append((key, EXPIRED))
+        return removed
 
     def _notify(self, evicted: list[tuple[str, str]]) -> None:
         callback = self.on_evict
         if callback is not None:
             for key, reason in evicted:
                 callback(key, reason)
-
-
-class MemoryLevel(CacheLevel[Any]):
-    """The L1: live Python objects, small and fastest (no decoding on a hit).
-
-    Its size policy is a cheap estimate, the shallow ``sys.getsizeof(value)``;
-    callers that know better (the encoded size) pass ``size=``. Bound it mainly
-    by ``max_entries``.
-    """
-
-    def getsizeof(self, value: Any) -> int:
-        """The shallow ``sys.getsizeof(value)``: cheap, and blind to what it refers to."""
-        return sys.getsizeof(value)
-
-
-class BytesLevel(CacheLevel[bytes]):
-    """The L2: encoded values as ``bytes``, bounded by bytes; larger than the L1.
-
-    Its size policy is the exact memory of the value, ``len(value)`` plus the
-    ``bytes`` header (33 bytes on CPython); with the key and the bookkeeping
-    charged by ``set``, ``max_bytes`` bounds the level's real memory. Only
-    immutable ``bytes`` are accepted: a ``bytearray`` could change size after
-    it was charged.
-    """
-
-    def getsizeof(self, value: bytes) -> int:
-        """``len(value)`` plus the ``bytes`` object header."""
-        return len(value) + _BYTES_HEADER
-
-    def set(
-        self,
-        key: str,
-        value: bytes,
-        ttl: float | None = None,
-        size: int | None = None,
-        tags: frozenset[str] = _NO_TAGS,
-    ) -> bool:
-        """Store encoded ``value``; see :meth:`CacheLevel.set`. :class:`TypeError` if not bytes."""
-        if not isinstance(value, bytes):
-            raise TypeError(
-                f"level {self._name!r} stores bytes, got {type(value).__name__}: "
-                "encode the value first (or use a MemoryLevel for live objects)"
-            )
-        return super().set(key, value, ttl, size, tags)
