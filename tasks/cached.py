@@ -22,8 +22,8 @@ from celery.exceptions import Terminated
 from celery.result import AsyncResult
 from celery.worker.request import Request
 
-from tiercel.core.cache.failures import expired, is_failure
-from tiercel.core.cache.freshness import FRESH, STALE, FreshnessPolicy
+from tiercel.core.cache.freshness import FreshnessPolicy
+from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import CachedFunction
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
@@ -73,19 +73,12 @@ class CachedTask(Task):  # type: ignore[misc]
         cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, args, kwargs)
         found = cache.lookup(key)
-        if (
-            found is not None
-            and spec.cache_errors
-            and is_failure(found.value)
-            and expired(found.value)
-        ):
-            found = None  # an old failure: compute again (the worker refreshes it)
-        if found is not None:
-            verdict = spec.policy.judge(found.ttl, found.compute_seconds)
-            if verdict != STALE or spec.policy.stale_while_revalidate:
-                if verdict != FRESH:
-                    self._refresh_soon(rt, key, args, kwargs)
-                return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
+        serve, refresh = spec.serves(found)
+        if serve:
+            assert found is not None
+            if refresh:
+                self._refresh_soon(rt, key, args, kwargs)
+            return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
         task_id = str(uuid.uuid4())
         try:
             existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
@@ -152,20 +145,25 @@ class CachedTask(Task):  # type: ignore[misc]
         whose second element is a dict.
         """
         rt = runtime.current()
+        spec = self.tiercel_spec
         normalised = [_split_call(call) for call in calls]
-        keys = [rt.key(self.tiercel_spec, args, kwargs) for args, kwargs in normalised]
-        cache = rt.cache.with_levels(self.tiercel_spec.levels)
-        hits = cache.get_many(keys)
-        if self.tiercel_spec.cache_errors:  # an expired cached failure is a miss, as in submit()
-            hits = {
-                key: value
-                for key, value in hits.items()
-                if not (is_failure(value) and expired(value))
-            }
+        keys = [rt.key(spec, args, kwargs) for args, kwargs in normalised]
+        cache = rt.cache.with_levels(spec.levels)
+        hits: dict[str, Lookup] = {}
+        stale: set[str] = set()
+        for key, found in cache.lookup_many(keys).items():
+            serve, refresh = spec.serves(found)  # as submit() decides, key by key
+            if serve:
+                hits[key] = found
+                if refresh:
+                    stale.add(key)
         first_of: dict[str, int] = {}
         for index, key in enumerate(keys):
             if key not in hits:
                 first_of.setdefault(key, index)
+            elif key in stale:
+                stale.discard(key)  # one refresh per key, with its first call's arguments
+                self._refresh_soon(rt, key, *normalised[index])
         candidates = {key: str(uuid.uuid4()) for key in first_of}
         try:
             claims = rt.leases.claim_inflight_many(
@@ -182,8 +180,11 @@ class CachedTask(Task):  # type: ignore[misc]
                 handles[key] = (self._enqueue(rt, key, task_id, args, kwargs), "computed")
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
-            if key in hits:
-                results.append(CachedResult.resolved(key, hits[key], "redis", self.tiercel_spec))
+            found = hits.get(key)
+            if found is not None:
+                results.append(
+                    CachedResult.resolved(key, found.value, _public_source(found.source), spec)
+                )
             else:
                 async_result, source = handles[key]
                 if first_of[key] != index:
@@ -196,7 +197,7 @@ class CachedTask(Task):  # type: ignore[misc]
                         source,
                         rt,
                         cache,
-                        self.tiercel_spec,
+                        spec,
                         self._resubmitter(async_result.id, first_args, first_kwargs),
                     )
                 )

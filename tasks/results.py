@@ -10,7 +10,7 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
-from tiercel.core.cache.failures import expired, is_failure, raise_failure
+from tiercel.core.cache.failures import is_failure, raise_failure
 from tiercel.core.cache.freshness import STALE
 from tiercel.core.missing import MISSING
 
@@ -184,7 +184,7 @@ class CachedResult:
         spec = self._spec
         if spec is None:
             return True
-        if spec.cache_errors and is_failure(found.value) and expired(found.value):
+        if spec.expired_failure(found.value):
             return False
         return bool(spec.policy.judge(found.ttl, found.compute_seconds) != STALE)
 

@@ -150,9 +150,10 @@ class CachedFunction(Generic[P, R]):
         found = None if force_refresh else cache.lookup(key)
         verdict = FRESH
         if found is not None:
-            verdict = self.policy.judge(found.ttl, found.compute_seconds)
-            if self.cache_errors and is_failure(found.value) and expired(found.value):
+            if self.expired_failure(found.value):
                 verdict, refresher = STALE, None  # an old failure: try again, now
+            else:
+                verdict = self.policy.judge(found.ttl, found.compute_seconds)
             if verdict == FRESH:
                 return found  # the hit path: nothing else to decide
         ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
@@ -194,6 +195,25 @@ class CachedFunction(Generic[P, R]):
             return found  # an early refresh failed (the value is still fresh), or stale-if-error
         # None: another process holds the lease and is refreshing; serve what we have.
         return found if refreshed is None else refreshed
+
+    def expired_failure(self, value: Any) -> bool:
+        """True when ``value`` is a failure this function cached that outlived its
+        ``error_ttl``: every reader treats it as a miss."""
+        return bool(self.cache_errors) and is_failure(value) and expired(value)
+
+    def serves(self, found: Lookup | None) -> tuple[bool, bool]:
+        """Whether a submitter may answer from ``found``, and whether it should ask for a
+        refresh: the freshness policy's decision, written once for every way in.
+
+        A stale value is served only with ``stale_while_revalidate``; an early or
+        stale one that is served is refreshed in the background.
+        """
+        if found is None or self.expired_failure(found.value):
+            return False, False
+        verdict = self.policy.judge(found.ttl, found.compute_seconds)
+        if verdict == STALE and not self.policy.stale_while_revalidate:
+            return False, False
+        return True, verdict != FRESH
 
     def memo_lifetime(self, found: Lookup, max_age: float) -> float:
         """How long an answer may be reused without asking the cache again."""

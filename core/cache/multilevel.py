@@ -193,14 +193,19 @@ class MultiLevelCache:
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         """Values of the keys that hit anywhere; the Redis tier is asked once (MGET)."""
-        found: dict[str, Any] = {}
+        return {key: found.value for key, found in self.lookup_many(keys).items()}
+
+    def lookup_many(self, keys: Iterable[str]) -> dict[str, Lookup]:
+        """:meth:`lookup` of every key that hits anywhere, each with its source and TTL;
+        the keys no local level holds are read from the Redis tier at once (MGET)."""
+        found: dict[str, Lookup] = {}
         remote: list[str] = []
         for key in keys:
             hit = self.lookup(key, remote=False)
             if hit is None:
                 remote.append(key)
             else:
-                found[key] = hit.value
+                found[key] = hit
         if remote and self.tier is not None:
             drops = self._state.drops
             entries = self.tier.get_entries(remote)
@@ -208,7 +213,7 @@ class MultiLevelCache:
             for key, entry in entries.items():
                 accepted = self._accept_entry(key, entry, promote=promote)
                 if accepted is not None:
-                    found[key] = accepted.value
+                    found[key] = accepted
         return found
 
     def _promote(

@@ -188,3 +188,27 @@ def test_memo_never_serves_a_stale_value_without_asking_the_policy() -> None:
     hits = memo.hot_hits
     memo()
     assert memo.hot_hits == hits  # the stale answer went through the policy
+
+
+def test_serves_is_the_one_submit_decision() -> None:
+    from tiercel.core.cache.failures import record
+    from tiercel.core.cache.lookup import Lookup
+
+    swr = CachedFunction(lambda: 1, ttl=10, policy=FreshnessPolicy(stale_ttl=60, early_refresh=0))
+    strict = CachedFunction(
+        lambda: 1,
+        ttl=10,
+        policy=FreshnessPolicy(stale_ttl=60, stale_while_revalidate=False, early_refresh=0),
+    )
+    fresh, stale = Lookup("v", "memory", 65.0), Lookup("v", "redis", 30.0)
+    assert swr.serves(None) == (False, False)
+    assert swr.serves(fresh) == (True, False)
+    assert swr.serves(stale) == (True, True), "served while one refresh runs"
+    assert strict.serves(stale) == (False, False), "the reader waits for the refresh"
+    failing = CachedFunction(lambda: 1, ttl=10, cache_errors=(KeyError,), error_ttl=30)
+    live = record(KeyError("gone"), 30)
+    old = record(KeyError("gone"), 30, wall_clock=lambda: time.time() - 31)
+    assert failing.serves(Lookup(live, "redis", 20.0)) == (True, False)
+    assert failing.serves(Lookup(old, "redis", 20.0)) == (False, False)
+    assert failing.expired_failure(old) and not failing.expired_failure(live)
+    assert not swr.expired_failure(old), "only a function that caches errors has failures"

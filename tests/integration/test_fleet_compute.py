@@ -295,6 +295,30 @@ def test_submit_many_treats_an_expired_cached_failure_as_a_miss(
     assert computations(cache_client, counter) == 2
 
 
+def test_submit_many_decides_as_submit_does_source_and_freshness(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    from tiercel.tasks.examples import fx_quote
+
+    pair = f"GBP{uuid.uuid4().hex[:6]}"
+    counter = f"test:count:{pair}"
+    assert fx_quote.submit(pair, counter).get(timeout=30)["revision"] == 1
+    [from_redis] = fx_quote.submit_many([(pair, counter)])
+    [local] = fx_quote.submit_many([(pair, counter)])
+    assert (from_redis.source, local.source) == ("redis", "memory"), (
+        "a hit is labelled by the tier that answered it, as submit() labels it"
+    )
+    assert local.source == fx_quote.submit(pair, counter).source
+    time.sleep(1.2)  # fresh for 1 s; now stale (kept for 60 s more, served while revalidated)
+    stale = fx_quote.submit_many([(pair, counter)] * 5)
+    assert all(r.task_id is None and r.get()["revision"] == 1 for r in stale)
+    deadline = time.monotonic() + 20
+    while computations(cache_client, counter) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert computations(cache_client, counter) == 2, "5 stale reads in one batch, one refresh"
+
+
 def test_without_revalidate_a_reader_past_the_ttl_waits_for_the_refresh(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
