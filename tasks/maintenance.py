@@ -45,6 +45,7 @@ from tiercel.core.encoding.prefixes import (
     TAG_INDEX,
 )
 from tiercel.core.settings import Settings
+from tiercel.core.tier import scripts
 from tiercel.core.tier.connections import is_cluster
 from tiercel.core.tier.notifier import SWEEP
 from tiercel.tasks import metrics, runtime
@@ -70,12 +71,6 @@ HOUSEKEEPING_BUDGET: Final = 2.0
 #: Node name of this worker (set in the main process before the pool forks).
 NODE: str | None = None
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 # -- the overlap guard -----------------------------------------------------------------------
 
 
@@ -94,7 +89,7 @@ def periodic_lock(client: redis.Redis, namespace: str, name: str, ttl: float) ->
     finally:
         if held:
             with contextlib.suppress(redis.RedisError):
-                client.eval(_RELEASE, 1, key, token)
+                client.eval(scripts.source("delete_if_equal"), 1, key, token)
 
 
 _clients: dict[int, redis.Redis] = {}

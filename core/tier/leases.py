@@ -52,7 +52,6 @@ from typing import Any, Final, TypeVar
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from tiercel.core.encoding.prefixes import (
     EPOCH,
@@ -158,17 +157,16 @@ class LeaseManager:
         self._timer = timer
         self._wall_clock = wall_clock
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        register = client.register_script
-        self._acquire = register(scripts.ACQUIRE)
-        self._renew = register(scripts.RENEW)
-        self._release = register(scripts.RELEASE)
-        self._release_abandoned = register(scripts.RELEASE_ABANDONED)
-        self._claim_republish = register(scripts.CLAIM_REPUBLISH)
-        self._write_back = register(scripts.WRITE_BACK)
-        self._fail = register(scripts.FAIL)
-        self._invalidate = register(scripts.INVALIDATE)
-        self._claim = register(scripts.CLAIM_INFLIGHT)
-        self._delete_if_equal = register(scripts.DELETE_IF_EQUAL)
+        self._acquire = scripts.register(client, "acquire")
+        self._renew = scripts.register(client, "renew")
+        self._release = scripts.register(client, "release")
+        self._release_abandoned = scripts.register(client, "release_abandoned")
+        self._claim_republish = scripts.register(client, "claim_republish")
+        self._write_back = scripts.register(client, "write_back")
+        self._fail = scripts.register(client, "fail")
+        self._invalidate = scripts.register(client, "invalidate")
+        self._claim = scripts.register(client, "claim_inflight")
+        self._delete_if_equal = scripts.register(client, "delete_if_equal")
 
     # --- plumbing ---
 
@@ -189,36 +187,8 @@ class LeaseManager:
         return self._call(lambda: script(keys=keys, args=args))
 
     def _run_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """``script`` once per call in one pipelined round trip (no MULTI: Cluster-safe).
-
-        EVALSHA directly rather than a Script in a pipeline, which would add a
-        SCRIPT EXISTS round trip; only a NoScript answer costs a reload.
-        """
-        if not calls:
-            return []
-
-        def run(indexes: Sequence[int]) -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for i in indexes:
-                keys, args = calls[i]
-                # execute_command: redis-py's cluster pipeline refuses evalsha() by name
-                # but routes a raw EVALSHA by its first key's slot
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return list(pipe.execute(raise_on_error=False))
-
-        def run_all() -> list[Any]:
-            results = run(range(len(calls)))
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                self.client.script_load(script.script)
-                for i, result in zip(missing, run(missing), strict=True):
-                    results[i] = result
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-
-        return self._call(run_all)
+        """``script`` once per call in one pipelined round trip (see :func:`scripts.run_many`)."""
+        return self._call(lambda: scripts.run_many(self.client, script, calls))
 
     # --- leases ---
 

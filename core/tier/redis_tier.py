@@ -31,6 +31,7 @@ from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import GENERATION, TAG_DRAIN, TAG_INDEX
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
 from tiercel.core.missing import MISSING, Missing
+from tiercel.core.tier import scripts
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.connections import CacheClient, client_from_url, is_cluster
 
@@ -56,18 +57,6 @@ def generation_key(namespace: str, scope: str) -> str:
     return f"{namespace}:{GENERATION}:{scope}"
 
 
-#: Never lowers a counter: SET it to ARGV[1] only when that is higher.
-_RAISE_TO_SCRIPT = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local wanted = tonumber(ARGV[1])
-if current < wanted then
-    redis.call('SET', KEYS[1], ARGV[1])
-    return wanted
-end
-return current
-"""
-
-
 # --- the tier ---
 
 
@@ -88,26 +77,7 @@ class PayloadSerializer(Protocol):
 # Other RedisErrors (ResponseError...) come from a server that answered.
 _OUTAGE_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError)
 
-# Add members to a tag index and extend (never shorten) its TTL, on every
-# Redis version: PEXPIRE ... GT alone leaves a fresh set without any TTL,
-# because GT treats "no expiry" as infinite.
-_TAG_ADD_SCRIPT: Final = """
-redis.call('SADD', KEYS[1], unpack(ARGV, 2))
-local ttl = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) < ttl then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return 1
-"""
-# Delete a key only if it still holds the bytes we found corrupt, so a valid
-# value written in between survives.
-_DELETE_IF_EQUAL_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# Members per SADD in one script call (Lua's unpack has a stack limit near 8000).
+# Members per tag_add call (Lua's unpack has a stack limit near 8000).
 _TAG_ADD_BATCH: Final = 1000
 _SCAN_BATCH: Final = 500
 
@@ -145,7 +115,9 @@ class RedisTier:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.max_value_bytes = max_value_bytes
         self._wall_clock = wall_clock
-        self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL_SCRIPT)
+        # Deletes a corrupt value only if it still holds the bytes found corrupt, so a
+        # valid value written in between survives.
+        self._delete_if_equal = scripts.register(client, "delete_if_equal")
         self._hits = 0
         self._misses = 0
         self._errors = 0
@@ -350,11 +322,12 @@ class RedisTier:
         ttl_ms = _ttl_ms(ttl)
 
         def add() -> None:
+            script = scripts.source("tag_add")
             pipe = self.client.pipeline(transaction=False)
             for tag in tags:
                 # execute_command: redis-py's cluster pipeline hides eval()
                 pipe.execute_command(
-                    "EVAL", _TAG_ADD_SCRIPT, 1, tag_index_key(self.namespace, tag), ttl_ms, key
+                    "EVAL", script, 1, tag_index_key(self.namespace, tag), ttl_ms, key
                 )
             pipe.execute()
 
@@ -420,11 +393,12 @@ class RedisTier:
         for key, record in records.items():
             pipe.set(key, record, px=ttl_ms)
         keys = list(records)
+        script = scripts.source("tag_add")
         for tag in tags:
             index = tag_index_key(self.namespace, tag)
             for start in range(0, len(keys), _TAG_ADD_BATCH):
                 batch = keys[start : start + _TAG_ADD_BATCH]
-                pipe.execute_command("EVAL", _TAG_ADD_SCRIPT, 1, index, ttl_ms, *batch)
+                pipe.execute_command("EVAL", script, 1, index, ttl_ms, *batch)
         results = pipe.execute()
         return sum(1 for result in results[: len(records)] if result)
 
@@ -517,7 +491,11 @@ class RedisTier:
         Raises TierUnavailable."""
         return int(
             self._call(
-                self.client.eval, _RAISE_TO_SCRIPT, 1, generation_key(self.namespace, scope), value
+                self.client.eval,
+                scripts.source("raise_to"),
+                1,
+                generation_key(self.namespace, scope),
+                value,
             )
         )
 
