@@ -45,9 +45,8 @@ from tiercel.core.encoding.prefixes import (
     TAG_INDEX,
 )
 from tiercel.core.settings import Settings
-from tiercel.core.tier import scripts
+from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import is_cluster
-from tiercel.core.tier.notifier import SWEEP
 from tiercel.tasks import metrics, runtime
 
 __all__ = [
@@ -122,7 +121,7 @@ def sweep() -> dict[str, Any]:
     ) as held:
         if not held:
             return _skipped("sweep")
-        receivers = rt.notifier.publish(f"{SWEEP}|")
+        receivers = rt.notifier.publish(events.SweepRequested().encode())
     return {"receivers": receivers}
 
 

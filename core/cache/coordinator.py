@@ -31,6 +31,7 @@ from typing import Any
 
 from tiercel.core.cache.multilevel import SOURCE_COMPUTED, SOURCE_JOINED, Lookup, MultiLevelCache
 from tiercel.core.errors import ComputationFailed, TierUnavailable
+from tiercel.core.tier import events
 from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer, Present
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
@@ -211,7 +212,7 @@ class FleetCoordinator:
                 self.leases.release(lease)
                 if inflight_id:
                     self.leases.clear_inflight(key, inflight_id)
-                self.notifier.publish(f"d|{key}")
+                self.notifier.publish(events.Done(key).encode())
                 stored = False
             else:
                 stored = self.leases.write_back(lease, encoded[1], ttl, inflight_id=inflight_id)
@@ -265,12 +266,12 @@ class FleetCoordinator:
         removed = self.tier.invalidate_tag(
             tag, remove=lambda members: self.leases.invalidate_keys(members)
         )
-        self.notifier.publish(f"t|{tag}")
+        self.notifier.publish(events.TagInvalidated(tag).encode())
         return removed
 
     def announce_generation(self, scope: str, generation: int) -> None:
         """Tell every process that ``scope`` moved to ``generation``."""
-        self.notifier.publish(f"g|{scope}|{generation}")
+        self.notifier.publish(events.GenerationMoved(scope, generation).encode())
 
     def stats(self) -> dict[str, int]:
         """Counters for metrics."""

@@ -29,7 +29,7 @@ The protocol of a caller that needs ``key`` (the lead's integration)::
                 with renewer.holding(got):
                     ...compute, then leases.write_back(got, entry_bytes, ttl)
                 return ...
-            if waiter.wait(got.holder_ttl + slack) == "f":
+            if waiter.wait(got.holder_ttl + slack) == WAKE_FAILED:
                 raise ... leases.read_failure(key)
             # any other wake-up or a timeout: loop, re-read, maybe take over
 
@@ -65,7 +65,7 @@ from tiercel.core.encoding.prefixes import (
     related_key,
 )
 from tiercel.core.errors import LeaseError, TierUnavailable
-from tiercel.core.tier import scripts
+from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
 
 __all__ = ["DEFAULT_STATE_TTL", "Held", "Lease", "LeaseManager", "LeaseRenewer"]
@@ -251,7 +251,7 @@ class LeaseManager:
             self._run(
                 self._release_abandoned,
                 [related_key(key, LEASE), related_key(key, INFLIGHT)],
-                [task_id, self._channel(key), f"d|{key}"],
+                [task_id, self._channel(key), events.Done(key).encode()],
             )
         )
 
@@ -304,7 +304,7 @@ class LeaseManager:
                     _ms(ttl, "ttl"),
                     inflight_id or "",
                     self._channel(key),
-                    f"d|{key}",
+                    events.Done(key).encode(),
                 ],
             )
         )
@@ -354,7 +354,7 @@ class LeaseManager:
                     _ms(ttl, "ttl"),
                     inflight_id or "",
                     self._channel(key),
-                    f"f|{key}",
+                    events.Failed(key).encode(),
                 ],
             )
         )
@@ -402,7 +402,7 @@ class LeaseManager:
     ) -> tuple[list[str], list[Any]]:
         return (
             [key, related_key(key, INFLIGHT), related_key(key, FAILURE), related_key(key, EPOCH)],
-            [self._state_ttl_ms, channel, f"i|{key}" if publish else ""],
+            [self._state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
         )
 
     # --- coalescing at submit ---
