@@ -22,9 +22,10 @@ from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.generations import Generations
-from tiercel.core.tier.leases import LeaseManager, LeaseRenewer
+from tiercel.core.tier.leases import LeaseManager
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
+from tiercel.core.tier.renewer import LeaseRenewer
 
 log = logging.getLogger("tiercel.runtime")
 

@@ -32,9 +32,10 @@ from typing import Any
 from tiercel.core.cache.multilevel import SOURCE_COMPUTED, SOURCE_JOINED, Lookup, MultiLevelCache
 from tiercel.core.errors import ComputationFailed, TierUnavailable
 from tiercel.core.tier import events
-from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer, Present
+from tiercel.core.tier.leases import Held, Lease, LeaseManager, Present
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
+from tiercel.core.tier.renewer import LeaseRenewer
 
 log = logging.getLogger("tiercel.coordinator")
 
