@@ -12,11 +12,12 @@ whose name starts with ``_`` are such includes, never scripts of their own.
 after a ``NOSCRIPT`` answer); :func:`run_many` runs one script for many calls
 in one pipelined round trip; :func:`source` is the code itself, for ``EVAL``.
 
-Cluster: every script touches only keys of one hash slot. The lease scripts
-touch the keys of one cache key (value, lease, fence, epoch, inflight,
-failure), which share the value key's ``{digest}`` hash tag; a tag index has
-its tag as hash tag. ``PUBLISH`` inside a script is allowed on Cluster
-(channels are not keys).
+Cluster: every script run on the cache tier touches only keys of one hash
+slot. The lease scripts touch the keys of one cache key (value, lease, fence,
+epoch, inflight, failure), which share the value key's ``{digest}`` hash tag;
+a tag index has its tag as hash tag. ``PUBLISH`` inside a script is allowed on
+Cluster (channels are not keys). ``publish_snapshot`` and the periodic lock's
+``delete_if_equal`` run on the result backend, a single server.
 
 Fence and epoch values are time-floored counters: a new value is
 ``max(previous + 1, server time in microseconds)``. Both keys carry a long TTL
