@@ -11,8 +11,9 @@ call in :data:`SAMPLE_EVERY` has its latency recorded with that weight.
 
 **Publishing** (:class:`SnapshotPublisher`): every ``TIERCEL_METRICS_INTERVAL``
 seconds each worker process, prefork children included, writes one JSON
-document to the result-backend Redis with one Lua script stamped by the
-server's clock (so hosts' clocks do not matter)::
+document to the result-backend Redis with one Lua script
+(``core/tier/lua/publish_snapshot.lua``) stamped by the server's clock (so
+hosts' clocks do not matter)::
 
     {ns}:metrics:proc:{process id}   {"node", "snapshot"}   PX 3 intervals
     {ns}:metrics:index               ZSET process id -> server ms of its last publish

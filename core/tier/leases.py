@@ -123,10 +123,10 @@ class LeaseManager:
     ``ttl / 3``) how often a :class:`~tiercel.core.tier.renewer.LeaseRenewer`
     extends it. ``state_ttl`` bounds how long fence and epoch counters outlive
     their last use; a computation longer than that has its write-back
-    rejected. ``channel``
-    overrides the pub/sub channel (default ``{namespace}:events`` of each
-    key). ``timer`` stamps :attr:`Lease.acquired_at`; ``wall_clock`` stamps
-    failure records. Thread-safe; create one per process (after fork).
+    rejected. ``channel`` overrides the pub/sub channel (default
+    ``{namespace}:events`` of each key). ``timer`` stamps
+    :attr:`Lease.acquired_at`; ``wall_clock`` stamps failure records.
+    Thread-safe; create one per process (after fork).
     """
 
     def __init__(
