@@ -180,10 +180,10 @@ class CachedTask(Task):  # type: ignore[misc]
                 handles[key] = (self._enqueue(rt, key, task_id, args, kwargs), "computed")
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
-            found = hits.get(key)
-            if found is not None:
+            hit = hits.get(key)
+            if hit is not None:
                 results.append(
-                    CachedResult.resolved(key, found.value, _public_source(found.source), spec)
+                    CachedResult.resolved(key, hit.value, _public_source(hit.source), spec)
                 )
             else:
                 async_result, source = handles[key]

@@ -43,8 +43,8 @@ from tiercel.core.encoding.prefixes import (
     TAG_DRAIN,
     TAG_INDEX,
 )
+from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import is_cluster
-from tiercel.core.tier.notifier import SWEEP
 from tiercel.tasks import fleet_view, runtime
 from tiercel.tasks.process_local import ProcessLocal
 from tiercel.tasks.publisher import latest_key, metrics_client
@@ -64,12 +64,6 @@ SCAN_BATCH: Final = 500
 #: Longest one housekeeping run works before it stores its cursor and stops.
 HOUSEKEEPING_BUDGET: Final = 2.0
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
 # -- the overlap guard -----------------------------------------------------------------------
 
 
@@ -88,7 +82,7 @@ def periodic_lock(client: redis.Redis, namespace: str, name: str, ttl: float) ->
     finally:
         if held:
             with contextlib.suppress(redis.RedisError):
-                client.eval(_RELEASE, 1, key, token)
+                client.eval(scripts.source("delete_if_equal"), 1, key, token)
 
 
 #: This process's client of the result-backend Redis (locks, snapshots).
@@ -114,7 +108,7 @@ def sweep() -> dict[str, Any]:
     ) as held:
         if not held:
             return _skipped("sweep")
-        receivers = rt.notifier.publish(f"{SWEEP}|")
+        receivers = rt.notifier.publish(events.SweepRequested().encode())
     return {"receivers": receivers}
 
 

@@ -21,20 +21,10 @@ import redis
 from tiercel.core.encoding.prefixes import METRICS
 from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.settings import Settings
+from tiercel.core.tier import scripts
 from tiercel.tasks.metrics import TTL_INTERVALS
 
 log = logging.getLogger("tiercel.metrics")
-
-_PUBLISH = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-redis.call('ZADD', KEYS[2], now, ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
-redis.call('PEXPIRE', KEYS[2], ttl * 10)
-return now
-"""
 
 
 def snapshot_key(namespace: str, process_id: str) -> str:
@@ -85,7 +75,7 @@ def publish_snapshot(
     )
     ttl_ms = max(1, int(interval * TTL_INTERVALS * 1000))
     stamped = client.eval(
-        _PUBLISH,
+        scripts.source("publish_snapshot"),
         2,
         snapshot_key(namespace, process_id),
         index_key(namespace),

@@ -33,9 +33,10 @@ from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.generations import Generations
-from tiercel.core.tier.leases import LeaseManager, LeaseRenewer
+from tiercel.core.tier.leases import LeaseManager
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
+from tiercel.core.tier.renewer import LeaseRenewer
 from tiercel.tasks.pools import PoolRegistry
 from tiercel.tasks.process_local import ProcessLocal
 from tiercel.tasks.publisher import SnapshotPublisher, metrics_client

@@ -19,9 +19,11 @@ from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 
 from tiercel.core.errors import ComputationFailed, TierUnavailable
-from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer, Present
+from tiercel.core.tier import events
+from tiercel.core.tier.leases import Held, Lease, LeaseManager, Present
 from tiercel.core.tier.notifier import Notifier, Waiter
 from tiercel.core.tier.redis_tier import RedisTier
+from tiercel.core.tier.renewer import LeaseRenewer
 
 
 class FleetCoordinator:
@@ -101,7 +103,7 @@ class FleetCoordinator:
         self.leases.release(lease)
         if inflight_id:
             self.leases.clear_inflight(lease.key, inflight_id)
-        self.notifier.publish(f"d|{lease.key}")
+        self.notifier.publish(events.Done(lease.key).encode())
 
     # --- invalidation ---
 
@@ -115,12 +117,12 @@ class FleetCoordinator:
         removed = self.tier.invalidate_tag(
             tag, remove=lambda members: self.leases.invalidate_keys(members)
         )
-        self.notifier.publish(f"t|{tag}")
+        self.notifier.publish(events.TagInvalidated(tag).encode())
         return removed
 
     def announce_generation(self, scope: str, generation: int) -> None:
         """Tell every process that ``scope`` moved to ``generation``."""
-        self.notifier.publish(f"g|{scope}|{generation}")
+        self.notifier.publish(events.GenerationMoved(scope, generation).encode())
 
     # --- introspection and lifecycle ---
 

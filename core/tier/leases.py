@@ -26,10 +26,10 @@ The protocol of a caller that needs ``key`` (the lead's integration)::
                 return entry
             got = leases.acquire(key)
             if isinstance(got, Lease):
-                with renewer.holding(got):
+                with renewer.holding(got):      # tiercel.core.tier.renewer
                     ...compute, then leases.write_back(got, entry_bytes, ttl)
                 return ...
-            if waiter.wait(got.holder_ttl + slack) == "f":
+            if waiter.wait(got.holder_ttl + slack) == WAKE_FAILED:
                 raise ... leases.read_failure(key)
             # any other wake-up or a timeout: loop, re-read, maybe take over
 
@@ -40,19 +40,15 @@ cannot lease computes without one: cache trouble never fails a task).
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
 
 from tiercel.core.encoding.prefixes import (
     EPOCH,
@@ -65,13 +61,11 @@ from tiercel.core.encoding.prefixes import (
     namespace_of,
     related_key,
 )
-from tiercel.core.errors import LeaseError, TierUnavailable
-from tiercel.core.tier import scripts
+from tiercel.core.errors import TierUnavailable
+from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
 
-__all__ = ["DEFAULT_STATE_TTL", "Held", "Lease", "LeaseManager", "LeaseRenewer"]
-
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_STATE_TTL", "Held", "Lease", "LeaseManager"]
 
 #: How long fence and epoch counters outlive their last use (1 day).
 DEFAULT_STATE_TTL: Final = 86_400.0
@@ -126,12 +120,13 @@ class LeaseManager:
     """Leases, fenced write-back, invalidation and in-flight claims on one Redis client.
 
     ``ttl`` is the default lease lifetime, ``renew_interval`` (default
-    ``ttl / 3``) how often a :class:`LeaseRenewer` extends it. ``state_ttl``
-    bounds how long fence and epoch counters outlive their last use; a
-    computation longer than that has its write-back rejected. ``channel``
-    overrides the pub/sub channel (default ``{namespace}:events`` of each
-    key). ``timer`` stamps :attr:`Lease.acquired_at`; ``wall_clock`` stamps
-    failure records. Thread-safe; create one per process (after fork).
+    ``ttl / 3``) how often a :class:`~tiercel.core.tier.renewer.LeaseRenewer`
+    extends it. ``state_ttl`` bounds how long fence and epoch counters outlive
+    their last use; a computation longer than that has its write-back
+    rejected. ``channel`` overrides the pub/sub channel (default
+    ``{namespace}:events`` of each key). ``timer`` stamps
+    :attr:`Lease.acquired_at`; ``wall_clock`` stamps failure records.
+    Thread-safe; create one per process (after fork).
     """
 
     def __init__(
@@ -158,17 +153,16 @@ class LeaseManager:
         self._timer = timer
         self._wall_clock = wall_clock
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
-        register = client.register_script
-        self._acquire = register(scripts.ACQUIRE)
-        self._renew = register(scripts.RENEW)
-        self._release = register(scripts.RELEASE)
-        self._release_abandoned = register(scripts.RELEASE_ABANDONED)
-        self._claim_republish = register(scripts.CLAIM_REPUBLISH)
-        self._write_back = register(scripts.WRITE_BACK)
-        self._fail = register(scripts.FAIL)
-        self._invalidate = register(scripts.INVALIDATE)
-        self._claim = register(scripts.CLAIM_INFLIGHT)
-        self._delete_if_equal = register(scripts.DELETE_IF_EQUAL)
+        self._acquire = scripts.register(client, "acquire")
+        self._renew = scripts.register(client, "renew")
+        self._release = scripts.register(client, "release")
+        self._release_abandoned = scripts.register(client, "release_abandoned")
+        self._claim_republish = scripts.register(client, "claim_republish")
+        self._write_back = scripts.register(client, "write_back")
+        self._fail = scripts.register(client, "fail")
+        self._invalidate = scripts.register(client, "invalidate")
+        self._claim = scripts.register(client, "claim_inflight")
+        self._delete_if_equal = scripts.register(client, "delete_if_equal")
 
     # --- plumbing ---
 
@@ -189,36 +183,8 @@ class LeaseManager:
         return self._call(lambda: script(keys=keys, args=args))
 
     def _run_many(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
-        """``script`` once per call in one pipelined round trip (no MULTI: Cluster-safe).
-
-        EVALSHA directly rather than a Script in a pipeline, which would add a
-        SCRIPT EXISTS round trip; only a NoScript answer costs a reload.
-        """
-        if not calls:
-            return []
-
-        def run(indexes: Sequence[int]) -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            for i in indexes:
-                keys, args = calls[i]
-                # execute_command: redis-py's cluster pipeline refuses evalsha() by name
-                # but routes a raw EVALSHA by its first key's slot
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            return list(pipe.execute(raise_on_error=False))
-
-        def run_all() -> list[Any]:
-            results = run(range(len(calls)))
-            missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
-            if missing:
-                self.client.script_load(script.script)
-                for i, result in zip(missing, run(missing), strict=True):
-                    results[i] = result
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-
-        return self._call(run_all)
+        """``script`` once per call in one pipelined round trip (see :func:`scripts.run_many`)."""
+        return self._call(lambda: scripts.run_many(self.client, script, calls))
 
     # --- leases ---
 
@@ -281,7 +247,7 @@ class LeaseManager:
             self._run(
                 self._release_abandoned,
                 [related_key(key, LEASE), related_key(key, INFLIGHT)],
-                [task_id, self._channel(key), f"d|{key}"],
+                [task_id, self._channel(key), events.Done(key).encode()],
             )
         )
 
@@ -334,7 +300,7 @@ class LeaseManager:
                     _ms(ttl, "ttl"),
                     inflight_id or "",
                     self._channel(key),
-                    f"d|{key}",
+                    events.Done(key).encode(),
                 ],
             )
         )
@@ -384,7 +350,7 @@ class LeaseManager:
                     _ms(ttl, "ttl"),
                     inflight_id or "",
                     self._channel(key),
-                    f"f|{key}",
+                    events.Failed(key).encode(),
                 ],
             )
         )
@@ -432,7 +398,7 @@ class LeaseManager:
     ) -> tuple[list[str], list[Any]]:
         return (
             [key, related_key(key, INFLIGHT), related_key(key, FAILURE), related_key(key, EPOCH)],
-            [self._state_ttl_ms, channel, f"i|{key}" if publish else ""],
+            [self._state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
         )
 
     # --- coalescing at submit ---
@@ -461,142 +427,3 @@ class LeaseManager:
 
     def __repr__(self) -> str:
         return f"LeaseManager(ttl={self.ttl!r}, renew_interval={self.renew_interval!r})"
-
-
-@dataclass
-class _Tracked:
-    last_renewed: float
-    lost: bool = False
-
-
-class LeaseRenewer:
-    """One daemon thread per process that renews every held lease every ``renew_interval``.
-
-    All held leases are renewed in one pipelined round trip per tick. A lease
-    whose renewal answers "not yours" is marked lost at once; while Redis is
-    unreachable a lease is marked lost once it has gone a full ttl without a
-    successful renewal. :meth:`lost` lets a holder stop early; write-back's
-    fencing makes a lost lease harmless anyway. At most ``max_leases`` are
-    tracked (:meth:`hold` raises :class:`~tiercel.core.errors.LeaseError` beyond).
-
-    Create it in the process that uses it, after fork: the thread does not
-    survive a fork, and a renewer used in another process raises LeaseError.
-    """
-
-    def __init__(
-        self,
-        manager: LeaseManager,
-        *,
-        renew_interval: float | None = None,
-        max_leases: int = 10_000,
-        timer: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.manager = manager
-        self.renew_interval = manager.renew_interval if renew_interval is None else renew_interval
-        if not self.renew_interval > 0:
-            raise ValueError(f"renew_interval={renew_interval!r}: expected a positive number")
-        self.max_leases = max_leases
-        self._timer = timer
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
-        self._leases: dict[Lease, _Tracked] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.renewals = 0
-        self.failures = 0
-
-    def _check_process(self) -> None:
-        if os.getpid() != self._pid:
-            raise LeaseError(
-                "this LeaseRenewer was created in another process: create one "
-                "per process after fork (worker_process_init)"
-            )
-
-    def hold(self, lease: Lease) -> None:
-        """Keep renewing ``lease`` until :meth:`drop`; starts the thread on first use."""
-        self._check_process()
-        with self._lock:
-            if self._stop.is_set():
-                raise LeaseError("the LeaseRenewer is stopped; create a new one")
-            if lease not in self._leases and len(self._leases) >= self.max_leases:
-                raise LeaseError(
-                    f"already renewing {self.max_leases} leases: drop finished "
-                    "leases or raise max_leases"
-                )
-            self._leases[lease] = _Tracked(self._timer())
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="tiercel-lease-renewer", daemon=True
-                )
-                self._thread.start()
-
-    def drop(self, lease: Lease) -> None:
-        """Stop renewing ``lease`` (it then expires unless released)."""
-        with self._lock:
-            self._leases.pop(lease, None)
-
-    def lost(self, lease: Lease) -> bool:
-        """True once a renewal of a held lease failed for good."""
-        with self._lock:
-            tracked = self._leases.get(lease)
-            return tracked is not None and tracked.lost
-
-    @contextmanager
-    def holding(self, lease: Lease) -> Iterator[Lease]:
-        """Renew ``lease`` for the duration of the block."""
-        self.hold(lease)
-        try:
-            yield lease
-        finally:
-            self.drop(lease)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._leases)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop renewing and join the thread (at most ``timeout`` seconds)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.renew_interval):
-            try:
-                self._tick()
-            except Exception:  # never let one bad tick end renewal for every lease
-                log.exception("lease renewal tick failed")
-
-    def _tick(self) -> None:
-        with self._lock:
-            batch = [lease for lease, tracked in self._leases.items() if not tracked.lost]
-        if not batch:
-            return
-        try:
-            results = self.manager.renew_many(batch)
-        except TierUnavailable as exc:
-            self.failures += 1
-            now = self._timer()
-            with self._lock:
-                for lease in batch:
-                    tracked = self._leases.get(lease)
-                    if tracked is not None and now - tracked.last_renewed >= lease.ttl:
-                        tracked.lost = True
-            log.warning("could not renew %d leases: %s", len(batch), exc)
-            return
-        now = self._timer()
-        self.renewals += 1
-        with self._lock:
-            for lease, ok in zip(batch, results, strict=True):
-                tracked = self._leases.get(lease)
-                if tracked is None:
-                    continue
-                if ok:
-                    tracked.last_renewed = now
-                else:
-                    tracked.lost = True
-                    log.warning("lease of %s (token %d) was lost", lease.key, lease.token)
-
-    def __repr__(self) -> str:
-        return f"LeaseRenewer(leases={len(self)}, renew_interval={self.renew_interval!r})"

@@ -2,15 +2,11 @@
 
 Every process subscribes one connection to its namespace's channel
 (:func:`tiercel.core.encoding.prefixes.channel_name`) and serves it with one daemon thread.
-Messages are plain strings:
-
-``d|<key>``               a computation of ``key`` finished (stored or not): re-check
-``f|<key>``               it failed; :meth:`LeaseManager.read_failure` has the error
-``i|<key>``               ``key`` was invalidated: drop local copies
-``t|<tag>``               a tag was invalidated
-``g|<scope>|<generation>`` a generation was bumped
-``c|``                    the namespace was cleared
-``s|``                    sweep: drop expired local entries now (beat's fleet-wide sweep)
+Messages are decoded by :mod:`tiercel.core.tier.events`, which holds the
+vocabulary (``d|<key>`` done, ``f|<key>`` failed, ``i|<key>`` invalidated,
+``t|<tag>``, ``g|<scope>|<generation>``, ``c|`` cleared, ``s|`` sweep); one
+that decodes to :class:`~tiercel.core.tier.events.Unknown` is counted in
+``malformed`` and otherwise ignored.
 
 A waiting thread registers a :class:`Waiter` for its key *before* it
 re-reads the value, so a completion published in between is not lost, then
@@ -41,13 +37,14 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, assert_never
 
 import redis
 
+from tiercel.core.tier import events
+
 __all__ = [
     "OVERFLOW_POLL",
-    "SWEEP",
     "WAKE_DONE",
     "WAKE_FAILED",
     "WAKE_INVALIDATED",
@@ -58,12 +55,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WAKE_DONE: Final = "d"
-WAKE_FAILED: Final = "f"
-WAKE_INVALIDATED: Final = "i"
+# Why Waiter.wait woke: the kind of the event for its key, or a reset (no message).
+WAKE_DONE: Final = events.Done.KIND
+WAKE_FAILED: Final = events.Failed.KIND
+WAKE_INVALIDATED: Final = events.Invalidated.KIND
 WAKE_RESET: Final = "r"
-#: Kind of the sweep message: publish ``SWEEP + "|"`` to make every process sweep.
-SWEEP: Final = "s"
 #: Longest sleep of a waiter that could not be registered.
 OVERFLOW_POLL: Final = 0.05
 
@@ -289,7 +285,8 @@ class Notifier:
     # --- publishing ---
 
     def publish(self, message: str) -> int:
-        """Publish ``message`` on the channel; returns how many subscribers got it.
+        """Publish ``message`` (an event's :meth:`encode`) on the channel; returns how many
+        subscribers got it.
 
         Raises redis errors (an unpublished invalidation must not pass silently).
         """
@@ -352,8 +349,7 @@ class Notifier:
             self.received += 1
             self.last_message_at = time.monotonic()
             data = message.get("data")
-            text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
-            self._dispatch(text)
+            self._dispatch(data if isinstance(data, (bytes, str)) else str(data))
 
     def _confirmed(self) -> None:
         """A (re)subscription is confirmed: reset unless it is the clean first one."""
@@ -368,38 +364,29 @@ class Notifier:
             self._call(self.on_reset)
             self._wake_all(WAKE_RESET)
 
-    def _dispatch(self, text: str) -> None:
-        kind, sep, rest = text.partition("|")
-        if not sep:
-            self.malformed += 1
-            return
-        if kind == WAKE_DONE:
-            self._call(self.on_done, rest)
-            self._wake(rest, kind)
-        elif kind == WAKE_FAILED:
-            self._wake(rest, kind)
-        elif kind == WAKE_INVALIDATED:
-            self._call(self.on_invalidate, rest)
-            self._wake(rest, kind)
-        elif kind == "t":
-            self._call(self.on_tag, rest)
-        elif kind == "g":
-            scope, sep, generation = rest.rpartition("|")
-            try:
-                number = int(generation)
-            except ValueError:
-                sep = ""
-            if not sep:
+    def _dispatch(self, message: bytes | str) -> None:
+        match events.decode(message):
+            case events.Done(key):
+                self._call(self.on_done, key)
+                self._wake(key, WAKE_DONE)
+            case events.Failed(key):
+                self._wake(key, WAKE_FAILED)
+            case events.Invalidated(key):
+                self._call(self.on_invalidate, key)
+                self._wake(key, WAKE_INVALIDATED)
+            case events.TagInvalidated(tag):
+                self._call(self.on_tag, tag)
+            case events.GenerationMoved(scope, generation):
+                self._call(self.on_generation, scope, generation)
+            case events.Cleared():
+                self._call(self.on_clear)
+                self._wake_all(WAKE_INVALIDATED)
+            case events.SweepRequested():
+                self._call(self.on_sweep)
+            case events.Unknown():
                 self.malformed += 1
-                return
-            self._call(self.on_generation, scope, number)
-        elif kind == "c":
-            self._call(self.on_clear)
-            self._wake_all(WAKE_INVALIDATED)
-        elif kind == SWEEP:
-            self._call(self.on_sweep)
-        else:
-            self.malformed += 1
+            case unreachable:
+                assert_never(unreachable)
 
     def _call(self, handler: Callable[..., object] | None, *args: Any) -> None:
         if handler is None:

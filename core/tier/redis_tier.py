@@ -14,58 +14,33 @@ Counters are plain ints bumped without a lock; ``+=`` on an attribute is not
 atomic across threads, so under heavy threading a few increments may be lost.
 They are statistics, not accounting.
 
-Every key this module builds (tag indexes, generations) comes from the key
-builders below; value keys are built by the caller and passed in whole.
+Generation keys come from :func:`generation_key` below, tag-index keys from
+:mod:`tiercel.core.tier.tag_index`; value keys are built by the caller and
+passed in whole.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, cast
 
 import redis
 
 from tiercel.core.encoding.entry import Entry
-from tiercel.core.encoding.prefixes import GENERATION, TAG_DRAIN, TAG_INDEX
+from tiercel.core.encoding.prefixes import GENERATION
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
 from tiercel.core.missing import MISSING, Missing
+from tiercel.core.tier import scripts, tag_index
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.connections import CacheClient, client_from_url, is_cluster
 
-# --- key builders: the only place tag-index and generation keys are formatted ---
-
-
-def tag_index_key(namespace: str, tag: str) -> str:
-    """The set of value keys carrying ``tag``: ``{namespace}:tag:{{tag}}``.
-
-    The tag is the Redis Cluster hash tag, so the index and its drain copy
-    (:func:`tag_drain_key`) share a slot and can be renamed atomically.
-    """
-    return f"{namespace}:{TAG_INDEX}:{{{tag}}}"
-
-
-def tag_drain_key(namespace: str, tag: str, token: str) -> str:
-    """Where :meth:`RedisTier.invalidate_tag` moves a tag index while deleting its members."""
-    return f"{tag_index_key(namespace, tag)}:{TAG_DRAIN}:{token}"
+# --- the only place generation keys are formatted ---
 
 
 def generation_key(namespace: str, scope: str) -> str:
     """The generation counter of ``scope`` (a function, a tag, the namespace)."""
     return f"{namespace}:{GENERATION}:{scope}"
-
-
-#: Never lowers a counter: SET it to ARGV[1] only when that is higher.
-_RAISE_TO_SCRIPT = """
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-local wanted = tonumber(ARGV[1])
-if current < wanted then
-    redis.call('SET', KEYS[1], ARGV[1])
-    return wanted
-end
-return current
-"""
 
 
 # --- the tier ---
@@ -87,29 +62,6 @@ class PayloadSerializer(Protocol):
 # Errors that mean "Redis is unreachable or too slow": these feed the breaker.
 # Other RedisErrors (ResponseError...) come from a server that answered.
 _OUTAGE_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError)
-
-# Add members to a tag index and extend (never shorten) its TTL, on every
-# Redis version: PEXPIRE ... GT alone leaves a fresh set without any TTL,
-# because GT treats "no expiry" as infinite.
-_TAG_ADD_SCRIPT: Final = """
-redis.call('SADD', KEYS[1], unpack(ARGV, 2))
-local ttl = tonumber(ARGV[1])
-if redis.call('PTTL', KEYS[1]) < ttl then
-    redis.call('PEXPIRE', KEYS[1], ttl)
-end
-return 1
-"""
-# Delete a key only if it still holds the bytes we found corrupt, so a valid
-# value written in between survives.
-_DELETE_IF_EQUAL_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# Members per SADD in one script call (Lua's unpack has a stack limit near 8000).
-_TAG_ADD_BATCH: Final = 1000
-_SCAN_BATCH: Final = 500
 
 
 class RedisTier:
@@ -145,7 +97,9 @@ class RedisTier:
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         self.max_value_bytes = max_value_bytes
         self._wall_clock = wall_clock
-        self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL_SCRIPT)
+        # Deletes a corrupt value only if it still holds the bytes found corrupt, so a
+        # valid value written in between survives.
+        self._delete_if_equal = scripts.register(client, "delete_if_equal")
         self._hits = 0
         self._misses = 0
         self._errors = 0
@@ -352,9 +306,8 @@ class RedisTier:
         def add() -> None:
             pipe = self.client.pipeline(transaction=False)
             for tag in tags:
-                # execute_command: redis-py's cluster pipeline hides eval()
-                pipe.execute_command(
-                    "EVAL", _TAG_ADD_SCRIPT, 1, tag_index_key(self.namespace, tag), ttl_ms, key
+                tag_index.queue_add(
+                    pipe, tag_index.tag_index_key(self.namespace, tag), ttl_ms, [key]
                 )
             pipe.execute()
 
@@ -421,10 +374,7 @@ class RedisTier:
             pipe.set(key, record, px=ttl_ms)
         keys = list(records)
         for tag in tags:
-            index = tag_index_key(self.namespace, tag)
-            for start in range(0, len(keys), _TAG_ADD_BATCH):
-                batch = keys[start : start + _TAG_ADD_BATCH]
-                pipe.execute_command("EVAL", _TAG_ADD_SCRIPT, 1, index, ttl_ms, *batch)
+            tag_index.queue_add(pipe, tag_index.tag_index_key(self.namespace, tag), ttl_ms, keys)
         results = pipe.execute()
         return sum(1 for result in results[: len(records)] if result)
 
@@ -465,42 +415,10 @@ class RedisTier:
         existed (default: ``UNLINK``); the lease layer passes one that also
         bumps each key's epoch, so in-flight computations cannot write back.
 
-        The index is first renamed aside atomically, so keys tagged while the
-        drain runs land in a fresh index and are not lost. Members are read
-        with ``SSCAN`` and unlinked in batches of about 500, so a huge tag
-        never blocks Redis. Raises TierUnavailable (a partial drain keeps the
-        index's TTL, so it still expires).
+        The index is renamed aside and drained in bounded batches (see
+        :func:`tiercel.core.tier.tag_index.drain`). Raises TierUnavailable.
         """
-        index = tag_index_key(self.namespace, tag)
-        drain = tag_drain_key(self.namespace, tag, uuid.uuid4().hex)
-        if not self._call(self._rename_if_exists, index, drain):
-            return 0
-        removed = 0
-        cursor = 0
-        while True:
-            cursor, members = self._call(self._scan_batch, drain, cursor)
-            if members:
-                if remove is None:
-                    removed += int(self._call(self.client.unlink, *members))
-                else:
-                    removed += remove(members)
-            if cursor == 0:
-                break
-        self._call(self.client.unlink, drain)
-        return removed
-
-    def _rename_if_exists(self, source: str, target: str) -> bool:
-        try:
-            self.client.rename(source, target)
-        except redis.ResponseError as exc:
-            if "no such key" in str(exc).lower():
-                return False
-            raise
-        return True
-
-    def _scan_batch(self, key: str, cursor: int) -> tuple[int, list[bytes]]:
-        cursor, members = self.client.sscan(key, cursor, count=_SCAN_BATCH)
-        return int(cursor), cast(list[bytes], members)
+        return tag_index.drain(self.client, self.namespace, tag, call=self._call, remove=remove)
 
     def generation(self, scope: str) -> int:
         """The current generation of ``scope`` (0 if never bumped). Raises TierUnavailable."""
@@ -517,7 +435,11 @@ class RedisTier:
         Raises TierUnavailable."""
         return int(
             self._call(
-                self.client.eval, _RAISE_TO_SCRIPT, 1, generation_key(self.namespace, scope), value
+                self.client.eval,
+                scripts.source("raise_to"),
+                1,
+                generation_key(self.namespace, scope),
+                value,
             )
         )
 
@@ -566,6 +488,4 @@ __all__ = [
     "PayloadSerializer",
     "RedisTier",
     "generation_key",
-    "tag_drain_key",
-    "tag_index_key",
 ]

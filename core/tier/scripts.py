@@ -1,221 +1,161 @@
-"""Lua sources of the lease, write-back, invalidation and in-flight scripts.
+"""Every Lua script tiercel runs on Redis, loaded in one place from the ``lua/`` folder.
 
-Every script touches only keys of one cache key (value, lease, fence, epoch,
-inflight, failure), which share the value key's ``{digest}`` hash tag, so each
-runs atomically on one Redis Cluster slot. ``PUBLISH`` inside a script is
-allowed on Cluster (channels are not keys).
+Each script is one file, ``lua/<name>.lua``, read once (through
+:mod:`importlib.resources`, so it works from a wheel as from a checkout).
+A file opens with a header of ``--`` comment lines that says what the script
+does and what its ``KEYS``, ``ARGV`` and answer are; the header is not sent to
+Redis. A header line ``-- include: <file>`` puts that file's code before the
+script's own: ``_prelude.lua`` holds the helpers of the lease scripts. Files
+whose name starts with ``_`` are such includes, never scripts of their own.
 
-Lease values are ``"<token>:<owner>"``; ``holds`` compares the token part.
+:func:`register` binds a script to a client (``EVALSHA``, loading it again
+after a ``NOSCRIPT`` answer); :func:`run_many` runs one script for many calls
+in one pipelined round trip; :func:`source` is the code itself, for ``EVAL``.
+
+Cluster: every script run on the cache tier touches only keys of one hash
+slot. The lease scripts touch the keys of one cache key (value, lease, fence,
+epoch, inflight, failure), which share the value key's ``{digest}`` hash tag;
+a tag index has its tag as hash tag. ``PUBLISH`` inside a script is allowed on
+Cluster (channels are not keys). ``publish_snapshot`` and the periodic lock's
+``delete_if_equal`` run on the result backend, a single server.
 
 Fence and epoch values are time-floored counters: a new value is
-``max(previous + 1, server time in microseconds)`` (about 1.8e15 today: exact
-in Lua's doubles until the year 2255). Both keys carry a long TTL and live on
-an ``allkeys-lru`` server, so they may vanish; a counter that restarts from
-the clock is still larger than every token or epoch handed out before, and a
-write-back requires the epoch key to be present and equal, so losing either
-key can only reject a write-back, never let a stale one through. (The one
-exception needs the key lost *and* the server clock stepped backwards onto
-exactly a stale holder's value.)
-Scripts call ``TIME`` before writing, which needs script effects replication
-(the default since Redis 5, the only mode since Redis 7).
+``max(previous + 1, server time in microseconds)``. Both keys carry a long TTL
+and live on an ``allkeys-lru`` server, so they may vanish; a counter that
+restarts from the clock is still larger than every token or epoch handed out
+before, and a write-back requires the epoch key to be present and equal, so
+losing either key can only reject a write-back, never let a stale one
+through. (The one exception needs the key lost *and* the server clock stepped
+backwards onto exactly a stale holder's value.) Scripts call ``TIME`` before
+writing, which needs script effects replication (the default since Redis 5,
+the only mode since Redis 7).
 """
 
 from __future__ import annotations
 
-from typing import Final
+import functools
+import re
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any, Final, Literal, TypeAlias, get_args
 
-_PRELUDE: Final = """
-local function now_us()
-    local t = redis.call('TIME')
-    return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local function next_counter(key, now, ttl_ms)
-    local value = tonumber(redis.call('GET', key) or '0') + 1
-    if value < now then value = now end
-    value = string.format('%d', value)
-    redis.call('SET', key, value, 'PX', ttl_ms)
-    return value
-end
-local function holds(value, token)
-    return value and string.sub(value, 1, string.len(token) + 1) == token .. ':'
-end
-"""
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
-# KEYS: lease, fence, epoch, failure
-# ARGV: lease ttl ms, owner, state ttl ms
-# -> {0, holder pttl ms} or {1, token, epoch}
-ACQUIRE: Final = (
-    _PRELUDE
-    + """
--- KEYS[5], when given, is the value key: a value already there means no lease is needed
-if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
-    return {2}
-end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl >= 0 then
-    return {0, pttl}
-end
-if pttl == -1 then
-    -- a lease without expiry (written by hand?) would block the key forever
-    redis.call('PEXPIRE', KEYS[1], ARGV[1])
-    return {0, tonumber(ARGV[1])}
-end
-local now = now_us()
-local token = next_counter(KEYS[2], now, ARGV[3])
-redis.call('SET', KEYS[1], token .. ':' .. ARGV[2], 'PX', ARGV[1])
-local epoch = redis.call('GET', KEYS[3])
-if epoch then
-    redis.call('PEXPIRE', KEYS[3], ARGV[3])
-else
-    epoch = string.format('%d', now)
-    redis.call('SET', KEYS[3], epoch, 'PX', ARGV[3])
-end
-redis.call('DEL', KEYS[4])
-return {1, token, epoch}
-"""
-)
+from tiercel.core.tier.connections import CacheClient
 
-# KEYS: lease, fence, epoch
-# ARGV: token, lease ttl ms, state ttl ms
-RENEW: Final = (
-    _PRELUDE
-    + """
-if holds(redis.call('GET', KEYS[1]), ARGV[1]) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    redis.call('PEXPIRE', KEYS[3], ARGV[3])
-    return 1
-end
-return 0
-"""
-)
+__all__ = ["ScriptName", "names", "register", "run_many", "source"]
 
-# KEYS: lease
-# ARGV: token
-RELEASE: Final = (
-    _PRELUDE
-    + """
-if holds(redis.call('GET', KEYS[1]), ARGV[1]) then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-)
+#: The name of every script: its file is ``lua/<name>.lua``.
+ScriptName: TypeAlias = Literal[
+    "acquire",
+    "renew",
+    "release",
+    "release_abandoned",
+    "claim_republish",
+    "write_back",
+    "fail",
+    "invalidate",
+    "claim_inflight",
+    "delete_if_equal",
+    "tag_add",
+    "raise_to",
+    "publish_snapshot",
+]
 
-# KEYS: value, lease, fence, epoch, inflight
-# ARGV: token, epoch, entry bytes, value ttl ms, inflight id ('' = leave it), channel, message
-#: KEYS: lease, inflight. ARGV: task id, channel, completion message.
-#: Frees a lease whose holder process is gone (hard time limit, revoke, worker lost): only
-#: if the lease's owner names that task, and wakes waiters so one takes it over now.
-RELEASE_ABANDONED: Final = """
-local value = redis.call('GET', KEYS[1])
-local suffix = ':' .. ARGV[1]
-local released = 0
-if value and string.sub(value, -string.len(suffix)) == suffix then
-    redis.call('DEL', KEYS[1])
-    released = 1
-end
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-    redis.call('DEL', KEYS[2])
-end
-if released == 1 then
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return released
-"""
+_FOLDER: Final = "lua"
+_INCLUDE: Final = re.compile(r"--\s*include:\s*(\S+)\s*")
 
-#: KEYS: lease, republish marker. ARGV: period in ms. 1 when nobody computes the key (no
-#: lease) and no other client re-published it within the period; then marks it.
-CLAIM_REPUBLISH: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return 0
-end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then
-    return 1
-end
-return 0
-"""
 
-WRITE_BACK: Final = (
-    _PRELUDE
-    + """
-local stored = 0
-if redis.call('GET', KEYS[3]) == ARGV[1] and redis.call('GET', KEYS[4]) == ARGV[2] then
-    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-    stored = 1
-end
-if holds(redis.call('GET', KEYS[2]), ARGV[1]) then
-    redis.call('DEL', KEYS[2])
-end
-if ARGV[5] ~= '' and redis.call('GET', KEYS[5]) == ARGV[5] then
-    redis.call('DEL', KEYS[5])
-end
--- published even when fenced out: waiters re-check and take the lease over
-redis.call('PUBLISH', ARGV[6], ARGV[7])
-return stored
-"""
-)
+def names() -> frozenset[str]:
+    """Every script name (the ``lua/`` folder's scripts, includes left out)."""
+    return frozenset(get_args(ScriptName))
 
-# KEYS: failure, lease, fence, inflight
-# ARGV: token, record, failure ttl ms, inflight id ('' = leave it), channel, message
-FAIL: Final = (
-    _PRELUDE
-    + """
-local recorded = 0
-if redis.call('GET', KEYS[3]) == ARGV[1] then
-    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-    recorded = 1
-end
-if holds(redis.call('GET', KEYS[2]), ARGV[1]) then
-    redis.call('DEL', KEYS[2])
-end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
-    redis.call('DEL', KEYS[4])
-end
-if recorded == 1 then
-    redis.call('PUBLISH', ARGV[5], ARGV[6])
-end
-return recorded
-"""
-)
 
-# KEYS: value, inflight, failure, epoch
-# ARGV: state ttl ms, channel, message ('' = do not publish)
-# -> {new epoch or 0, 1 if the value existed}
-#
-# An absent epoch is not created: every running computation created it at
-# acquire, so its absence already rejects their write-backs.
-INVALIDATE: Final = (
-    _PRELUDE
-    + """
-local epoch = 0
-if redis.call('EXISTS', KEYS[4]) == 1 then
-    epoch = next_counter(KEYS[4], now_us(), ARGV[1])
-end
-local existed = redis.call('UNLINK', KEYS[1])
-redis.call('DEL', KEYS[2], KEYS[3])
-if ARGV[3] ~= '' then
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
-end
-return {epoch, existed}
-"""
-)
+def source(name: ScriptName) -> str:
+    """The Lua code of script ``name``, its includes first, its header left out."""
+    return _sources()[name]
 
-# KEYS: inflight
-# ARGV: task id, ttl ms
-# -> nil when claimed, else the task id already there
-CLAIM_INFLIGHT: Final = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return false
-end
-return redis.call('GET', KEYS[1])
-"""
 
-# KEYS: key
-# ARGV: expected value
-DELETE_IF_EQUAL: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-    return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+def register(client: CacheClient, name: ScriptName) -> Script:
+    """Script ``name`` bound to ``client``: called, it runs by ``EVALSHA`` (reloading
+    after ``NOSCRIPT``), routed by its first key's slot on a cluster."""
+    return client.register_script(source(name))
+
+
+def run_many(
+    client: CacheClient,
+    script: Script,
+    calls: Sequence[tuple[Sequence[Any], Sequence[Any]]],
+) -> list[Any]:
+    """``script`` once per ``(keys, args)`` call in one pipelined round trip.
+
+    No MULTI (each call may live on another cluster node). ``EVALSHA`` directly
+    rather than a Script in a pipeline, which would add a ``SCRIPT EXISTS``
+    round trip; only a ``NOSCRIPT`` answer costs a reload and a second round
+    trip for the calls it hit. Raises the first error any call answered.
+    """
+    if not calls:
+        return []
+
+    def run(indexes: Sequence[int]) -> list[Any]:
+        pipe = client.pipeline(transaction=False)
+        for i in indexes:
+            keys, args = calls[i]
+            # execute_command: redis-py's cluster pipeline refuses evalsha() by name
+            # but routes a raw EVALSHA by its first key's slot
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return list(pipe.execute(raise_on_error=False))
+
+    results = run(range(len(calls)))
+    missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+    if missing:
+        client.script_load(script.script)
+        for i, result in zip(missing, run(missing), strict=True):
+            results[i] = result
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def _split(text: str) -> tuple[list[str], str]:
+    """(included file names, code) of one file: its leading ``--`` lines are the header."""
+    lines = text.splitlines(keepends=True)
+    start = 0
+    includes = []
+    while start < len(lines) and (lines[start].startswith("--") or not lines[start].strip()):
+        match = _INCLUDE.fullmatch(lines[start].rstrip("\n"))
+        if match:
+            includes.append(match.group(1))
+        start += 1
+    return includes, "".join(lines[start:])
+
+
+@functools.cache
+def _sources() -> dict[str, str]:
+    folder = resources.files(__name__.rpartition(".")[0]).joinpath(_FOLDER)
+    files = {
+        entry.name: entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".lua")
+    }
+    found: dict[str, str] = {}
+    for file, text in files.items():
+        if file.startswith("_"):
+            continue
+        includes, code = _split(text)
+        parts = []
+        for include in includes:
+            if include not in files or not include.startswith("_"):
+                raise RuntimeError(f"lua/{file} includes {include!r}: no such lua/_*.lua file")
+            nested, included = _split(files[include])
+            if nested:
+                raise RuntimeError(f"lua/{include} includes another file: one level only")
+            parts.append(included)
+        found[file.removesuffix(".lua")] = "".join([*parts, code])
+    if set(found) != names():
+        raise RuntimeError(
+            f"the lua/ folder's scripts {sorted(found)} are not the known ones {sorted(names())}"
+        )
+    return found

@@ -35,9 +35,11 @@ from tiercel.core.encoding.prefixes import EPOCH, INFLIGHT, LEASE, channel_name,
 from tiercel.core.errors import ServerError, SettingsError
 from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.connections import client_from_url, is_cluster, parse_cache_url
-from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer
+from tiercel.core.tier.leases import Held, Lease, LeaseManager
 from tiercel.core.tier.notifier import Notifier
-from tiercel.core.tier.redis_tier import MISSING, RedisTier, tag_drain_key, tag_index_key
+from tiercel.core.tier.redis_tier import MISSING, RedisTier
+from tiercel.core.tier.renewer import LeaseRenewer
+from tiercel.core.tier.tag_index import tag_drain_key, tag_index_key
 from tiercel.workers.launcher import check_reachable
 
 pytestmark = pytest.mark.integration

@@ -25,8 +25,9 @@ from tiercel.core.encoding.prefixes import (
     related_key,
 )
 from tiercel.core.errors import LeaseError, TierUnavailable
-from tiercel.core.tier.leases import Held, Lease, LeaseManager, LeaseRenewer
+from tiercel.core.tier.leases import Held, Lease, LeaseManager
 from tiercel.core.tier.notifier import Notifier
+from tiercel.core.tier.renewer import LeaseRenewer
 
 pytestmark = pytest.mark.integration
 

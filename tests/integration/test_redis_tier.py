@@ -17,7 +17,8 @@ from tiercel.core.encoding.codecs import MsgpackCodec, Serializer, SignedPickleC
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier.breaker import CircuitBreaker
-from tiercel.core.tier.redis_tier import MISSING, RedisTier, generation_key, tag_index_key
+from tiercel.core.tier.redis_tier import MISSING, RedisTier, generation_key
+from tiercel.core.tier.tag_index import tag_drain_key, tag_index_key
 
 pytestmark = pytest.mark.integration
 
@@ -339,8 +340,6 @@ def test_tag_index_ttl_only_grows(tier: RedisTier, redis_client: redis.Redis) ->
 
 def test_tag_index_key_shares_a_hash_slot_with_its_drain(tier: RedisTier) -> None:
     from redis.crc import key_slot
-
-    from tiercel.core.tier.redis_tier import tag_drain_key
 
     for tag in ("users", "a}b", "{x}"):
         index = tag_index_key(NS, tag).encode()

@@ -25,9 +25,10 @@ from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.errors import ServerError
 from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.connections import client_from_url
-from tiercel.core.tier.leases import Lease, LeaseManager, LeaseRenewer
+from tiercel.core.tier.leases import Lease, LeaseManager
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import MISSING, RedisTier
+from tiercel.core.tier.renewer import LeaseRenewer
 from tiercel.workers.launcher import check_reachable
 
 pytestmark = pytest.mark.integration

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tiercel.core.tier import scripts
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +32,9 @@ celery_before = "celery" in sys.modules
 import tiercel.tasks
 import tiercel.workers.app
 import tasks, core, workers
+from tiercel.core.tier import scripts
 print(json.dumps({
+    "scripts": sorted(name for name in scripts.names() if scripts.source(name)),
     "celery_on_plain_import": celery_before,
     "tiercel": tiercel.__file__,
     "app": tiercel.workers.app.app.main,
@@ -83,6 +87,11 @@ def test_the_wheel_holds_only_the_tiercel_package(wheel: Path) -> None:
     for folder in ("core", "tasks", "workers"):
         for init in (ROOT / folder).rglob("__init__.py"):
             assert "tiercel/" + init.relative_to(ROOT).as_posix() in names
+    # And every Lua script (package data, read at run time).
+    lua = sorted((ROOT / "core" / "tier" / "lua").glob("*.lua"))
+    assert lua
+    for script in lua:
+        assert "tiercel/" + script.relative_to(ROOT).as_posix() in names
 
 
 def test_a_users_tasks_core_and_workers_stay_theirs(wheel: Path, tmp_path: Path) -> None:
@@ -151,6 +160,7 @@ def test_a_users_tasks_core_and_workers_stay_theirs(wheel: Path, tmp_path: Path)
     for name in ("tasks", "core", "workers"):
         assert seen[name].startswith(str(project)), (name, seen[name])
     assert seen["user_task"] == "tasks.add"
+    assert seen["scripts"] == sorted(scripts.names())
 
 
 @pytest.mark.parametrize("name", ["core", "tasks", "workers"])

@@ -1,0 +1,23 @@
+-- Record that the newest lease's computation failed and publish the failed message;
+-- release the lease and the in-flight marker either way. A holder that was fenced
+-- out records and publishes nothing: it must not fail its successor's waiters.
+-- KEYS: failure, lease, fence, inflight
+-- ARGV: token, record, failure ttl ms, inflight id ('' = leave it), channel,
+--       failed message
+-- -> 1 recorded, 0 fenced out
+-- include: _prelude.lua
+local recorded = 0
+if redis.call('GET', KEYS[3]) == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    recorded = 1
+end
+if holds(redis.call('GET', KEYS[2]), ARGV[1]) then
+    redis.call('DEL', KEYS[2])
+end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
+    redis.call('DEL', KEYS[4])
+end
+if recorded == 1 then
+    redis.call('PUBLISH', ARGV[5], ARGV[6])
+end
+return recorded
