@@ -29,6 +29,7 @@ from typing import Any
 from tiercel.core.cache.fleet import Fleet, Waiter
 from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, CacheState, Lookup
 from tiercel.core.errors import TierUnavailable
+from tiercel.core.tier import events
 from tiercel.core.tier.leases import Held, Lease, Present
 
 log = logging.getLogger("tiercel.coordinator")
@@ -157,7 +158,7 @@ class MissLoop:
         if remaining <= 0:
             raise TimeoutError(f"waited {self.fleet.max_wait:g}s for the computation of {key}")
         outcome = waiter.wait(min(held.holder_ttl + WAIT_SLACK, remaining))
-        if outcome == "f":
+        if outcome == events.Failed.KIND:
             try:
                 failure = self.fleet.failure(key)
             except TierUnavailable:

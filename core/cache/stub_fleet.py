@@ -18,6 +18,7 @@ from typing import Any
 
 from tiercel.core.cache.fleet import Fleet
 from tiercel.core.errors import ComputationFailed
+from tiercel.core.tier import events
 from tiercel.core.tier.leases import PRESENT, Held, Lease, Present
 from tiercel.core.tier.stub import HeldLease, StubStore
 
@@ -162,7 +163,7 @@ class StubFleet(Fleet):
             failure = ComputationFailed(lease.key, type(exc).__name__, str(exc))
             store.failures[lease.key] = (failure, store.clock() + FAILURE_TTL)
             self._release(lease)
-            store.wake(lease.key, "f")
+            store.wake(lease.key, events.Failed.KIND)
 
     def write_back(
         self, lease: Lease, entry: bytes, ttl: float, *, inflight_id: str | None
@@ -175,7 +176,7 @@ class StubFleet(Fleet):
             if current and unchanged:
                 store.values[lease.key] = (entry, store.clock() + ttl)
             self._release(lease)
-            store.wake(lease.key, "d")
+            store.wake(lease.key, events.Done.KIND)
         store.broadcast(self, "on_done", lease.key)
         return current and unchanged
 
@@ -184,7 +185,7 @@ class StubFleet(Fleet):
         store.check()
         with store.lock:
             self._release(lease)
-            store.wake(lease.key, "d")
+            store.wake(lease.key, events.Done.KIND)
 
     def _release(self, lease: Lease) -> None:
         held = self.store.leases.get(lease.key)

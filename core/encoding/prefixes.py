@@ -40,37 +40,3 @@ DEFAULT_NAMESPACE = "tiercel"
 def channel_name(namespace: str) -> str:
     """The one pub/sub channel of ``namespace``: ``{namespace}:events``."""
     return f"{namespace}:{CHANNEL}"
-
-
-def _split_value_key(value_key: str) -> tuple[str, str]:
-    """(namespace, digest) of ``{namespace}:v:{name}:{version}:{{digest}}``.
-
-    Namespace, name and version never contain braces (the key builder refuses
-    them), so the first ``{...}`` is the digest; the namespace is what precedes
-    the first ``:v:``.
-    """
-    marker = value_key.find(f":{VALUE}:")
-    start = value_key.find("{", marker + 1) if marker > 0 else -1
-    end = value_key.find("}", start + 1) if start != -1 else -1
-    if end <= start + 1:
-        raise ValueError(
-            f"{value_key!r} is not a tiercel value key: expected "
-            "'{namespace}:v:{name}:{version}:{<digest>}' (see KeyBuilder)"
-        )
-    return value_key[:marker], value_key[start + 1 : end]
-
-
-def related_key(value_key: str, kind: str) -> str:
-    """The ``kind`` key (LEASE, FENCE, EPOCH, INFLIGHT, FAILURE) of a value key.
-
-    ``{namespace}:{kind}:{{digest}}``: it shares the value key's hash tag, so
-    one Lua script may touch all of them on Redis Cluster. Raises ValueError
-    for a key that is not a value key.
-    """
-    namespace, digest = _split_value_key(value_key)
-    return f"{namespace}:{kind}:{{{digest}}}"
-
-
-def namespace_of(value_key: str) -> str:
-    """The namespace a value key belongs to. Raises ValueError for a non-value key."""
-    return _split_value_key(value_key)[0]

@@ -2,7 +2,7 @@
 
 One computation per cache key across the fleet runs under a lease. Every
 operation on a key is one Lua script over keys that share the value key's
-``{digest}`` hash tag (see :func:`tiercel.core.encoding.prefixes.related_key`), so each is
+``{digest}`` hash tag (see :class:`tiercel.core.encoding.cache_key.CacheKey`), so each is
 atomic and works on Redis Cluster:
 
 ``lease``   ``"<token>:<owner>"`` with a PX expiry; renewed while computing.
@@ -50,17 +50,7 @@ from typing import Any, Final, TypeVar
 import redis
 from redis.commands.core import Script
 
-from tiercel.core.encoding.prefixes import (
-    EPOCH,
-    FAILURE,
-    FENCE,
-    INFLIGHT,
-    LEASE,
-    REPUBLISH,
-    channel_name,
-    namespace_of,
-    related_key,
-)
+from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
@@ -167,7 +157,7 @@ class LeaseManager:
     # --- plumbing ---
 
     def _channel(self, key: str) -> str:
-        return self.channel if self.channel is not None else channel_name(namespace_of(key))
+        return self.channel if self.channel is not None else CacheKey.of(key).channel
 
     @staticmethod
     def _call(func: Callable[[], T]) -> T:
@@ -201,13 +191,14 @@ class LeaseManager:
         ttl = self.ttl if ttl is None else ttl
         ttl_ms = self._ttl_ms if ttl == self.ttl else _ms(ttl, "ttl")
         started = self._timer()
+        keys = CacheKey.of(key)
         result = self._run(
             self._acquire,
             [
-                related_key(key, LEASE),
-                related_key(key, FENCE),
-                related_key(key, EPOCH),
-                related_key(key, FAILURE),
+                keys.lease,
+                keys.fence,
+                keys.epoch,
+                keys.failure,
                 *((key,) if unless_present else ()),
             ],
             [ttl_ms, owner or self._owner, self._state_ttl_ms],
@@ -230,23 +221,25 @@ class LeaseManager:
 
     def _renew_call(self, lease: Lease) -> tuple[list[str], list[Any]]:
         key = lease.key
+        keys = CacheKey.of(key)
         return (
-            [related_key(key, LEASE), related_key(key, FENCE), related_key(key, EPOCH)],
+            [keys.lease, keys.fence, keys.epoch],
             [lease.token, _ms(lease.ttl, "ttl"), self._state_ttl_ms],
         )
 
     def release(self, lease: Lease) -> bool:
         """Delete ``lease`` if it is still ours; True if it was."""
-        return bool(self._run(self._release, [related_key(lease.key, LEASE)], [lease.token]))
+        return bool(self._run(self._release, [CacheKey.of(lease.key).lease], [lease.token]))
 
     def release_abandoned(self, key: str, task_id: str) -> bool:
         """Free ``key``'s lease if the task ``task_id`` holds it (its process is gone:
         hard time limit, revoke, worker lost), clear its in-flight marker, and wake the
         waiters so one takes over at once instead of after the lease's TTL."""
+        keys = CacheKey.of(key)
         return bool(
             self._run(
                 self._release_abandoned,
-                [related_key(key, LEASE), related_key(key, INFLIGHT)],
+                [keys.lease, keys.inflight],
                 [task_id, self._channel(key), events.Done(key).encode()],
             )
         )
@@ -254,10 +247,11 @@ class LeaseManager:
     def claim_republish(self, key: str, period: float) -> bool:
         """May this client re-publish ``key``'s task now? Only when nobody holds its lease
         and no other client re-published it in the last ``period`` seconds."""
+        keys = CacheKey.of(key)
         return bool(
             self._run(
                 self._claim_republish,
-                [related_key(key, LEASE), related_key(key, REPUBLISH)],
+                [keys.lease, keys.republish],
                 [_ms(period, "period")],
             )
         )
@@ -283,15 +277,16 @@ class LeaseManager:
         """
         del tags_index
         key = lease.key
+        keys = CacheKey.of(key)
         return bool(
             self._run(
                 self._write_back,
                 [
                     key,
-                    related_key(key, LEASE),
-                    related_key(key, FENCE),
-                    related_key(key, EPOCH),
-                    related_key(key, INFLIGHT),
+                    keys.lease,
+                    keys.fence,
+                    keys.epoch,
+                    keys.inflight,
                 ],
                 [
                     lease.token,
@@ -335,14 +330,15 @@ class LeaseManager:
             }
         )
         key = lease.key
+        keys = CacheKey.of(key)
         return bool(
             self._run(
                 self._fail,
                 [
-                    related_key(key, FAILURE),
-                    related_key(key, LEASE),
-                    related_key(key, FENCE),
-                    related_key(key, INFLIGHT),
+                    keys.failure,
+                    keys.lease,
+                    keys.fence,
+                    keys.inflight,
                 ],
                 [
                     lease.token,
@@ -357,7 +353,7 @@ class LeaseManager:
 
     def read_failure(self, key: str) -> dict[str, Any] | None:
         """The failure record of ``key``'s last computation, or None (none, expired, corrupt)."""
-        raw = self._call(lambda: self.client.get(related_key(key, FAILURE)))
+        raw = self._call(lambda: self.client.get(CacheKey.of(key).failure))
         if raw is None:
             return None
         try:
@@ -396,8 +392,9 @@ class LeaseManager:
     def _invalidate_call(
         self, key: str, channel: str, *, publish: bool
     ) -> tuple[list[str], list[Any]]:
+        keys = CacheKey.of(key)
         return (
-            [key, related_key(key, INFLIGHT), related_key(key, FAILURE), related_key(key, EPOCH)],
+            [key, keys.inflight, keys.failure, keys.epoch],
             [self._state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
         )
 
@@ -414,16 +411,16 @@ class LeaseManager:
         return [None if r is None else _text(r) for r in self._run_many(self._claim, calls)]
 
     def _claim_call(self, key: str, task_id: str, ttl: float) -> tuple[list[str], list[Any]]:
-        return [related_key(key, INFLIGHT)], [task_id, _ms(ttl, "ttl")]
+        return [CacheKey.of(key).inflight], [task_id, _ms(ttl, "ttl")]
 
     def inflight(self, key: str) -> str | None:
         """The task id computing ``key``, or None."""
-        raw = self._call(lambda: self.client.get(related_key(key, INFLIGHT)))
+        raw = self._call(lambda: self.client.get(CacheKey.of(key).inflight))
         return None if raw is None else _text(raw)
 
     def clear_inflight(self, key: str, task_id: str) -> bool:
         """Delete ``key``'s in-flight marker if it still names ``task_id``."""
-        return bool(self._run(self._delete_if_equal, [related_key(key, INFLIGHT)], [task_id]))
+        return bool(self._run(self._delete_if_equal, [CacheKey.of(key).inflight], [task_id]))
 
     def __repr__(self) -> str:
         return f"LeaseManager(ttl={self.ttl!r}, renew_interval={self.renew_interval!r})"

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, ComputationFailed, TierUnavailable, ValueTooLarge
+from tiercel.core.tier import events
 from tiercel.core.tier.api import CacheTier
 from tiercel.core.tier.redis_tier import PayloadSerializer
 
@@ -98,7 +99,7 @@ class StubStore:
         """Bump ``key``'s epoch and delete its value (the invalidation script)."""
         self.epochs[key] = self.epochs.get(key, 0) + 1
         existed = self.values.pop(key, None) is not None
-        self.wake(key, "i")
+        self.wake(key, events.Invalidated.KIND)
         return existed
 
 

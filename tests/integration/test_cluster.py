@@ -29,9 +29,10 @@ from tests.integration.test_cache_contract import MultiLevelStore, TierStore
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.embedded.redis_server import free_port
+from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.encoding.entry import Entry
-from tiercel.core.encoding.prefixes import EPOCH, INFLIGHT, LEASE, channel_name, related_key
+from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.errors import ServerError, SettingsError
 from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.connections import client_from_url, is_cluster, parse_cache_url
@@ -302,8 +303,8 @@ def test_lease_acquire_write_back_invalidate(cluster: ClusterProcesses, tier: Re
     client = redis.Redis(host="127.0.0.1", port=node_of(tier.client, key))
     try:
         # lease, fence, epoch and value live on one node: one script touched them all
-        assert client.exists(key, related_key(key, EPOCH)) == 2
-        assert client.exists(related_key(key, LEASE)) == 0  # released by the write-back
+        assert client.exists(key, CacheKey.of(key).epoch) == 2
+        assert client.exists(CacheKey.of(key).lease) == 0  # released by the write-back
     finally:
         client.close()
     second = leases.acquire(key)
@@ -338,7 +339,7 @@ def test_claim_inflight_many_across_slots(cluster: ClusterProcesses, tier: Redis
     again = leases.claim_inflight_many([(key, "other") for key in keys], 30)
     assert again == [f"task-{i}" for i in range(40)]
     assert leases.inflight(keys[3]) == "task-3"
-    assert tier.client.exists(related_key(keys[3], INFLIGHT)) == 1
+    assert tier.client.exists(CacheKey.of(keys[3]).inflight) == 1
     assert leases.invalidate_keys(keys) == 0
     assert leases.inflight(keys[3]) is None
 
@@ -500,13 +501,13 @@ def test_check_reachable_takes_cluster_urls(cluster: ClusterProcesses) -> None:
 
 
 def test_housekeeping_walks_every_node_of_the_cluster(cluster_url: str) -> None:
-    from tiercel.core.encoding.prefixes import LEASE, TAG_INDEX, related_key
+    from tiercel.core.encoding.prefixes import TAG_INDEX
     from tiercel.tasks.maintenance import housekeep
 
     client = client_from_url(cluster_url, max_connections=4, socket_timeout=2.0)
     try:
         keys = [value_key(f"hk{i}") for i in range(60)]
-        stale_leases = [related_key(key, LEASE) for key in keys]
+        stale_leases = [CacheKey.of(key).lease for key in keys]
         for lease in stale_leases:
             client.set(lease, "1:nobody")  # no TTL: nobody could ever release it
         tag_index = f"{NS}:{TAG_INDEX}:{{hk-tag}}"

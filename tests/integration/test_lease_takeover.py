@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.integration.fleet import worker_fleet
-from tiercel.core.encoding.prefixes import LEASE, related_key
+from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.tasks.examples import counted_square
 
 
@@ -34,7 +34,7 @@ def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
         deadline = time.monotonic() + 30
         lease_value = None
         while time.monotonic() < deadline:
-            lease_value = cache_client.get(related_key(key, LEASE))
+            lease_value = cache_client.get(CacheKey.of(key).lease)
             if lease_value is not None:
                 break
             time.sleep(0.02)
@@ -51,7 +51,7 @@ def test_killed_lease_holder_is_taken_over_by_exactly_one_waiter(
     assert values == [n * n] * 4
     assert int(cache_client.get(counter) or 0) == 2, "the killed computation plus one takeover"
     assert elapsed < 20, f"took {elapsed:.1f}s after the kill"
-    assert cache_client.get(related_key(key, LEASE)) is None, "a lease was left behind"
+    assert cache_client.get(CacheKey.of(key).lease) is None, "a lease was left behind"
 
 
 def test_hard_time_limit_frees_the_lease_at_once(fleet: object, cache_client: redis.Redis) -> None:
@@ -68,7 +68,7 @@ def test_hard_time_limit_frees_the_lease_at_once(fleet: object, cache_client: re
     key = runtime.current().key(stubborn.tiercel_spec, (name, counter, 3.0), {})
     first = stubborn.apply_async((name, counter, 3.0), soft_time_limit=0.5, time_limit=1)
     deadline = time.monotonic() + 30
-    while cache_client.get(related_key(key, LEASE)) is None:
+    while cache_client.get(CacheKey.of(key).lease) is None:
         assert time.monotonic() < deadline, "no worker took the lease"
         time.sleep(0.01)
     waiting = stubborn.delay(name, counter, 3.0)

@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import (
     EPOCH,
@@ -20,9 +21,8 @@ from tiercel.core.encoding.prefixes import (
     FENCE,
     INFLIGHT,
     LEASE,
+    REPUBLISH,
     channel_name,
-    namespace_of,
-    related_key,
 )
 from tiercel.core.errors import LeaseError, TierUnavailable
 from tiercel.core.tier.leases import Held, Lease, LeaseManager
@@ -65,12 +65,31 @@ def notifier(redis_client: redis.Redis) -> Iterator[Notifier]:
 
 def test_related_keys_share_the_value_keys_hash_tag() -> None:
     key = "ns:app:v:pkg.fn:abc:{0123456789abcdef0123456789abcdef}"
-    assert namespace_of(key) == "ns:app"
-    for kind in (LEASE, FENCE, EPOCH, INFLIGHT, FAILURE):
-        assert related_key(key, kind) == f"ns:app:{kind}:{{0123456789abcdef0123456789abcdef}}"
-    for bad in ("plain", "ns:v:fn:1:nodigest", "ns:x:fn:1:{abc}", "ns:v:fn:1:{}"):
+    parts = CacheKey.of(key)
+    assert (parts.namespace, parts.name, parts.version) == ("ns:app", "pkg.fn", "abc")
+    assert (parts.digest, parts.value, str(parts)) == ("0123456789abcdef0123456789abcdef", key, key)
+    assert parts.channel == "ns:app:events"
+    for kind, related in (
+        (LEASE, parts.lease),
+        (FENCE, parts.fence),
+        (EPOCH, parts.epoch),
+        (INFLIGHT, parts.inflight),
+        (FAILURE, parts.failure),
+        (REPUBLISH, parts.republish),
+    ):
+        assert related == f"ns:app:{kind}:{{0123456789abcdef0123456789abcdef}}"
+    assert CacheKey.of(key) is parts, "parsed once, then kept"
+    assert CacheKey.build("ns:app", "pkg.fn", "abc", parts.digest) == parts
+    for bad in (
+        "plain",
+        "ns:v:fn:1:nodigest",
+        "ns:x:fn:1:{abc}",
+        "ns:v:fn:1:{}",
+        "ns:v:fn1{abc}",
+        "ns:v:fn:1:{abc}:after",
+    ):
         with pytest.raises(ValueError, match="not a tiercel value key"):
-            related_key(bad, LEASE)
+            CacheKey.of(bad)
 
 
 # --- acquire / release ---
@@ -120,18 +139,18 @@ def test_lease_value_names_the_owner(leases: LeaseManager, redis_client: redis.R
     key = value_key()
     lease = leases.acquire(key, owner="node-7:123")
     assert isinstance(lease, Lease)
-    assert redis_client.get(related_key(key, LEASE)) == f"{lease.token}:node-7:123".encode()
+    assert redis_client.get(CacheKey.of(key).lease) == f"{lease.token}:node-7:123".encode()
 
 
 def test_a_lease_without_expiry_is_given_one(
     leases: LeaseManager, redis_client: redis.Redis
 ) -> None:
     key = value_key()
-    redis_client.set(related_key(key, LEASE), "1:by-hand")
+    redis_client.set(CacheKey.of(key).lease, "1:by-hand")
     held = leases.acquire(key)
     assert isinstance(held, Held)
     assert held.holder_ttl == pytest.approx(5.0)
-    assert 0 < redis_client.pttl(related_key(key, LEASE)) <= 5000
+    assert 0 < redis_client.pttl(CacheKey.of(key).lease) <= 5000
 
 
 # --- fencing and epochs ---
@@ -186,11 +205,11 @@ def test_lost_fence_and_epoch_keys_only_ever_reject(
     key = value_key()
     lease = leases.acquire(key)
     assert isinstance(lease, Lease)
-    redis_client.delete(related_key(key, EPOCH))
+    redis_client.delete(CacheKey.of(key).epoch)
     assert not leases.write_back(lease, packed(b"x"), 60.0)
     stale = leases.acquire(key)
     assert isinstance(stale, Lease)
-    redis_client.delete(related_key(key, FENCE), related_key(key, EPOCH), related_key(key, LEASE))
+    redis_client.delete(CacheKey.of(key).fence, CacheKey.of(key).epoch, CacheKey.of(key).lease)
     newer = leases.acquire(key)
     assert isinstance(newer, Lease)
     assert newer.token > stale.token
@@ -204,8 +223,8 @@ def test_counters_carry_a_bounded_ttl(leases: LeaseManager, redis_client: redis.
     key = value_key()
     lease = leases.acquire(key)
     assert isinstance(lease, Lease)
-    for kind in (FENCE, EPOCH):
-        assert 0 < redis_client.pttl(related_key(key, kind)) <= 86_400_000
+    for related in (CacheKey.of(key).fence, CacheKey.of(key).epoch):
+        assert 0 < redis_client.pttl(related) <= 86_400_000
 
 
 def test_write_back_stores_with_ttl_releases_and_clears_our_inflight(
@@ -217,7 +236,7 @@ def test_write_back_stores_with_ttl_releases_and_clears_our_inflight(
     assert isinstance(lease, Lease)
     assert leases.write_back(lease, packed(b"v"), 30.0, inflight_id="task-1")
     assert 0 < redis_client.pttl(key) <= 30_000
-    assert redis_client.exists(related_key(key, LEASE)) == 0
+    assert redis_client.exists(CacheKey.of(key).lease) == 0
     assert leases.inflight(key) is None
     # someone else's marker survives a write-back
     assert leases.claim_inflight(key, "task-2", 60.0) is None
@@ -236,11 +255,11 @@ def test_invalidate_removes_value_inflight_and_failure_and_publishes(
     assert isinstance(lease, Lease)
     assert leases.write_back(lease, packed(b"v"), 60.0)
     leases.claim_inflight(key, "task-1", 60.0)
-    redis_client.set(related_key(key, FAILURE), b"{}")
+    redis_client.set(CacheKey.of(key).failure, b"{}")
     with notifier.waiter(key) as waiter:
         assert leases.invalidate(key) > lease.epoch
         assert waiter.wait(2.0) == "i"
-    assert redis_client.exists(key, related_key(key, INFLIGHT), related_key(key, FAILURE)) == 0
+    assert redis_client.exists(key, CacheKey.of(key).inflight, CacheKey.of(key).failure) == 0
 
 
 def test_invalidate_keys_bumps_every_epoch_in_one_call(
@@ -295,7 +314,7 @@ def test_renewer_marks_a_taken_over_lease_lost(redis_client: redis.Redis) -> Non
         lease = manager.acquire(key)
         assert isinstance(lease, Lease)
         with renewer.holding(lease):
-            redis_client.delete(related_key(key, LEASE))  # expired during a long pause
+            redis_client.delete(CacheKey.of(key).lease)  # expired during a long pause
             usurper = manager.acquire(key)
             assert isinstance(usurper, Lease)
             deadline = time.monotonic() + 2.0
@@ -384,8 +403,8 @@ def test_publish_failure_wakes_waiters_and_records_the_error(
     assert failure["type"] == "ValueError"
     assert failure["message"] == "bad input 42"
     assert failure["token"] == lease.token
-    assert 0 < redis_client.pttl(related_key(key, FAILURE)) <= 10_000
-    assert redis_client.exists(related_key(key, LEASE)) == 0
+    assert 0 < redis_client.pttl(CacheKey.of(key).failure) <= 10_000
+    assert redis_client.exists(CacheKey.of(key).lease) == 0
     assert leases.inflight(key) is None
     # the next computation starts clean
     assert isinstance(leases.acquire(key), Lease)
@@ -406,12 +425,12 @@ def test_a_fenced_out_holder_cannot_fail_its_successors_waiters(
         assert not manager.publish_failure(stale, "boom")
         assert waiter.wait(0.2) is None
     assert manager.read_failure(key) is None
-    assert redis_client.exists(related_key(key, LEASE)) == 1
+    assert redis_client.exists(CacheKey.of(key).lease) == 1
 
 
 def test_read_failure_ignores_garbage(leases: LeaseManager, redis_client: redis.Redis) -> None:
     key = value_key()
-    redis_client.set(related_key(key, FAILURE), b"\xff not json")
+    redis_client.set(CacheKey.of(key).failure, b"\xff not json")
     assert leases.read_failure(key) is None
 
 

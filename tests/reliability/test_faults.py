@@ -20,8 +20,8 @@ import redis
 from tests.integration.fleet import worker_fleet
 from tests.reliability.conftest import Figures
 from tiercel.core.embedded.redis_server import RedisServer
+from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
-from tiercel.core.encoding.prefixes import LEASE, related_key
 from tiercel.core.tier.redis_tier import RedisTier
 
 
@@ -205,10 +205,10 @@ def test_paused_lease_holder_cannot_overwrite_a_newer_value(
         key = runtime.current().key(revision.tiercel_spec, (name, counter, 2500), {})
         first = revision.delay(name, counter, 2500)
         deadline = time.monotonic() + 30
-        while cache_client.get(related_key(key, LEASE)) is None:
+        while cache_client.get(CacheKey.of(key).lease) is None:
             assert time.monotonic() < deadline, "nobody took the lease"
             time.sleep(0.01)
-        holder = int(cache_client.get(related_key(key, LEASE)).decode().split(":")[2])
+        holder = int(cache_client.get(CacheKey.of(key).lease).decode().split(":")[2])
         os.kill(holder, signal.SIGSTOP)
         try:
             time.sleep(1.6)  # its lease (1 s, no longer renewed) has expired
