@@ -6,7 +6,8 @@ Celery workers; later calls are answered from the nearest cache tier.
 ``import tiercel`` loads no Celery: names are imported on first use, and
 ``tiercel.cached`` (a cached function in any process) never imports Celery,
 so a plain Python process pays nothing for it. ``cached_task``,
-``CachedTask`` and ``CachedResult`` are the Celery-facing API.
+``CachedTask`` and ``CachedResult`` are the Celery-facing API;
+``invalidate_namespace()`` forgets every cached value of the deployment.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from tiercel.tasks.cached import CachedTask, cached_task
     from tiercel.tasks.cached_function import cached
     from tiercel.tasks.results import CachedResult
+    from tiercel.tasks.runtime import invalidate_namespace
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ _LAZY: dict[str, str] = {
     "cached_task": "tiercel.tasks.cached",
     "CachedTask": "tiercel.tasks.cached",
     "CachedResult": "tiercel.tasks.results",
+    "invalidate_namespace": "tiercel.tasks.runtime",
 }
 
 __all__ = [
@@ -73,6 +76,7 @@ __all__ = [
     "ValueTooLarge",
     "cached",
     "cached_task",
+    "invalidate_namespace",
 ]
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
 from tiercel.core.cache.lookup import Lookup
-from tiercel.core.cache.memoize import CachedFunction, function_scope
+from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
@@ -251,7 +251,14 @@ class Runtime:
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
         """Bump the function's generation and announce it to every process."""
-        scope = function_scope(spec.name)
+        return self._bump(function_scope(spec.name))
+
+    def invalidate_namespace(self) -> int:
+        """Forget every cached value of this namespace (every function's): bump the
+        namespace's generation and announce it; returns the new generation."""
+        return self._bump(NAMESPACE_SCOPE)
+
+    def _bump(self, scope: str) -> int:
         generation = self.generations.bump(scope)
         self.coordinator.announce_generation(scope, generation)
         return generation
@@ -285,3 +292,9 @@ def start(
 def shutdown() -> None:
     """Close this process's runtime, if any."""
     _process.clear()
+
+
+def invalidate_namespace() -> int:
+    """Forget every cached value of this deployment's namespace, in every tier and every
+    process (a generation bump, announced on the channel); returns the new generation."""
+    return current().invalidate_namespace()

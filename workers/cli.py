@@ -22,7 +22,7 @@ import click
 
 from tiercel.core.errors import TiercelError
 from tiercel.core.settings import Settings
-from tiercel.workers import bench, call, demo, exporter, health, node, stats, up
+from tiercel.workers import bench, cache_admin, call, demo, exporter, health, node, stats, up
 
 #: Exit status of every expected failure: a usage error, a bad setting, an unreachable server.
 EXIT_USAGE = 2
@@ -89,6 +89,7 @@ for _command in (
     demo.command,
     node.command,
     call.command,
+    cache_admin.group,
     show_settings,
     health.command,
     stats.command,

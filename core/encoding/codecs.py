@@ -56,6 +56,7 @@ __all__ = [
     "Serializer",
     "SignedPickleCodec",
     "codec_by_name",
+    "describe_frame",
     "serializer_from_settings",
 ]
 
@@ -71,6 +72,19 @@ _ZLIB_LEVEL = 1
 _COPY_MAX = 65536
 _LENGTH_SIZE = 4
 _CODEC_NAMES = {1: "msgpack", 2: "json", 3: "pickle"}
+
+
+def describe_frame(frame: bytes) -> dict[str, Any]:
+    """What a frame's header says, without decoding its payload: the codec's name
+    (``unknown`` for an id no tiercel codec has, ``foreign`` for bytes that are no
+    frame), whether the payload is compressed, and its size in bytes."""
+    if len(frame) < HEADER_SIZE or frame[:2] != MAGIC or frame[2] != FORMAT_VERSION:
+        return {"codec": "foreign", "compressed": False, "bytes": len(frame)}
+    return {
+        "codec": _CODEC_NAMES.get(frame[3], "unknown"),
+        "compressed": bool(frame[4] & FLAG_COMPRESSED),
+        "bytes": len(frame),
+    }
 
 
 class Codec(Protocol):

@@ -157,6 +157,7 @@ def test_the_group_lists_every_command_in_order_with_its_summary() -> None:
         "demo",
         "worker",
         "call",
+        "cache",
         "settings",
         "health",
         "stats",
