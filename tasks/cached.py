@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +24,7 @@ from celery.result import AsyncResult
 from celery.worker.request import Request
 
 from tiercel.core.cache.freshness import FreshnessPolicy
-from tiercel.core.cache.lookup import Lookup
+from tiercel.core.cache.lookup import SOURCE_JOINED, Lookup
 from tiercel.core.cache.memoize import CachedFunction
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
@@ -67,7 +68,11 @@ class CachedTask(Task):  # type: ignore[misc]
 
     def submit(self, *args: Any, **kwargs: Any) -> CachedResult:
         """Answer from the cache when possible; else join the computation in flight,
-        or enqueue exactly one task for the key."""
+        or enqueue exactly one task for the key.
+
+        A request this process answers itself (a hit, or a join) is counted here,
+        by source; one it enqueues is counted by the worker that computes it."""
+        started = time.perf_counter()
         rt = runtime.current()
         spec = self.tiercel_spec
         cache = rt.cache.with_levels(spec.levels)
@@ -78,6 +83,9 @@ class CachedTask(Task):  # type: ignore[misc]
             assert found is not None
             if refresh:
                 self._refresh_soon(rt, key, args, kwargs)
+            rt.recorder.record(
+                spec.name, found.source, time.perf_counter() - started, found.compute_seconds
+            )
             return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
         task_id = str(uuid.uuid4())
         try:
@@ -85,6 +93,7 @@ class CachedTask(Task):  # type: ignore[misc]
         except TierUnavailable:
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
+            rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
             return CachedResult.pending(
                 key,
                 AsyncResult(existing, app=self.app),
@@ -142,8 +151,10 @@ class CachedTask(Task):  # type: ignore[misc]
         misses, and one task per distinct key nobody is computing yet.
 
         Each item is a tuple of positional arguments, or an ``(args, kwargs)`` pair
-        whose second element is a dict.
+        whose second element is a dict. Requests are counted as :meth:`submit` counts
+        them, each with its share of the batch's time.
         """
+        started = time.perf_counter()
         rt = runtime.current()
         spec = self.tiercel_spec
         normalised = [_split_call(call) for call in calls]
@@ -201,6 +212,13 @@ class CachedTask(Task):  # type: ignore[misc]
                         self._resubmitter(async_result.id, first_args, first_kwargs),
                     )
                 )
+        share = (time.perf_counter() - started) / max(1, len(keys))
+        for result in results:
+            hit = hits.get(result.key) if result.task_id is None else None
+            if hit is not None:
+                rt.recorder.record(spec.name, hit.source, share, hit.compute_seconds)
+            elif result.source == SOURCE_JOINED:
+                rt.recorder.record(spec.name, SOURCE_JOINED, share, 0.0)
         return results
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:

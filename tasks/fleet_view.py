@@ -30,6 +30,7 @@ from tiercel.core.metrics.names import (
 from tiercel.core.metrics.snapshots import counter_total, merge_snapshots, sketch_of
 from tiercel.tasks.metrics import MAX_PROCESSES, QUANTILES, READ_BATCH, REQUESTS, STALE_INTERVALS
 from tiercel.tasks.publisher import index_key, snapshot_key
+from tiercel.tasks.retired import read_retired
 
 log = logging.getLogger("tiercel.metrics")
 
@@ -65,8 +66,16 @@ def _text(value: Any) -> str:
 
 
 def aggregate(client: redis.Redis, namespace: str, interval: float) -> dict[str, Any]:
-    """Read every live snapshot and build the fleet view (see :func:`build_view`)."""
-    return build_view(read_snapshots(client, namespace, interval), interval=interval)
+    """Read the retired figures and every live snapshot, and build the fleet view (see
+    :func:`build_view`).
+
+    The retired figures are read first: a process that retires between the two
+    reads is missing from this one view, never counted twice.
+    """
+    retired = read_retired(client, namespace)
+    return build_view(
+        read_snapshots(client, namespace, interval), interval=interval, retired=retired
+    )
 
 
 def _latency(snapshot: Mapping[str, Any], name: str, **labels: str) -> dict[str, Any] | None:
@@ -116,25 +125,35 @@ def _ratio(hits: float, misses: float) -> dict[str, float]:
     return {"hits": hits, "misses": misses, "hit_ratio": hits / lookups if lookups else 0.0}
 
 
-def build_view(documents: Iterable[Mapping[str, Any]], *, interval: float) -> dict[str, Any]:
+def build_view(
+    documents: Iterable[Mapping[str, Any]],
+    *,
+    interval: float,
+    retired: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The fleet view: the merged snapshot, plus summaries per node, process, task and tier.
 
     One snapshot per process (the publisher's key is per process, so there is
     never a second); fleet latencies are quantiles of the merged sketches.
+    ``retired`` (processes that exited) counts in the fleet's and the tasks'
+    totals, not among the nodes and processes.
     """
     documents = list(documents)
     snapshots = [document["snapshot"] for document in documents]
-    merged = merge_snapshots(snapshots)
+    merged = merge_snapshots([*snapshots, *([retired] if retired is not None else [])])
     processes = []
     nodes: dict[str, list[Mapping[str, Any]]] = {}
     for document in documents:
         process = document["snapshot"]["processes"][0]
         node = str(document.get("node") or process["hostname"])
-        nodes.setdefault(node, []).append(document["snapshot"])
+        role = str(document.get("role") or "worker")
+        if role == "worker":  # a node is a worker node; clients are listed as processes
+            nodes.setdefault(node, []).append(document["snapshot"])
         processes.append(
             {
                 "id": process["id"],
                 "node": node,
+                "role": role,
                 "hostname": process["hostname"],
                 "pid": process["pid"],
                 "started_at": process["started_at"],
@@ -142,7 +161,7 @@ def build_view(documents: Iterable[Mapping[str, Any]], *, interval: float) -> di
                 **summarize(document["snapshot"]),
             }
         )
-    processes.sort(key=lambda item: (item["node"], item["pid"]))
+    processes.sort(key=lambda item: (item["role"] != "worker", item["node"], item["pid"]))
     tasks = {}
     for task in _label_values(merged, REQUESTS, "task"):
         by_source = {
@@ -167,6 +186,8 @@ def build_view(documents: Iterable[Mapping[str, Any]], *, interval: float) -> di
         "fleet": {
             **summarize(merged),
             "processes": len(processes),
+            "workers": sum(1 for process in processes if process["role"] == "worker"),
+            "clients": sum(1 for process in processes if process["role"] == "client"),
             "nodes": len(nodes),
             "latency": _latency(merged, REQUEST_SECONDS),
         },
@@ -175,6 +196,7 @@ def build_view(documents: Iterable[Mapping[str, Any]], *, interval: float) -> di
             for node, items in sorted(nodes.items())
         },
         "processes": processes,
+        "retired": summarize(retired) if retired is not None else None,
         "tasks": tasks,
         "latency": {source: figures for source, figures in latency.items() if figures},
         "merged": merged,

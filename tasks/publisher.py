@@ -23,6 +23,7 @@ from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.settings import Settings
 from tiercel.core.tier import scripts
 from tiercel.tasks.metrics import TTL_INTERVALS
+from tiercel.tasks.retired import retire
 
 log = logging.getLogger("tiercel.metrics")
 
@@ -65,12 +66,13 @@ def publish_snapshot(
     interval: float,
     *,
     node: str | None = None,
+    role: str = "worker",
 ) -> int:
     """Write ``registry``'s snapshot now; returns the server time (ms) it was stamped with."""
     snapshot = registry.snapshot()
     process_id = snapshot["processes"][0]["id"]
     document = json.dumps(
-        {"node": node or snapshot["processes"][0]["hostname"], "snapshot": snapshot},
+        {"node": node or snapshot["processes"][0]["hostname"], "role": role, "snapshot": snapshot},
         separators=(",", ":"),
     )
     ttl_ms = max(1, int(interval * TTL_INTERVALS * 1000))
@@ -90,8 +92,10 @@ class SnapshotPublisher:
     """A daemon thread publishing this process's snapshot every ``interval`` seconds.
 
     Failures are logged (once per outage) and retried at the next tick; a
-    metrics outage never touches tasks. :meth:`stop` removes the process from
-    the index, so a cleanly stopped process leaves the view at once.
+    metrics outage never touches tasks. :meth:`stop` retires the process's
+    figures (:mod:`tiercel.tasks.retired`) and removes it from the index, so a
+    cleanly stopped process leaves the view at once and its counts stay in the
+    fleet's totals. ``role`` is ``worker`` or ``client`` (a process that submits).
     """
 
     def __init__(
@@ -102,12 +106,14 @@ class SnapshotPublisher:
         interval: float,
         *,
         node: str | None = None,
+        role: str = "worker",
     ) -> None:
         self.client = client
         self.namespace = namespace
         self.registry = registry
         self.interval = interval
         self.node = node
+        self.role = role
         self.pid = os.getpid()
         self.published = 0
         self.failures = 0
@@ -127,7 +133,12 @@ class SnapshotPublisher:
         """Publish now; False (logged) when Redis is unreachable."""
         try:
             publish_snapshot(
-                self.client, self.namespace, self.registry, self.interval, node=self.node
+                self.client,
+                self.namespace,
+                self.registry,
+                self.interval,
+                node=self.node,
+                role=self.role,
             )
         except Exception as exc:
             self.failures += 1
@@ -144,17 +155,22 @@ class SnapshotPublisher:
             self.publish()
 
     def stop(self, timeout: float = 2.0) -> None:
-        """Stop publishing and leave the index (best effort)."""
+        """Stop publishing, retire this process's figures and leave the index (best effort)."""
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         try:
-            process_id = self.registry.process["id"]
-            pipe = self.client.pipeline()
-            pipe.zrem(index_key(self.namespace), process_id)
-            pipe.delete(snapshot_key(self.namespace, process_id))
-            pipe.execute()
+            snapshot = self.registry.snapshot()
+            process_id = snapshot["processes"][0]["id"]
+            retire(
+                self.client,
+                self.namespace,
+                snapshot,
+                snapshot_key=snapshot_key(self.namespace, process_id),
+                index_key=index_key(self.namespace),
+                process_id=process_id,
+            )
         except Exception:  # Redis may be gone at shutdown; the TTL cleans up
-            log.debug("leaving the metrics index failed", exc_info=True)
+            log.debug("retiring this process's metrics failed", exc_info=True)
         self.client.close()

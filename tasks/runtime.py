@@ -3,8 +3,12 @@
 A :class:`Runtime` holds a process's local levels, its Redis-tier client,
 leases, notifier (the invalidation listener), generations, background
 refresher, pools and memory budget, metrics registry, and (in a worker) its
-local sweeper and snapshot publisher. :meth:`Runtime.start` starts its
-threads; :meth:`Runtime.close` stops them and closes its sockets, in reverse.
+local sweeper; every process its snapshot publisher (a client that submits
+counts the hits it answers itself). :meth:`Runtime.start` starts its
+threads; :meth:`Runtime.close` stops them and closes its sockets, in reverse,
+and retires the process's figures into the fleet's totals. A client's
+runtime is closed at interpreter exit, so a short-lived process (a script,
+``tiercel call``) flushes what it counted.
 
 There is one per process (:func:`current`), built lazily in the process that
 uses it; a forked child forgets its parent's (see
@@ -15,6 +19,7 @@ uses it; a forked child forgets its parent's (see
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -50,8 +55,8 @@ log = logging.getLogger("tiercel.runtime")
 #: missing an ``invalidate_all`` when no invalidation message arrives).
 GENERATION_MAX_AGE = 1.0
 
-#: Roles: a ``worker`` process runs the sweeper and the snapshot publisher and waits
-#: for its listener at start; a ``client`` (any process that submits) does neither.
+#: Roles: a ``worker`` process runs the sweepers and waits for its listener at start;
+#: a ``client`` (any process that submits) does neither. Both publish their snapshots.
 ROLES = ("client", "worker")
 
 
@@ -154,20 +159,20 @@ class Runtime:
         worker = self.role == "worker"
         timeout = listen_timeout if listen_timeout is not None else (5.0 if worker else 1.0)
         self.listening = self.notifier.start(timeout)
-        if not worker:
-            return self
-        self.pools.start_sweeper(self.settings.pool_reap_interval)
-        self._warn_if_budget_exceeds_child_limit()
-        try:
-            self.sweeper.start()
+        try:  # metrics and sweeps must never stop a process from serving
+            if worker:
+                self.pools.start_sweeper(self.settings.pool_reap_interval)
+                self._warn_if_budget_exceeds_child_limit()
+                self.sweeper.start()
             self.publisher = SnapshotPublisher(
                 metrics_client(self.settings),
                 self.settings.namespace,
                 self.metrics,
                 self.settings.metrics_interval,
                 node=self.node,
+                role=self.role,
             ).start()
-        except Exception:  # metrics and sweeps must never stop a worker from serving
+        except Exception:
             log.warning("starting the sweeper and metrics publisher failed", exc_info=True)
         return self
 
@@ -292,6 +297,11 @@ def start(
 def shutdown() -> None:
     """Close this process's runtime, if any."""
     _process.clear()
+
+
+# A client's figures are flushed when it exits (a worker's runtime is closed by the
+# worker signals first; a forked child holds none of its parent's).
+atexit.register(shutdown)
 
 
 def invalidate_namespace() -> int:

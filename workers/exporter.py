@@ -66,6 +66,11 @@ def families(view: dict[str, Any]) -> Iterator[Any]:
     for node, figures in view["nodes"].items():
         fleet.add_metric([node], figures["processes"])
     yield fleet
+    yield GaugeMetricFamily(
+        "tiercel_fleet_clients",
+        "client processes (that submit) publishing to the fleet view",
+        value=view["fleet"].get("clients", 0),
+    )
     ratio = GaugeMetricFamily("tiercel_tier_hit_ratio", "hits / lookups per tier", labels=["tier"])
     for tier, figures in view["fleet"]["tiers"].items():
         ratio.add_metric([tier], figures["hit_ratio"])

@@ -57,7 +57,8 @@ def render(view: dict[str, Any]) -> Any:
     fleet = view["fleet"]
     age = time.time() - view["aggregated_at"]
     head = Text(
-        f"{fleet['nodes']} node(s), {fleet['processes']} process(es); "
+        f"{fleet['nodes']} node(s), {fleet.get('workers', fleet['processes'])} worker "
+        f"process(es), {fleet.get('clients', 0)} client(s); "
         f"{fleet['requests']:,.0f} requests, {fleet['computed']:,.0f} computed; "
         f"compute seconds saved {fleet['compute_seconds_saved']:,.1f}; "
         f"aggregated {age:.0f}s ago",
@@ -108,17 +109,29 @@ def render(view: dict[str, Any]) -> Any:
             _ms(compute.get("p99")),
         )
 
-    processes = Table(title="per node and process")
-    for column in ("node", "pid", "requests", "computed", "saved s", "snapshot age s"):
-        processes.add_column(column, justify="left" if column == "node" else "right")
+    processes = Table(title="per node and process (clients count the hits they answered)")
+    for column in ("node", "role", "pid", "requests", "computed", "saved s", "snapshot age s"):
+        processes.add_column(column, justify="left" if column in ("node", "role") else "right")
     for process in view["processes"]:
         processes.add_row(
             process["node"],
+            process.get("role", "worker"),
             str(process["pid"]),
             f"{process['requests']:,.0f}",
             f"{process['computed']:,.0f}",
             f"{process['compute_seconds_saved']:,.1f}",
             f"{process['age']:.1f}" if process.get("age") is not None else "-",
+        )
+    retired = view.get("retired")
+    if retired:
+        processes.add_row(
+            "(exited)",
+            "-",
+            "-",
+            f"{retired['requests']:,.0f}",
+            f"{retired['computed']:,.0f}",
+            f"{retired['compute_seconds_saved']:,.1f}",
+            "-",
         )
     return Group(head, tiers, latency, tasks, processes)
 

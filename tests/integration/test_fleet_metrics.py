@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from tiercel.workers.launcher import Fleet, FleetSpec
 pytestmark = pytest.mark.integration
 
 INTERVAL = 0.5  # TIERCEL_METRICS_INTERVAL of the private fleet
+SQUARE = "tiercel.tasks.examples.slow_square"
 AGGREGATION_PERIOD = 2 * INTERVAL
 
 
@@ -28,6 +30,7 @@ def metered_fleet(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Fleet, Sett
     queue = f"fleet-metrics-{namespace}"
     monkeypatch.setenv("TIERCEL_NAMESPACE", namespace)
     monkeypatch.setenv("TIERCEL_METRICS_INTERVAL", str(INTERVAL))
+    monkeypatch.setenv("TIERCEL_QUEUE", queue)  # what `tiercel call` in a subprocess publishes to
     settings = resolve_settings()
     spec = FleetSpec(
         workers=2,
@@ -95,3 +98,85 @@ def test_view_covers_every_child_and_a_killed_node_leaves_it(
     assert gone_after <= 2 * AGGREGATION_PERIOD, f"left the view after {gone_after:.2f}s"
     assert view["fleet"]["processes"] == 2
     assert set(view["nodes"]) == {fleet.node_names[1]}
+
+
+def test_hits_answered_by_short_lived_clients_are_counted_fleet_wide(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tiercel.workers.exporter import families
+
+    _, settings, _ = metered_fleet
+    base = uuid.uuid4().int % 10**6 * 10
+
+    def call(n: int) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "tiercel.workers.cli", "call", SQUARE, str(n)],
+            env=dict(os.environ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        source: str = json.loads(done.stdout)["source"]
+        return source
+
+    sources = [call(n) for n in (base, base + 1, base + 2, base + 3, base + 3, base + 3)]
+    assert sources == ["computed"] * 4 + ["redis"] * 2  # each `tiercel call` is a new process
+    view = _wait_for(
+        settings,
+        lambda v: v["tasks"].get(SQUARE, {}).get("by_source") == {"computed": 4, "redis": 2},
+    )
+    task = view["tasks"][SQUARE]
+    assert task["requests"] == 6
+    assert task["compute_seconds_saved"] >= 2 * 0.01, "each Redis hit saved a 10 ms compute"
+    assert view["fleet"]["by_source"]["redis"] == 2 and view["fleet"]["computed"] == 4
+    assert view["fleet"]["clients"] == 0, "the clients exited"
+    assert view["retired"] is not None and view["retired"]["by_source"] == {"redis": 2}
+    assert view["fleet"]["workers"] == 4
+    fresh = subprocess.run(
+        [sys.executable, "-m", "tiercel.workers.cli", "stats", "--fresh", "--json"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    shown = json.loads(fresh.stdout)
+    assert shown["tasks"][SQUARE]["by_source"] == {"computed": 4, "redis": 2}
+    exported = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families(view)
+        for sample in family.samples
+    }
+    redis_hits = exported[("tiercel_requests_total", (("source", "redis"), ("task", SQUARE)))]
+    assert redis_hits == 2
+
+
+def test_a_live_client_publishes_as_a_client_and_retires_on_close(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    from tiercel.tasks.runtime import Runtime
+
+    _, settings, _ = metered_fleet
+    client = Runtime(settings).start()
+    try:
+        client.recorder.record(SQUARE, "redis", 0.001, 0.5)
+        view = _wait_for(
+            settings,
+            lambda v: any(p["role"] == "client" and p["by_source"] for p in v["processes"]),
+        )
+        assert view["fleet"]["clients"] == 1
+        [mine] = [p for p in view["processes"] if p["role"] == "client"]
+        assert mine["pid"] == os.getpid() and mine["by_source"] == {"redis": 1}
+        assert mine["node"] not in view["nodes"], "a client is listed, not counted as a node"
+        assert view["fleet"]["nodes"] == 2
+    finally:
+        client.close()
+    after = _view(settings)
+    assert after["fleet"]["clients"] == 0, "a closed client leaves the view at once"
+    assert after["retired"]["by_source"]["redis"] >= 1, "and its counts stay in the totals"
