@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from tiercel.tasks.cached import CachedTask, cached_task
     from tiercel.tasks.cached_function import cached
     from tiercel.tasks.results import CachedResult
-    from tiercel.tasks.runtime import invalidate_namespace
+    from tiercel.tasks.runtime import invalidate_namespace, monitor
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ _LAZY: dict[str, str] = {
     "CachedTask": "tiercel.tasks.cached",
     "CachedResult": "tiercel.tasks.results",
     "invalidate_namespace": "tiercel.tasks.runtime",
+    "monitor": "tiercel.tasks.runtime",
 }
 
 __all__ = [
@@ -77,6 +78,7 @@ __all__ = [
     "cached",
     "cached_task",
     "invalidate_namespace",
+    "monitor",
 ]
 
 

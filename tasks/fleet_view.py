@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from tiercel.core.metrics.monitor import TIMER_SECONDS
 from tiercel.core.metrics.names import (
     CACHE_HITS,
     CACHE_MISSES,
@@ -179,6 +180,10 @@ def build_view(
         source: _latency(merged, REQUEST_SECONDS, source=source)
         for source in _label_values(merged, REQUEST_SECONDS, "source")
     }
+    timers = {
+        name: _latency(merged, TIMER_SECONDS, timer=name)
+        for name in _label_values(merged, TIMER_SECONDS, "timer")
+    }
     return {
         "format": 1,
         "aggregated_at": time.time(),
@@ -199,5 +204,6 @@ def build_view(
         "retired": summarize(retired) if retired is not None else None,
         "tasks": tasks,
         "latency": {source: figures for source, figures in latency.items() if figures},
+        "timers": {name: figures for name, figures in timers.items() if figures},
         "merged": merged,
     }

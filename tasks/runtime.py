@@ -34,6 +34,7 @@ from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.local.memory_budget import fits_max_memory_per_child
 from tiercel.core.metrics.collectors import register_cache
+from tiercel.core.metrics.monitor import PerformanceMonitor
 from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
@@ -138,6 +139,8 @@ class Runtime:
         self.recorder = CallRecorder(self.metrics)
         self.metrics.register_collector(fleet_samples(self.cache, self.coordinator, self.refresher))
         self.metrics.register_collector(pool_samples(self.pools))
+        #: Named timers for user code (``tiercel.monitor()``), in this registry's snapshots.
+        self.monitor = PerformanceMonitor(self.metrics)
 
         # A worker's own duties.
         self.sweeper = LocalSweeper(
@@ -302,6 +305,14 @@ def shutdown() -> None:
 # A client's figures are flushed when it exits (a worker's runtime is closed by the
 # worker signals first; a forked child holds none of its parent's).
 atexit.register(shutdown)
+
+
+def monitor() -> PerformanceMonitor:
+    """This process's :class:`~tiercel.core.metrics.monitor.PerformanceMonitor`: named
+    timers (``measure``, ``monitor_function``, ``start_timer``/``stop_timer``) whose
+    durations join the process's snapshots, so the fleet view, ``tiercel stats`` and the
+    exporter show them merged across every process."""
+    return current().monitor
 
 
 def invalidate_namespace() -> int:

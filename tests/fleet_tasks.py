@@ -114,3 +114,13 @@ def describe_pools(
         },
         "memory": registry.budget.snapshot(),
     }
+
+
+@shared_task(name="tests.fleet_tasks.timed_work")
+def timed_work(ms: int = 20) -> int:
+    """Sleep ``ms`` inside a named timer of this process's monitor; returns the pid."""
+    import tiercel
+
+    with tiercel.monitor().measure("fleet-test-work"):
+        time.sleep(ms / 1000)
+    return os.getpid()

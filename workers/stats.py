@@ -92,6 +92,19 @@ def render(view: dict[str, Any]) -> Any:
             _ms(figures["max"]),
         )
 
+    timers = Table(title="timers (tiercel.monitor()), ms, fleet-wide")
+    for column in ("timer", "count", "average", "p50", "p99", "max"):
+        timers.add_column(column, justify="left" if column == "timer" else "right")
+    for name, figures in view.get("timers", {}).items():
+        timers.add_row(
+            name,
+            f"{figures['count']:,}",
+            _ms(figures["sum"] / figures["count"]),
+            _ms(figures.get("p50")),
+            _ms(figures.get("p99")),
+            _ms(figures["max"]),
+        )
+
     tasks = Table(title="per task")
     for column in ("task", "requests", "by source", "saved s", "compute p50 ms", "compute p99 ms"):
         tasks.add_column(column, justify="left" if column in ("task", "by source") else "right")
@@ -133,7 +146,8 @@ def render(view: dict[str, Any]) -> Any:
             f"{retired['compute_seconds_saved']:,.1f}",
             "-",
         )
-    return Group(head, tiers, latency, tasks, processes)
+    shown: list[Any] = [head, tiers, latency, *([timers] if view.get("timers") else []), tasks]
+    return Group(*shown, processes)
 
 
 def _print(view: dict[str, Any], as_json: bool) -> None:

@@ -180,3 +180,23 @@ def test_a_live_client_publishes_as_a_client_and_retires_on_close(
     after = _view(settings)
     assert after["fleet"]["clients"] == 0, "a closed client leaves the view at once"
     assert after["retired"]["by_source"]["redis"] >= 1, "and its counts stay in the totals"
+
+
+def test_timers_of_user_code_join_the_fleet_view_and_the_exporter(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    from tests.fleet_tasks import timed_work
+    from tiercel.workers.exporter import families
+
+    _, settings, queue = metered_fleet
+    pids = {timed_work.apply_async((30,), queue=queue).get(timeout=30) for _ in range(8)}
+    view = _wait_for(
+        settings, lambda v: v.get("timers", {}).get("fleet-test-work", {}).get("count") == 8
+    )
+    timer = view["timers"]["fleet-test-work"]
+    assert 0.03 <= timer["p50"] < 1.0 and timer["sum"] >= 8 * 0.03
+    assert len(pids) >= 1
+    summaries = {family.name: family for family in families(view)}
+    samples = summaries["tiercel_timer_seconds"].samples
+    counted = [s for s in samples if s.name.endswith("_count")]
+    assert counted and counted[0].labels["timer"] == "fleet-test-work" and counted[0].value == 8

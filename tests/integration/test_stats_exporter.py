@@ -135,3 +135,32 @@ def test_flower_shows_which_tier_answered_and_the_aggregation(fleet: Fleet) -> N
     finally:
         os.killpg(flower.pid, 15)
         flower.wait(10)
+
+
+def test_the_table_shows_timers_clients_and_exited_processes() -> None:
+    from rich.console import Console
+
+    from tiercel.core.metrics.monitor import PerformanceMonitor
+    from tiercel.core.metrics.registry import MetricsRegistry
+    from tiercel.tasks.fleet_view import build_view
+    from tiercel.tasks.retired import without_gauges
+    from tiercel.workers.stats import render
+
+    worker, client, gone = MetricsRegistry(), MetricsRegistry(), MetricsRegistry()
+    PerformanceMonitor(worker).record("report-render", 0.25)
+    client.inc("tiercel_requests_total", 3, task="t", source="redis")
+    gone.inc("tiercel_requests_total", 2, task="t", source="memory")
+    documents = [
+        {"node": "w1@host", "role": "worker", "snapshot": worker.snapshot(), "age": 0.1},
+        {"node": "host", "role": "client", "snapshot": client.snapshot(), "age": 0.2},
+    ]
+    view = build_view(documents, interval=10, retired=without_gauges(gone.snapshot()))
+    assert view["fleet"]["workers"] == 1 and view["fleet"]["clients"] == 1
+    assert view["fleet"]["nodes"] == 1 and list(view["nodes"]) == ["w1@host"]
+    assert view["tasks"]["t"]["by_source"] == {"redis": 3, "memory": 2}
+    assert view["timers"]["report-render"]["count"] == 1
+    console = Console(width=160, record=True)
+    console.print(render(view))
+    table = console.export_text()
+    assert "report-render" in table and "(exited)" in table
+    assert "1 worker process(es), 1 client(s)" in table
