@@ -26,6 +26,29 @@ log = logging.getLogger("tiercel.exporter")
 #: Seconds one loaded fleet view answers scrapes (aggregations come every ~20 s anyway).
 CACHE_SECONDS = 5.0
 _QUANTILES = (0.5, 0.9, 0.99)
+#: Bucket bounds (seconds) of the histograms every latency is exported as too: a
+#: histogram's buckets add across exporters, a summary's quantiles do not.
+HISTOGRAM_BOUNDS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+#: Suffix of a latency's histogram family beside its summary of the same name.
+HISTOGRAM_SUFFIX = "_histogram"
 
 
 def families(view: dict[str, Any]) -> Iterator[Any]:
@@ -42,12 +65,18 @@ def families(view: dict[str, Any]) -> Iterator[Any]:
         merged["gauges"], GaugeMetricFamily, "tiercel gauge {} (sum over processes)"
     )
     summaries: dict[str, Any] = {}
+    histograms: dict[str, Any] = {}
     for item in merged["sketches"]:
         name = item["name"]
         family = summaries.get(name)
         if family is None:
             family = summaries[name] = Metric(
                 name, f"tiercel latency {name} in seconds (merged sketches)", "summary"
+            )
+            histograms[name] = Metric(
+                name + HISTOGRAM_SUFFIX,
+                f"tiercel latency {name} in seconds, as buckets that add across exporters",
+                "histogram",
             )
         sketch = LatencySketch.from_dict(item["sketch"])
         labels = dict(item["labels"])
@@ -57,9 +86,16 @@ def families(view: dict[str, Any]) -> Iterator[Any]:
                 family.add_sample(name, {**labels, "quantile": str(q)}, value)
         family.add_sample(name + "_count", labels, sketch.count)
         family.add_sample(name + "_sum", labels, sketch.sum)
+        histogram, base = histograms[name], name + HISTOGRAM_SUFFIX
+        for bound, count in zip(HISTOGRAM_BOUNDS, sketch.cumulative(HISTOGRAM_BOUNDS), strict=True):
+            histogram.add_sample(base + "_bucket", {**labels, "le": repr(bound)}, count)
+        histogram.add_sample(base + "_bucket", {**labels, "le": "+Inf"}, sketch.count)
+        histogram.add_sample(base + "_count", labels, sketch.count)
+        histogram.add_sample(base + "_sum", labels, sketch.sum)
     yield from counters.values()
     yield from gauges.values()
     yield from summaries.values()
+    yield from histograms.values()
     fleet = GaugeMetricFamily(
         "tiercel_fleet_processes", "worker processes in the fleet view", labels=["node"]
     )

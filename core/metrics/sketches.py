@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from ddsketch import CollapsingLowestDenseStore, LogarithmicMapping
@@ -291,6 +291,22 @@ class LatencySketch:
         with self._lock:
             return sum(1 for _ in self._buckets())
 
+    def cumulative(self, bounds: Sequence[float]) -> list[int]:
+        """How many values are at most each of the ascending ``bounds`` (a histogram's
+        cumulative buckets); each value counts by its bucket's value, so a value within
+        the relative accuracy of a bound may fall on either side of it."""
+        with self._lock:
+            buckets = self._buckets()
+            value = self._mapping.value
+            counts = []
+            total, index = self._zero_count, 0
+            for bound in bounds:
+                while index < len(buckets) and value(buckets[index][0]) <= bound:
+                    total += buckets[index][1]
+                    index += 1
+                counts.append(total)
+            return counts
+
     # -- JSON form -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
@@ -353,7 +369,7 @@ class LatencySketch:
 
     # -- internals -----------------------------------------------------------------------
 
-    def _buckets(self) -> Iterable[tuple[int, int]]:
+    def _buckets(self) -> list[tuple[int, int]]:
         """(key, count) of the non-empty buckets, ascending; caller holds the lock."""
         store = self._store
         offset = store.offset

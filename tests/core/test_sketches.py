@@ -248,3 +248,16 @@ def test_clear_and_reset_after_fork_forget_values() -> None:
     assert sketch.count == 0
     sketch.add(4.0)
     assert sketch.quantile(0.5) == 4.0
+
+
+def test_cumulative_counts_are_a_histogram_of_the_values() -> None:
+    from tiercel.core.metrics.sketches import LatencySketch
+
+    sketch = LatencySketch()
+    values = [0.0, 0.0004, 0.003, 0.003, 0.02, 0.2, 0.2, 0.2, 3.0, 100.0]
+    for value in values:
+        sketch.add(value)
+    bounds = [0.001, 0.01, 0.1, 1.0, 10.0, 1000.0]
+    assert sketch.cumulative(bounds) == [sum(v <= b for v in values) for b in bounds]
+    assert sketch.cumulative([]) == []
+    assert LatencySketch().cumulative(bounds) == [0] * len(bounds)

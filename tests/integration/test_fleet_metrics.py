@@ -200,3 +200,75 @@ def test_timers_of_user_code_join_the_fleet_view_and_the_exporter(
     samples = summaries["tiercel_timer_seconds"].samples
     counted = [s for s in samples if s.name.endswith("_count")]
     assert counted and counted[0].labels["timer"] == "fleet-test-work" and counted[0].value == 8
+
+
+MONITORING = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "monitoring")
+
+
+def _metric_names_in_monitoring_files() -> set[str]:
+    import json
+    import re
+
+    import yaml
+
+    with open(os.path.join(MONITORING, "grafana-dashboard.json")) as file:
+        dashboard = json.load(file)
+    with open(os.path.join(MONITORING, "alert-rules.yaml")) as file:
+        rules = yaml.safe_load(file)
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs += [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    assert len(exprs) >= 20
+    return {name for expr in exprs for name in re.findall(r"\b(?:tiercel|flower)_\w+", expr)}
+
+
+def test_every_metric_the_dashboard_and_alert_rules_use_is_served(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    import urllib.request
+
+    import flower.events
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tiercel.core.embedded.redis_server import free_port
+    from tiercel.tasks.examples import slow_square
+    from tiercel.tasks.maintenance import aggregate
+    from tiercel.workers.exporter import serve
+
+    _, settings, queue = metered_fleet
+    base = uuid.uuid4().int % 10**6 * 100
+    for n in range(120):  # computations, then hits: every process times 1 call in 16
+        slow_square.apply_async((base + n % 6, 1), queue=queue).get(timeout=30)
+    deadline = time.monotonic() + 30
+    while True:
+        view = aggregate.apply_async(queue=queue).get(timeout=30)
+        sketches = {item["name"] for item in view["merged"]["sketches"]}
+        if {"tiercel_request_seconds", "tiercel_compute_seconds"} <= sketches:
+            break
+        assert time.monotonic() < deadline, sketches
+        time.sleep(0.3)
+    port = free_port()
+    server = serve(settings, "127.0.0.1", port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+    served = {
+        sample.name for family in text_string_to_metric_families(text) for sample in family.samples
+    }
+    used = _metric_names_in_monitoring_files()
+    flower_names = {
+        getattr(metric, "_name", "") for metric in vars(flower.events.PrometheusMetrics()).values()
+    }
+    missing = sorted(
+        name
+        for name in used
+        if not (
+            name in served
+            or (name.startswith("flower_") and name.removesuffix("_total") in flower_names)
+        )
+    )
+    assert not missing, f"named in deploy/monitoring but not served: {missing}"
+    assert any(name.startswith("tiercel_") for name in used)
+    assert any(name.startswith("flower_") for name in used)

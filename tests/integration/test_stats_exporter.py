@@ -164,3 +164,26 @@ def test_the_table_shows_timers_clients_and_exited_processes() -> None:
     table = console.export_text()
     assert "report-render" in table and "(exited)" in table
     assert "1 worker process(es), 1 client(s)" in table
+
+
+def test_every_latency_is_also_a_histogram_that_adds_across_exporters() -> None:
+    from tiercel.core.metrics.registry import MetricsRegistry
+    from tiercel.tasks.fleet_view import build_view
+    from tiercel.workers.exporter import HISTOGRAM_BOUNDS, families
+
+    registry = MetricsRegistry()
+    for seconds in (0.002, 0.002, 0.03, 0.4, 7.0):
+        registry.observe("tiercel_compute_seconds", seconds, task="t")
+    view = build_view(
+        [{"node": "w@h", "role": "worker", "snapshot": registry.snapshot()}], interval=10
+    )
+    exported = {family.name: family for family in families(view)}
+    assert exported["tiercel_compute_seconds"].type == "summary"
+    histogram = exported["tiercel_compute_seconds_histogram"]
+    assert histogram.type == "histogram"
+    buckets = {s.labels["le"]: s.value for s in histogram.samples if s.name.endswith("_bucket")}
+    assert len(buckets) == len(HISTOGRAM_BOUNDS) + 1
+    assert buckets["0.001"] == 0 and buckets["0.0025"] == 2 and buckets["0.05"] == 3
+    assert buckets["0.5"] == 4 and buckets["10.0"] == 5 and buckets["+Inf"] == 5
+    [count] = [s.value for s in histogram.samples if s.name.endswith("_count")]
+    assert count == 5
