@@ -402,7 +402,9 @@ class Notifier:
         self._outstanding.append((token, now))
         pubsub.ping(token)
         self.probes += 1
-        return now + liveness.probe_interval
+        # A fixed cadence: late wake-ups must not stretch the interval past a third.
+        due = next_probe + liveness.probe_interval
+        return due if due > now else now + liveness.probe_interval
 
     def _answered(self, token: str | None) -> float | None:
         """Send time of the subscription (None) or probe ``token`` just answered."""
