@@ -38,7 +38,7 @@ class ChannelLiveness:
     came (each one drops the local levels).
     """
 
-    __slots__ = ("_clock", "bound", "grace", "lapses", "live_until", "trusted_until")
+    __slots__ = ("bound", "clock", "grace", "lapses", "live_until", "trusted_until")
 
     def __init__(
         self, bound: float, *, grace: float = 0.0, clock: Callable[[], float] = time.monotonic
@@ -49,7 +49,8 @@ class ChannelLiveness:
             raise ValueError(f"grace={grace!r}: expected 0 or more seconds")
         self.bound = bound
         self.grace = grace
-        self._clock = clock
+        #: The clock every deadline is read on (``time.monotonic`` unless injected).
+        self.clock = clock
         #: Up to this clock reading no invalidation older than ``bound`` can be missing.
         self.live_until = float("-inf")
         #: :attr:`live_until` plus the grace: when local levels stop answering.
@@ -61,21 +62,17 @@ class ChannelLiveness:
         """How often the listener probes: a third of the bound."""
         return self.bound / 3
 
-    def now(self) -> float:
-        """The clock this object compares against (``time.monotonic`` unless injected)."""
-        return self._clock()
-
     def live(self) -> bool:
         """True while the channel is known live (an answer within the bound)."""
-        return self._clock() < self.live_until
+        return self.clock() < self.live_until
 
     def trusted(self) -> bool:
         """True while local levels may answer (live, or within the grace after)."""
-        return self._clock() < self.trusted_until
+        return self.clock() < self.trusted_until
 
     def remaining(self) -> float:
         """Seconds local levels may still answer (<= 0: not now)."""
-        return self.trusted_until - self._clock()
+        return self.trusted_until - self.clock()
 
     def lapsed(self) -> bool:
         """True when the channel is not known live: local state may have missed messages."""
