@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiercel.core.errors import (
     CacheError,
+    ChannelSilent,
     CodecError,
     ComputationFailed,
     ForeignResource,
@@ -54,6 +55,7 @@ __all__ = [
     "CacheError",
     "CachedResult",
     "CachedTask",
+    "ChannelSilent",
     "CodecError",
     "ComputationFailed",
     "ForeignResource",

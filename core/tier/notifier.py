@@ -52,6 +52,7 @@ from typing import Any, Final, assert_never
 
 import redis
 
+from tiercel.core.errors import ChannelSilent
 from tiercel.core.tier import events
 from tiercel.core.tier.liveness import ChannelLiveness
 
@@ -79,10 +80,6 @@ _POLL: Final = 0.2  # the listener's read timeout: how quickly stop() is noticed
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 2.0
 _PROBE_PREFIX: Final = "tiercel-probe:"
-
-
-class ChannelSilent(ConnectionError):
-    """A probe or a subscription went unanswered for the liveness bound."""
 
 
 class Waiter:
