@@ -370,3 +370,35 @@ def test_a_silent_subscription_is_noticed_within_the_bound_and_recovers(
             n.stop()
             client.close()
             publisher.close()
+
+
+def test_a_backlog_longer_than_the_bound_lapses_without_a_reconnect(
+    redis_client: redis.Redis,
+) -> None:
+    liveness = ChannelLiveness(0.6)
+    handled: list[str] = []
+    resets: list[float] = []
+
+    def slow(key: str) -> None:  # a listener held up by its handlers, not by the network
+        time.sleep(0.25)
+        handled.append(key)
+
+    n = Notifier(
+        redis_client,
+        channel=CHANNEL,
+        on_invalidate=slow,
+        on_reset=lambda: resets.append(time.monotonic()),
+        liveness=liveness,
+    )
+    try:
+        assert n.start()
+        assert eventually(lambda: len(resets) == 1)  # the first confirmation
+        for index in range(6):  # 1.5 s of handling, queued ahead of the next answers
+            redis_client.publish(CHANNEL, f"i|backlog-{index}")
+        assert eventually(lambda: not liveness.trusted(), timeout=2.0)
+        assert eventually(lambda: len(handled) == 6 and liveness.live(), timeout=5.0)
+        assert n.silences == 0 and n.reconnects == 0  # busy is not silent
+        # Levels dropped before trusting again: at least once, once per late answer.
+        assert liveness.lapses >= 1 and len(resets) == 1 + liveness.lapses
+    finally:
+        n.stop()
