@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from tiercel.core.errors import (
     CacheError,
+    ChannelSilent,
     CodecError,
     ComputationFailed,
     ForeignResource,
@@ -58,6 +59,7 @@ __all__ = [
     "CacheError",
     "CachedResult",
     "CachedTask",
+    "ChannelSilent",
     "CodecError",
     "ComputationFailed",
     "ForeignResource",

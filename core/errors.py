@@ -30,6 +30,14 @@ class TierUnavailable(CacheError):
     """The Redis tier cannot be reached (or its circuit breaker is open)."""
 
 
+class ChannelSilent(CacheError):
+    """The invalidation channel left a probe unanswered for the staleness bound.
+
+    The listener treats it as a lost channel and reconnects; local levels stop
+    answering until the channel answers again.
+    """
+
+
 class KeyEncodingError(TiercelError, TypeError):
     """An argument cannot be encoded into a cache key; the message names the argument."""
 

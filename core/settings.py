@@ -180,6 +180,16 @@ class Settings:
     sweep_interval: float = 60.0
     #: Seconds between Redis-tier housekeeping runs (stale leases, tag-index members).
     housekeeping_interval: float = 300.0
+    #: The staleness bound, in seconds: no process answers from its local levels a value
+    #: invalidated (by key, tag, version or namespace) longer ago than this, whatever the
+    #: network does. Each process probes its invalidation channel every third of it, and
+    #: while the channel is not known live reads the Redis tier (or computes) instead.
+    staleness_bound: float = 1.0
+    #: Opt-in availability: seconds a process whose invalidation channel went silent keeps
+    #: answering from its local levels anyway. A local answer may then be up to
+    #: ``staleness_bound + outage_grace`` seconds older than an invalidation. 0 (the
+    #: default) keeps the bound strict.
+    outage_grace: float = 0.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -249,6 +259,10 @@ class Settings:
         for module in self.task_modules:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$", module):
                 _fail("task_modules", module, "dotted Python module names, comma-separated")
+        if not 0.1 <= self.staleness_bound <= 3600:
+            _fail("staleness_bound", self.staleness_bound, "a number of seconds in [0.1, 3600]")
+        if not 0 <= self.outage_grace <= 86400:
+            _fail("outage_grace", self.outage_grace, "0 (strict) to 86400 seconds")
         if self.republish_after < 0:
             _fail("republish_after", self.republish_after, "0 (off) or more seconds")
         if self.compress_min_bytes < 0:

@@ -40,6 +40,7 @@ from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.generations import Generations
 from tiercel.core.tier.leases import LeaseManager
+from tiercel.core.tier.liveness import ChannelLiveness
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
 from tiercel.core.tier.renewer import LeaseRenewer
@@ -86,7 +87,11 @@ class Runtime:
                 failures=settings.breaker_failures, reset_after=settings.breaker_reset
             ),
             max_value_bytes=settings.max_value_bytes,
+            keepalive_bound=settings.staleness_bound,
         )
+        #: Whether the channel is live, so whether the local levels may answer: advanced
+        #: by the notifier's probe answers, checked by every local read.
+        self.liveness = ChannelLiveness(settings.staleness_bound, grace=settings.outage_grace)
         channel = channel_name(settings.namespace)
         self.leases = LeaseManager(self.tier.client, ttl=settings.lease_ttl, channel=channel)
         #: Set by a sweep message; this process's sweeper waits on it.
@@ -102,6 +107,7 @@ class Runtime:
             on_clear=lambda: self.cache.clear_local(),
             on_done=lambda key: self.cache.discard_local(key),
             on_sweep=self.sweep_requested.set,
+            liveness=self.liveness,
         )
         self.coordinator = FleetCoordinator(
             self.tier,
@@ -117,6 +123,7 @@ class Runtime:
             tier=self.tier,
             fleet=self.coordinator,
             default_ttl=settings.default_ttl,
+            trust=self.liveness,
         )
         self.cache.add_level("memory", settings.l1_ttl, settings.l1_max_entries, kind="memory")
         self.cache.add_level(

@@ -132,6 +132,13 @@ class FleetCoordinator:
             "renewing": len(self.renewer),
             "waiting": self.notifier.waiting,
             "notifier_reconnects": self.notifier.reconnects,
+            # The staleness bound's machinery: probes sent, connections given up as
+            # silent, and answers that found the channel lapsed (local levels dropped).
+            "notifier_probes": self.notifier.probes,
+            "notifier_silences": self.notifier.silences,
+            "notifier_lapses": (
+                self.notifier.liveness.lapses if self.notifier.liveness is not None else 0
+            ),
         }
 
     def close(self) -> None:

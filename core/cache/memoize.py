@@ -301,7 +301,10 @@ class Memoized(Generic[P, R]):
         return computed
 
     def _remember(self, args: tuple[Any, ...], found: Lookup) -> None:
-        lifetime = self.spec.memo_lifetime(found, self.generations.max_age)
+        lifetime = min(
+            self.spec.memo_lifetime(found, self.generations.max_age),
+            self.cache.local_trust_remaining(),
+        )
         if lifetime <= 0 or not self._hot_entries:
             return
         hot = self._hot

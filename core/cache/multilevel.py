@@ -7,6 +7,12 @@ process (single-flight) and writes through every tier. Live objects live in
 :class:`~tiercel.core.local.bytes_level.BytesLevel` levels, so a bytes level never decodes on
 write and a memory level never decodes on read.
 
+Local levels answer only while the cache's ``trust`` (a
+:class:`~tiercel.core.tier.liveness.ChannelLiveness` in a fleet process) says
+no invalidation older than the staleness bound can be missing; otherwise a
+read goes to the Redis tier, and computes when that does not answer. The
+check is one clock read against a deadline the invalidation listener moves.
+
 Cache trouble never reaches the caller: the Redis tier swallows and counts
 its own errors, and a value the codec cannot encode is returned but kept only
 in the memory levels.
@@ -18,7 +24,7 @@ import contextlib
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from tiercel.core.cache.fleet import Fleet
 from tiercel.core.cache.lookup import (
@@ -50,8 +56,31 @@ def _shared(name: str, doc: str) -> property:
     return property(get, set_, doc=doc)
 
 
+class LocalTrust(Protocol):
+    """Says whether this process's local levels may answer now (see the module docstring).
+
+    The levels answer while ``clock() < trusted_until``: read inline on the hit
+    path rather than through a method, which would cost a call frame per hit.
+    """
+
+    clock: Callable[[], float]
+    trusted_until: float
+
+    def trusted(self) -> bool:
+        """True while local levels may answer."""
+        ...
+
+    def remaining(self) -> float:
+        """Seconds local levels may still answer (<= 0: not now)."""
+        ...
+
+
 class MultiLevelCache:
-    """Local levels (fastest first) in front of an optional Redis tier."""
+    """Local levels (fastest first) in front of an optional Redis tier.
+
+    ``trust``: when given, local levels answer only while ``trust.trusted()``;
+    None trusts them always (a process that shares no invalidations).
+    """
 
     epoch = _shared("epoch", "Advances on every local invalidation (memos check it).")
     computed = _shared("computed", "Values computed through this cache.")
@@ -68,6 +97,7 @@ class MultiLevelCache:
         fleet: Fleet | None = None,
         default_ttl: float = 3600.0,
         wall_clock: Callable[[], float] = time.time,
+        trust: LocalTrust | None = None,
     ) -> None:
         if fleet is not None and tier is None:
             raise ValueError("a cache that shares computations (fleet=) needs the tier (tier=)")
@@ -77,6 +107,7 @@ class MultiLevelCache:
         #: Shares computations and invalidations with other processes (None: this one only).
         self.fleet = fleet
         self.default_ttl = default_ttl
+        self.trust = trust
         self._wall_clock = wall_clock
         self._flight = SingleFlight()
         self._state = CacheState()
@@ -142,25 +173,28 @@ class MultiLevelCache:
     def lookup(self, key: str, *, remote: bool = True) -> Lookup | None:
         """The value of ``key`` from the fastest tier holding it, promoted; None on a miss.
 
-        ``remote=False`` looks in this process's levels only.
+        ``remote=False`` looks in this process's levels only. While the levels are
+        not trusted (see ``trust``) they are skipped.
         """
-        for index, level in enumerate(self.levels):
-            found = level.get_with_ttl(key)
-            if found is None:
-                continue
-            stored, ttl = found
-            if isinstance(level, BytesLevel):
-                try:
-                    value = self.serializer.loads(stored)
-                except CodecError:
-                    level.discard(key)
-                    self.corrupt += 1
+        trust = self.trust
+        if trust is None or trust.clock() < trust.trusted_until:
+            for index, level in enumerate(self.levels):
+                found = level.get_with_ttl(key)
+                if found is None:
                     continue
-                self._promote(index, key, value, stored, ttl)
-            else:
-                value = stored
-                self._promote(index, key, value, None, ttl)
-            return Lookup(value, level.name, ttl)
+                stored, ttl = found
+                if isinstance(level, BytesLevel):
+                    try:
+                        value = self.serializer.loads(stored)
+                    except CodecError:
+                        level.discard(key)
+                        self.corrupt += 1
+                        continue
+                    self._promote(index, key, value, stored, ttl)
+                else:
+                    value = stored
+                    self._promote(index, key, value, None, ttl)
+                return Lookup(value, level.name, ttl)
         if self.tier is None or not remote:
             return None
         drops = self._state.drops
@@ -185,6 +219,11 @@ class MultiLevelCache:
         if promote and self.levels:
             self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
         return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
+
+    def local_trust_remaining(self) -> float:
+        """Seconds this process's levels may still answer (infinite without ``trust``);
+        a memo in front of the cache keeps an answer no longer than this."""
+        return float("inf") if self.trust is None else self.trust.remaining()
 
     def get(self, key: str, default: Any = None) -> Any:
         """The cached value, or ``default`` (``None`` is a valid cached value)."""

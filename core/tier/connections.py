@@ -29,6 +29,11 @@ Connection pools differ by kind, and the difference matters when sizing
   client per cluster node), so a process may hold up to ``max_connections``
   times the number of masters. A command waits only for its own node's pool.
 
+Every connection uses TCP keepalive (:func:`keepalive_options`): a peer that
+vanished without closing is found by the operating system within a few
+seconds, not after the system default of hours. The keepalive is the second
+line: the invalidation listener's own probes hold the staleness bound.
+
 Every client makes one attempt per command (no retries inside redis-py): the
 Redis tier's circuit breaker decides when to try again. On a cluster a
 ``MOVED``/``ASK`` redirect is still followed, since that is not a retry of a
@@ -40,6 +45,7 @@ Error messages never contain the password: URLs are shown through
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
@@ -62,6 +68,7 @@ __all__ = [
     "CacheTarget",
     "client_from_url",
     "is_cluster",
+    "keepalive_options",
     "parse_cache_url",
 ]
 
@@ -73,6 +80,23 @@ CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES: Final = ("redis+sentinel",)
 _DEFAULT_PORT: Final = 6379
 _DEFAULT_SENTINEL_PORT: Final = 26379
+#: The staleness bound keepalive intervals default to (TIERCEL_STALENESS_BOUND's default).
+_KEEPALIVE_BOUND: Final = 1.0
+
+
+def keepalive_options(bound: float = _KEEPALIVE_BOUND) -> dict[int, int]:
+    """TCP keepalive options (redis-py's ``socket_keepalive_options``) for ``bound``.
+
+    The first probe after a third of the bound idle, then one every third, three
+    unanswered ones closing the connection; the kernel counts in whole seconds, so
+    never less than 1 s each. Where the platform names the options differently
+    (or not at all), only the ones it has are set.
+    """
+    step = max(1, int(bound / 3))
+    wanted = {"TCP_KEEPIDLE": step, "TCP_KEEPINTVL": step, "TCP_KEEPCNT": 3}
+    if not hasattr(socket, "TCP_KEEPIDLE"):
+        wanted["TCP_KEEPALIVE"] = step  # macOS names the idle time so
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
 @dataclass(frozen=True)
@@ -206,14 +230,16 @@ def client_from_url(
     socket_timeout: float = 0.5,
     pool_timeout: float | None = None,
     health_check_interval: int = 30,
+    keepalive_bound: float = _KEEPALIVE_BOUND,
     **connection_kwargs: Any,
 ) -> CacheClient:
     """A client for the cache tier at ``url``, built for a cache (see the module docstring).
 
     ``max_connections`` bounds each pool (per node on a cluster);
     ``pool_timeout`` (default ``socket_timeout``) is how long a caller waits for
-    a free connection. ``socket_timeout`` also bounds connecting. Other
-    keywords go to redis-py's connections. Responses are bytes. Raises
+    a free connection. ``socket_timeout`` also bounds connecting.
+    ``keepalive_bound`` sets the TCP keepalive intervals (:func:`keepalive_options`).
+    Other keywords go to redis-py's connections. Responses are bytes. Raises
     SettingsError for a malformed URL; nothing is connected until first use
     except on a cluster, whose client reads the slot map at once (and raises
     redis errors when no startup node answers).
@@ -226,6 +252,8 @@ def client_from_url(
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(keepalive_bound),
         **connection_kwargs,
     }
     if target.kind == "single":

@@ -21,6 +21,16 @@ every waiter, so nobody waits on a lost message longer than it takes to
 reconnect. The reset runs when the new subscription is confirmed, so
 everything published after that point is delivered.
 
+Silence: with a :class:`~tiercel.core.tier.liveness.ChannelLiveness`, the
+listener also sends a probe (``PING`` with a numbered token, answered on the
+same connection, in order with the messages) every third of the liveness
+bound, and advances the liveness deadline by each answer's send time. A
+probe (or a subscription) left unanswered for the bound counts as a lost
+channel: the listener closes the connection and reconnects (``silences``).
+Whenever an answer finds the deadline already passed (the channel was
+silent, even if it came back on its own), ``on_reset`` runs before the
+deadline moves again, so local levels never answer across a gap.
+
 Capacity: at most ``max_waiters`` registered waiters. Beyond that,
 :meth:`Notifier.waiter` returns an unregistered waiter whose :meth:`wait`
 sleeps at most :data:`OVERFLOW_POLL` seconds and answers None, so the caller
@@ -35,13 +45,16 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, assert_never
 
 import redis
 
+from tiercel.core.errors import ChannelSilent
 from tiercel.core.tier import events
+from tiercel.core.tier.liveness import ChannelLiveness
 
 __all__ = [
     "OVERFLOW_POLL",
@@ -66,6 +79,7 @@ OVERFLOW_POLL: Final = 0.05
 _POLL: Final = 0.2  # the listener's read timeout: how quickly stop() is noticed
 _BACKOFF_MIN: Final = 0.05
 _BACKOFF_MAX: Final = 2.0
+_PROBE_PREFIX: Final = "tiercel-probe:"
 
 
 class Waiter:
@@ -138,6 +152,8 @@ class Notifier:
     after :meth:`start` gave up waiting), ``received`` (messages),
     ``last_message_at`` (``time.monotonic()`` of the last one),
     ``handler_errors``, ``malformed`` and ``overflowed`` (unregistered waiters).
+    With ``liveness``: ``probes`` (sent), ``answers`` (probe answers received)
+    and ``silences`` (connections given up because an answer did not come).
     """
 
     def __init__(
@@ -153,6 +169,7 @@ class Notifier:
         on_done: Callable[[str], None] | None = None,
         max_waiters: int = 10_000,
         on_sweep: Callable[[], None] | None = None,
+        liveness: ChannelLiveness | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -168,6 +185,16 @@ class Notifier:
         #: Called on a sweep message (``s|``): beat asks every process, prefork children
         #: included, to drop its expired local entries; keep it quick (wake a thread).
         self.on_sweep = on_sweep
+        #: Advanced by every probe answer; None: no probes (only loud failures are seen).
+        self.liveness = liveness
+        # (token, monotonic send time) of the subscription and probes not answered yet,
+        # oldest first: Redis answers them in order. Only the listener thread uses it.
+        self._outstanding: deque[tuple[str | None, float]] = deque()
+        self._probe_number = 0
+        self._heard_at = 0.0  # monotonic time anything last arrived on the subscription
+        self.probes = 0
+        self.answers = 0
+        self.silences = 0
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Waiter]] = {}
@@ -231,6 +258,12 @@ class Notifier:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._wake_all(WAKE_RESET)
+
+    @property
+    def live(self) -> bool:
+        """True while the channel is known live: within the liveness bound of an answer
+        (without liveness: while subscribed)."""
+        return self.liveness.live() if self.liveness is not None else self.connected
 
     # --- waiting ---
 
@@ -297,13 +330,29 @@ class Notifier:
     def _run(self) -> None:
         backoff = _BACKOFF_MIN
         pubsub: Any = None
+        next_probe = 0.0
         try:
             while not self._stopping.is_set():
                 try:
                     if pubsub is None:
                         pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                        self._outstanding.clear()
+                        self._heard_at = time.monotonic()
+                        self._outstanding.append((None, self._heard_at))
                         pubsub.subscribe(self.channel)
-                    message = pubsub.get_message(timeout=_POLL)
+                        next_probe = time.monotonic()
+                    timeout = _POLL
+                    if self.liveness is not None:
+                        next_probe = self._probe(pubsub, next_probe, self.liveness)
+                        timeout = max(0.0, min(_POLL, next_probe - time.monotonic()))
+                    message = pubsub.get_message(timeout=timeout)
+                except ChannelSilent as exc:
+                    self.silences += 1
+                    self.connected = False
+                    log.warning("invalidation channel %s: %s; reconnecting", self.channel, exc)
+                    self._close(pubsub)
+                    pubsub = None
+                    continue
                 except Exception as exc:  # connection lost, or anything else: back off
                     # One warning per outage, not one per attempt: retries are DEBUG.
                     level = logging.WARNING if backoff == _BACKOFF_MIN else logging.DEBUG
@@ -334,6 +383,57 @@ class Notifier:
                 self._close(pubsub)
             self.connected = False
 
+    def _probe(self, pubsub: Any, next_probe: float, liveness: ChannelLiveness) -> float:
+        """Send a probe when one is due; raise ChannelSilent when an answer is overdue.
+
+        Returns when the next probe is due.
+        """
+        now = time.monotonic()
+        # A backlog of messages delays the answer without the connection being silent:
+        # the deadline alone keeps the levels from answering then, no reconnect needed.
+        if (
+            self._outstanding
+            and now - self._outstanding[0][1] > liveness.bound
+            and now - self._heard_at > liveness.bound
+        ):
+            raise ChannelSilent(
+                f"no answer on the subscription for {now - self._outstanding[0][1]:.2f}s "
+                f"(bound {liveness.bound:g}s)"
+            )
+        if now < next_probe:
+            return next_probe
+        self._probe_number += 1
+        token = f"{_PROBE_PREFIX}{self._probe_number}"
+        self._outstanding.append((token, now))
+        pubsub.ping(token)
+        self.probes += 1
+        # A fixed cadence: late wake-ups must not stretch the interval past a third.
+        due = next_probe + liveness.probe_interval
+        return due if due > now else now + liveness.probe_interval
+
+    def _answered(self, token: str | None) -> float | None:
+        """Send time of the subscription (None) or probe ``token`` just answered."""
+        while self._outstanding:
+            sent, sent_at = self._outstanding.popleft()
+            if sent == token:
+                return sent_at
+        return None
+
+    def _alive(self, sent_at: float | None) -> None:
+        """An answer to something sent at ``sent_at``: advance the liveness deadline,
+        dropping local state first if the channel had lapsed meanwhile."""
+        liveness = self.liveness
+        if liveness is None or sent_at is None:
+            return
+        if liveness.lapsed() and self._confirmations > 0:
+            # Messages may have been held up or lost while nobody knew: the levels
+            # must not answer across the gap.
+            liveness.lapses += 1
+            log.info("invalidation channel %s was silent: dropping local state", self.channel)
+            self._call(self.on_reset)
+            self._wake_all(WAKE_RESET)
+        liveness.confirm(sent_at)
+
     @staticmethod
     def _close(pubsub: Any) -> None:
         try:
@@ -342,27 +442,39 @@ class Notifier:
             log.debug("closing the pub/sub connection failed", exc_info=True)
 
     def _handle(self, message: dict[str, Any]) -> None:
+        self._heard_at = time.monotonic()
         kind = message.get("type")
         if kind == "subscribe":
-            self._confirmed()
+            self._confirmed(self._answered(None))
+        elif kind == "pong":
+            data = message.get("data")
+            token = data.decode() if isinstance(data, bytes) else str(data)
+            if token.startswith(_PROBE_PREFIX):
+                self.answers += 1
+                self._alive(self._answered(token))
         elif kind == "message":
             self.received += 1
             self.last_message_at = time.monotonic()
             data = message.get("data")
             self._dispatch(data if isinstance(data, (bytes, str)) else str(data))
 
-    def _confirmed(self) -> None:
+    def _confirmed(self, sent_at: float | None) -> None:
         """A (re)subscription is confirmed: reset unless it is the clean first one."""
         with self._lock:
             reset = self._confirmations > 0 or self._start_timed_out
             self._confirmations += 1
         self.connected = True
-        self._subscribed.set()
         if reset:
             self.reconnects += 1
             log.info("invalidation channel %s re-subscribed: dropping local state", self.channel)
             self._call(self.on_reset)
             self._wake_all(WAKE_RESET)
+        elif self.liveness is not None:
+            # Whatever was stored before the channel was live may have missed a message.
+            self._call(self.on_reset)
+        if self.liveness is not None and sent_at is not None:
+            self.liveness.confirm(sent_at)  # the reset above, when due, came first
+        self._subscribed.set()
 
     def _dispatch(self, message: bytes | str) -> None:
         match events.decode(message):
@@ -399,6 +511,6 @@ class Notifier:
 
     def __repr__(self) -> str:
         return (
-            f"Notifier({self.channel!r}, connected={self.connected}, "
+            f"Notifier({self.channel!r}, connected={self.connected}, live={self.live}, "
             f"waiting={self._count}, reconnects={self.reconnects})"
         )

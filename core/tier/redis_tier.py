@@ -120,6 +120,7 @@ class RedisTier:
         socket_timeout: float = 0.5,
         pool_timeout: float | None = None,
         health_check_interval: int = 30,
+        keepalive_bound: float = 1.0,
         **kw: Any,
     ) -> RedisTier:
         """A tier on its own bounded pool, for any URL :func:`client_from_url`
@@ -128,7 +129,8 @@ class RedisTier:
 
         ``pool_timeout`` (default ``socket_timeout``) bounds the wait for a free
         connection when all ``max_connections`` are busy (per node on a
-        cluster); running out counts as a failure. Other keywords go to
+        cluster); running out counts as a failure. ``keepalive_bound`` sets the
+        connections' TCP keepalive intervals (the staleness bound). Other keywords go to
         :class:`RedisTier`.
         """
         client = client_from_url(
@@ -137,6 +139,7 @@ class RedisTier:
             socket_timeout=socket_timeout,
             pool_timeout=pool_timeout,
             health_check_interval=health_check_interval,
+            keepalive_bound=keepalive_bound,
         )
         return cls(client, serializer=serializer, namespace=namespace, **kw)
 

@@ -364,6 +364,23 @@ def test_notifier_hears_messages_published_through_every_node(
         notifier.stop()
 
 
+def test_probes_are_answered_on_a_cluster_subscription(tier: RedisTier) -> None:
+    from tiercel.core.tier.liveness import ChannelLiveness
+
+    liveness = ChannelLiveness(0.6)
+    notifier = Notifier(tier.client, channel=channel_name(NS), liveness=liveness)
+    assert notifier.start()
+    try:
+        started = time.monotonic()
+        while time.monotonic() - started < 1.2:
+            assert liveness.trusted()
+            time.sleep(0.01)
+        assert notifier.answers >= 5
+        assert notifier.silences == 0 and liveness.lapses == 0
+    finally:
+        notifier.stop()
+
+
 def test_a_write_back_on_another_node_wakes_the_waiter(tier: RedisTier) -> None:
     client = tier.client
     assert isinstance(client, RedisCluster)

@@ -7,16 +7,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tests.integration.silent_proxy import SilentProxy
 from tiercel.core.embedded.redis_server import RedisServer, free_port
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.tier.leases import Lease, LeaseManager
+from tiercel.core.tier.liveness import ChannelLiveness
 from tiercel.core.tier.notifier import OVERFLOW_POLL, WAKE_RESET, Notifier, Waiter
 
 pytestmark = pytest.mark.integration
@@ -65,7 +68,7 @@ def recorder() -> Recorder:
     return Recorder()
 
 
-def make_notifier(client: redis.Redis, recorder: Recorder, **kw: int) -> Notifier:
+def make_notifier(client: redis.Redis, recorder: Recorder, **kw: Any) -> Notifier:
     return Notifier(
         client,
         channel=CHANNEL,
@@ -299,5 +302,103 @@ def test_beyond_max_waiters_waiters_fall_back_to_short_timeouts(
         assert fourth.registered
         for w in (second, third, fourth):
             w.close()
+    finally:
+        n.stop()
+
+
+def test_probes_keep_the_channel_live_at_three_per_bound(
+    cache_url: str, redis_client: redis.Redis, recorder: Recorder
+) -> None:
+    liveness = ChannelLiveness(0.6)
+    n = make_notifier(redis_client, recorder, liveness=liveness)
+    try:
+        assert not liveness.live()
+        assert n.start()
+        assert liveness.live()
+        started, probes = time.monotonic(), n.probes
+        lapsed = 0
+        while time.monotonic() - started < 2.0:
+            lapsed += not liveness.trusted()
+            time.sleep(0.01)
+        rate = (n.probes - probes) / (time.monotonic() - started)
+        print(f"\nprobes per second at a 0.6 s bound: {rate:.2f} (expected 5)")
+        assert lapsed == 0
+        assert 4 <= rate <= 6
+        assert n.answers >= n.probes - 1
+        assert n.silences == 0 and liveness.lapses == 0
+        # a probe is answered on this connection only: no other subscriber hears it
+        assert redis_client.pubsub_numsub(CHANNEL) == [(CHANNEL.encode(), 1)]
+    finally:
+        n.stop()
+
+
+def test_a_silent_subscription_is_noticed_within_the_bound_and_recovers(
+    cache_server: RedisServer, recorder: Recorder
+) -> None:
+    bound = 0.6
+    with SilentProxy(("127.0.0.1", int(cache_server.port or 0))) as proxy:
+        client = redis.Redis.from_url(
+            proxy.url, socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0)
+        )
+        liveness = ChannelLiveness(bound)
+        n = make_notifier(client, recorder, liveness=liveness)
+        publisher = redis.Redis.from_url(cache_server.url)
+        try:
+            assert n.start()
+            key = value_key()
+            waiter = n.waiter(key)
+            assert eventually(lambda: recorder.resets == 1)  # the first live confirmation
+            proxy.silence()
+            silenced = time.monotonic()
+            assert eventually(lambda: not liveness.trusted(), timeout=bound + 0.5)
+            noticed = time.monotonic() - silenced
+            assert noticed <= bound + 0.05  # the deadline counts from the last probe sent
+            publisher.publish(CHANNEL, f"i|{key}")  # held by the proxy: never heard
+            assert eventually(lambda: n.silences >= 1, timeout=bound * 3)
+            assert not n.connected
+            time.sleep(1.0)  # reconnects meet the same silence
+            assert not liveness.live()
+            proxy.resume()
+            assert eventually(liveness.live, timeout=5.0)
+            assert n.reconnects >= 1
+            assert recorder.resets >= 2  # local state dropped before trusting again
+            assert waiter.wait(1.0) == WAKE_RESET
+            waiter.close()
+            publisher.publish(CHANNEL, f"i|{key}")
+            assert eventually(lambda: ("i", key) in recorder.events)
+        finally:
+            n.stop()
+            client.close()
+            publisher.close()
+
+
+def test_a_backlog_longer_than_the_bound_lapses_without_a_reconnect(
+    redis_client: redis.Redis,
+) -> None:
+    liveness = ChannelLiveness(0.6)
+    handled: list[str] = []
+    resets: list[float] = []
+
+    def slow(key: str) -> None:  # a listener held up by its handlers, not by the network
+        time.sleep(0.25)
+        handled.append(key)
+
+    n = Notifier(
+        redis_client,
+        channel=CHANNEL,
+        on_invalidate=slow,
+        on_reset=lambda: resets.append(time.monotonic()),
+        liveness=liveness,
+    )
+    try:
+        assert n.start()
+        assert eventually(lambda: len(resets) == 1)  # the first confirmation
+        for index in range(6):  # 1.5 s of handling, queued ahead of the next answers
+            redis_client.publish(CHANNEL, f"i|backlog-{index}")
+        assert eventually(lambda: not liveness.trusted(), timeout=2.0)
+        assert eventually(lambda: len(handled) == 6 and liveness.live(), timeout=5.0)
+        assert n.silences == 0 and n.reconnects == 0  # busy is not silent
+        # Levels dropped before trusting again: at least once, once per late answer.
+        assert liveness.lapses >= 1 and len(resets) == 1 + liveness.lapses
     finally:
         n.stop()

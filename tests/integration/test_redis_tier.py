@@ -482,3 +482,25 @@ def test_hung_server_costs_at_most_failures_timeouts(
         assert breaker.state == "closed"
     finally:
         tier.close()
+
+
+def test_cache_connections_use_tcp_keepalive_sized_from_the_bound(cache_url: str) -> None:
+    import socket
+
+    from tiercel.core.tier.connections import client_from_url, keepalive_options
+
+    assert keepalive_options(1.0)[socket.TCP_KEEPIDLE] == 1  # never below the kernel's 1 s
+    assert keepalive_options(30.0)[socket.TCP_KEEPINTVL] == 10
+    client = client_from_url(cache_url, keepalive_bound=6.0)
+    try:
+        assert client.ping()
+        pubsub = client.pubsub()  # type: ignore[union-attr]
+        pubsub.subscribe("keepalive-check")
+        for connection in (client.connection_pool.get_connection(), pubsub.connection):  # type: ignore[union-attr]
+            sock = connection._sock
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 2
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+        pubsub.close()
+    finally:
+        client.close()

@@ -258,3 +258,120 @@ def test_cut_invalidation_channel_drops_local_levels(
         ok=True,
         note="no stale value served",
     )
+
+
+# The other process of the silent-partition test: it invalidates through its own,
+# direct connection when told to, and says when it did.
+_INVALIDATOR = """
+import sys
+import redis
+from tiercel.core.tier.leases import LeaseManager
+url, channel, key = sys.argv[1:4]
+leases = LeaseManager(redis.Redis.from_url(url), channel=channel)
+print("ready", flush=True)
+sys.stdin.readline()
+leases.invalidate(key)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_silent_partition_of_one_process_stops_stale_answers_within_the_bound(
+    cache_server: RedisServer, figures: Figures
+) -> None:
+    from tests.integration.silent_proxy import SilentProxy
+    from tiercel.core.encoding.prefixes import channel_name
+    from tiercel.core.settings import resolve_settings
+    from tiercel.tasks.runtime import Runtime
+
+    proxy = SilentProxy(("127.0.0.1", int(cache_server.port or 0))).start()
+    # This process reaches the cache Redis only through the proxy; the invalidating one
+    # does not.
+    settings = resolve_settings().replace(cache_url=proxy.url)
+    bound = settings.staleness_bound
+    rt = Runtime(settings).start(listen_timeout=5)
+    key = f"{rt.namespace}:v:test:silent:{{{uuid.uuid4().hex}}}"
+    invalidator = subprocess.Popen(
+        [sys.executable, "-c", _INVALIDATOR, cache_server.url, channel_name(rt.namespace), key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    truth = ["old"]
+    # (started, finished, value, source) of every call; the errors of any that raised
+    answers: list[tuple[float, float, Any, str]] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:  # one call every 5 ms, as a busy process would make
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                found = rt.cache.get_or_compute(key, lambda: truth[0], ttl=600)
+            except BaseException as exc:
+                errors.append(exc)
+            else:
+                answers.append((started, time.monotonic(), found.value, found.source))
+            time.sleep(0.005)
+
+    reader = threading.Thread(target=read)
+    try:
+        assert rt.listening
+        assert invalidator.stdout is not None and invalidator.stdin is not None
+        assert invalidator.stdout.readline().strip() == "ready"
+        rt.cache.set(key, "old", ttl=600)
+        reader.start()
+        time.sleep(0.5)
+        assert answers and {source for *_, source in answers[-10:]} == {"memory"}
+        proxy.silence()
+        truth[0] = "new"
+        invalidated_from = time.monotonic()  # the invalidation happens after this
+        invalidator.stdin.write("go\n")
+        invalidator.stdin.flush()
+        assert invalidator.stdout.readline().strip() == "done"
+        invalidated_by = time.monotonic()
+        time.sleep(3.0)  # well past the bound: probes, reconnects, reads all meet silence
+        # Calls started a bound after the invalidation, while still partitioned.
+        partitioned = [a for a in answers if a[0] >= invalidated_by + bound]
+        proxy.resume()
+        resumed_at = time.monotonic()
+        deadline = resumed_at + 10
+        while not (rt.notifier.live and answers[-1][3] == "memory"):
+            assert time.monotonic() < deadline, "the process did not resume local answers"
+            time.sleep(0.01)
+        recovered = time.monotonic() - resumed_at
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        if reader.is_alive():
+            reader.join(10)
+        for pipe in (invalidator.stdin, invalidator.stdout):
+            if pipe is not None:
+                pipe.close()
+        invalidator.wait(10)
+        rt.close()
+        proxy.close()
+    assert errors == [], errors[:3]
+    stale = [finished for _, finished, value, _ in answers if value == "old"]
+    # Conservative: from before the invalidation to the end of the last old answer.
+    window = max(0.0, max(stale) - invalidated_from)
+    after = [a for a in answers if a[0] >= resumed_at + recovered]
+    assert partitioned, "no call was made while the process was partitioned"
+    assert {value for _, _, value, _ in partitioned} == {"new"}
+    assert after and {value for _, _, value, _ in after} == {"new"}
+    assert after[-1][3] == "memory"  # local levels answer again
+    print(
+        f"\nsilent partition: stale window {window:.3f}s (bound {bound:g}s), "
+        f"invalidation took {invalidated_by - invalidated_from:.3f}s, "
+        f"{len(partitioned)} calls while partitioned "
+        f"(sources {sorted({a[3] for a in partitioned})}), recovered {recovered:.2f}s "
+        f"after the proxy resumed"
+    )
+    figures.record(
+        f"silent partition of one process: stale window (bound {bound:g} s)",
+        window,
+        "s",
+        ok=window <= bound,
+        note=f"{len(answers)} calls, 0 failed; local answers again {recovered:.2f} s after",
+    )
+    assert window <= bound + 0.2  # the goal is <= the bound; slack for a busy 2-core host
