@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +26,7 @@ from celery.worker.request import Request
 from tiercel.core.cache.freshness import FreshnessPolicy
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import CachedFunction
+from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
 from tiercel.tasks.registry import register
@@ -287,6 +289,13 @@ def cached_task(
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
+        if inspect.iscoroutinefunction(func):
+            # Each call would return a fresh coroutine object: nothing could ever be cached.
+            raise TypeError(
+                f"@cached_task cannot register the coroutine function {function_name(func)}: "
+                "Celery workers do not run coroutines; make the task a plain def, or cache "
+                "the async def in the asyncio process with tiercel.cached"
+            )
         task_name = name or f"{func.__module__}.{func.__name__}"
         policy = FreshnessPolicy(
             stale_ttl=stale_ttl,

@@ -10,6 +10,7 @@ through on a worker.
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -349,10 +350,21 @@ def cached(
     cache_errors: Iterable[type[BaseException]] = (),
     error_ttl: float = 30.0,
 ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
-    """Decorate a function so its results are cached in ``cache``."""
+    """Decorate a function so its results are cached in ``cache``.
+
+    Plain functions only: a coroutine function is refused at decoration (its
+    call returns a coroutine, which would be cached instead of its result);
+    ``tiercel.cached`` caches ``async def`` functions.
+    """
     gens = generations or Generations(cache.tier)
 
     def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"tiercel.core.cache.memoize.cached cannot cache the coroutine function "
+                f"{function_name(fn)}: it would cache the coroutine object, not its result; "
+                "decorate it with tiercel.cached, which awaits async def functions"
+            )
         spec = CachedFunction(
             fn,
             ttl=ttl,
