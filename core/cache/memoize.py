@@ -168,7 +168,7 @@ class CachedFunction(Generic[P, R]):
 
         if force_refresh:
             refreshed = cache.refresh(
-                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
+                key, compute=compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
             )
             if refreshed is not None:
                 return refreshed
@@ -177,18 +177,25 @@ class CachedFunction(Generic[P, R]):
                 return found
         if found is None:
             return cache.get_or_compute(
-                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id, known_missing=True
+                key,
+                compute=compute,
+                ttl=ttl,
+                tags=self.tags,
+                inflight_id=inflight_id,
+                known_missing=True,
             )
         # The value is due for an early refresh, or stale.
         background = refresher is not None and (
             verdict == EARLY or self.policy.stale_while_revalidate
         )
         if background and refresher is not None:
-            refresher.submit(key, lambda: cache.refresh(key, compute, ttl=ttl, tags=self.tags))
+            refresher.submit(
+                key, lambda: cache.refresh(key, compute=compute, ttl=ttl, tags=self.tags)
+            )
             return found
         try:
             refreshed = cache.refresh(
-                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
+                key, compute=compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
             )
         except Exception:
             if verdict == STALE and not self.policy.stale_if_error:

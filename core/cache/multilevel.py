@@ -186,8 +186,12 @@ class MultiLevelCache:
             self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
         return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The cached value, or ``default`` (``None`` is a valid cached value)."""
+    def get(self, key: str, *, default: Any = None) -> Any:
+        """The cached value, or ``default`` (``None`` is a valid cached value).
+
+        ``default`` is keyword-only: ``get(key, compute)`` would otherwise return the
+        function itself on a miss. To compute on a miss use :meth:`get_or_compute`.
+        """
         found = self.lookup(key)
         return default if found is None else found.value
 
@@ -296,14 +300,17 @@ class MultiLevelCache:
     def get_or_compute(
         self,
         key: str,
-        compute: Callable[[], Any],
         *,
+        compute: Callable[[], Any],
         ttl: float | None = None,
         tags: Sequence[str] = (),
         inflight_id: str | None = None,
         known_missing: bool = False,
     ) -> Lookup:
         """The cached value of ``key``, or ``compute()`` stored through every tier.
+
+        ``compute`` is passed by name (``get_or_compute(key, compute=load)``), as in
+        :meth:`refresh`, so no call shape confuses it with a default value.
 
         Concurrent misses of one key in this process compute once; the others
         get ``source == "joined"``. With a fleet, concurrent misses in
@@ -351,8 +358,8 @@ class MultiLevelCache:
     def refresh(
         self,
         key: str,
-        compute: Callable[[], Any],
         *,
+        compute: Callable[[], Any],
         ttl: float | None = None,
         tags: Sequence[str] = (),
         inflight_id: str | None = None,
