@@ -39,77 +39,28 @@ cannot lease computes without one: cache trouble never fails a task).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import redis
 from redis.commands.core import Script
 
-from tiercel.core.encoding.prefixes import (
-    EPOCH,
-    FAILURE,
-    FENCE,
-    INFLIGHT,
-    LEASE,
-    REPUBLISH,
-    channel_name,
-    namespace_of,
-    related_key,
-)
+from tiercel.core.encoding.prefixes import INFLIGHT, LEASE, REPUBLISH, related_key
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
+from tiercel.core.tier.lease_calls import PRESENT, Held, Lease, LeaseCalls, Present
+from tiercel.core.tier.lease_calls import ms as _ms
 
-__all__ = ["DEFAULT_STATE_TTL", "Held", "Lease", "LeaseManager"]
+__all__ = ["DEFAULT_STATE_TTL", "PRESENT", "Held", "Lease", "LeaseManager", "Present"]
 
 #: How long fence and epoch counters outlive their last use (1 day).
 DEFAULT_STATE_TTL: Final = 86_400.0
 #: How long a failure record stays readable after :meth:`LeaseManager.publish_failure`.
 DEFAULT_FAILURE_TTL: Final = 10.0
-_MAX_FAILURE_MESSAGE: Final = 2_000
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A held lease: ``token`` is its fence, ``epoch`` the key's invalidation counter then.
-
-    ``ttl`` is the lease's lifetime in seconds; ``acquired_at`` is the
-    manager's ``timer()`` (monotonic) when it was taken.
-    """
-
-    key: str
-    token: int
-    epoch: int
-    ttl: float
-    acquired_at: float
-
-
-@dataclass(frozen=True)
-class Held:
-    """Someone else holds the lease; it expires in ``holder_ttl`` seconds unless renewed."""
-
-    holder_ttl: float
-
-
-@dataclass(frozen=True)
-class Present:
-    """:meth:`LeaseManager.acquire` found a value already stored: read it instead."""
-
-
-PRESENT: Final = Present()
-
-
-def _ms(seconds: float, what: str) -> int:
-    if not seconds > 0:
-        raise ValueError(f"{what}={seconds!r}: expected a positive number of seconds")
-    return max(1, round(seconds * 1000))
 
 
 def _text(value: bytes | str) -> str:
@@ -152,7 +103,7 @@ class LeaseManager:
         self.channel = channel
         self._timer = timer
         self._wall_clock = wall_clock
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.calls = LeaseCalls(self._ttl_ms, self._state_ttl_ms, channel)
         self._acquire = scripts.register(client, "acquire")
         self._renew = scripts.register(client, "renew")
         self._release = scripts.register(client, "release")
@@ -167,7 +118,7 @@ class LeaseManager:
     # --- plumbing ---
 
     def _channel(self, key: str) -> str:
-        return self.channel if self.channel is not None else channel_name(namespace_of(key))
+        return self.calls.channel_of(key)
 
     @staticmethod
     def _call(func: Callable[[], T]) -> T:
@@ -202,21 +153,9 @@ class LeaseManager:
         ttl_ms = self._ttl_ms if ttl == self.ttl else _ms(ttl, "ttl")
         started = self._timer()
         result = self._run(
-            self._acquire,
-            [
-                related_key(key, LEASE),
-                related_key(key, FENCE),
-                related_key(key, EPOCH),
-                related_key(key, FAILURE),
-                *((key,) if unless_present else ()),
-            ],
-            [ttl_ms, owner or self._owner, self._state_ttl_ms],
+            self._acquire, *self.calls.acquire(key, owner, ttl_ms, unless_present=unless_present)
         )
-        if int(result[0]) == 2:
-            return PRESENT
-        if int(result[0]) == 0:
-            return Held(max(0.0, int(result[1]) / 1000))
-        return Lease(key, int(result[1]), int(result[2]), ttl, started)
+        return self.calls.acquired(result, key, ttl, started)
 
     def renew(self, lease: Lease) -> bool:
         """Extend ``lease`` by its ttl if it is still ours; False once lost."""
@@ -229,15 +168,11 @@ class LeaseManager:
         ]
 
     def _renew_call(self, lease: Lease) -> tuple[list[str], list[Any]]:
-        key = lease.key
-        return (
-            [related_key(key, LEASE), related_key(key, FENCE), related_key(key, EPOCH)],
-            [lease.token, _ms(lease.ttl, "ttl"), self._state_ttl_ms],
-        )
+        return self.calls.renew(lease)
 
     def release(self, lease: Lease) -> bool:
         """Delete ``lease`` if it is still ours; True if it was."""
-        return bool(self._run(self._release, [related_key(lease.key, LEASE)], [lease.token]))
+        return bool(self._run(self._release, *self.calls.release(lease)))
 
     def release_abandoned(self, key: str, task_id: str) -> bool:
         """Free ``key``'s lease if the task ``task_id`` holds it (its process is gone:
@@ -282,26 +217,9 @@ class LeaseManager:
         it); ``tags_index`` is accepted for that contract and ignored here.
         """
         del tags_index
-        key = lease.key
         return bool(
             self._run(
-                self._write_back,
-                [
-                    key,
-                    related_key(key, LEASE),
-                    related_key(key, FENCE),
-                    related_key(key, EPOCH),
-                    related_key(key, INFLIGHT),
-                ],
-                [
-                    lease.token,
-                    lease.epoch,
-                    entry_bytes,
-                    _ms(ttl, "ttl"),
-                    inflight_id or "",
-                    self._channel(key),
-                    events.Done(key).encode(),
-                ],
+                self._write_back, *self.calls.write_back(lease, entry_bytes, ttl, inflight_id)
             )
         )
 
@@ -322,49 +240,13 @@ class LeaseManager:
         that was fenced out must not fail the waiters of its successor. The
         lease and the in-flight marker are released either way.
         """
-        if isinstance(error, BaseException):
-            kind, message = type(error).__qualname__, str(error)
-        else:
-            kind, message = "Error", error
-        record = json.dumps(
-            {
-                "type": kind,
-                "message": message[:_MAX_FAILURE_MESSAGE],
-                "at": self._wall_clock(),
-                "token": lease.token,
-            }
-        )
-        key = lease.key
-        return bool(
-            self._run(
-                self._fail,
-                [
-                    related_key(key, FAILURE),
-                    related_key(key, LEASE),
-                    related_key(key, FENCE),
-                    related_key(key, INFLIGHT),
-                ],
-                [
-                    lease.token,
-                    record,
-                    _ms(ttl, "ttl"),
-                    inflight_id or "",
-                    self._channel(key),
-                    events.Failed(key).encode(),
-                ],
-            )
-        )
+        call = self.calls.fail(lease, error, self._wall_clock(), ttl, inflight_id)
+        return bool(self._run(self._fail, *call))
 
     def read_failure(self, key: str) -> dict[str, Any] | None:
         """The failure record of ``key``'s last computation, or None (none, expired, corrupt)."""
-        raw = self._call(lambda: self.client.get(related_key(key, FAILURE)))
-        if raw is None:
-            return None
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            return None
-        return record if isinstance(record, dict) else None
+        raw = self._call(lambda: self.client.get(self.calls.failure_key(key)))
+        return self.calls.failure_record(raw)
 
     # --- invalidation ---
 
@@ -396,10 +278,7 @@ class LeaseManager:
     def _invalidate_call(
         self, key: str, channel: str, *, publish: bool
     ) -> tuple[list[str], list[Any]]:
-        return (
-            [key, related_key(key, INFLIGHT), related_key(key, FAILURE), related_key(key, EPOCH)],
-            [self._state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
-        )
+        return self.calls.invalidate(key, channel, publish=publish)
 
     # --- coalescing at submit ---
 
