@@ -58,6 +58,9 @@ class MultiLevelCache:
     compute_errors = _shared("compute_errors", "Computations that raised.")
     uncacheable = _shared("uncacheable", "Values the codec could not encode (kept local).")
     corrupt = _shared("corrupt", "Stored payloads that failed to decode (deleted).")
+    drops = _shared(
+        "drops", "Advances on every local drop: a value read remotely meanwhile is not promoted."
+    )
 
     def __init__(
         self,
@@ -167,9 +170,14 @@ class MultiLevelCache:
         entry = self.tier.get_entry(key)
         if entry is None:
             return None
-        return self._accept_entry(key, entry, promote=drops == self._state.drops)
+        return self.accept_entry(key, entry, promote=drops == self._state.drops)
 
-    def _accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
+    def accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
+        """Decode an entry read from the Redis tier (by any client) and promote it into the
+        local levels; None when it is corrupt (deleted, counted) or already expired.
+
+        Pass ``promote=False`` when :attr:`drops` moved while the entry was read.
+        """
         try:
             value = self.serializer.loads(entry.payload)
         except CodecError:
@@ -215,7 +223,7 @@ class MultiLevelCache:
             entries = self.tier.get_entries(remote)
             promote = drops == self._state.drops
             for key, entry in entries.items():
-                accepted = self._accept_entry(key, entry, promote=promote)
+                accepted = self.accept_entry(key, entry, promote=promote)
                 if accepted is not None:
                     found[key] = accepted
         return found
