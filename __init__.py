@@ -36,6 +36,7 @@ from tiercel.core.errors import (
 from tiercel.core.settings import Settings
 
 if TYPE_CHECKING:
+    from tiercel.tasks.async_runtime import close as aclose
     from tiercel.tasks.cached import CachedTask, cached_task
     from tiercel.tasks.cached_function import cached
     from tiercel.tasks.results import CachedResult
@@ -48,7 +49,11 @@ _LAZY: dict[str, str] = {
     "cached_task": "tiercel.tasks.cached",
     "CachedTask": "tiercel.tasks.cached",
     "CachedResult": "tiercel.tasks.results",
+    "aclose": "tiercel.tasks.async_runtime",
 }
+
+#: Names the face gives a definition another name in its module.
+_RENAMED: dict[str, str] = {"aclose": "close"}
 
 __all__ = [
     "CacheError",
@@ -71,6 +76,7 @@ __all__ = [
     "TiercelError",
     "UnknownTask",
     "ValueTooLarge",
+    "aclose",
     "cached",
     "cached_task",
 ]
@@ -80,7 +86,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tiercel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
     globals()[name] = value
     return value
 

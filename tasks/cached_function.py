@@ -73,14 +73,13 @@ def cached(
     ``ttl`` is in seconds (None: the ``TIERCEL_DEFAULT_TTL``); ``version``
     defaults to a digest of the function's code, so a changed function never
     answers from its old values; ``ignore`` names arguments left out of the key.
+
+    An ``async def`` is awaited (``await f(x)``): its result is cached through
+    the same levels and Redis tier with ``redis.asyncio``, computed once per
+    event loop and once per fleet (see :mod:`tiercel.tasks.async_cached_function`).
     """
 
     def decorate(fn: Callable[P, R]) -> CachedCallable[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(
-                f"tiercel.cached cannot cache the coroutine function {function_name(fn)}: "
-                "it would cache the coroutine object, not its result"
-            )
         spec: CachedFunction[P, R] = CachedFunction(
             fn,
             ttl=ttl,
@@ -91,6 +90,11 @@ def cached(
             policy=FreshnessPolicy(stale_ttl=stale_ttl),
             levels=None if levels is None else tuple(levels),
         )
+        if inspect.iscoroutinefunction(fn):
+            # Awaited: the coroutine's result is cached, never the coroutine object.
+            from tiercel.tasks.async_cached_function import AsyncCachedCallable
+
+            return AsyncCachedCallable(spec)  # type: ignore[return-value,arg-type]
         return CachedCallable(spec)
 
     return decorate
