@@ -16,6 +16,7 @@ task of the loop, a stale one is served while refreshing only with
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -30,7 +31,7 @@ from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier.async_tier import AsyncRedisTier
 from tiercel.core.tier.generations import Generations
 
-__all__ = ["AsyncMemoized"]
+__all__ = ["AsyncMemoized", "derive_key"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,7 +53,6 @@ class AsyncMemoized(Generic[P, R]):
         self.generations = generations
         self.namespace = namespace
         self.tier = tier
-        self._scopes = (NAMESPACE_SCOPE, function_scope(spec.name))
         functools.update_wrapper(self, spec.fn)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -62,23 +62,9 @@ class AsyncMemoized(Generic[P, R]):
 
     async def key(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
         """The cache key of one call (KeyEncodingError for unencodable arguments)."""
-        for scope in self._scopes:
-            if self.generations.fresh(scope) is None:
-                await self._read_generation(scope)
-        return self.spec.key(self.namespace, self.generations, args, kwargs)
-
-    async def _read_generation(self, scope: str) -> None:
-        try:
-            stored = await self.tier.generation(scope)
-        except TierUnavailable:
-            self.generations.unreadable(scope)
-            return
-        used = self.generations.accept(scope, stored)
-        if used > stored:
-            try:  # the store lost the counter: write back the one this process knows
-                await self.tier.restore_generation(scope, used)
-            except TierUnavailable:
-                return
+        return await derive_key(
+            self.spec, self.generations, self.namespace, self.tier, args, kwargs
+        )
 
     async def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
         """Like awaiting the call, but also says where the value came from."""
@@ -135,3 +121,32 @@ class AsyncMemoized(Generic[P, R]):
     async def invalidate_tag(self, tag: str) -> int:
         """Forget every value tagged ``tag``, of any function; returns Redis keys removed."""
         return await self.cache.invalidate_tag(tag)
+
+
+async def derive_key(
+    spec: CachedFunction[Any, Any],
+    generations: Generations,
+    namespace: str,
+    tier: AsyncRedisTier,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> str:
+    """The cache key of one call of ``spec``, as :meth:`CachedFunction.key` derives it,
+    with generation counters older than their ``max_age`` read through ``tier``."""
+    for scope in (NAMESPACE_SCOPE, function_scope(spec.name)):
+        if generations.fresh(scope) is None:
+            await _read_generation(generations, tier, scope)
+    return spec.key(namespace, generations, args, kwargs)
+
+
+async def _read_generation(generations: Generations, tier: AsyncRedisTier, scope: str) -> None:
+    try:
+        stored = await tier.generation(scope)
+    except TierUnavailable:
+        generations.unreadable(scope)
+        return
+    used = generations.accept(scope, stored)
+    if used > stored:
+        # The store lost the counter: write back the one this process knows.
+        with contextlib.suppress(TierUnavailable):
+            await tier.restore_generation(scope, used)

@@ -51,7 +51,16 @@ class AsyncLeases:
         self._wall_clock = wall_clock
         self._scripts = {
             name: client.register_script(scripts.source(name))
-            for name in ("acquire", "renew", "release", "write_back", "fail", "invalidate")
+            for name in (
+                "acquire",
+                "renew",
+                "release",
+                "write_back",
+                "fail",
+                "invalidate",
+                "claim_inflight",
+                "claim_republish",
+            )
         }
 
     async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
@@ -118,3 +127,15 @@ class AsyncLeases:
     async def publish(self, channel: str, message: str) -> int:
         """Publish one channel message."""
         return int(await self._call(lambda: self.client.publish(channel, message)))
+
+    async def claim_inflight(self, key: str, task_id: str, ttl: float) -> str | None:
+        """Mark ``task_id`` as computing ``key``: None if claimed, else the id already there."""
+        result = await self._run("claim_inflight", self.calls.claim_inflight(key, task_id, ttl))
+        if result is None:
+            return None
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def claim_republish(self, key: str, period: float) -> bool:
+        """May this client re-publish ``key``'s task now (nobody holds its lease, and no
+        other client re-published it in the last ``period`` seconds)?"""
+        return bool(await self._run("claim_republish", self.calls.claim_republish(key, period)))

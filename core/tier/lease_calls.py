@@ -21,6 +21,7 @@ from tiercel.core.encoding.prefixes import (
     FENCE,
     INFLIGHT,
     LEASE,
+    REPUBLISH,
     channel_name,
     namespace_of,
     related_key,
@@ -211,3 +212,13 @@ class LeaseCalls:
             [key, related_key(key, INFLIGHT), related_key(key, FAILURE), related_key(key, EPOCH)],
             [self.state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
         )
+
+    @staticmethod
+    def claim_inflight(key: str, task_id: str, ttl: float) -> ScriptCall:
+        """``claim_inflight.lua``: mark ``task_id`` as computing ``key`` unless one is."""
+        return [related_key(key, INFLIGHT)], [task_id, ms(ttl, "ttl")]
+
+    @staticmethod
+    def claim_republish(key: str, period: float) -> ScriptCall:
+        """``claim_republish.lua``: may this client re-publish ``key``'s task now?"""
+        return [related_key(key, LEASE), related_key(key, REPUBLISH)], [ms(period, "period")]

@@ -46,7 +46,7 @@ from typing import Any, Final, TypeVar
 import redis
 from redis.commands.core import Script
 
-from tiercel.core.encoding.prefixes import INFLIGHT, LEASE, REPUBLISH, related_key
+from tiercel.core.encoding.prefixes import INFLIGHT, LEASE, related_key
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
@@ -189,13 +189,7 @@ class LeaseManager:
     def claim_republish(self, key: str, period: float) -> bool:
         """May this client re-publish ``key``'s task now? Only when nobody holds its lease
         and no other client re-published it in the last ``period`` seconds."""
-        return bool(
-            self._run(
-                self._claim_republish,
-                [related_key(key, LEASE), related_key(key, REPUBLISH)],
-                [_ms(period, "period")],
-            )
-        )
+        return bool(self._run(self._claim_republish, *self.calls.claim_republish(key, period)))
 
     def write_back(
         self,
@@ -293,7 +287,7 @@ class LeaseManager:
         return [None if r is None else _text(r) for r in self._run_many(self._claim, calls)]
 
     def _claim_call(self, key: str, task_id: str, ttl: float) -> tuple[list[str], list[Any]]:
-        return [related_key(key, INFLIGHT)], [task_id, _ms(ttl, "ttl")]
+        return self.calls.claim_inflight(key, task_id, ttl)
 
     def inflight(self, key: str) -> str | None:
         """The task id computing ``key``, or None."""
