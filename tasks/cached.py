@@ -106,6 +106,13 @@ class CachedTask(Task):  # type: ignore[misc]
             self._resubmitter(task_id, args, kwargs),
         )
 
+    async def asubmit(self, *args: Any, **kwargs: Any) -> CachedResult:
+        """:meth:`submit` for asyncio code: the same decision, Redis awaited; await the
+        value with ``await result.aget(timeout=...)`` (or ``await result``)."""
+        from tiercel.tasks.async_submit import asubmit
+
+        return await asubmit(self, args, kwargs)
+
     def _resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
         """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
         return lambda: self.apply_async(args, kwargs, task_id=task_id)
