@@ -24,7 +24,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from tiercel.core.cache.async_cache import AsyncCache
 from tiercel.core.cache.failures import is_failure, raise_failure
 from tiercel.core.cache.failures import record as failure_record
-from tiercel.core.cache.freshness import FRESH, STALE
+from tiercel.core.cache.freshness import EARLY, FRESH, STALE
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.errors import TierUnavailable
@@ -76,17 +76,27 @@ class AsyncMemoized(Generic[P, R]):
             found = await cache.lookup_remote(key)
         compute = self._compute(args, kwargs)
         ttl = spec.policy.physical_ttl(cache.default_ttl if spec.ttl is None else spec.ttl)
-        if found is None or spec.expired_failure(found.value):
+        if found is None:
             found = await cache.get_or_compute(
-                key, compute=compute, ttl=ttl, tags=spec.tags, known_missing=found is None
+                key, compute=compute, ttl=ttl, tags=spec.tags, known_missing=True
             )
         else:
-            verdict = spec.policy.judge(found.ttl, found.compute_seconds)
-            if verdict == STALE and not spec.policy.stale_while_revalidate:
-                refreshed = await cache.refresh(key, compute=compute, ttl=ttl, tags=spec.tags)
-                found = found if refreshed is None else refreshed
-            elif verdict != FRESH:
+            if spec.expired_failure(found.value):
+                verdict, background = STALE, False  # an old failure: try again, now
+            else:
+                verdict = spec.policy.judge(found.ttl, found.compute_seconds)
+                background = verdict == EARLY or spec.policy.stale_while_revalidate
+            if verdict != FRESH and background:
                 cache.refresh_soon(key, compute=compute, ttl=ttl, tags=spec.tags)
+            elif verdict != FRESH:
+                try:
+                    refreshed = await cache.refresh(key, compute=compute, ttl=ttl, tags=spec.tags)
+                except Exception:
+                    if verdict == STALE and not spec.policy.stale_if_error:
+                        raise
+                    refreshed = None  # stale-if-error: serve what there is
+                # None: another process holds the lease and is refreshing; serve ours.
+                found = found if refreshed is None else refreshed
         if spec.cache_errors and is_failure(found.value):
             raise_failure(found.value, spec.cache_errors, key)
         return found

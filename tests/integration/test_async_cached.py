@@ -227,3 +227,32 @@ def test_a_failure_reaches_every_awaiter_and_is_not_cached(cache_url: str) -> No
 def test_the_async_client_refuses_urls_it_cannot_serve() -> None:
     with pytest.raises(SettingsError, match="single Redis servers"):
         async_client_from_url("redis+cluster://127.0.0.1:7000")
+
+
+def test_a_stale_value_is_served_while_one_refresh_runs(cache_url: str) -> None:
+    computed: list[int] = []
+
+    @tiercel.cached(ttl=0.2, stale_ttl=60, name=unique("stale"))
+    async def quote(n: int) -> int:
+        computed.append(n)
+        if len(computed) > 1:
+            await asyncio.sleep(0.2)  # the refresh is still running while readers arrive
+        return len(computed)
+
+    async def main() -> list[Any]:
+        first = await quote(1)
+        await asyncio.sleep(0.3)  # past ttl, inside stale_ttl
+        served = await asyncio.gather(*(quote(1) for _ in range(5)))
+        after = None
+        for _ in range(100):  # the refresh runs in a task of this loop
+            after = await quote(1)
+            if after == 2:
+                break
+            await asyncio.sleep(0.02)
+        return [first, served, after]
+
+    first, served, after = run(main)
+    assert first == 1
+    assert list(served) == [1] * 5, "the stale value answers at once"
+    assert after == 2
+    assert computed == [1, 1], "one refresh, however many readers"
