@@ -256,3 +256,65 @@ def test_a_stale_value_is_served_while_one_refresh_runs(cache_url: str) -> None:
     assert list(served) == [1] * 5, "the stale value answers at once"
     assert after == 2
     assert computed == [1, 1], "one refresh, however many readers"
+
+
+_ASYNC_PROCESS = """
+import asyncio, sys
+import redis
+import tiercel
+
+name, counter, ready, go = sys.argv[1:5]
+control = redis.Redis.from_url(sys.argv[5])
+
+@tiercel.cached(ttl=60, name=name, version="1")
+async def shared(n):
+    control.incr(counter)
+    await asyncio.sleep(0.5)
+    return n * 3
+
+async def main():
+    from tiercel.tasks import async_runtime
+    await async_runtime.current()
+    control.incr(ready)
+    await asyncio.to_thread(control.blpop, [go], 30)
+    found = await asyncio.gather(*(shared.lookup(14) for _ in range(10)))
+    await tiercel.aclose()
+    return found
+
+print(",".join(f"{f.value}:{f.source}" for f in asyncio.run(main())))
+"""
+
+
+def test_processes_awaiting_one_key_compute_it_once(
+    cache_url: str, redis_client: redis.Redis
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    name, tag = unique("procs"), uuid.uuid4().hex[:8]
+    counter, ready, go = f"test:aio:count:{tag}", f"test:aio:ready:{tag}", f"test:aio:go:{tag}"
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", _ASYNC_PROCESS, name, counter, ready, go, cache_url],
+            env={**os.environ, "TIERCEL_NAMESPACE": f"aio-{tag}"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 60
+    while int(redis_client.get(ready) or 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)  # both processes connected and listening
+    redis_client.rpush(go, "go", "go")
+    answers = []
+    for child in children:
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err[-2000:]
+        answers += out.strip().split(",")
+    assert len(answers) == 20
+    assert all(answer.startswith("42:") for answer in answers), answers
+    assert answers.count("42:computed") == 1, answers
+    assert int(redis_client.get(counter) or 0) == 1
