@@ -134,3 +134,38 @@ def test_a_failing_task_raises_from_aget_as_from_get(
 
     error = run(main)
     assert type(error) is type(sync_error.value)
+
+
+def test_a_task_message_the_broker_lost_is_republished_by_its_awaiter(fleet: Fleet) -> None:
+    from celery.result import AsyncResult
+
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import slow_square
+    from tiercel.tasks.results import CachedResult
+
+    rt = runtime.current()
+    n = uuid.uuid4().int % 10**9
+    key = rt.key(slow_square.tiercel_spec, (n, 10), {})
+    lost = str(uuid.uuid4())  # a task id whose message never reached a worker
+    published: list[str] = []
+
+    def resubmit() -> object:
+        published.append(lost)
+        return slow_square.apply_async((n, 10), task_id=lost)
+
+    result = CachedResult(
+        key=key,
+        source="computed",
+        runtime=rt,
+        cache=rt.cache,
+        spec=slow_square.tiercel_spec,
+        async_result=AsyncResult(lost, app=slow_square.app),
+        resubmit=resubmit,
+        republish_after=1.0,
+    )
+
+    async def main() -> Any:
+        return await result.aget(timeout=30)
+
+    assert run(main) == n * n
+    assert published == [lost]  # once: the re-published task then computed it
