@@ -5,7 +5,8 @@ Celery workers; later calls are answered from the nearest cache tier.
 
 ``import tiercel`` loads no Celery: names are imported on first use, and
 ``tiercel.cached`` (a cached function in any process) never imports Celery,
-so a plain Python process pays nothing for it. ``cached_task``,
+so a plain Python process pays nothing for it (an ``async def`` is awaited;
+``await tiercel.aclose()`` closes the running event loop's client). ``cached_task``,
 ``CachedTask`` and ``CachedResult`` are the Celery-facing API.
 """
 
