@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -24,10 +24,23 @@ from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import scripts
 from tiercel.core.tier.lease_calls import Held, Lease, LeaseCalls, Present, ScriptCall, ms
 from tiercel.core.tier.leases import DEFAULT_FAILURE_TTL, DEFAULT_STATE_TTL
+from tiercel.core.tier.scripts import ScriptName
 
 __all__ = ["AsyncLeases"]
 
 T = TypeVar("T")
+
+#: The lease scripts this client runs.
+_SCRIPTS: Final[tuple[ScriptName, ...]] = (
+    "acquire",
+    "renew",
+    "release",
+    "write_back",
+    "fail",
+    "invalidate",
+    "claim_inflight",
+    "claim_republish",
+)
 
 
 class AsyncLeases:
@@ -49,19 +62,7 @@ class AsyncLeases:
         self.calls = LeaseCalls(ms(ttl, "ttl"), ms(state_ttl, "state_ttl"), channel)
         self._timer = timer
         self._wall_clock = wall_clock
-        self._scripts = {
-            name: client.register_script(scripts.source(name))
-            for name in (
-                "acquire",
-                "renew",
-                "release",
-                "write_back",
-                "fail",
-                "invalidate",
-                "claim_inflight",
-                "claim_republish",
-            )
-        }
+        self._scripts = {name: scripts.register_async(client, name) for name in _SCRIPTS}
 
     async def _call(self, command: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -72,7 +73,7 @@ class AsyncLeases:
                 "lease or retry once Redis is back"
             ) from exc
 
-    async def _run(self, name: str, call: ScriptCall) -> Any:
+    async def _run(self, name: ScriptName, call: ScriptCall) -> Any:
         script = self._scripts[name]
         keys, args = call
         return await self._call(lambda: script(keys=keys, args=args))

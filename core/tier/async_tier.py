@@ -39,7 +39,7 @@ class AsyncRedisTier:
         self.client = client
         self.namespace = namespace
         self.breaker = breaker
-        self._delete_if_equal = client.register_script(scripts.source("delete_if_equal"))
+        self._delete_if_equal = scripts.register_async(client, "delete_if_equal")
         self.hits = 0
         self.misses = 0
         self.errors = 0
