@@ -5,7 +5,8 @@ Celery workers; later calls are answered from the nearest cache tier.
 
 ``import tiercel`` loads no Celery: names are imported on first use, and
 ``tiercel.cached`` (a cached function in any process) never imports Celery,
-so a plain Python process pays nothing for it. ``cached_task``,
+so a plain Python process pays nothing for it (an ``async def`` is awaited;
+``await tiercel.aclose()`` closes the running event loop's client). ``cached_task``,
 ``CachedTask`` and ``CachedResult`` are the Celery-facing API;
 ``invalidate_namespace()`` forgets every cached value of the deployment.
 """
@@ -38,6 +39,7 @@ from tiercel.core.errors import (
 from tiercel.core.settings import Settings
 
 if TYPE_CHECKING:
+    from tiercel.tasks.async_runtime import close as aclose
     from tiercel.tasks.cached import CachedTask, cached_task
     from tiercel.tasks.cached_function import cached
     from tiercel.tasks.results import CachedResult
@@ -53,7 +55,11 @@ _LAZY: dict[str, str] = {
     "CachedResult": "tiercel.tasks.results",
     "invalidate_namespace": "tiercel.tasks.runtime",
     "monitor": "tiercel.tasks.runtime",
+    "aclose": "tiercel.tasks.async_runtime",
 }
+
+#: Names the face gives a definition another name in its module.
+_RENAMED: dict[str, str] = {"aclose": "close"}
 
 __all__ = [
     "CacheError",
@@ -77,6 +83,7 @@ __all__ = [
     "TiercelError",
     "UnknownTask",
     "ValueTooLarge",
+    "aclose",
     "cached",
     "cached_task",
     "invalidate_namespace",
@@ -88,7 +95,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tiercel' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
     globals()[name] = value
     return value
 

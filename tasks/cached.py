@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -26,6 +27,7 @@ from celery.worker.request import Request
 from tiercel.core.cache.freshness import FreshnessPolicy
 from tiercel.core.cache.lookup import SOURCE_JOINED, Lookup
 from tiercel.core.cache.memoize import CachedFunction
+from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
 from tiercel.tasks.registry import register
@@ -112,6 +114,13 @@ class CachedTask(Task):  # type: ignore[misc]
             spec,
             self._resubmitter(task_id, args, kwargs),
         )
+
+    async def asubmit(self, *args: Any, **kwargs: Any) -> CachedResult:
+        """:meth:`submit` for asyncio code: the same decision, Redis awaited; await the
+        value with ``await result.aget(timeout=...)`` (or ``await result``)."""
+        from tiercel.tasks.async_submit import asubmit
+
+        return await asubmit(self, args, kwargs)
 
     def _resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
         """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
@@ -305,6 +314,13 @@ def cached_task(
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
+        if inspect.iscoroutinefunction(func):
+            # Each call would return a fresh coroutine object: nothing could ever be cached.
+            raise TypeError(
+                f"@cached_task cannot register the coroutine function {function_name(func)}: "
+                "Celery workers do not run coroutines; make the task a plain def, or cache "
+                "the async def in the asyncio process with tiercel.cached"
+            )
         task_name = name or f"{func.__module__}.{func.__name__}"
         policy = FreshnessPolicy(
             stale_ttl=stale_ttl,

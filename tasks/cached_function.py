@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from tiercel.core.cache.freshness import FreshnessPolicy
 from tiercel.core.cache.memoize import CachedFunction, Memoized
 from tiercel.core.encoding.functions import function_name
 from tiercel.tasks import runtime
+
+if TYPE_CHECKING:
+    from tiercel.tasks.async_cached_function import AsyncCachedCallable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +61,20 @@ class CachedCallable(Generic[P, R]):
         return self._memoized()[0].invalidate_all(self.spec)
 
 
+class CachedDecorator(Protocol):
+    """What :func:`cached` returns: an ``async def`` becomes an
+    :class:`~tiercel.tasks.async_cached_function.AsyncCachedCallable`, any other
+    function a :class:`CachedCallable`."""
+
+    # A coroutine function is also a Callable[P, R]: the first overload that fits wins.
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self, fn: Callable[P, Coroutine[Any, Any, R]], /
+    ) -> AsyncCachedCallable[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> CachedCallable[P, R]: ...
+
+
 def cached(
     ttl: float | None = None,
     *,
@@ -67,21 +84,20 @@ def cached(
     name: str | None = None,
     levels: Iterable[str] | None = None,
     stale_ttl: float = 0.0,
-) -> Callable[[Callable[P, R]], CachedCallable[P, R]]:
+) -> CachedDecorator:
     """Cache a function's results in this process's levels and the shared Redis tier.
 
     ``ttl`` is in seconds (None: the ``TIERCEL_DEFAULT_TTL``); ``version``
     defaults to a digest of the function's code, so a changed function never
     answers from its old values; ``ignore`` names arguments left out of the key.
+
+    An ``async def`` is awaited (``await f(x)``): its result is cached through
+    the same levels and Redis tier with ``redis.asyncio``, computed once per
+    event loop and once per fleet (see :mod:`tiercel.tasks.async_cached_function`).
     """
 
-    def decorate(fn: Callable[P, R]) -> CachedCallable[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(
-                f"tiercel.cached cannot cache the coroutine function {function_name(fn)}: "
-                "it would cache the coroutine object, not its result"
-            )
-        spec: CachedFunction[P, R] = CachedFunction(
+    def decorate(fn: Callable[..., Any]) -> Any:
+        spec: CachedFunction[..., Any] = CachedFunction(
             fn,
             ttl=ttl,
             tags=tuple(tags),
@@ -91,6 +107,12 @@ def cached(
             policy=FreshnessPolicy(stale_ttl=stale_ttl),
             levels=None if levels is None else tuple(levels),
         )
+        if inspect.iscoroutinefunction(fn):
+            # Awaited: the coroutine's result is cached, never the coroutine object.
+            from tiercel.tasks.async_cached_function import AsyncCachedCallable
+
+            return AsyncCachedCallable(spec)
         return CachedCallable(spec)
 
-    return decorate
+    decorator: CachedDecorator = decorate
+    return decorator

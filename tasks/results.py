@@ -151,6 +151,17 @@ class CachedResult:
                 if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
                     return self._async.get(timeout=_left(deadline))
 
+    async def aget(self, timeout: float | None = None) -> Any:
+        """:meth:`get` for asyncio code: the same wait on the loop's listener, the same
+        policy checks, re-publishing and ``TimeoutError``, without blocking the loop."""
+        from tiercel.tasks.async_results import aget
+
+        return await aget(self, timeout)
+
+    def __await__(self) -> Any:
+        """``await result`` is ``await result.aget()`` (no timeout)."""
+        return self.aget().__await__()
+
     def _republish_if_lost(self, runtime: Any, period: float) -> None:
         """Publish the task again if it never started and nobody computes its key.
 

@@ -10,6 +10,7 @@ through on a worker.
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -167,7 +168,7 @@ class CachedFunction(Generic[P, R]):
 
         if force_refresh:
             refreshed = cache.refresh(
-                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
+                key, compute=compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
             )
             if refreshed is not None:
                 return refreshed
@@ -176,18 +177,25 @@ class CachedFunction(Generic[P, R]):
                 return found
         if found is None:
             return cache.get_or_compute(
-                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id, known_missing=True
+                key,
+                compute=compute,
+                ttl=ttl,
+                tags=self.tags,
+                inflight_id=inflight_id,
+                known_missing=True,
             )
         # The value is due for an early refresh, or stale.
         background = refresher is not None and (
             verdict == EARLY or self.policy.stale_while_revalidate
         )
         if background and refresher is not None:
-            refresher.submit(key, lambda: cache.refresh(key, compute, ttl=ttl, tags=self.tags))
+            refresher.submit(
+                key, lambda: cache.refresh(key, compute=compute, ttl=ttl, tags=self.tags)
+            )
             return found
         try:
             refreshed = cache.refresh(
-                key, compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
+                key, compute=compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
             )
         except Exception:
             if verdict == STALE and not self.policy.stale_if_error:
@@ -352,10 +360,21 @@ def cached(
     cache_errors: Iterable[type[BaseException]] = (),
     error_ttl: float = 30.0,
 ) -> Callable[[Callable[P, R]], Memoized[P, R]]:
-    """Decorate a function so its results are cached in ``cache``."""
+    """Decorate a function so its results are cached in ``cache``.
+
+    Plain functions only: a coroutine function is refused at decoration (its
+    call returns a coroutine, which would be cached instead of its result);
+    ``tiercel.cached`` caches ``async def`` functions.
+    """
     gens = generations or Generations(cache.tier)
 
     def decorate(fn: Callable[P, R]) -> Memoized[P, R]:
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(
+                f"tiercel.core.cache.memoize.cached cannot cache the coroutine function "
+                f"{function_name(fn)}: it would cache the coroutine object, not its result; "
+                "decorate it with tiercel.cached, which awaits async def functions"
+            )
         spec = CachedFunction(
             fn,
             ttl=ttl,

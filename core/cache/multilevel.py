@@ -87,6 +87,9 @@ class MultiLevelCache:
     compute_errors = _shared("compute_errors", "Computations that raised.")
     uncacheable = _shared("uncacheable", "Values the codec could not encode (kept local).")
     corrupt = _shared("corrupt", "Stored payloads that failed to decode (deleted).")
+    drops = _shared(
+        "drops", "Advances on every local drop: a value read remotely meanwhile is not promoted."
+    )
 
     def __init__(
         self,
@@ -201,9 +204,14 @@ class MultiLevelCache:
         entry = self.tier.get_entry(key)
         if entry is None:
             return None
-        return self._accept_entry(key, entry, promote=drops == self._state.drops)
+        return self.accept_entry(key, entry, promote=drops == self._state.drops)
 
-    def _accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
+    def accept_entry(self, key: str, entry: Entry, *, promote: bool = True) -> Lookup | None:
+        """Decode an entry read from the Redis tier (by any client) and promote it into the
+        local levels; None when it is corrupt (deleted, counted) or already expired.
+
+        Pass ``promote=False`` when :attr:`drops` moved while the entry was read.
+        """
         try:
             value = self.serializer.loads(entry.payload)
         except CodecError:
@@ -225,8 +233,12 @@ class MultiLevelCache:
         a memo in front of the cache keeps an answer no longer than this."""
         return float("inf") if self.trust is None else self.trust.remaining()
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """The cached value, or ``default`` (``None`` is a valid cached value)."""
+    def get(self, key: str, *, default: Any = None) -> Any:
+        """The cached value, or ``default`` (``None`` is a valid cached value).
+
+        ``default`` is keyword-only: ``get(key, compute)`` would otherwise return the
+        function itself on a miss. To compute on a miss use :meth:`get_or_compute`.
+        """
         found = self.lookup(key)
         return default if found is None else found.value
 
@@ -250,7 +262,7 @@ class MultiLevelCache:
             entries = self.tier.get_entries(remote)
             promote = drops == self._state.drops
             for key, entry in entries.items():
-                accepted = self._accept_entry(key, entry, promote=promote)
+                accepted = self.accept_entry(key, entry, promote=promote)
                 if accepted is not None:
                     found[key] = accepted
         return found
@@ -335,14 +347,17 @@ class MultiLevelCache:
     def get_or_compute(
         self,
         key: str,
-        compute: Callable[[], Any],
         *,
+        compute: Callable[[], Any],
         ttl: float | None = None,
         tags: Sequence[str] = (),
         inflight_id: str | None = None,
         known_missing: bool = False,
     ) -> Lookup:
         """The cached value of ``key``, or ``compute()`` stored through every tier.
+
+        ``compute`` is passed by name (``get_or_compute(key, compute=load)``), as in
+        :meth:`refresh`, so no call shape confuses it with a default value.
 
         Concurrent misses of one key in this process compute once; the others
         get ``source == "joined"``. With a fleet, concurrent misses in
@@ -390,8 +405,8 @@ class MultiLevelCache:
     def refresh(
         self,
         key: str,
-        compute: Callable[[], Any],
         *,
+        compute: Callable[[], Any],
         ttl: float | None = None,
         tags: Sequence[str] = (),
         inflight_id: str | None = None,

@@ -127,7 +127,8 @@ class PerformanceMonitor:
     def measure(self, name: str) -> BlockTimer:
         """A context manager timing its block under ``name`` (``.elapsed`` afterwards).
 
-        ``with monitor.measure("load"): ...``; a block that raises is timed too.
+        ``with monitor.measure("load"): ...`` (or ``async with`` around awaits); a
+        block that raises is timed too.
         """
         return BlockTimer(self.registry.sketch(TIMER_SECONDS, timer=name), self._clock)
 
@@ -141,7 +142,8 @@ class PerformanceMonitor:
     def monitor_function(self, arg: Any = None, /) -> Any:
         """Time every call of a function: ``@monitor.monitor_function`` or ``(...)("name")``.
 
-        The default name is the function's ``module.qualname``.
+        The default name is the function's ``module.qualname``. An ``async def``
+        stays one and is timed until its coroutine finishes, awaits included.
         """
         if callable(arg):
             return self._decorate(arg, None)

@@ -60,29 +60,56 @@ class Generations:
 
     def current(self, scope: str) -> int:
         """The scope's generation, from memory when fresh, else from the store."""
-        known = self._known.get(scope)
-        now = self._timer()
-        if known is not None and now - known[1] < self._max_age:
-            return known[0]
+        fresh = self.fresh(scope)
+        if fresh is not None:
+            return fresh
         try:
             value = self._store.generation(scope) if self._store is not None else 0
         except TierUnavailable:
-            # Cache trouble must not fail a call: keep the last value we knew (or 0 for
-            # a scope never read), and try the store again on the next call. Values
-            # cached under a guessed generation live only in this process's levels.
-            self.unavailable += 1
-            return known[0] if known is not None else 0
+            return self.unreadable(scope)
+        used = self.accept(scope, value)
+        if used > value and self._store is not None:
+            # The store lost the counter (flushed or evicted); write it back, so
+            # processes that never saw it converge on it too.
+            with contextlib.suppress(TierUnavailable):
+                self._store.restore_generation(scope, used)
+                self.restored += 1
+        return used
+
+    def fresh(self, scope: str) -> int | None:
+        """The scope's generation if read within ``max_age``; None: read the store.
+
+        With :meth:`accept` and :meth:`unreadable` this is :meth:`current` for a
+        caller that reads the store itself (an asyncio client): no I/O here.
+        """
+        known = self._known.get(scope)
+        if known is not None and self._timer() - known[1] < self._max_age:
+            return known[0]
+        return None
+
+    def accept(self, scope: str, value: int) -> int:
+        """Remember ``value``, just read from the store; returns the generation to use.
+
+        Never goes backwards: when the store lost the counter (an answer below one
+        remembered) the remembered one is used, or keys from before an invalidation
+        would become reachable again; the caller then restores it in the store.
+        """
+        known = self._known.get(scope)
         if known is not None and value < known[0]:
-            # The store lost the counter (flushed or evicted): never go backwards, or
-            # keys from before an invalidation would become reachable again; and write
-            # it back, so processes that never saw it converge on it too.
             value = known[0]
-            if self._store is not None:
-                with contextlib.suppress(TierUnavailable):
-                    self._store.restore_generation(scope, value)
-                    self.restored += 1
-        self._remember(scope, value, now)
+        self._remember(scope, value, self._timer())
         return value
+
+    def unreadable(self, scope: str) -> int:
+        """The generation to use when the store cannot be read: the last one known (0
+        for a scope never read); the store is tried again on the next call.
+
+        Cache trouble must not fail a call; values cached under a guessed
+        generation live only in this process's levels.
+        """
+        self.unavailable += 1
+        known = self._known.get(scope)
+        return known[0] if known is not None else 0
 
     def bump(self, scope: str) -> int:
         """Advance the scope's generation everywhere; returns the new value."""

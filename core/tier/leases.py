@@ -39,12 +39,8 @@ cannot lease computes without one: cache trouble never fails a task).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 import redis
@@ -54,52 +50,17 @@ from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
+from tiercel.core.tier.lease_calls import PRESENT, Held, Lease, LeaseCalls, Present
+from tiercel.core.tier.lease_calls import ms as _ms
 
-__all__ = ["DEFAULT_STATE_TTL", "Held", "Lease", "LeaseManager"]
+__all__ = ["DEFAULT_STATE_TTL", "PRESENT", "Held", "Lease", "LeaseManager", "Present"]
 
 #: How long fence and epoch counters outlive their last use (1 day).
 DEFAULT_STATE_TTL: Final = 86_400.0
 #: How long a failure record stays readable after :meth:`LeaseManager.publish_failure`.
 DEFAULT_FAILURE_TTL: Final = 10.0
-_MAX_FAILURE_MESSAGE: Final = 2_000
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A held lease: ``token`` is its fence, ``epoch`` the key's invalidation counter then.
-
-    ``ttl`` is the lease's lifetime in seconds; ``acquired_at`` is the
-    manager's ``timer()`` (monotonic) when it was taken.
-    """
-
-    key: str
-    token: int
-    epoch: int
-    ttl: float
-    acquired_at: float
-
-
-@dataclass(frozen=True)
-class Held:
-    """Someone else holds the lease; it expires in ``holder_ttl`` seconds unless renewed."""
-
-    holder_ttl: float
-
-
-@dataclass(frozen=True)
-class Present:
-    """:meth:`LeaseManager.acquire` found a value already stored: read it instead."""
-
-
-PRESENT: Final = Present()
-
-
-def _ms(seconds: float, what: str) -> int:
-    if not seconds > 0:
-        raise ValueError(f"{what}={seconds!r}: expected a positive number of seconds")
-    return max(1, round(seconds * 1000))
 
 
 def _text(value: bytes | str) -> str:
@@ -142,7 +103,7 @@ class LeaseManager:
         self.channel = channel
         self._timer = timer
         self._wall_clock = wall_clock
-        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.calls = LeaseCalls(self._ttl_ms, self._state_ttl_ms, channel)
         self._acquire = scripts.register(client, "acquire")
         self._renew = scripts.register(client, "renew")
         self._release = scripts.register(client, "release")
@@ -157,7 +118,7 @@ class LeaseManager:
     # --- plumbing ---
 
     def _channel(self, key: str) -> str:
-        return self.channel if self.channel is not None else CacheKey.of(key).channel
+        return self.calls.channel_of(key)
 
     @staticmethod
     def _call(func: Callable[[], T]) -> T:
@@ -191,23 +152,10 @@ class LeaseManager:
         ttl = self.ttl if ttl is None else ttl
         ttl_ms = self._ttl_ms if ttl == self.ttl else _ms(ttl, "ttl")
         started = self._timer()
-        keys = CacheKey.of(key)
         result = self._run(
-            self._acquire,
-            [
-                keys.lease,
-                keys.fence,
-                keys.epoch,
-                keys.failure,
-                *((key,) if unless_present else ()),
-            ],
-            [ttl_ms, owner or self._owner, self._state_ttl_ms],
+            self._acquire, *self.calls.acquire(key, owner, ttl_ms, unless_present=unless_present)
         )
-        if int(result[0]) == 2:
-            return PRESENT
-        if int(result[0]) == 0:
-            return Held(max(0.0, int(result[1]) / 1000))
-        return Lease(key, int(result[1]), int(result[2]), ttl, started)
+        return self.calls.acquired(result, key, ttl, started)
 
     def renew(self, lease: Lease) -> bool:
         """Extend ``lease`` by its ttl if it is still ours; False once lost."""
@@ -220,16 +168,11 @@ class LeaseManager:
         ]
 
     def _renew_call(self, lease: Lease) -> tuple[list[str], list[Any]]:
-        key = lease.key
-        keys = CacheKey.of(key)
-        return (
-            [keys.lease, keys.fence, keys.epoch],
-            [lease.token, _ms(lease.ttl, "ttl"), self._state_ttl_ms],
-        )
+        return self.calls.renew(lease)
 
     def release(self, lease: Lease) -> bool:
         """Delete ``lease`` if it is still ours; True if it was."""
-        return bool(self._run(self._release, [CacheKey.of(lease.key).lease], [lease.token]))
+        return bool(self._run(self._release, *self.calls.release(lease)))
 
     def release_abandoned(self, key: str, task_id: str) -> bool:
         """Free ``key``'s lease if the task ``task_id`` holds it (its process is gone:
@@ -247,14 +190,7 @@ class LeaseManager:
     def claim_republish(self, key: str, period: float) -> bool:
         """May this client re-publish ``key``'s task now? Only when nobody holds its lease
         and no other client re-published it in the last ``period`` seconds."""
-        keys = CacheKey.of(key)
-        return bool(
-            self._run(
-                self._claim_republish,
-                [keys.lease, keys.republish],
-                [_ms(period, "period")],
-            )
-        )
+        return bool(self._run(self._claim_republish, *self.calls.claim_republish(key, period)))
 
     def write_back(
         self,
@@ -276,27 +212,9 @@ class LeaseManager:
         it); ``tags_index`` is accepted for that contract and ignored here.
         """
         del tags_index
-        key = lease.key
-        keys = CacheKey.of(key)
         return bool(
             self._run(
-                self._write_back,
-                [
-                    key,
-                    keys.lease,
-                    keys.fence,
-                    keys.epoch,
-                    keys.inflight,
-                ],
-                [
-                    lease.token,
-                    lease.epoch,
-                    entry_bytes,
-                    _ms(ttl, "ttl"),
-                    inflight_id or "",
-                    self._channel(key),
-                    events.Done(key).encode(),
-                ],
+                self._write_back, *self.calls.write_back(lease, entry_bytes, ttl, inflight_id)
             )
         )
 
@@ -317,50 +235,13 @@ class LeaseManager:
         that was fenced out must not fail the waiters of its successor. The
         lease and the in-flight marker are released either way.
         """
-        if isinstance(error, BaseException):
-            kind, message = type(error).__qualname__, str(error)
-        else:
-            kind, message = "Error", error
-        record = json.dumps(
-            {
-                "type": kind,
-                "message": message[:_MAX_FAILURE_MESSAGE],
-                "at": self._wall_clock(),
-                "token": lease.token,
-            }
-        )
-        key = lease.key
-        keys = CacheKey.of(key)
-        return bool(
-            self._run(
-                self._fail,
-                [
-                    keys.failure,
-                    keys.lease,
-                    keys.fence,
-                    keys.inflight,
-                ],
-                [
-                    lease.token,
-                    record,
-                    _ms(ttl, "ttl"),
-                    inflight_id or "",
-                    self._channel(key),
-                    events.Failed(key).encode(),
-                ],
-            )
-        )
+        call = self.calls.fail(lease, error, self._wall_clock(), ttl, inflight_id)
+        return bool(self._run(self._fail, *call))
 
     def read_failure(self, key: str) -> dict[str, Any] | None:
         """The failure record of ``key``'s last computation, or None (none, expired, corrupt)."""
-        raw = self._call(lambda: self.client.get(CacheKey.of(key).failure))
-        if raw is None:
-            return None
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            return None
-        return record if isinstance(record, dict) else None
+        raw = self._call(lambda: self.client.get(self.calls.failure_key(key)))
+        return self.calls.failure_record(raw)
 
     # --- invalidation ---
 
@@ -392,11 +273,7 @@ class LeaseManager:
     def _invalidate_call(
         self, key: str, channel: str, *, publish: bool
     ) -> tuple[list[str], list[Any]]:
-        keys = CacheKey.of(key)
-        return (
-            [key, keys.inflight, keys.failure, keys.epoch],
-            [self._state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
-        )
+        return self.calls.invalidate(key, channel, publish=publish)
 
     # --- coalescing at submit ---
 
@@ -411,7 +288,7 @@ class LeaseManager:
         return [None if r is None else _text(r) for r in self._run_many(self._claim, calls)]
 
     def _claim_call(self, key: str, task_id: str, ttl: float) -> tuple[list[str], list[Any]]:
-        return [CacheKey.of(key).inflight], [task_id, _ms(ttl, "ttl")]
+        return self.calls.claim_inflight(key, task_id, ttl)
 
     def inflight(self, key: str) -> str | None:
         """The task id computing ``key``, or None."""

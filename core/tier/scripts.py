@@ -9,8 +9,9 @@ script's own: ``_prelude.lua`` holds the helpers of the lease scripts. Files
 whose name starts with ``_`` are such includes, never scripts of their own.
 
 :func:`register` binds a script to a client (``EVALSHA``, loading it again
-after a ``NOSCRIPT`` answer); :func:`run_many` runs one script for many calls
-in one pipelined round trip; :func:`source` is the code itself, for ``EVAL``.
+after a ``NOSCRIPT`` answer), :func:`register_async` to a ``redis.asyncio``
+one; :func:`run_many` runs one script for many calls in one pipelined round
+trip; :func:`source` is the code itself, for ``EVAL``.
 
 Cluster: every script run on the cache tier touches only keys of one hash
 slot. The lease scripts touch the keys of one cache key (value, lease, fence,
@@ -39,12 +40,13 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any, Final, Literal, TypeAlias, get_args
 
-from redis.commands.core import Script
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript, Script
 from redis.exceptions import NoScriptError
 
 from tiercel.core.tier.connections import CacheClient
 
-__all__ = ["ScriptName", "names", "register", "run_many", "source"]
+__all__ = ["ScriptName", "names", "register", "register_async", "run_many", "source"]
 
 #: The name of every script: its file is ``lua/<name>.lua``.
 ScriptName: TypeAlias = Literal[
@@ -80,6 +82,12 @@ def source(name: ScriptName) -> str:
 def register(client: CacheClient, name: ScriptName) -> Script:
     """Script ``name`` bound to ``client``: called, it runs by ``EVALSHA`` (reloading
     after ``NOSCRIPT``), routed by its first key's slot on a cluster."""
+    return client.register_script(source(name))
+
+
+def register_async(client: aioredis.Redis, name: ScriptName) -> AsyncScript:
+    """Script ``name`` bound to an asyncio ``client``: awaited, it runs by ``EVALSHA``
+    (reloading after ``NOSCRIPT``), as :func:`register`'s does."""
     return client.register_script(source(name))
 
 

@@ -138,7 +138,7 @@ def test_untrusted_levels_with_the_tier_down_compute_and_never_fail() -> None:
     cache.set("k", "old", ttl=600)
     store.down = True
     clock.now += 1.5
-    found = cache.get_or_compute("k", lambda: "fresh", ttl=600)
+    found = cache.get_or_compute("k", compute=lambda: "fresh", ttl=600)
     assert (found.value, found.source) == ("fresh", SOURCE_COMPUTED)
     assert cache.lookup_many(["k"]) == {}
 

@@ -67,7 +67,7 @@ def compute_in_threads(processes: list[Process], key: str, compute: Any) -> list
 
     def run(process: Process) -> None:
         barrier.wait()
-        sources.append(process.cache.get_or_compute(key, compute, ttl=60).source)
+        sources.append(process.cache.get_or_compute(key, compute=compute, ttl=60).source)
 
     threads = [threading.Thread(target=run, args=(process,)) for process in processes]
     for thread in threads:
@@ -100,7 +100,7 @@ def test_a_waiter_takes_over_the_lease_of_a_holder_that_went_away(store: StubSto
     gone, waiter = Process(store, lease_ttl=0.1), Process(store, lease_ttl=0.1)
     lease = gone.fleet.claim("k", ttl=60, tags=(), inflight_id=None, unless_present=True)
     assert isinstance(lease, Lease)  # taken, then never renewed nor released: the holder died
-    found = waiter.cache.get_or_compute("k", lambda: "mine", ttl=60)
+    found = waiter.cache.get_or_compute("k", compute=lambda: "mine", ttl=60)
     assert (found.value, found.source) == ("mine", SOURCE_COMPUTED)
     assert waiter.fleet_counts()["takeovers"] == 1
     # the dead holder's late write is fenced out: the newer token won
@@ -117,7 +117,7 @@ def test_a_value_computed_while_its_key_was_invalidated_is_kept_nowhere(
         other.cache.invalidate("k")
         return "outdated"
 
-    found = holder.cache.get_or_compute("k", invalidated_meanwhile, ttl=60)
+    found = holder.cache.get_or_compute("k", compute=invalidated_meanwhile, ttl=60)
     assert found.value == "outdated"  # it still answers the request that computed it
     assert holder.fleet_counts()["fenced"] == 1
     assert holder.cache.lookup("k") is None
@@ -138,7 +138,7 @@ def test_a_failure_reaches_the_waiters_of_other_processes_and_is_not_cached(
 
     def hold() -> None:
         try:
-            holder.cache.get_or_compute("k", failing, ttl=60)
+            holder.cache.get_or_compute("k", compute=failing, ttl=60)
         except ValueError as exc:
             errors.append(exc)
 
@@ -147,7 +147,7 @@ def test_a_failure_reaches_the_waiters_of_other_processes_and_is_not_cached(
     assert started.wait(5)
     threading.Timer(0.05, release.set).start()
     with pytest.raises(ComputationFailed) as raised:
-        waiter.cache.get_or_compute("k", lambda: "never", ttl=60)
+        waiter.cache.get_or_compute("k", compute=lambda: "never", ttl=60)
     thread.join(5)
     assert isinstance(errors[0], ValueError)
     assert (raised.value.key, raised.value.error_type) == ("k", "ValueError")
@@ -155,7 +155,7 @@ def test_a_failure_reaches_the_waiters_of_other_processes_and_is_not_cached(
     assert holder.cache.compute_errors == 1
     assert holder.cache.lookup("k") is None
     # the next caller computes afresh
-    assert waiter.cache.get_or_compute("k", lambda: "ok", ttl=60).value == "ok"
+    assert waiter.cache.get_or_compute("k", compute=lambda: "ok", ttl=60).value == "ok"
 
 
 def test_with_the_tier_down_a_miss_computes_locally_and_says_so(
@@ -164,8 +164,8 @@ def test_with_the_tier_down_a_miss_computes_locally_and_says_so(
     process = Process(store)
     store.down = True
     with caplog.at_level(logging.WARNING, logger="tiercel.coordinator"):
-        first = process.cache.get_or_compute("k", lambda: "local", ttl=60)
-        process.cache.get_or_compute("j", lambda: "local", ttl=60)
+        first = process.cache.get_or_compute("k", compute=lambda: "local", ttl=60)
+        process.cache.get_or_compute("j", compute=lambda: "local", ttl=60)
     assert (first.value, first.source) == ("local", SOURCE_COMPUTED)
     assert process.fleet_counts()["degraded"] == 2
     assert len(caplog.records) == 1  # one line per interval, not one per request
@@ -179,17 +179,17 @@ def test_a_value_that_cannot_be_encoded_is_not_shared_and_waiters_compute_their_
 ) -> None:
     holder, other = Process(store), Process(store)
     unencodable = object()
-    found = holder.cache.get_or_compute("k", lambda: unencodable, ttl=60)
+    found = holder.cache.get_or_compute("k", compute=lambda: unencodable, ttl=60)
     assert found.value is unencodable
     assert holder.cache.uncacheable == 1
     assert store.leases == {}  # released, not left to expire
-    assert other.cache.get_or_compute("k", lambda: "own", ttl=60).value == "own"
+    assert other.cache.get_or_compute("k", compute=lambda: "own", ttl=60).value == "own"
 
 
 def test_refresh_recomputes_under_the_lease_and_yields_to_a_holder(store: StubStore) -> None:
     process, rival = Process(store), Process(store)
-    process.cache.get_or_compute("k", lambda: 1, ttl=60)
-    refreshed = process.cache.refresh("k", lambda: 2, ttl=60)
+    process.cache.get_or_compute("k", compute=lambda: 1, ttl=60)
+    refreshed = process.cache.refresh("k", compute=lambda: 2, ttl=60)
     assert refreshed is not None and refreshed.value == 2
     assert process.fleet_counts()["refreshed"] == 1
     held = rival.fleet.claim("k", ttl=60, tags=(), inflight_id=None, unless_present=False)
@@ -197,7 +197,7 @@ def test_refresh_recomputes_under_the_lease_and_yields_to_a_holder(store: StubSt
     assert isinstance(
         process.fleet.claim("k", ttl=60, tags=(), inflight_id=None, unless_present=False), Held
     )
-    assert process.cache.refresh("k", lambda: 3, ttl=60) is None
+    assert process.cache.refresh("k", compute=lambda: 3, ttl=60) is None
     assert rival.cache.lookup("k").value == 2  # type: ignore[union-attr]
 
 
@@ -205,12 +205,12 @@ def test_invalidation_by_key_and_by_tag_reaches_other_processes_levels(
     store: StubStore,
 ) -> None:
     writer, reader = Process(store), Process(store)
-    writer.cache.get_or_compute("k", lambda: "v", ttl=60, tags=("reports",))
+    writer.cache.get_or_compute("k", compute=lambda: "v", ttl=60, tags=("reports",))
     assert reader.cache.lookup("k").source == SOURCE_REDIS  # type: ignore[union-attr]
     assert reader.cache.lookup("k").source == "l1"  # type: ignore[union-attr]
     writer.cache.invalidate("k")
     assert reader.cache.lookup("k") is None
-    writer.cache.get_or_compute("t", lambda: "v", ttl=60, tags=("reports",))
+    writer.cache.get_or_compute("t", compute=lambda: "v", ttl=60, tags=("reports",))
     reader.cache.lookup("t")
     assert writer.cache.invalidate_tag("reports") == 1
     assert reader.cache.lookup("t", remote=False) is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Callable
 
 import pytest
@@ -119,6 +121,59 @@ def test_measure_context_manager(monitor: PerformanceMonitor, clock: FakeClock) 
     assert timer.elapsed == 0.125
     assert monitor.p95("block") == 0.125
     assert monitor.names() == ["block"]
+
+
+def test_monitor_function_times_a_coroutine_until_it_finishes(
+    monitor: PerformanceMonitor, clock: FakeClock
+) -> None:
+    @monitor.monitor_function("fetch")
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)  # the loop runs other work; the clock moves meanwhile
+        clock.advance(0.25)
+        await asyncio.sleep(0)
+        return x + 1
+
+    @monitor.monitor_function("broken")
+    async def broken() -> None:
+        await asyncio.sleep(0)
+        clock.advance(0.5)
+        raise RuntimeError("fails after awaiting, still timed")
+
+    assert inspect.iscoroutinefunction(fetch)
+    assert fetch.__name__ == "fetch"
+    pending = fetch(1)
+    assert monitor.count("fetch") == 0  # creating the coroutine is not the call
+    assert asyncio.run(pending) == 2
+    assert monitor.count("fetch") == 1
+    assert monitor.average("fetch") == 0.25
+    with pytest.raises(RuntimeError):
+        asyncio.run(broken())
+    assert monitor.average("broken") == 0.5
+
+
+def test_monitor_function_keeps_a_plain_function_plain(monitor: PerformanceMonitor) -> None:
+    @monitor.monitor_function
+    def plain() -> str:
+        return "value"
+
+    assert not inspect.iscoroutinefunction(plain)
+    assert plain() == "value"
+
+
+def test_measure_and_timers_around_awaits(monitor: PerformanceMonitor, clock: FakeClock) -> None:
+    async def work() -> float:
+        token = monitor.start_timer("awaited")
+        async with monitor.measure("block") as timer:
+            await asyncio.sleep(0)
+            clock.advance(0.125)
+        await asyncio.sleep(0)
+        clock.advance(0.375)
+        monitor.stop_timer(token)
+        return timer.elapsed
+
+    assert asyncio.run(work()) == 0.125
+    assert monitor.average("block") == 0.125
+    assert monitor.average("awaited") == 0.5
 
 
 def test_timings_reach_snapshots_and_merge_fleet_wide(clock: FakeClock) -> None:

@@ -177,7 +177,7 @@ def test_a_runtime_from_settings_runs_on_the_cluster(cluster_url: str) -> None:
     try:
         assert runtime.start(listen_timeout=5.0).listening
         key = value_key()
-        first = runtime.cache.get_or_compute(key, lambda: "computed once", ttl=60)
+        first = runtime.cache.get_or_compute(key, compute=lambda: "computed once", ttl=60)
         assert first.source == "computed"
         assert runtime.tier.get(key) == "computed once"
         runtime.cache.invalidate(key)
@@ -443,7 +443,7 @@ def run_threads(
         if time.time() > start_at:
             results.append("late")
         time.sleep(max(0.0, start_at - time.time()))
-        found = cache.get_or_compute(key, compute, ttl=60)
+        found = cache.get_or_compute(key, compute=compute, ttl=60)
         results.append(f"{found.value}:{found.source}")
 
     workers = [threading.Thread(target=call) for _ in range(threads)]

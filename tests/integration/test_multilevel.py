@@ -96,7 +96,7 @@ def test_concurrent_misses_compute_once_per_process(cache_url: str) -> None:
 
     results: list[Any] = []
     threads = [
-        threading.Thread(target=lambda: results.append(cache.get_or_compute("k", compute)))
+        threading.Thread(target=lambda: results.append(cache.get_or_compute("k", compute=compute)))
         for _ in range(20)
     ]
     for thread in threads:
@@ -127,7 +127,7 @@ def test_an_exception_reaches_every_waiter_and_is_not_cached(cache_url: str) -> 
 
     def call() -> None:
         try:
-            cache.get_or_compute("k", compute)
+            cache.get_or_compute("k", compute=compute)
         except Boom as exc:
             errors.append(exc)
 
@@ -140,21 +140,21 @@ def test_an_exception_reaches_every_waiter_and_is_not_cached(cache_url: str) -> 
         thread.join(10)
     assert len(errors) == 5 and len({id(e) for e in errors}) == 1
     assert cache.lookup("k") is None
-    assert cache.get_or_compute("k", lambda: 7).value == 7
+    assert cache.get_or_compute("k", compute=lambda: 7).value == 7
 
 
 def test_none_is_cached_like_any_value(cache_url: str) -> None:
     cache = make_cache(cache_url)
     calls: list[int] = []
     for _ in range(3):
-        cache.get_or_compute("none", lambda: calls.append(1))
+        cache.get_or_compute("none", compute=lambda: calls.append(1))
     assert len(calls) == 1
 
 
 def test_uncacheable_value_is_returned_and_kept_out_of_redis(cache_url: str) -> None:
     cache = make_cache(cache_url)
     marker = object()
-    found = cache.get_or_compute("obj", lambda: marker)
+    found = cache.get_or_compute("obj", compute=lambda: marker)
     assert found.value is marker
     assert cache.uncacheable >= 1
     assert cache.tier is not None and cache.tier.get_entry("obj") is None
@@ -232,8 +232,8 @@ def test_redis_down_never_fails_a_computation() -> None:
     )
     server.stop()
     try:
-        assert cache.get_or_compute("k", lambda: "v").value == "v"
-        assert cache.get_or_compute("k", lambda: "other").source == "memory"
+        assert cache.get_or_compute("k", compute=lambda: "v").value == "v"
+        assert cache.get_or_compute("k", compute=lambda: "other").source == "memory"
         assert tier.stats["errors"] >= 1
     finally:
         cache.close()

@@ -62,11 +62,3 @@ def test_a_call_is_invalidated_by_key_and_by_version(cache_url: str) -> None:
     double.invalidate_all()
     assert double(21) == 42
     assert computed == [21, 21, 21]
-
-
-def test_a_coroutine_function_is_refused_at_decoration() -> None:
-    async def fetch(n: int) -> int:
-        return n
-
-    with pytest.raises(TypeError, match="coroutine function"):
-        tiercel.cached(ttl=1)(fetch)

@@ -104,9 +104,9 @@ def test_a_multilevel_round_trip_over_tls_with_leases_and_notifications(server: 
     assert notifier.start()
     try:
         key = value_key("tiercel")
-        first = cache.get_or_compute(key, lambda: [1, 2, 3], ttl=60)
+        first = cache.get_or_compute(key, compute=lambda: [1, 2, 3], ttl=60)
         assert (first.value, first.source) == ([1, 2, 3], SOURCE_COMPUTED)
-        assert cache.get_or_compute(key, lambda: "again", ttl=60).source == "l1"
+        assert cache.get_or_compute(key, compute=lambda: "again", ttl=60).source == "l1"
         fresh = MultiLevelCache(serializer=SERIALIZER, tier=tier)
         found = fresh.lookup(key)
         assert found is not None

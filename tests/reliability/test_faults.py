@@ -307,7 +307,7 @@ def test_silent_partition_of_one_process_stops_stale_answers_within_the_bound(
         while not stop.is_set():
             started = time.monotonic()
             try:
-                found = rt.cache.get_or_compute(key, lambda: truth[0], ttl=600)
+                found = rt.cache.get_or_compute(key, compute=lambda: truth[0], ttl=600)
             except BaseException as exc:
                 errors.append(exc)
             else:

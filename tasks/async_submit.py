@@ -1,0 +1,67 @@
+"""``await task.asubmit(...)``: submit a cached call from asyncio code.
+
+It decides exactly as :meth:`~tiercel.tasks.cached.CachedTask.submit` does,
+through the one decision (:meth:`~tiercel.core.cache.memoize.CachedFunction.serves`):
+answer from the local levels (nothing awaited) or the Redis tier (awaited
+through ``redis.asyncio``), else join the computation whose in-flight marker
+is there, else enqueue one task. The in-flight claim runs the same script on
+the loop's client. Publishing a Celery message is blocking kombu I/O, so
+enqueueing (and an early refresh's enqueue) runs in a worker thread, off the
+loop; the answer is a :class:`~tiercel.tasks.results.CachedResult` whose value
+is awaited with :meth:`~tiercel.tasks.results.CachedResult.aget`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from celery.result import AsyncResult
+
+from tiercel.core.cache.async_memoize import derive_key
+from tiercel.core.errors import TierUnavailable
+from tiercel.tasks import async_runtime
+from tiercel.tasks.results import CachedResult
+
+__all__ = ["asubmit"]
+
+
+async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CachedResult:
+    """``task.submit(*args, **kwargs)``, awaited; see the module docstring."""
+    from tiercel.tasks.cached import _public_source
+
+    loop = await async_runtime.current()
+    rt = loop.process
+    spec = task.tiercel_spec
+    cache = loop.cache.with_levels(spec.levels)
+    key = await derive_key(spec, rt.generations, rt.namespace, loop.tier, args, kwargs)
+    found = cache.lookup_local(key)  # a dict lookup: a local hit awaits nothing
+    if found is None:
+        found = await cache.lookup_remote(key)
+    serve, refresh = spec.serves(found)
+    if serve:
+        assert found is not None
+        if refresh:
+            await asyncio.to_thread(task._refresh_soon, rt, key, args, kwargs)
+        return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
+    task_id = str(uuid.uuid4())
+    try:
+        existing = await loop.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
+    except TierUnavailable:
+        existing = None  # no coalescing without Redis; the task still runs
+    levels = rt.cache.with_levels(spec.levels)
+    if existing is not None:
+        return CachedResult.pending(
+            key,
+            AsyncResult(existing, app=task.app),
+            "joined",
+            rt,
+            levels,
+            spec,
+            task._resubmitter(existing, args, kwargs),
+        )
+    published = await asyncio.to_thread(task._enqueue, rt, key, task_id, args, kwargs)
+    return CachedResult.pending(
+        key, published, "computed", rt, levels, spec, task._resubmitter(task_id, args, kwargs)
+    )

@@ -1,0 +1,68 @@
+"""AsyncListener's dispatch: which waiters a channel message wakes, and why."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+
+from tiercel.core.tier import events
+from tiercel.core.tier.async_listener import WAKE_RESET, AsyncListener
+
+
+def listener() -> AsyncListener:
+    # Never connected: these tests feed messages by hand.
+    return AsyncListener(aioredis.Redis.from_url("redis://127.0.0.1:1/0"), "ns:events")
+
+
+def test_a_keys_message_wakes_its_waiters_only() -> None:
+    async def main() -> tuple[str | None, str | None, int]:
+        hub = listener()
+        hub.connected = True  # as after a confirmed subscription
+        with hub.waiter("a") as a, hub.waiter("b") as b:
+            hub._handle({"type": "message", "data": events.Done("a").encode().encode()})
+            woke_a = await a.wait(0)
+            woke_b = await b.wait(0)
+        return woke_a, woke_b, hub.waiting
+
+    assert asyncio.run(main()) == ("d", None, 0)
+
+
+def test_failed_invalidated_cleared_and_garbled_messages() -> None:
+    async def main() -> list[str | None]:
+        hub = listener()
+        hub.connected = True
+        kinds = []
+        with hub.waiter("k") as waiter:
+            for message in (
+                events.Failed("k").encode(),
+                events.Invalidated("k").encode(),
+                events.Cleared().encode(),
+                events.TagInvalidated("t").encode(),
+                "garbled",
+            ):
+                hub._handle({"type": "message", "data": message})
+                kinds.append(await waiter.wait(0))
+        assert hub.malformed == 1
+        return kinds
+
+    assert asyncio.run(main()) == ["f", "i", "i", None, None]
+
+
+def test_a_resubscription_and_a_stop_wake_everyone() -> None:
+    async def main() -> list[str | None]:
+        hub = listener()
+        kinds = []
+        with hub.waiter("k") as waiter:
+            hub._handle({"type": "subscribe"})  # the first confirmation: nothing missed
+            kinds.append(await waiter.wait(0))
+            hub._handle({"type": "subscribe"})  # again: messages may have been missed
+            kinds.append(await waiter.wait(0))
+            pending = asyncio.ensure_future(waiter.wait(5))
+            await asyncio.sleep(0)
+            await hub.stop()
+            kinds.append(await pending)
+        assert hub.reconnects == 1
+        return kinds
+
+    assert asyncio.run(main()) == [None, WAKE_RESET, WAKE_RESET]

@@ -1,0 +1,200 @@
+"""The asyncio Redis wing on real Redis: the same leases as the blocking side, fencing,
+wake-ups, takeover from a holder that went away, and computing when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+import redis
+
+from tiercel.core.cache.async_cache import AsyncCache
+from tiercel.core.cache.async_coordinator import AsyncFleetCoordinator
+from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+from tiercel.core.encoding.entry import Entry
+from tiercel.core.local.memory_level import MemoryLevel
+from tiercel.core.tier.async_connections import async_client_from_url
+from tiercel.core.tier.async_leases import AsyncLeases
+from tiercel.core.tier.async_listener import AsyncListener
+from tiercel.core.tier.async_tier import AsyncRedisTier
+from tiercel.core.tier.breaker import CircuitBreaker
+from tiercel.core.tier.lease_calls import Held, Lease
+from tiercel.core.tier.leases import LeaseManager
+from tiercel.core.tier.redis_tier import RedisTier
+
+pytestmark = pytest.mark.integration
+
+NS = "ta"
+CHANNEL = f"{NS}:events"
+SERIALIZER = Serializer(MsgpackCodec())
+
+
+def value_key() -> str:
+    return f"{NS}:v:fn:1:{{{uuid.uuid4().hex}}}"
+
+
+def packed(payload: bytes) -> bytes:
+    return Entry.create(payload, now=time.time(), ttl=60.0).pack()
+
+
+class Stack:
+    """One loop's awaiting cache over real Redis, as the per-loop runtime builds it."""
+
+    def __init__(self, url: str, *, lease_ttl: float = 5.0, breaker: CircuitBreaker) -> None:
+        self.client = async_client_from_url(url)
+        self.tier = AsyncRedisTier(self.client, namespace=NS, breaker=breaker)
+        self.leases = AsyncLeases(self.client, ttl=lease_ttl, channel=CHANNEL)
+        self.listener = AsyncListener(self.client, CHANNEL)
+        self.fleet = AsyncFleetCoordinator(self.tier, self.leases, self.listener, max_wait=10)
+        encoder = RedisTier(redis.Redis.from_url(url), serializer=SERIALIZER, namespace=NS)
+        self.local = MultiLevelCache(
+            serializer=SERIALIZER, levels=[MemoryLevel("memory", max_entries=100)]
+        )
+        self.cache = AsyncCache(
+            self.local,
+            self.tier,
+            self.fleet,
+            lambda value, ttl, tags, seconds: encoder.encode_entry(
+                value, ttl=ttl, tags=tags, compute_seconds=seconds
+            ),
+        )
+        self._encoder = encoder
+
+    async def __aenter__(self) -> Stack:
+        assert await self.listener.start(5.0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.cache.close()
+        await self.listener.stop()
+        await self.tier.close()
+        self._encoder.close()
+
+
+def test_async_and_blocking_leases_exclude_each_other(redis_client: redis.Redis) -> None:
+    blocking = LeaseManager(redis_client, ttl=5.0, channel=CHANNEL)
+    key = value_key()
+    sync_lease = blocking.acquire(key)
+    assert isinstance(sync_lease, Lease)
+
+    async def main(cache_url: str) -> list[Any]:
+        client = async_client_from_url(cache_url)
+        leases = AsyncLeases(client, ttl=5.0, channel=CHANNEL)
+        try:
+            held = await leases.acquire(key)
+            blocking.release(sync_lease)
+            mine = await leases.acquire(key)
+            assert isinstance(mine, Lease)
+            other = blocking.acquire(key)
+            stored = await leases.write_back(mine, packed(b"async"), 60)
+            return [held, other, stored, mine.token > sync_lease.token]
+        finally:
+            await client.aclose()
+
+    held, other, stored, newer = asyncio.run(main(_url(redis_client)))
+    assert isinstance(held, Held) and isinstance(other, Held)
+    assert stored is True and newer is True
+    raw = redis_client.get(key)
+    assert raw is not None and Entry.unpack(raw).payload == b"async"
+
+
+def test_an_invalidation_while_computing_fences_the_async_write_back(
+    redis_client: redis.Redis,
+) -> None:
+    blocking = LeaseManager(redis_client, ttl=5.0, channel=CHANNEL)
+    key = value_key()
+
+    async def main() -> bool:
+        client = async_client_from_url(_url(redis_client))
+        leases = AsyncLeases(client, ttl=5.0, channel=CHANNEL)
+        try:
+            lease = await leases.acquire(key)
+            assert isinstance(lease, Lease)
+            blocking.invalidate(key)  # another process invalidates meanwhile
+            return await leases.write_back(lease, packed(b"stale"), 60)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(main()) is False
+    assert redis_client.get(key) is None
+
+
+def test_a_waiter_is_woken_by_a_blocking_holders_write_back(redis_client: redis.Redis) -> None:
+    blocking = LeaseManager(redis_client, ttl=5.0, channel=CHANNEL)
+    key = value_key()
+    lease = blocking.acquire(key)
+    assert isinstance(lease, Lease)
+
+    async def main() -> tuple[Any, int]:
+        async with Stack(_url(redis_client), breaker=CircuitBreaker()) as stack:
+
+            async def never() -> str:
+                raise AssertionError("the holder's value was there to read")
+
+            loop = asyncio.get_running_loop()
+            loop.call_later(
+                0.2,
+                lambda: blocking.write_back(
+                    lease, stack._encoder.encode_entry("theirs", ttl=60)[1], 60
+                ),  # type: ignore[index]
+            )
+            started = time.monotonic()
+            found = await stack.cache.get_or_compute(key, compute=never, ttl=60)
+            return found, time.monotonic() - started
+
+    found, _ = asyncio.run(main())
+    assert (found.value, found.source) == ("theirs", "joined")
+
+
+def test_a_holder_that_went_away_is_taken_over(redis_client: redis.Redis) -> None:
+    # A holder that never writes back (killed): its short lease expires, one waiter computes.
+    blocking = LeaseManager(redis_client, ttl=0.3, channel=CHANNEL)
+    key = value_key()
+    assert isinstance(blocking.acquire(key), Lease)
+
+    async def main() -> tuple[Any, dict[str, Any]]:
+        async with Stack(_url(redis_client), breaker=CircuitBreaker()) as stack:
+
+            async def compute() -> str:
+                return "mine"
+
+            found = await stack.cache.get_or_compute(key, compute=compute, ttl=60)
+            return found, stack.cache.stats()
+
+    found, stats = asyncio.run(main())
+    assert (found.value, found.source) == ("mine", "computed")
+    assert stats["fleet"]["takeovers"] == 1 and stats["fleet"]["computed"] == 1
+    raw = redis_client.get(key)
+    assert raw is not None
+
+
+def test_redis_down_never_fails_a_computation() -> None:
+    async def main() -> tuple[Any, Any, dict[str, Any]]:
+        # Nothing listens on this port: every call fails fast and feeds the breaker.
+        stack = Stack("redis://127.0.0.1:1/0", breaker=CircuitBreaker(failures=1))
+
+        async def compute() -> int:
+            return 42
+
+        try:
+            first = await stack.cache.get_or_compute("k", compute=compute, ttl=60)
+            again = await stack.cache.lookup("k")
+            return first, again, stack.cache.stats()
+        finally:
+            await stack.cache.close()
+            await stack.tier.close()
+            stack._encoder.close()
+
+    first, again, stats = asyncio.run(main())
+    assert (first.value, first.source) == (42, "computed")
+    assert again is not None and (again.value, again.source) == (42, "memory")
+    assert stats["fleet"]["degraded"] == 1
+
+
+def _url(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
