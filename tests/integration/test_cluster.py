@@ -4,7 +4,8 @@ The cluster starts once per module on free loopback ports (see
 :mod:`tests.integration.redis_topologies`) and is flushed before each test.
 Keys are spread over all three masters on purpose: each value key is its own
 hash slot (``{digest}``), so multi-key reads, pipelines, tag drains and
-notifications all cross nodes here.
+notifications all cross nodes here. The nodes need a redis-server >= 7;
+without one these tests are reported as not run (:mod:`tests.services`).
 """
 
 from __future__ import annotations
