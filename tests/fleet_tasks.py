@@ -77,6 +77,18 @@ def retrying_square(
     return {"square": n * n, "computation": number, "retries": self.request.retries}
 
 
+@shared_task(name="tests.fleet_tasks.offset")
+def offset(value: int, by: int) -> int:
+    """A plain task for canvas tests: ``value + by``."""
+    return value + by
+
+
+@shared_task(name="tests.fleet_tasks.total")
+def total(values: list[int]) -> int:
+    """A plain chord callback: the sum of the header's results."""
+    return sum(values)
+
+
 @shared_task(name="tests.fleet_tasks.fill_local")
 def fill_local(prefix: str, count: int, ttl: float, hold_ms: int = 0) -> dict[str, Any]:
     """Put ``count`` entries living ``ttl`` seconds into this process's local levels only."""
