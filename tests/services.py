@@ -63,6 +63,7 @@ def _version(binary: str) -> tuple[int, ...]:
     return tuple(int(part) for part in match.groups()) if match else ()
 
 
+@cache
 def _has_tls(binary: str) -> bool:
     # A TLS build links (or embeds) OpenSSL; a build without it rejects --tls-port at start.
     data = Path(binary).read_bytes()
