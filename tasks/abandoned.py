@@ -61,7 +61,8 @@ def release_abandoned(task: Any, task_id: str, args: Any, kwargs: Any, why: str)
         return False
     try:
         settings, tier, leases = _tools.get()
-        key = spec.key(settings.namespace, Generations(tier, max_age=0.0), args or (), kwargs or {})
+        call_args = task.tiercel_args(args or ()) if hasattr(task, "tiercel_args") else args or ()
+        key = spec.key(settings.namespace, Generations(tier, max_age=0.0), call_args, kwargs or {})
         released = bool(leases.release_abandoned(key, task_id))
     except Exception:  # cleanup is best effort: the lease still expires by TTL
         log.warning(

@@ -14,12 +14,14 @@ is awaited with :meth:`~tiercel.tasks.results.CachedResult.aget`.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 from celery.result import AsyncResult
 
 from tiercel.core.cache.async_memoize import derive_key
+from tiercel.core.cache.lookup import SOURCE_JOINED
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import async_runtime
 from tiercel.tasks.results import CachedResult
@@ -31,11 +33,14 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
     """``task.submit(*args, **kwargs)``, awaited; see the module docstring."""
     from tiercel.tasks.cached import _public_source
 
+    started = time.perf_counter()
     loop = await async_runtime.current()
     rt = loop.process
     spec = task.tiercel_spec
     cache = loop.cache.with_levels(spec.levels)
-    key = await derive_key(spec, rt.generations, rt.namespace, loop.tier, args, kwargs)
+    key = await derive_key(
+        spec, rt.generations, rt.namespace, loop.tier, task.tiercel_args(args), kwargs
+    )
     found = cache.lookup_local(key)  # a dict lookup: a local hit awaits nothing
     if found is None:
         found = await cache.lookup_remote(key)
@@ -44,6 +49,9 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
         assert found is not None
         if refresh:
             await asyncio.to_thread(task._refresh_soon, rt, key, args, kwargs)
+        rt.recorder.record(
+            spec.name, found.source, time.perf_counter() - started, found.compute_seconds
+        )
         return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
     task_id = str(uuid.uuid4())
     try:
@@ -52,6 +60,7 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
         existing = None  # no coalescing without Redis; the task still runs
     levels = rt.cache.with_levels(spec.levels)
     if existing is not None:
+        rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
         return CachedResult.pending(
             key,
             AsyncResult(existing, app=task.app),

@@ -20,13 +20,14 @@ from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, current_task, shared_task
-from celery.exceptions import Terminated
+from celery.exceptions import Retry, Terminated
 from celery.result import AsyncResult
 from celery.worker.request import Request
 
 from tiercel.core.cache.freshness import FreshnessPolicy
 from tiercel.core.cache.lookup import SOURCE_JOINED, Lookup
 from tiercel.core.cache.memoize import CachedFunction
+from tiercel.core.cache.miss_loop import defer
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
@@ -66,7 +67,25 @@ class CachedTask(Task):  # type: ignore[misc]
     """Base class of every cached task; ``tiercel_spec`` says how it caches."""
 
     tiercel_spec: CachedFunction[Any, Any]
+    #: ``bind=True``: the function's first parameter is the task, left out of the key.
+    tiercel_bound: bool = False
     Request = "tiercel.tasks.cached:CachedRequest"
+
+    def tiercel_args(self, args: Iterable[Any]) -> tuple[Any, ...]:
+        """The function's positional arguments for a call with the task's ``args``: with
+        ``bind=True`` the task comes first (``tiercel_spec`` ignores it in the key)."""
+        return (self, *args) if self.tiercel_bound else tuple(args)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``retry``; the ``Retry`` it raises (or returns, with ``throw=False``)
+        gives up the key's lease and in-flight marker as a deferral, not a failure, so
+        tasks waiting on the lease look again instead of failing with it."""
+        try:
+            outcome = super().retry(*args, **kwargs)
+        except Retry as exc:
+            defer(exc)
+            raise
+        return defer(outcome) if isinstance(outcome, Retry) else outcome
 
     def submit(self, *args: Any, **kwargs: Any) -> CachedResult:
         """Answer from the cache when possible; else join the computation in flight,
@@ -78,7 +97,7 @@ class CachedTask(Task):  # type: ignore[misc]
         rt = runtime.current()
         spec = self.tiercel_spec
         cache = rt.cache.with_levels(spec.levels)
-        key = rt.key(spec, args, kwargs)
+        key = rt.key(spec, self.tiercel_args(args), kwargs)
         found = cache.lookup(key)
         serve, refresh = spec.serves(found)
         if serve:
@@ -167,7 +186,7 @@ class CachedTask(Task):  # type: ignore[misc]
         rt = runtime.current()
         spec = self.tiercel_spec
         normalised = [_split_call(call) for call in calls]
-        keys = [rt.key(spec, args, kwargs) for args, kwargs in normalised]
+        keys = [rt.key(spec, self.tiercel_args(args), kwargs) for args, kwargs in normalised]
         cache = rt.cache.with_levels(spec.levels)
         hits: dict[str, Lookup] = {}
         stale: set[str] = set()
@@ -232,12 +251,12 @@ class CachedTask(Task):  # type: ignore[misc]
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:
         """Compute in this process through local levels, the Redis tier and the lease."""
-        return runtime.current().call(self.tiercel_spec, args, kwargs).value
+        return runtime.current().call(self.tiercel_spec, self.tiercel_args(args), kwargs).value
 
     def invalidate(self, *args: Any, **kwargs: Any) -> None:
         """Forget the value of one call in every tier and every process."""
         rt = runtime.current()
-        rt.cache.invalidate(rt.key(self.tiercel_spec, args, kwargs))
+        rt.cache.invalidate(rt.key(self.tiercel_spec, self.tiercel_args(args), kwargs))
 
     def invalidate_tag(self, tag: str) -> int:
         """Forget every value carrying ``tag``; returns the Redis keys removed."""
@@ -310,7 +329,9 @@ def cached_task(
     A task that raises is not cached, unless the exception is an instance of a
     type in ``cache_errors``: that failure is cached for ``error_ttl`` seconds
     and raised again (as its own type) to every caller meanwhile.
-    Other keyword arguments go to Celery's task decorator.
+    Other keyword arguments go to Celery's task decorator. With ``bind=True`` the
+    function's first parameter receives the task, as in Celery (``self.request``,
+    ``self.retry(...)``), and is not part of the key.
     """
 
     def decorate(func: Callable[..., Any]) -> Any:
@@ -322,6 +343,13 @@ def cached_task(
                 "the async def in the asyncio process with tiercel.cached"
             )
         task_name = name or f"{func.__module__}.{func.__name__}"
+        bound = bool(celery_options.get("bind"))
+        ignored = tuple(ignore)
+        if bound:
+            params = list(inspect.signature(func).parameters)
+            if not params:
+                raise TypeError(f"{task_name}: bind=True needs a first parameter for the task")
+            ignored = (params[0], *ignored)
         policy = FreshnessPolicy(
             stale_ttl=stale_ttl,
             stale_while_revalidate=stale_while_revalidate,
@@ -333,7 +361,7 @@ def cached_task(
             ttl=ttl,
             tags=tuple(tags),
             version=version,
-            ignore=tuple(ignore),
+            ignore=ignored,
             name=task_name,
             policy=policy,
             levels=None if levels is None else tuple(levels),
@@ -341,6 +369,7 @@ def cached_task(
             error_ttl=error_ttl,
         )
 
+        # With bind=True Celery calls run as a method: args[0] is then the task itself.
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             rt = runtime.current()
@@ -361,7 +390,9 @@ def cached_task(
             return found.value
 
         options = {**_TASK_DEFAULTS, **celery_options}
-        task = shared_task(name=task_name, base=CachedTask, tiercel_spec=spec, **options)(run)
+        task = shared_task(
+            name=task_name, base=CachedTask, tiercel_spec=spec, tiercel_bound=bound, **options
+        )(run)
         register(task_name, task)
         return task
 

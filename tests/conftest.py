@@ -4,7 +4,11 @@ Two redis-servers (a ``noeviction`` broker/result server and an
 ``allkeys-lru`` cache server) start on free loopback ports when the session
 is configured, before any test module imports the Celery app, and the
 ``TIERCEL_*`` variables point at them. Never port 6379, never a fixed port.
-A server that cannot start fails the session; nothing here skips.
+A server that cannot start fails the session.
+
+Tests that need a service beyond Python (RabbitMQ, a TLS-capable
+redis-server, ...) are skipped as not run when it is not configured
+(``tests/services.py``), and the run's summary lists each of them by name.
 """
 
 from __future__ import annotations
@@ -96,3 +100,27 @@ def cache_client(cache_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(cache_server.url)
     yield client
     client.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List by name every test not run for want of a service (see tests/services.py)."""
+    from tests.services import NOT_RUN, REQUIRE
+
+    by_service: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if not isinstance(longrepr, tuple) or len(longrepr) != 3:
+            continue
+        reason = str(longrepr[2]).removeprefix("Skipped: ")
+        if reason.startswith(NOT_RUN):
+            service = reason.removeprefix(NOT_RUN).split(": ", 1)[0]
+            by_service.setdefault(service, []).append(report.nodeid)
+    if not by_service:
+        return
+    count = sum(len(names) for names in by_service.values())
+    terminalreporter.section(f"{count} tests not run: a service is not configured")
+    for service, names in sorted(by_service.items()):
+        terminalreporter.write_line(f"{service}: {len(names)}")
+        for name in names:
+            terminalreporter.write_line(f"  {name}")
+    terminalreporter.write_line(f"(CI sets {REQUIRE}=1, where each of these fails instead)")

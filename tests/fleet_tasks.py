@@ -48,6 +48,47 @@ def stubborn(name: str, counter: str, seconds: float = 3.0) -> int:
     return number
 
 
+@cached_task(ttl=600, bind=True)
+def bound_square(self: Any, n: int, counter: str, compute_ms: int = 200) -> dict[str, Any]:
+    """A ``bind=True`` cached task: INCR ``counter``, then report the request it ran under."""
+    number = int(runtime.current().tier.client.incr(counter))
+    time.sleep(compute_ms / 1000)
+    return {
+        "square": n * n,
+        "computation": number,
+        "task": self.name,
+        "task_id": self.request.id,
+        "retries": self.request.retries,
+    }
+
+
+@cached_task(ttl=600, bind=True, max_retries=3)
+def retrying_square(
+    self: Any, n: int, counter: str, failures: int = 1, compute_ms: int = 300
+) -> dict[str, Any]:
+    """Calls ``self.retry`` on its first ``failures`` attempts (counted in
+    ``<counter>:attempts``, fleet-wide), then computes (counted in ``counter``)."""
+    client = runtime.current().tier.client
+    attempt = int(client.incr(f"{counter}:attempts"))
+    time.sleep(compute_ms / 1000)  # long enough that duplicates wait on the lease
+    if attempt <= failures:
+        raise self.retry(countdown=0.2)
+    number = int(client.incr(counter))
+    return {"square": n * n, "computation": number, "retries": self.request.retries}
+
+
+@shared_task(name="tests.fleet_tasks.offset")
+def offset(value: int, by: int) -> int:
+    """A plain task for canvas tests: ``value + by``."""
+    return value + by
+
+
+@shared_task(name="tests.fleet_tasks.total")
+def total(values: list[int]) -> int:
+    """A plain chord callback: the sum of the header's results."""
+    return sum(values)
+
+
 @shared_task(name="tests.fleet_tasks.fill_local")
 def fill_local(prefix: str, count: int, ttl: float, hold_ms: int = 0) -> dict[str, Any]:
     """Put ``count`` entries living ``ttl`` seconds into this process's local levels only."""

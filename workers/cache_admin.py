@@ -97,7 +97,7 @@ def inspect(task: str, args: tuple[str, ...], as_json: bool) -> int:
     value stored in Redis (TTL left, size, codec, compute seconds, tags), the lease
     holder and the in-flight task, if any. Exit status 1 when nothing is stored."""
     rt, cached_task = _setup(task)
-    key = rt.key(cached_task.tiercel_spec, tuple(_arguments(args)), {})
+    key = rt.key(cached_task.tiercel_spec, cached_task.tiercel_args(_arguments(args)), {})
     found = describe_key(rt, key)
     if as_json:
         click.echo(json.dumps(found))
@@ -159,7 +159,7 @@ def invalidate(
         raise click.UsageError("JSON arguments go with TASK")
     rt, cached_task = _setup(task or whole_task)
     if task is not None:
-        key = rt.key(cached_task.tiercel_spec, tuple(_arguments(args)), {})
+        key = rt.key(cached_task.tiercel_spec, cached_task.tiercel_args(_arguments(args)), {})
         if dry_run:
             click.echo(f"would invalidate {key}")
             return EXIT_NOTHING_DONE

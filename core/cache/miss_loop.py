@@ -14,6 +14,11 @@ never sees the cache and this loop never holds it:
    raises :class:`~tiercel.core.errors.ComputationFailed`, or, when the holder
    died and its lease expired, loops and one of the waiters takes over.
 
+An exception marked with :func:`defer` (a task asking to be run again later,
+such as Celery's ``Retry``) is not a failure: the holder gives the lease and
+its in-flight marker up without a value, its waiters look again and one of
+them computes, and the exception still reaches the holder's caller.
+
 Cache trouble never fails a computation: when the shared tier is unreachable
 (or its breaker is open) the loop computes without a lease, keeps the value in
 the process's own levels and counts it as ``degraded``.
@@ -42,6 +47,21 @@ DEGRADED_LOG_EVERY = 10.0
 
 #: ``encode(value, ttl, tags, compute_seconds)``: ``(frame, entry)`` or None (not storable).
 Encoder = Callable[[Any, float, Sequence[str], float], "tuple[bytes, bytes] | None"]
+#: Set on an exception by :func:`defer`.
+_DEFERRED = "tiercel_deferred"
+
+
+def defer(exc: BaseException) -> BaseException:
+    """Mark ``exc`` as a deferral, not a failure (see the module docstring); returns it."""
+    setattr(exc, _DEFERRED, True)
+    return exc
+
+
+def is_deferred(exc: BaseException) -> bool:
+    """True when ``exc`` was marked by :func:`defer`."""
+    return getattr(exc, _DEFERRED, False) is True
+
+
 #: ``read()``: the key's value from any tier, or None.
 Reader = Callable[[], "Lookup | None"]
 #: ``store(value, frame)``: keep a value in this process's levels.
@@ -183,7 +203,10 @@ class MissLoop:
             try:
                 value = create()
             except BaseException as exc:
-                self.fleet.fail(lease, exc, inflight_id=inflight_id)
+                if is_deferred(exc):
+                    self.fleet.abandon(lease, inflight_id=inflight_id)
+                else:
+                    self.fleet.fail(lease, exc, inflight_id=inflight_id)
                 raise
         elapsed = time.perf_counter() - started
         self._state.leased += 1

