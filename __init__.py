@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from tiercel.tasks.cached_function import cached
     from tiercel.tasks.results import CachedResult
     from tiercel.tasks.runtime import invalidate_namespace, monitor
+    from tiercel.workers.init_app import init_app
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ _LAZY: dict[str, str] = {
     "CachedResult": "tiercel.tasks.results",
     "invalidate_namespace": "tiercel.tasks.runtime",
     "monitor": "tiercel.tasks.runtime",
+    "init_app": "tiercel.workers.init_app",
     "aclose": "tiercel.tasks.async_runtime",
 }
 
@@ -86,6 +88,7 @@ __all__ = [
     "aclose",
     "cached",
     "cached_task",
+    "init_app",
     "invalidate_namespace",
     "monitor",
 ]

@@ -349,16 +349,30 @@ def _parse_field(item: dataclasses.Field[Any], raw: str) -> Any:
 _REDISH = ("redis", "rediss", "unix")
 
 
+#: This process's settings when an application set them (``tiercel.init_app``).
+_configured: Settings | None = None
+
+
+def configure(settings: Settings | None) -> None:
+    """Make ``settings`` what :func:`resolve_settings` answers in this process (and in the
+    worker processes it forks); None goes back to reading the environment."""
+    global _configured
+    _configured = settings
+
+
 def resolve_settings(settings: Settings | None = None) -> Settings:
     """Settings from the environment, completed from a running embedded fleet.
 
-    Order: ``TIERCEL_*`` variables; else the URLs of a fleet started by
+    Settings an application configured (:func:`configure`) come first. Then
+    ``TIERCEL_*`` variables; else the URLs of a fleet started by
     ``tiercel up`` (see :mod:`tiercel.core.embedded.fleet_file`). A Redis broker also serves as
     result backend and cache tier when those are not set (a separate
     ``allkeys-lru`` cache Redis is better in production: see the README).
     """
     from tiercel.core.embedded.fleet_file import read_fleet_file
 
+    if settings is None and _configured is not None:
+        return _configured
     settings = settings or Settings.from_env()
     if settings.embedded:
         record = read_fleet_file()

@@ -21,6 +21,7 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import Task, current_task, shared_task
 from celery.exceptions import Retry, Terminated
+from celery.local import Proxy
 from celery.result import AsyncResult
 from celery.worker.request import Request
 
@@ -31,7 +32,7 @@ from tiercel.core.cache.miss_loop import defer
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
-from tiercel.tasks.registry import register
+from tiercel.tasks.registry import register, task_of
 from tiercel.tasks.results import CachedResult
 
 # Cached tasks are idempotent by construction: redeliver rather than lose them.
@@ -390,9 +391,13 @@ def cached_task(
             return found.value
 
         options = {**_TASK_DEFAULTS, **celery_options}
-        task = shared_task(
+        # Registered on every app (as shared_task does), but the name stands for the task
+        # of the app tiercel is attached to, in every thread: Celery's current app is
+        # thread-local, and a thread's default app has no result backend.
+        shared_task(
             name=task_name, base=CachedTask, tiercel_spec=spec, tiercel_bound=bound, **options
         )(run)
+        task = Proxy(functools.partial(task_of, task_name))
         register(task_name, task)
         return task
 

@@ -8,9 +8,32 @@ from typing import Any
 
 from tiercel.core.errors import UnknownTask
 
-__all__ = ["UnknownTask", "find_cached_task", "register"]
+__all__ = ["UnknownTask", "attach", "attached_app", "find_cached_task", "register", "task_of"]
 
 _TASKS: dict[str, Any] = {}
+#: The Celery app tiercel was attached to (``tiercel.init_app``); None: Celery's current app.
+_app: Any = None
+
+
+def attach(app: Any) -> None:
+    """Bind every cached task, in every thread, to ``app`` (its broker and result backend)."""
+    global _app
+    _app = app
+
+
+def attached_app() -> Any:
+    """The app cached tasks are bound to: the attached one, else Celery's current app."""
+    if _app is not None:
+        return _app
+    from celery import current_app
+
+    return current_app._get_current_object()
+
+
+def task_of(name: str) -> Any:
+    """The task object called ``name`` on the attached app (what a cached task's name
+    stands for in user code, in any thread)."""
+    return attached_app().tasks[name]
 
 
 def register(name: str, task: Any) -> None:

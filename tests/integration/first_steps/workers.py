@@ -1,0 +1,3 @@
+"""The project's own ``workers`` module."""
+
+MARKER = "the project's workers"

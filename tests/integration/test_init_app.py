@@ -1,0 +1,135 @@
+"""tiercel inside a project's own Celery app: Celery's First Steps layout, no TIERCEL_*.
+
+The project (tests/integration/first_steps: the app in ``tasks.py``, its own
+``core/`` package and ``workers.py``) calls ``tiercel.init_app(app)`` and runs
+``celery -A tasks worker`` itself, 2 nodes x 2 prefork processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tiercel.core.errors import SettingsError
+
+pytestmark = pytest.mark.integration
+
+PROJECT = Path(__file__).parent / "first_steps"
+
+
+def project_env(redis_url: str, queue: str, namespace: str) -> dict[str, str]:
+    """The environment of a project that never heard of TIERCEL_* variables."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("TIERCEL_") and key != "PYTHONPATH"
+    }
+    env.update(
+        PYTHONPATH=str(PROJECT),  # the project's own tasks, core and workers, nothing else
+        PROJECT_REDIS=redis_url,
+        PROJECT_QUEUE=queue,
+        PROJECT_NAMESPACE=namespace,
+    )
+    return env
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Iterator[dict[str, str]]:
+    redis_url = os.environ["TIERCEL_CACHE_URL"]  # the session's test Redis, by another name
+    tag = uuid.uuid4().hex[:8]
+    env = project_env(redis_url, f"first-steps-{tag}", f"fs{tag}")
+    workers = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "celery", "-A", "tasks", "worker"),
+                *("-n", f"{node}-{tag}@%h", "-P", "prefork", "-c", "2"),
+                *("--without-mingle", "--without-gossip", "-l", "WARNING"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for node in ("n1", "n2")
+    ]
+    try:
+        yield env
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+def test_a_first_steps_project_gets_every_fleet_guarantee(
+    project: dict[str, str], tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, str(PROJECT / "client.py")],
+        cwd=tmp_path,
+        env=project,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["core"] == "the project's core" and report["workers"] == "the project's workers"
+    assert report["first"] == ["computed", 49]
+    source, task_id, value = report["again"]
+    assert source in ("memory", "redis") and task_id is None and value == 49, "no task"
+    stampede = report["stampede"]
+    assert stampede["errors"] == [] and stampede["count"] == 40, stampede
+    assert stampede["answers"] == [121] and stampede["computations"] == 1, stampede
+    bound = report["bound"]
+    assert bound["n"] == 5 and bound["task"] == "tasks.whoami" and bound["task_id"]
+    assert report["bound_again"] in ("memory", "redis"), "self is not part of the key"
+    assert report["after_invalidate"] == ["computed", 49, 2], "invalidation recomputes"
+    assert report["plain"] == 5, "the project's plain tasks still run"
+    conf = report["conf"]
+    assert conf["prefetch"] == 3 and conf["queue"] == project["PROJECT_QUEUE"]
+    assert conf["visibility_timeout"] == 7200, "the project's settings are unchanged"
+    assert conf["maintenance_registered"]
+    assert {"tiercel-sweep", "tiercel-housekeeping", "tiercel-aggregate"} <= set(conf["beat"])
+
+
+def test_settings_come_from_arguments_then_the_environment_then_the_app(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from celery import Celery
+
+    from tiercel.workers.init_app import settings_for
+
+    for key in [k for k in os.environ if k.startswith("TIERCEL_")]:
+        monkeypatch.delenv(key)
+    app = Celery("project", broker="redis://127.0.0.1:1/0", backend="redis://127.0.0.1:1/1")
+    from_app = settings_for(app)
+    assert from_app.broker_url == "redis://127.0.0.1:1/0"
+    assert from_app.cache_url == from_app.result_backend == "redis://127.0.0.1:1/1"
+    monkeypatch.setenv("TIERCEL_CACHE_URL", "redis://127.0.0.1:1/2")
+    monkeypatch.setenv("TIERCEL_NAMESPACE", "from-env")
+    from_env = settings_for(app)
+    assert (from_env.cache_url, from_env.namespace) == ("redis://127.0.0.1:1/2", "from-env")
+    given = settings_for(app, cache_url="redis://127.0.0.1:1/3", namespace="given", lease_ttl=9)
+    assert (given.cache_url, given.namespace, given.lease_ttl) == (
+        "redis://127.0.0.1:1/3",
+        "given",
+        9,
+    )
+    with pytest.raises(SettingsError, match=r"unknown setting.*leas_ttl"):
+        settings_for(app, leas_ttl=9)
+    monkeypatch.delenv("TIERCEL_CACHE_URL")
+    no_cache = Celery("project", broker="redis://127.0.0.1:1/0", backend="rpc://")
+    with pytest.raises(SettingsError, match="cache_url="):
+        settings_for(no_cache)
