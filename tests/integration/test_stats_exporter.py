@@ -134,7 +134,11 @@ def test_flower_shows_which_tier_answered_and_the_aggregation(fleet: Fleet) -> N
         assert "fleet" in info["result"]
     finally:
         os.killpg(flower.pid, 15)
-        flower.wait(10)
+        try:
+            flower.wait(20)
+        except subprocess.TimeoutExpired:  # a loaded machine: do not let it outlive the test
+            os.killpg(flower.pid, 9)
+            flower.wait(10)
 
 
 def test_the_table_shows_timers_clients_and_exited_processes() -> None:
