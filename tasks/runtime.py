@@ -149,7 +149,7 @@ class Runtime:
         #: Named timers for user code (``tiercel.monitor()``), in this registry's snapshots.
         self.monitor = PerformanceMonitor(self.metrics)
 
-        # A worker's own duties.
+        # A worker's own sweeps (started only in a worker) and every process's publisher.
         self.sweeper = LocalSweeper(
             self.cache, self.pools, self.metrics, settings.sweep_interval, self.sweep_requested
         )
@@ -161,7 +161,8 @@ class Runtime:
     # --- lifecycle ---
 
     def start(self, *, listen_timeout: float | None = None) -> Runtime:
-        """Start listening for invalidations, and in a worker the sweepers and the publisher.
+        """Start listening for invalidations and publishing snapshots, and in a worker the
+        sweepers.
 
         A worker waits up to 5 s for its subscription (a client 1 s) by default;
         a listener that is not up yet keeps trying in the background.

@@ -16,20 +16,18 @@ loop computes without a lease and keeps the value in the process's levels.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from tiercel.core.cache.async_fleet import AsyncFleet, AsyncWaiter
 from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, CacheState, Lookup
-from tiercel.core.cache.miss_loop import DEGRADED_LOG_EVERY, WAIT_SLACK, Encoder, Storer
+from tiercel.core.cache.miss_loop import WAIT_SLACK, DegradedNotice, Encoder, Storer
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier.lease_calls import Held, Lease, Present
 
 __all__ = ["AsyncMissLoop", "AsyncReader", "Creator"]
 
-log = logging.getLogger("tiercel.coordinator")
 
 #: ``read()``: awaits the key's value from any tier, or None.
 AsyncReader = Callable[[], Awaitable["Lookup | None"]]
@@ -52,7 +50,7 @@ class AsyncMissLoop:
         self._state = state
         self._encode = encode
         self._timer = timer
-        self._last_degraded_log = -DEGRADED_LOG_EVERY
+        self._note_degraded = DegradedNotice(state, timer)
 
     async def compute(
         self,
@@ -173,14 +171,3 @@ class AsyncMissLoop:
         value = await create()
         store(value, None)
         return Lookup(value, SOURCE_COMPUTED, ttl)
-
-    def _note_degraded(self, reason: str) -> None:
-        self._state.degraded += 1
-        now = self._timer()
-        if now - self._last_degraded_log >= DEGRADED_LOG_EVERY:
-            self._last_degraded_log = now
-            log.warning(
-                "tiercel: cache tier unavailable (%s); computing without a lease, "
-                "serving from local levels",
-                reason,
-            )

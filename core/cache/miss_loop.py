@@ -68,6 +68,27 @@ Reader = Callable[[], "Lookup | None"]
 Storer = Callable[[Any, "bytes | None"], None]
 
 
+class DegradedNotice:
+    """Counts a computation run without a lease (the shared tier is down) and says so in
+    the log at most once per :data:`DEGRADED_LOG_EVERY` seconds per process."""
+
+    def __init__(self, state: CacheState, timer: Callable[[], float]) -> None:
+        self._state = state
+        self._timer = timer
+        self._last_log = -DEGRADED_LOG_EVERY
+
+    def __call__(self, reason: str) -> None:
+        self._state.degraded += 1
+        now = self._timer()
+        if now - self._last_log >= DEGRADED_LOG_EVERY:
+            self._last_log = now
+            log.warning(
+                "tiercel: cache tier unavailable (%s); computing without a lease, "
+                "serving from local levels",
+                reason,
+            )
+
+
 class MissLoop:
     """Elects one computer per key through ``fleet``; counts into ``state``."""
 
@@ -83,7 +104,7 @@ class MissLoop:
         self._state = state
         self._encode = encode
         self._timer = timer
-        self._last_degraded_log = -DEGRADED_LOG_EVERY
+        self._note_degraded = DegradedNotice(state, timer)
 
     def compute(
         self,
@@ -238,14 +259,3 @@ class MissLoop:
         value = create()
         store(value, None)
         return Lookup(value, SOURCE_COMPUTED, ttl)
-
-    def _note_degraded(self, reason: str) -> None:
-        self._state.degraded += 1
-        now = self._timer()
-        if now - self._last_degraded_log >= DEGRADED_LOG_EVERY:
-            self._last_degraded_log = now
-            log.warning(
-                "tiercel: cache tier unavailable (%s); computing without a lease, "
-                "serving from local levels",
-                reason,
-            )
