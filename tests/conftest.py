@@ -74,10 +74,21 @@ def cache_server() -> RedisServer:
 
 @pytest.fixture()
 def cache_url(cache_server: RedisServer) -> Iterator[str]:
-    """URL of the session cache server, flushed before each test."""
+    """URL of the session cache server, flushed before each test.
+
+    The flush erases generation counters too; this process then forgets the ones it
+    remembered, as a process that never saw them would (otherwise it would write
+    them back while the next fleet's fresh workers read none: different keys).
+    """
+    import sys
+
     client = redis.Redis.from_url(cache_server.url)
     client.flushall()
     client.close()
+    runtime = sys.modules.get("tiercel.tasks.runtime")
+    existing = runtime.existing() if runtime is not None else None
+    if existing is not None:
+        existing.generations.forget()
     yield cache_server.url
 
 

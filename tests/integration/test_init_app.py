@@ -113,7 +113,12 @@ def test_settings_come_from_arguments_then_the_environment_then_the_app(
 
     for key in [k for k in os.environ if k.startswith("TIERCEL_")]:
         monkeypatch.delenv(key)
-    app = Celery("project", broker="redis://127.0.0.1:1/0", backend="redis://127.0.0.1:1/1")
+    app = Celery(
+        "project",
+        broker="redis://127.0.0.1:1/0",
+        backend="redis://127.0.0.1:1/1",
+        set_as_current=False,
+    )
     from_app = settings_for(app)
     assert from_app.broker_url == "redis://127.0.0.1:1/0"
     assert from_app.cache_url == from_app.result_backend == "redis://127.0.0.1:1/1"
@@ -130,6 +135,8 @@ def test_settings_come_from_arguments_then_the_environment_then_the_app(
     with pytest.raises(SettingsError, match=r"unknown setting.*leas_ttl"):
         settings_for(app, leas_ttl=9)
     monkeypatch.delenv("TIERCEL_CACHE_URL")
-    no_cache = Celery("project", broker="redis://127.0.0.1:1/0", backend="rpc://")
+    no_cache = Celery(
+        "project", broker="redis://127.0.0.1:1/0", backend="rpc://", set_as_current=False
+    )
     with pytest.raises(SettingsError, match="cache_url="):
         settings_for(no_cache)
