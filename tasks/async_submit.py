@@ -31,7 +31,7 @@ __all__ = ["asubmit"]
 
 async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CachedResult:
     """``task.submit(*args, **kwargs)``, awaited; see the module docstring."""
-    from tiercel.tasks.cached import _public_source
+    from tiercel.tasks.cached import public_source
 
     started = time.perf_counter()
     loop = await async_runtime.current()
@@ -48,11 +48,11 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
     if serve:
         assert found is not None
         if refresh:
-            await asyncio.to_thread(task._refresh_soon, rt, key, args, kwargs)
+            await asyncio.to_thread(task.tiercel_refresh_soon, rt, key, args, kwargs)
         rt.recorder.record(
             spec.name, found.source, time.perf_counter() - started, found.compute_seconds
         )
-        return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
+        return CachedResult.resolved(key, found.value, public_source(found.source), spec)
     task_id = str(uuid.uuid4())
     try:
         existing = await loop.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
@@ -68,9 +68,15 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
             rt,
             levels,
             spec,
-            task._resubmitter(existing, args, kwargs),
+            task.tiercel_resubmitter(existing, args, kwargs),
         )
-    published = await asyncio.to_thread(task._enqueue, rt, key, task_id, args, kwargs)
+    published = await asyncio.to_thread(task.tiercel_enqueue, rt, key, task_id, args, kwargs)
     return CachedResult.pending(
-        key, published, "computed", rt, levels, spec, task._resubmitter(task_id, args, kwargs)
+        key,
+        published,
+        "computed",
+        rt,
+        levels,
+        spec,
+        task.tiercel_resubmitter(task_id, args, kwargs),
     )

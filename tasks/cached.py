@@ -104,11 +104,11 @@ class CachedTask(Task):  # type: ignore[misc]
         if serve:
             assert found is not None
             if refresh:
-                self._refresh_soon(rt, key, args, kwargs)
+                self.tiercel_refresh_soon(rt, key, args, kwargs)
             rt.recorder.record(
                 spec.name, found.source, time.perf_counter() - started, found.compute_seconds
             )
-            return CachedResult.resolved(key, found.value, _public_source(found.source), spec)
+            return CachedResult.resolved(key, found.value, public_source(found.source), spec)
         task_id = str(uuid.uuid4())
         try:
             existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
@@ -123,16 +123,16 @@ class CachedTask(Task):  # type: ignore[misc]
                 rt,
                 cache,
                 spec,
-                self._resubmitter(existing, args, kwargs),
+                self.tiercel_resubmitter(existing, args, kwargs),
             )
         return CachedResult.pending(
             key,
-            self._enqueue(rt, key, task_id, args, kwargs),
+            self.tiercel_enqueue(rt, key, task_id, args, kwargs),
             "computed",
             rt,
             cache,
             spec,
-            self._resubmitter(task_id, args, kwargs),
+            self.tiercel_resubmitter(task_id, args, kwargs),
         )
 
     async def asubmit(self, *args: Any, **kwargs: Any) -> CachedResult:
@@ -142,11 +142,11 @@ class CachedTask(Task):  # type: ignore[misc]
 
         return await asubmit(self, args, kwargs)
 
-    def _resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
+    def tiercel_resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
         """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
         return lambda: self.apply_async(args, kwargs, task_id=task_id)
 
-    def _refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
+    def tiercel_refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
         task_id = str(uuid.uuid4())
         try:
@@ -154,9 +154,9 @@ class CachedTask(Task):  # type: ignore[misc]
                 return  # a computation of this key is already queued or running
         except TierUnavailable:
             return
-        self._enqueue(rt, key, task_id, args, kwargs, refresh=True)
+        self.tiercel_enqueue(rt, key, task_id, args, kwargs, refresh=True)
 
-    def _enqueue(
+    def tiercel_enqueue(
         self,
         rt: runtime.Runtime,
         key: str,
@@ -203,7 +203,7 @@ class CachedTask(Task):  # type: ignore[misc]
                 first_of.setdefault(key, index)
             elif key in stale:
                 stale.discard(key)  # one refresh per key, with its first call's arguments
-                self._refresh_soon(rt, key, *normalised[index])
+                self.tiercel_refresh_soon(rt, key, *normalised[index])
         candidates = {key: str(uuid.uuid4()) for key in first_of}
         try:
             claims = rt.leases.claim_inflight_many(
@@ -217,13 +217,13 @@ class CachedTask(Task):  # type: ignore[misc]
                 handles[key] = (AsyncResult(existing, app=self.app), "joined")
             else:
                 args, kwargs = normalised[first_of[key]]
-                handles[key] = (self._enqueue(rt, key, task_id, args, kwargs), "computed")
+                handles[key] = (self.tiercel_enqueue(rt, key, task_id, args, kwargs), "computed")
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
             hit = hits.get(key)
             if hit is not None:
                 results.append(
-                    CachedResult.resolved(key, hit.value, _public_source(hit.source), spec)
+                    CachedResult.resolved(key, hit.value, public_source(hit.source), spec)
                 )
             else:
                 async_result, source = handles[key]
@@ -238,7 +238,7 @@ class CachedTask(Task):  # type: ignore[misc]
                         rt,
                         cache,
                         spec,
-                        self._resubmitter(async_result.id, first_args, first_kwargs),
+                        self.tiercel_resubmitter(async_result.id, first_args, first_kwargs),
                     )
                 )
         share = (time.perf_counter() - started) / max(1, len(keys))
@@ -268,7 +268,7 @@ class CachedTask(Task):  # type: ignore[misc]
         return runtime.current().invalidate_all(self.tiercel_spec)
 
 
-def _public_source(source: str) -> str:
+def public_source(source: str) -> str:
     if source in ("redis", "computed", "joined"):
         return source
     return "memory"  # any local level

@@ -152,11 +152,56 @@ class CachedResult:
                     return self._async.get(timeout=_left(deadline))
 
     async def aget(self, timeout: float | None = None) -> Any:
-        """:meth:`get` for asyncio code: the same wait on the loop's listener, the same
-        policy checks, re-publishing and ``TimeoutError``, without blocking the loop."""
-        from tiercel.tasks.async_results import aget
+        """:meth:`get` for asyncio code: the same wait on the loop's listener instead of a
+        blocked thread, the same policy checks, re-publishing and ``TimeoutError``.
 
-        return await aget(self, timeout)
+        The Celery result backend's client is blocking: its checks run in a worker
+        thread, once per wake-up or one-second slice, as the blocking wait makes them.
+        """
+        import asyncio
+
+        from tiercel.tasks import async_runtime
+
+        if self._value is not MISSING:
+            return self._settled(self._value)
+        pending = self._async
+        assert pending is not None  # a result without a value is a pending one
+        runtime = self._runtime
+        if runtime is None:
+            return await asyncio.to_thread(pending.get, timeout=timeout)
+        loop = await async_runtime.current()
+        listener = loop.listener
+        if not listener.connected:
+            return await asyncio.to_thread(pending.get, timeout=timeout)
+        spec = self._spec
+        cache = loop.cache.with_levels(spec.levels if spec is not None else None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        after = (
+            runtime.settings.republish_after
+            if self._republish_after is None
+            else self._republish_after
+        )
+        next_check = time.monotonic() + after
+        with listener.waiter(self.key) as waiter:
+            while True:
+                if not listener.connected:
+                    # No notifications while the channel is down: the backend answers.
+                    return await asyncio.to_thread(pending.get, timeout=_left(deadline))
+                found = await cache.lookup(self.key)
+                if found is not None and self._usable(found):
+                    self._value = found.value
+                    return self._settled(self._value)
+                if await asyncio.to_thread(pending.ready):
+                    return await asyncio.to_thread(pending.get, timeout=_left(deadline))
+                if self._resubmit is not None and after > 0 and time.monotonic() >= next_check:
+                    next_check = time.monotonic() + after
+                    await asyncio.to_thread(self._republish_if_lost, runtime, after)
+                left = _left(deadline)
+                if left is not None and left <= 0:
+                    raise CeleryTimeoutError("The operation timed out.")
+                # A slice, not a poll: every outcome wakes the waiter at once.
+                if await waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
+                    return await asyncio.to_thread(pending.get, timeout=_left(deadline))
 
     def __await__(self) -> Any:
         """``await result`` is ``await result.aget()`` (no timeout)."""
