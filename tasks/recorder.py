@@ -14,7 +14,6 @@ from collections.abc import Callable
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
 from tiercel.core.cache.multilevel import MultiLevelCache
-from tiercel.core.metrics.collectors import Sample
 from tiercel.core.metrics.names import (
     COMPUTE_SECONDS,
     COMPUTE_SECONDS_SAVED,
@@ -24,6 +23,7 @@ from tiercel.core.metrics.names import (
     REQUEST_SECONDS,
 )
 from tiercel.core.metrics.registry import MetricsRegistry
+from tiercel.core.metrics.samples import Sample
 from tiercel.tasks.metrics import (
     COORDINATOR_ACTIVE,
     COORDINATOR_EVENTS,

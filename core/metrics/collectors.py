@@ -1,4 +1,4 @@
-"""Figures pulled at snapshot time: the :class:`Sample` a collector yields, and the cache's.
+"""The cache's collector: figures of its levels, its Redis tier and its own counters.
 
 A collector is a callable the registry runs at every snapshot
 (:meth:`~tiercel.core.metrics.registry.MetricsRegistry.register_collector`); it
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from tiercel.core.metrics.names import (
     BREAKER_OPENED,
@@ -35,32 +35,13 @@ from tiercel.core.metrics.names import (
     REDIS_WRITES,
     SINGLEFLIGHT_JOINS,
 )
+from tiercel.core.metrics.samples import COUNTER, GAUGE, Collector, Sample
 
 if TYPE_CHECKING:
     from tiercel.core.metrics.registry import MetricsRegistry
 
-__all__ = ["COUNTER", "GAUGE", "Collector", "Sample", "cache_samples", "register_cache"]
+__all__ = ["cache_samples", "register_cache"]
 
-#: :attr:`Sample.kind` of a cumulative count owned by the source.
-COUNTER: Final = "counter"
-#: :attr:`Sample.kind` of a figure now.
-GAUGE: Final = "gauge"
-
-
-class Sample(NamedTuple):
-    """One figure a collector reports at snapshot time.
-
-    ``kind`` is ``"counter"`` (a cumulative count owned by the source) or
-    ``"gauge"`` (a figure now).
-    """
-
-    kind: str
-    name: str
-    value: float
-    labels: Mapping[str, str] = {}
-
-
-Collector = Callable[[], Iterable[Sample]]
 
 _LEVEL_COUNTERS: Final = (
     ("hits", CACHE_HITS),

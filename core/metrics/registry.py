@@ -69,8 +69,8 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Final, ParamSpec, TypeVar
 
-from tiercel.core.metrics.collectors import COUNTER, GAUGE, Collector
 from tiercel.core.metrics.names import METRICS_COLLECTOR_ERRORS, METRICS_OVERFLOW
+from tiercel.core.metrics.samples import COUNTER, GAUGE, Collector
 from tiercel.core.metrics.sketches import (
     DEFAULT_BIN_LIMIT,
     DEFAULT_RELATIVE_ACCURACY,

@@ -16,7 +16,7 @@ import pytest
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import JsonCodec, Serializer
 from tiercel.core.local.memory_level import MemoryLevel
-from tiercel.core.metrics.collectors import Sample, cache_samples, register_cache
+from tiercel.core.metrics.collectors import cache_samples, register_cache
 from tiercel.core.metrics.names import (
     BREAKER_STATE,
     CACHE_BYTES,
@@ -31,6 +31,7 @@ from tiercel.core.metrics.names import (
     SINGLEFLIGHT_JOINS,
 )
 from tiercel.core.metrics.registry import OVERFLOW_LABELS, MetricsRegistry
+from tiercel.core.metrics.samples import Sample
 from tiercel.core.metrics.snapshots import counter_total, empty_snapshot, merge_snapshots, sketch_of
 
 
