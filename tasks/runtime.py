@@ -149,9 +149,13 @@ class Runtime:
         #: Named timers for user code (``tiercel.monitor()``), in this registry's snapshots.
         self.monitor = PerformanceMonitor(self.metrics)
 
-        # A worker's own sweeps (started only in a worker) and every process's publisher.
-        self.sweeper = LocalSweeper(
-            self.cache, self.pools, self.metrics, settings.sweep_interval, self.sweep_requested
+        # A worker's own sweeps; every process's publisher is built at start().
+        self.sweeper = (
+            LocalSweeper(
+                self.cache, self.pools, self.metrics, settings.sweep_interval, self.sweep_requested
+            )
+            if role == "worker"
+            else None
         )
         self.publisher: SnapshotPublisher | None = None
         self.node = node
@@ -171,7 +175,7 @@ class Runtime:
         timeout = listen_timeout if listen_timeout is not None else (5.0 if worker else 1.0)
         self.listening = self.notifier.start(timeout)
         try:  # metrics and sweeps must never stop a process from serving
-            if worker:
+            if self.sweeper is not None:
                 self.pools.start_sweeper(self.settings.pool_reap_interval)
                 self._warn_if_budget_exceeds_child_limit()
                 self.sweeper.start()
@@ -191,7 +195,8 @@ class Runtime:
         """Stop every thread and close every socket this process opened (reverse order)."""
         if self.publisher is not None:
             self.publisher.stop()
-        self.sweeper.stop()
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self.pools.close()
         self.refresher.close()
         self.coordinator.close()

@@ -189,13 +189,13 @@ def test_timers_of_user_code_join_the_fleet_view_and_the_exporter(
     from tiercel.workers.exporter import families
 
     _, settings, queue = metered_fleet
-    pids = {timed_work.apply_async((30,), queue=queue).get(timeout=30) for _ in range(8)}
+    for _ in range(8):
+        timed_work.apply_async((30,), queue=queue).get(timeout=30)
     view = _wait_for(
         settings, lambda v: v.get("timers", {}).get("fleet-test-work", {}).get("count") == 8
     )
     timer = view["timers"]["fleet-test-work"]
     assert 0.03 <= timer["p50"] < 1.0 and timer["sum"] >= 8 * 0.03
-    assert len(pids) >= 1
     summaries = {family.name: family for family in families(view)}
     samples = summaries["tiercel_timer_seconds"].samples
     counted = [s for s in samples if s.name.endswith("_count")]
