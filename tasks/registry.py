@@ -8,7 +8,15 @@ from typing import Any
 
 from tiercel.core.errors import UnknownTask
 
-__all__ = ["UnknownTask", "attach", "attached_app", "find_cached_task", "register", "task_of"]
+__all__ = [
+    "UnknownTask",
+    "attach",
+    "attached_app",
+    "attached_app_or_none",
+    "find_cached_task",
+    "register",
+    "task_of",
+]
 
 _TASKS: dict[str, Any] = {}
 #: The Celery app tiercel was attached to (``tiercel.init_app``); None: Celery's current app.
@@ -19,6 +27,11 @@ def attach(app: Any) -> None:
     """Bind every cached task, in every thread, to ``app`` (its broker and result backend)."""
     global _app
     _app = app
+
+
+def attached_app_or_none() -> Any:
+    """The app tiercel was attached to, or None when ``init_app`` has not run here."""
+    return _app
 
 
 def attached_app() -> Any:

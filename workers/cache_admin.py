@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from tiercel.core.errors import SettingsError
+from tiercel.workers.command_app import command_app
 
 #: Exit status when the user answers no, or a dry run: nothing was invalidated.
 EXIT_NOTHING_DONE = 1
@@ -26,7 +27,7 @@ def _setup(task: str | None) -> tuple[Any, Any]:
     from tiercel.core.settings import resolve_settings
 
     resolve_settings()  # fail early, one line, when nothing is configured
-    import tiercel.workers.app  # noqa: F401  (the configured app and its task modules)
+    command_app()  # the configured app and its task modules
     from tiercel.tasks import runtime
     from tiercel.tasks.registry import find_cached_task
 

@@ -8,6 +8,7 @@ import click
 
 from tiercel.core.errors import SettingsError
 from tiercel.core.settings import resolve_settings
+from tiercel.workers.command_app import command_app
 
 
 @click.command(
@@ -36,7 +37,7 @@ def command(ctx: click.Context, task: str, args: tuple[str, ...], timeout: float
         if word.startswith("--"):  # no JSON value starts with "--": a mistyped option
             raise click.NoSuchOption(word.split("=", 1)[0], ctx=ctx)
     resolve_settings()  # fail early, one line, when nothing is configured
-    import tiercel.workers.app  # noqa: F401  (the configured app: broker and result backend)
+    command_app()  # the configured app: broker and result backend
 
     cached_task = find_cached_task(task)
     try:

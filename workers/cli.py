@@ -20,8 +20,8 @@ from typing import IO, Any
 
 import click
 
-from tiercel.core.errors import TiercelError
-from tiercel.core.settings import Settings
+from tiercel.core.errors import SettingsError, TiercelError
+from tiercel.core.settings import Settings, resolve_settings
 from tiercel.workers import bench, cache_admin, call, demo, exporter, health, node, stats, up
 
 #: Exit status of every expected failure: a usage error, a bad setting, an unreachable server.
@@ -77,8 +77,12 @@ def cli() -> None:
 
 @click.command("settings", short_help="print the effective settings (secrets redacted)")
 def show_settings() -> int:
-    """Print every effective setting with its environment variable; secrets redacted."""
-    settings = Settings.from_env()
+    """Print every effective setting with its environment variable; secrets redacted:
+    what the app configured, else ``TIERCEL_*`` variables and a fleet `tiercel up` runs."""
+    try:
+        settings = resolve_settings()
+    except SettingsError:  # nothing configured yet: what the environment says
+        settings = Settings.from_env()
     for name, value in settings.describe().items():
         click.echo(f"TIERCEL_{name.upper():<28} {value}")
     return 0

@@ -36,10 +36,10 @@ def load_view(
         return None
     from celery.result import AsyncResult
 
-    from tiercel.workers.app import app
+    from tiercel.workers.command_app import command_app
 
     text = task_id.decode() if isinstance(task_id, bytes) else str(task_id)
-    result = AsyncResult(text, app=app)
+    result = AsyncResult(text, app=command_app())
     view: dict[str, Any] = result.get(timeout=timeout, propagate=True)
     return view
 

@@ -140,3 +140,64 @@ def test_settings_come_from_arguments_then_the_environment_then_the_app(
     )
     with pytest.raises(SettingsError, match="cache_url="):
         settings_for(no_cache)
+
+
+def _celery_tiercel(
+    project: dict[str, str], cwd: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``celery -A tasks tiercel ARGS...`` in the project, as its users type it."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tasks", "tiercel", *args],
+        cwd=cwd,
+        env=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_tiercel_commands_run_as_a_celery_subcommand_of_the_projects_app(
+    project: dict[str, str], tmp_path: Path
+) -> None:
+    listed = _celery_tiercel(project, tmp_path, "--help")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    for name in ("call", "cache", "settings", "health", "stats", "exporter"):
+        assert f"  {name} " in listed.stdout, listed.stdout
+    assert "  up " not in listed.stdout, "tiercel's own fleet stays with the tiercel script"
+
+    shown = _celery_tiercel(project, tmp_path, "settings")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert f"TIERCEL_NAMESPACE                    {project['PROJECT_NAMESPACE']}" in shown.stdout
+
+    counter = json.dumps(f"count:{uuid.uuid4().hex}")
+    first = _celery_tiercel(project, tmp_path, "call", "tasks.square", "6", counter)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert json.loads(first.stdout.splitlines()[-1])["source"] == "computed"
+    again = _celery_tiercel(project, tmp_path, "call", "tasks.square", "6", counter)
+    answer = json.loads(again.stdout.splitlines()[-1])
+    assert answer == {"source": "redis", "task_id": None, "result": 36}, again.stderr[-2000:]
+
+    inspected = _celery_tiercel(
+        project, tmp_path, "cache", "inspect", "tasks.square", "6", counter, "--json"
+    )
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    found = json.loads(inspected.stdout)
+    assert found["task"] == "tasks.square" and found["redis"] is not None
+    assert f":{project['PROJECT_NAMESPACE']}:" in f":{found['namespace']}:"
+
+    dropped = _celery_tiercel(
+        project, tmp_path, "cache", "invalidate", "tasks.square", "6", counter
+    )
+    assert dropped.returncode == 0, dropped.stderr[-2000:]
+    gone = _celery_tiercel(
+        project, tmp_path, "cache", "inspect", "tasks.square", "6", counter, "--json"
+    )
+    assert gone.returncode == 1 and json.loads(gone.stdout)["redis"] is None, gone.stderr[-2000:]
+
+    stats = _celery_tiercel(project, tmp_path, "stats", "--json", "--fresh")
+    assert stats.returncode == 0, stats.stderr[-2000:]
+    view = json.loads(stats.stdout)
+    # The second `call` was answered from Redis by a short-lived client, which flushed
+    # its figures on the way out.
+    assert view["fleet"]["by_source"].get("redis", 0) >= 1, view["fleet"]
