@@ -14,6 +14,7 @@ is awaited with :meth:`~tiercel.tasks.results.CachedResult.aget`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from typing import Any
@@ -24,13 +25,20 @@ from tiercel.core.cache.async_memoize import derive_key
 from tiercel.core.cache.lookup import SOURCE_JOINED
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import async_runtime
+from tiercel.tasks.publishing import NO_OPTIONS, PublishOptions
 from tiercel.tasks.results import CachedResult
 
 __all__ = ["asubmit"]
 
 
-async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> CachedResult:
-    """``task.submit(*args, **kwargs)``, awaited; see the module docstring."""
+async def asubmit(
+    task: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    publish: PublishOptions = NO_OPTIONS,
+) -> CachedResult:
+    """``task.submit(*args, **kwargs)``, awaited, publishing with ``publish``; see the
+    module docstring."""
     from tiercel.tasks.cached import public_source
 
     started = time.perf_counter()
@@ -55,7 +63,9 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
         return CachedResult.resolved(key, found.value, public_source(found.source), spec)
     task_id = str(uuid.uuid4())
     try:
-        existing = await loop.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
+        existing = await loop.leases.claim_inflight(
+            key, task_id, publish.inflight_ttl(rt.settings.inflight_ttl)
+        )
     except TierUnavailable:
         existing = None  # no coalescing without Redis; the task still runs
     levels = rt.cache.with_levels(spec.levels)
@@ -68,9 +78,11 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
             rt,
             levels,
             spec,
-            task.tiercel_resubmitter(existing, args, kwargs),
+            task.tiercel_resubmitter(existing, args, kwargs, publish),
         )
-    published = await asyncio.to_thread(task.tiercel_enqueue, rt, key, task_id, args, kwargs)
+    published = await asyncio.to_thread(
+        functools.partial(task.tiercel_enqueue, rt, key, task_id, args, kwargs, publish=publish)
+    )
     return CachedResult.pending(
         key,
         published,
@@ -78,5 +90,6 @@ async def asubmit(task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> C
         rt,
         levels,
         spec,
-        task.tiercel_resubmitter(task_id, args, kwargs),
+        task.tiercel_resubmitter(task_id, args, kwargs, publish),
+        republish_after=publish.republish_after(rt.settings.republish_after),
     )

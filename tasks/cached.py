@@ -32,6 +32,7 @@ from tiercel.core.cache.miss_loop import defer
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import runtime
+from tiercel.tasks.publishing import NO_OPTIONS, PublishOptions, SubmitWith
 from tiercel.tasks.registry import register, task_of
 from tiercel.tasks.results import CachedResult
 
@@ -93,7 +94,21 @@ class CachedTask(Task):  # type: ignore[misc]
         or enqueue exactly one task for the key.
 
         A request this process answers itself (a hit, or a join) is counted here,
-        by source; one it enqueues is counted by the worker that computes it."""
+        by source; one it enqueues is counted by the worker that computes it.
+        Routing and timing options go first: ``fn.options(queue=...).submit(...)``."""
+        return self.tiercel_submit(args, kwargs, NO_OPTIONS)
+
+    def options(self, **options: Any) -> SubmitWith:
+        """``submit``, ``asubmit`` and ``submit_many`` that publish with these
+        ``apply_async`` options (``queue``, ``priority``, ``countdown``, ``eta``,
+        ``expires`` ...): ``fn.options(queue="reports").submit(x)``; see
+        :mod:`tiercel.tasks.publishing`."""
+        return SubmitWith(self, PublishOptions.of(options))
+
+    def tiercel_submit(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], publish: PublishOptions
+    ) -> CachedResult:
+        """:meth:`submit` of ``args`` and ``kwargs``, publishing with ``publish``."""
         started = time.perf_counter()
         rt = runtime.current()
         spec = self.tiercel_spec
@@ -111,7 +126,9 @@ class CachedTask(Task):  # type: ignore[misc]
             return CachedResult.resolved(key, found.value, public_source(found.source), spec)
         task_id = str(uuid.uuid4())
         try:
-            existing = rt.leases.claim_inflight(key, task_id, rt.settings.inflight_ttl)
+            existing = rt.leases.claim_inflight(
+                key, task_id, publish.inflight_ttl(rt.settings.inflight_ttl)
+            )
         except TierUnavailable:
             existing = None  # no coalescing without Redis; the task still runs
         if existing is not None:
@@ -123,16 +140,17 @@ class CachedTask(Task):  # type: ignore[misc]
                 rt,
                 cache,
                 spec,
-                self.tiercel_resubmitter(existing, args, kwargs),
+                self.tiercel_resubmitter(existing, args, kwargs, publish),
             )
         return CachedResult.pending(
             key,
-            self.tiercel_enqueue(rt, key, task_id, args, kwargs),
+            self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish),
             "computed",
             rt,
             cache,
             spec,
-            self.tiercel_resubmitter(task_id, args, kwargs),
+            self.tiercel_resubmitter(task_id, args, kwargs, publish),
+            republish_after=publish.republish_after(rt.settings.republish_after),
         )
 
     async def asubmit(self, *args: Any, **kwargs: Any) -> CachedResult:
@@ -142,9 +160,11 @@ class CachedTask(Task):  # type: ignore[misc]
 
         return await asubmit(self, args, kwargs)
 
-    def tiercel_resubmitter(self, task_id: str, args: Any, kwargs: Any) -> Callable[[], Any]:
+    def tiercel_resubmitter(
+        self, task_id: str, args: Any, kwargs: Any, publish: PublishOptions = NO_OPTIONS
+    ) -> Callable[[], Any]:
         """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
-        return lambda: self.apply_async(args, kwargs, task_id=task_id)
+        return lambda: self.apply_async(args, kwargs, task_id=task_id, **publish.merged(None))
 
     def tiercel_refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -165,10 +185,11 @@ class CachedTask(Task):  # type: ignore[misc]
         kwargs: Any,
         *,
         refresh: bool = False,
+        publish: PublishOptions = NO_OPTIONS,
     ) -> AsyncResult:
         try:
             headers = {REFRESH_HEADER: True} if refresh else None
-            return self.apply_async(args, kwargs, task_id=task_id, headers=headers)
+            return self.apply_async(args, kwargs, task_id=task_id, **publish.merged(headers))
         except BaseException:
             # Nothing was published: do not leave joiners waiting for a task that never runs.
             with contextlib.suppress(TierUnavailable):
@@ -183,6 +204,12 @@ class CachedTask(Task):  # type: ignore[misc]
         whose second element is a dict. Requests are counted as :meth:`submit` counts
         them, each with its share of the batch's time.
         """
+        return self.tiercel_submit_many(calls, NO_OPTIONS)
+
+    def tiercel_submit_many(
+        self, calls: Iterable[Any], publish: PublishOptions
+    ) -> list[CachedResult]:
+        """:meth:`submit_many`, publishing with ``publish``."""
         started = time.perf_counter()
         rt = runtime.current()
         spec = self.tiercel_spec
@@ -207,7 +234,7 @@ class CachedTask(Task):  # type: ignore[misc]
         candidates = {key: str(uuid.uuid4()) for key in first_of}
         try:
             claims = rt.leases.claim_inflight_many(
-                list(candidates.items()), rt.settings.inflight_ttl
+                list(candidates.items()), publish.inflight_ttl(rt.settings.inflight_ttl)
             )
         except TierUnavailable:
             claims = [None] * len(candidates)
@@ -217,7 +244,10 @@ class CachedTask(Task):  # type: ignore[misc]
                 handles[key] = (AsyncResult(existing, app=self.app), "joined")
             else:
                 args, kwargs = normalised[first_of[key]]
-                handles[key] = (self.tiercel_enqueue(rt, key, task_id, args, kwargs), "computed")
+                handles[key] = (
+                    self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish),
+                    "computed",
+                )
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
             hit = hits.get(key)
@@ -238,7 +268,10 @@ class CachedTask(Task):  # type: ignore[misc]
                         rt,
                         cache,
                         spec,
-                        self.tiercel_resubmitter(async_result.id, first_args, first_kwargs),
+                        self.tiercel_resubmitter(
+                            async_result.id, first_args, first_kwargs, publish
+                        ),
+                        republish_after=publish.republish_after(rt.settings.republish_after),
                     )
                 )
         share = (time.perf_counter() - started) / max(1, len(keys))

@@ -83,9 +83,12 @@ class CachedResult:
         cache: Any = None,
         spec: Any = None,
         resubmit: Callable[[], Any] | None = None,
+        *,
+        republish_after: float | None = None,
     ) -> CachedResult:
         """A result a Celery task will provide; with the process's ``runtime`` it is
-        read from the cache the moment the value is written (see :meth:`get`)."""
+        read from the cache the moment the value is written (see :meth:`get`).
+        ``republish_after`` overrides the setting (a delayed task is pending longer)."""
         return cls(
             key=key,
             source=source,
@@ -94,6 +97,7 @@ class CachedResult:
             cache=cache,
             spec=spec,
             resubmit=resubmit,
+            republish_after=republish_after,
         )
 
     @property

@@ -62,6 +62,23 @@ def bound_square(self: Any, n: int, counter: str, compute_ms: int = 200) -> dict
     }
 
 
+@cached_task(ttl=600, bind=True)
+def routed_square(self: Any, n: int, counter: str) -> dict[str, Any]:
+    """A ``bind=True`` cached task: INCR ``counter``, then report how it was delivered."""
+    number = int(runtime.current().tier.client.incr(counter))
+    info = self.request.delivery_info or {}
+    return {
+        "square": n * n,
+        "computation": number,
+        "queue": info.get("routing_key"),
+        "priority": info.get("priority"),
+        "eta": self.request.eta,
+        "expires": self.request.expires,
+        "hostname": self.request.hostname,
+        "started": time.time(),
+    }
+
+
 @cached_task(ttl=600, bind=True, max_retries=3)
 def retrying_square(
     self: Any, n: int, counter: str, failures: int = 1, compute_ms: int = 300

@@ -62,15 +62,16 @@ def _on_task_postrun(
 
 
 @signals.task_revoked.connect
-def _on_revoked(request: Any = None, terminated: bool = False, **_: Any) -> None:
-    # Main process. A revoked task that never ran leaves an in-flight marker that would
-    # make later submissions join it; one that was terminated leaves its lease.
-    task = getattr(request, "task", None)
-    if request is not None and getattr(task, "tiercel_spec", None) is not None:
-        abandoned.release_abandoned(
-            task,
-            request.id,
-            request.args,
-            request.kwargs,
-            "terminated" if terminated else "revoked",
-        )
+def _on_revoked(
+    sender: Any = None,
+    request: Any = None,
+    terminated: bool = False,
+    expired: bool = False,
+    **_: Any,
+) -> None:
+    # Main process. A revoked (or expired) task that never ran leaves an in-flight marker
+    # that would make later submissions join it; one that was terminated leaves its lease.
+    # The sender is the task; `request` is the request's context (id, args, kwargs).
+    if request is not None and getattr(sender, "tiercel_spec", None) is not None:
+        why = "terminated" if terminated else "expired" if expired else "revoked"
+        abandoned.release_abandoned(sender, request.id, request.args, request.kwargs, why)
