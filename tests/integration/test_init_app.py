@@ -1,6 +1,6 @@
 """tiercel inside a project's own Celery app: Celery's First Steps layout, no TIERCEL_*.
 
-The project (tests/integration/first_steps: the app in ``tasks.py``, its own
+The project (examples/first_steps: the app in ``tasks.py``, its own
 ``core/`` package and ``workers.py``) calls ``tiercel.init_app(app)`` and runs
 ``celery -A tasks worker`` itself, 2 nodes x 2 prefork processes.
 """
@@ -21,7 +21,7 @@ from tiercel.core.errors import SettingsError
 
 pytestmark = pytest.mark.integration
 
-PROJECT = Path(__file__).parent / "first_steps"
+PROJECT = Path(__file__).parents[2] / "examples" / "first_steps"
 
 
 def project_env(redis_url: str, queue: str, namespace: str) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""The project's own ``core`` app: the name tiercel once took, and no longer does."""
