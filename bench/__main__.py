@@ -33,6 +33,7 @@ MODULES = (
     "metrics",
     "celery_compute",
     "async_submit",
+    "workload",
     "scaling",
     "tuning",
 )

@@ -1,7 +1,8 @@
 """Cached compute on Celery against plain Celery, same Redis, same workers, one run.
 
 * 2,000 requests over 200 keys, 10 ms compute, 2 worker processes: plain task
-  vs cached task, end to end (target >= 8x faster).
+  vs cached task, end to end (target >= 9x faster; about 9.5x is the limit: 200
+  computations of 10 ms against 2,000, each with Celery's own overhead).
 * A submit-side hit vs a no-op Celery round trip (target >= 20x faster).
 * A cached task's miss path vs the plain task, one at a time (target <= 1.1x).
 * Stampede: 200 concurrent submissions of one cold key from 4 client processes
@@ -68,8 +69,8 @@ def _end_to_end(repeats: int, requests: int, keys: int) -> Row:
         statistics.median(cached_times),
         statistics.median(plain_times),
     )
-    row["target"] = ">= 8x faster"
-    row["met"] = row["ratio"] >= 8
+    row["target"] = ">= 9x faster"
+    row["met"] = row["ratio"] >= 9
     return row
 
 
