@@ -22,6 +22,8 @@ from typing import Any
 
 from tiercel.core.cache.async_cache import AsyncCache
 from tiercel.core.cache.async_coordinator import AsyncFleetCoordinator
+from tiercel.core.cache.async_shared_reads import SharedReads
+from tiercel.core.cache.lookup import Lookup
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.tier.async_connections import async_client_from_url
 from tiercel.core.tier.async_leases import AsyncLeases
@@ -56,6 +58,11 @@ class AsyncRuntime:
         self.coordinator = AsyncFleetCoordinator(
             self.tier, self.leases, self.listener, max_wait=settings.task_time_limit
         )
+        #: Awaiters of one key (one task) share one read of it, and one backend check.
+        self.reads: SharedReads[Lookup | None] = SharedReads()
+        self.ready_checks: SharedReads[bool] = SharedReads()
+        #: Concurrent submits of one key share one in-flight claim (the winner's task id).
+        self.claims: SharedReads[str] = SharedReads()
         encode = process.tier.encode_entry
         self.cache = AsyncCache(
             process.cache,

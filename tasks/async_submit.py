@@ -9,6 +9,11 @@ the loop's client. Publishing a Celery message is blocking kombu I/O, so
 enqueueing (and an early refresh's enqueue) runs in a worker thread, off the
 loop; the answer is a :class:`~tiercel.tasks.results.CachedResult` whose value
 is awaited with :meth:`~tiercel.tasks.results.CachedResult.aget`.
+
+Concurrent submits of one key from one loop share their Redis read and their
+in-flight claim (:class:`~tiercel.core.cache.async_shared_reads.SharedReads`):
+200 awaiters of a cold key cost one GET and one claim, not 200 of each, and
+reach the same decision the separate round trips would have.
 """
 
 from __future__ import annotations
@@ -51,7 +56,10 @@ async def asubmit(
     )
     found = cache.lookup_local(key)  # a dict lookup: a local hit awaits nothing
     if found is None:
-        found = await cache.lookup_remote(key)
+        # Concurrent submits of one key in this loop share one read while no channel
+        # message arrived since it started (tiercel.core.cache.async_shared_reads).
+        epoch = loop.listener.epoch
+        found = await loop.reads.read(key, epoch, epoch, lambda: cache.lookup_remote(key))
     serve, refresh = spec.serves(found)
     if serve:
         assert found is not None
@@ -62,12 +70,14 @@ async def asubmit(
         )
         return CachedResult.resolved(key, found.value, public_source(found.source), spec)
     task_id = str(uuid.uuid4())
+    ttl = publish.inflight_ttl(rt.settings.inflight_ttl)
+    epoch = loop.listener.epoch
     try:
-        existing = await loop.leases.claim_inflight(
-            key, task_id, publish.inflight_ttl(rt.settings.inflight_ttl)
-        )
+        # ... and one in-flight claim: the first claims, the others join whoever won.
+        winner = await loop.claims.read(key, epoch, epoch, lambda: _claim(loop, key, task_id, ttl))
     except TierUnavailable:
-        existing = None  # no coalescing without Redis; the task still runs
+        winner = task_id  # no coalescing without Redis; the task still runs
+    existing = None if winner == task_id else winner
     levels = rt.cache.with_levels(spec.levels)
     if existing is not None:
         rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
@@ -93,3 +103,9 @@ async def asubmit(
         task.tiercel_resubmitter(task_id, args, kwargs, publish),
         republish_after=publish.republish_after(rt.settings.republish_after),
     )
+
+
+async def _claim(loop: async_runtime.AsyncRuntime, key: str, task_id: str, ttl: float) -> str:
+    """The id of the task computing ``key``: ``task_id`` if this claim won."""
+    existing = await loop.leases.claim_inflight(key, task_id, ttl)
+    return task_id if existing is None else existing

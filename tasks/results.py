@@ -191,11 +191,21 @@ class CachedResult:
                 if not listener.connected:
                     # No notifications while the channel is down: the backend answers.
                     return await asyncio.to_thread(pending.get, timeout=_left(deadline))
-                found = await cache.lookup(self.key)
+                # Shared with this loop's other awaiters of the key, when issued after
+                # this one's last wake-up (see tiercel.core.cache.async_shared_reads).
+                found = await loop.reads.read(
+                    self.key, waiter.since, listener.epoch, lambda: cache.lookup(self.key)
+                )
                 if found is not None and self._usable(found):
                     self._value = found.value
                     return self._settled(self._value)
-                if await asyncio.to_thread(pending.ready):
+                ready = await loop.ready_checks.read(
+                    pending.id,
+                    waiter.since,
+                    listener.epoch,
+                    lambda: asyncio.to_thread(pending.ready),
+                )
+                if ready:
                     return await asyncio.to_thread(pending.get, timeout=_left(deadline))
                 if self._resubmit is not None and after > 0 and time.monotonic() >= next_check:
                     next_check = time.monotonic() + after

@@ -43,19 +43,25 @@ _BACKOFF_MAX: Final = 2.0
 
 
 class AsyncWaiter:
-    """A registration for ``key``'s wake-ups; use it as a context manager."""
+    """A registration for ``key``'s wake-ups; use it as a context manager.
 
-    __slots__ = ("_event", "_kind", "_listener", "key")
+    ``since`` is the listener's :attr:`~AsyncListener.epoch` when it registered or was
+    last woken: a read started at that epoch or later saw everything it was woken for.
+    """
+
+    __slots__ = ("_event", "_kind", "_listener", "key", "since")
 
     def __init__(self, listener: AsyncListener, key: str) -> None:
         self._listener = listener
         self.key = key
         self._event = asyncio.Event()
         self._kind: str | None = None
+        self.since = listener.epoch
 
     def _wake(self, kind: str) -> None:
         if self._kind is None:
             self._kind = kind
+        self.since = self._listener.epoch
         self._event.set()
 
     async def wait(self, timeout: float | None) -> str | None:
@@ -98,6 +104,8 @@ class AsyncListener:
         #: Messages received; messages that decoded to nothing known.
         self.received = 0
         self.malformed = 0
+        #: Counts every message and (re)subscription, before the waiters it wakes.
+        self.epoch = 0
 
     async def start(self, timeout: float = 1.0) -> bool:
         """Start the listening task; True once subscribed within ``timeout`` seconds
@@ -116,6 +124,7 @@ class AsyncListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.connected = False
+        self.epoch += 1
         self._wake_all(WAKE_RESET)
 
     def waiter(self, key: str) -> AsyncWaiter:
@@ -162,6 +171,7 @@ class AsyncListener:
                 level = logging.WARNING if backoff == _BACKOFF_MIN else logging.DEBUG
                 log.log(level, "asyncio channel %s: %s; reconnecting", self.channel, exc)
                 self.connected = False
+                self.epoch += 1
                 self._wake_all(WAKE_RESET)
             finally:
                 with contextlib.suppress(Exception):
@@ -170,6 +180,7 @@ class AsyncListener:
             backoff = min(backoff * 2, _BACKOFF_MAX)
 
     def _handle(self, message: dict[str, Any]) -> None:
+        self.epoch += 1
         kind = message.get("type")
         if kind == "subscribe":
             if self._confirmations:

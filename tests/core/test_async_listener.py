@@ -66,3 +66,18 @@ def test_a_resubscription_and_a_stop_wake_everyone() -> None:
         return kinds
 
     assert asyncio.run(main()) == [None, WAKE_RESET, WAKE_RESET]
+
+
+def test_a_waiter_knows_the_epoch_of_its_last_wake_up() -> None:
+    async def main() -> None:
+        hub = listener()
+        hub.connected = True
+        hub._handle({"type": "message", "data": events.Done("other").encode()})
+        with hub.waiter("k") as waiter:
+            assert waiter.since == hub.epoch == 1, "registered after the first message"
+            hub._handle({"type": "message", "data": events.Done("other").encode()})
+            assert waiter.since == 1, "another key's message does not wake it"
+            hub._handle({"type": "message", "data": events.Done("k").encode()})
+            assert waiter.since == hub.epoch == 3
+
+    asyncio.run(main())
