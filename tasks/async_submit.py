@@ -72,11 +72,14 @@ async def asubmit(
     task_id = str(uuid.uuid4())
     ttl = publish.inflight_ttl(rt.settings.inflight_ttl)
     epoch = loop.listener.epoch
-    try:
-        # ... and one in-flight claim: the first claims, the others join whoever won.
-        winner = await loop.claims.read(key, epoch, epoch, lambda: _claim(loop, key, task_id, ttl))
-    except TierUnavailable:
-        winner = task_id  # no coalescing without Redis; the task still runs
+    # ... and one in-flight claim with its publish: the first claims (and publishes if it
+    # won), the others join the task that computes the key.
+    winner = await loop.claims.read(
+        key,
+        epoch,
+        epoch,
+        lambda: _claim_and_publish(loop, task, key, task_id, ttl, args, kwargs, publish),
+    )
     existing = None if winner == task_id else winner
     levels = rt.cache.with_levels(spec.levels)
     if existing is not None:
@@ -90,12 +93,9 @@ async def asubmit(
             spec,
             task.tiercel_resubmitter(existing, args, kwargs, publish),
         )
-    published = await asyncio.to_thread(
-        functools.partial(task.tiercel_enqueue, rt, key, task_id, args, kwargs, publish=publish)
-    )
     return CachedResult.pending(
         key,
-        published,
+        AsyncResult(task_id, app=task.app),
         "computed",
         rt,
         levels,
@@ -105,7 +105,29 @@ async def asubmit(
     )
 
 
-async def _claim(loop: async_runtime.AsyncRuntime, key: str, task_id: str, ttl: float) -> str:
-    """The id of the task computing ``key``: ``task_id`` if this claim won."""
-    existing = await loop.leases.claim_inflight(key, task_id, ttl)
-    return task_id if existing is None else existing
+async def _claim_and_publish(
+    loop: async_runtime.AsyncRuntime,
+    task: Any,
+    key: str,
+    task_id: str,
+    ttl: float,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    publish: PublishOptions,
+) -> str:
+    """Claim ``key`` for ``task_id`` and publish that task if the claim won; returns the
+    id of the task computing ``key``. One unit, shared and shielded: a submitter
+    cancelled meanwhile leaves no key claimed for a task never published."""
+    try:
+        existing = await loop.leases.claim_inflight(key, task_id, ttl)
+    except TierUnavailable:
+        existing = None  # no coalescing across processes without Redis; the task still runs
+    if existing is not None:
+        return existing
+    # Publishing is blocking kombu I/O: off the loop.
+    await asyncio.to_thread(
+        functools.partial(
+            task.tiercel_enqueue, loop.process, key, task_id, args, kwargs, publish=publish
+        )
+    )
+    return task_id

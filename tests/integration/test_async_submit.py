@@ -97,6 +97,33 @@ def test_concurrent_asubmits_of_a_cold_key_publish_one_task(
     assert int(cache_client.get(counter) or 0) == 1
 
 
+def test_the_first_submitter_cancelled_mid_claim_still_publishes_for_the_others(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    # The first asubmit of a key claims it for all of the loop's submitters: cancelled
+    # while its claim runs, it must not leave the key claimed for a task never published.
+    n, counter = fresh()
+
+    async def main() -> tuple[bool, list[Any]]:
+        from tiercel.tasks import async_runtime
+
+        first = asyncio.ensure_future(counted_square.asubmit(n, counter, 100))
+        loop = await async_runtime.current()
+        while not loop.claims.running:  # until the first has started the shared claim
+            await asyncio.sleep(0)
+        others = [asyncio.ensure_future(counted_square.asubmit(n, counter, 100)) for _ in range(9)]
+        await asyncio.sleep(0)
+        first.cancel()
+        results = await asyncio.gather(*others)
+        values = await asyncio.gather(*(result.aget(timeout=30) for result in results))
+        return first.cancelled(), [(result.source, value) for result, value in zip(results, values)]
+
+    cancelled, answers = run(main)
+    assert cancelled
+    assert answers == [("joined", n * n)] * 9, "the cancelled submitter's task was published"
+    assert int(cache_client.get(counter) or 0) == 1
+
+
 def test_await_result_and_a_timeout_as_the_sync_api_raises(
     fleet: Fleet, cache_client: redis.Redis
 ) -> None:
