@@ -74,7 +74,7 @@ async def asubmit(
     epoch = loop.listener.epoch
     # ... and one in-flight claim with its publish: the first claims (and publishes if it
     # won), the others join the task that computes the key.
-    winner = await loop.claims.read(
+    winner = await loop.claims.run(
         key,
         epoch,
         epoch,

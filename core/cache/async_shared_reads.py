@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar, cast
 
 __all__ = ["SharedReads"]
 
@@ -30,29 +30,65 @@ T = TypeVar("T")
 
 
 class SharedReads(Generic[T]):
-    """One in-flight read per key, shared by callers that may use its answer."""
+    """One in-flight read per key, shared by callers that may use its answer.
+
+    :meth:`read` runs the read in the first caller's own task (no task or future
+    more than a lone caller needs); :meth:`run` runs it detached, so that a first
+    caller cancelled meanwhile does not stop what the others wait for.
+    """
 
     __slots__ = ("_running",)
 
     def __init__(self) -> None:
-        self._running: dict[str, tuple[int, asyncio.Future[T]]] = {}
+        self._running: dict[str, tuple[int, asyncio.Future[Any]]] = {}
 
     async def read(self, key: str, since: int, now: int, read: Callable[[], Awaitable[T]]) -> T:
         """The answer of a read of ``key`` started at epoch ``since`` or later: the one
-        running, else ``read()`` started now (at epoch ``now``)."""
+        running, else ``read()``, run by this caller (started at epoch ``now``).
+
+        Should the caller running the read be cancelled, the others run it again."""
+        while True:
+            running = self._running.get(key)
+            if running is None or running[0] < since:
+                return await self._lead(key, now, read)
+            answer = await asyncio.shield(running[1])
+            if answer is not _ABANDONED:
+                return cast(T, answer)
+
+    async def run(self, key: str, since: int, now: int, work: Callable[[], Awaitable[T]]) -> T:
+        """As :meth:`read`, but ``work()`` runs detached: it finishes for the others even
+        if the caller that started it is cancelled."""
         running = self._running.get(key)
         if running is None or running[0] < since:
-            future: asyncio.Future[T] = asyncio.ensure_future(read())
+            future: asyncio.Future[Any] = asyncio.ensure_future(work())
             running = (now, future)
             self._running[key] = running
             future.add_done_callback(lambda done: self._forget(key, done))
-        # A caller cancelled while waiting must not cancel the read the others share.
-        return await asyncio.shield(running[1])
+        return cast(T, await asyncio.shield(running[1]))
 
     @property
     def running(self) -> int:
         """Reads in flight right now."""
         return len(self._running)
+
+    async def _lead(self, key: str, now: int, read: Callable[[], Awaitable[T]]) -> T:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._running[key] = (now, future)
+        try:
+            answer = await read()
+        except asyncio.CancelledError:
+            future.set_result(_ABANDONED)  # the others read again themselves
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: whoever waits re-raises it, nobody logs it
+            raise
+        else:
+            future.set_result(answer)
+            return answer
+        finally:
+            if self._running.get(key, (0, None))[1] is future:
+                del self._running[key]
 
     def _forget(self, key: str, done: asyncio.Future[Any]) -> None:
         running = self._running.get(key)
@@ -60,3 +96,7 @@ class SharedReads(Generic[T]):
             del self._running[key]
         if not done.cancelled():
             done.exception()  # retrieved: an error reaches every caller, not the log
+
+
+#: What a read's future holds when the caller running it was cancelled.
+_ABANDONED: Final = object()

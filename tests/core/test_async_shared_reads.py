@@ -55,7 +55,7 @@ def test_an_awaiter_woken_after_a_read_started_starts_its_own() -> None:
     asyncio.run(main())
 
 
-def test_a_cancelled_awaiter_leaves_the_shared_read_running() -> None:
+def test_when_the_reader_is_cancelled_the_others_read_again() -> None:
     async def main() -> None:
         reads: SharedReads[int] = SharedReads()
         reader = Reader()
@@ -65,7 +65,24 @@ def test_a_cancelled_awaiter_leaves_the_shared_read_running() -> None:
         quitter.cancel()
         await asyncio.sleep(0)
         reader.release.set()
-        assert await stayer == 1 and quitter.cancelled()
+        assert await stayer == 2 and quitter.cancelled(), "the stayer ran its own read"
+        assert reads.running == 0
+
+    asyncio.run(main())
+
+
+def test_detached_work_finishes_for_the_others_when_its_starter_is_cancelled() -> None:
+    async def main() -> None:
+        reads: SharedReads[int] = SharedReads()
+        reader = Reader()
+        quitter = asyncio.ensure_future(reads.run("k", since=0, now=0, work=reader))
+        stayer = asyncio.ensure_future(reads.run("k", since=0, now=0, work=reader))
+        await asyncio.sleep(0)
+        quitter.cancel()
+        await asyncio.sleep(0)
+        reader.release.set()
+        assert await stayer == 1 and reader.calls == 1 and quitter.cancelled()
+        assert reads.running == 0
 
     asyncio.run(main())
 
@@ -85,3 +102,5 @@ def test_an_error_reaches_every_awaiter() -> None:
     asyncio.run(main())
     with pytest.raises(ConnectionError):
         asyncio.run(SharedReads[int]().read("k", since=0, now=0, read=failing))
+    with pytest.raises(ConnectionError):
+        asyncio.run(SharedReads[int]().run("k", since=0, now=0, work=failing))

@@ -116,7 +116,9 @@ def test_the_first_submitter_cancelled_mid_claim_still_publishes_for_the_others(
         first.cancel()
         results = await asyncio.gather(*others)
         values = await asyncio.gather(*(result.aget(timeout=30) for result in results))
-        return first.cancelled(), [(result.source, value) for result, value in zip(results, values)]
+        return first.cancelled(), [
+            (result.source, value) for result, value in zip(results, values, strict=True)
+        ]
 
     cancelled, answers = run(main)
     assert cancelled
