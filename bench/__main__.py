@@ -26,7 +26,16 @@ from typing import Any
 from bench._harness import Row, figure_row
 from bench.report import print_table
 
-MODULES = ("core_cache", "levels_memory", "pools", "metrics", "celery_compute", "scaling", "tuning")
+MODULES = (
+    "core_cache",
+    "levels_memory",
+    "pools",
+    "metrics",
+    "celery_compute",
+    "scaling",
+    "tuning",
+    "trace",
+)
 RESULTS = Path("results")
 #: Timestamped runs kept in ``results/``; older ones are deleted (the folder stays bounded).
 KEEP_RUNS = 20
