@@ -119,6 +119,9 @@ COST_OVERHEAD: Final = 160
 _WINDOW: Final = 1
 _PROBATION: Final = 2
 _PROTECTED: Final = 3
+# A window entry hit since it was stored: same order as _WINDOW, counted in the sketch
+# once, so a key that lives in the window of a quiet level pays no sketch on its hits.
+_WINDOW_HIT: Final = 4
 # The window's share of a level, the protected segment's share of the main region,
 # and how many probation entries the admission compares (least recent first).
 _WINDOW_SHARE: Final = 0.01
@@ -132,8 +135,8 @@ _SKETCH_BYTES_PER_ENTRY: Final = 4096
 
 # An entry is a plain tuple, the cheapest object to build and index:
 # entry[0] value, entry[1] expires_at or None, entry[2] charged size, entry[3] tags;
-# under the cost policy also entry[4] its segment and entry[5] its weight (compute
-# seconds per share of the level).
+# under the cost policy also entry[4] its segment (an index of _orders) and entry[5]
+# its weight (compute seconds per share of the level).
 # (Literal indices rather than named constants: mypy types a tuple index only
 # when it is a literal, and a module global lookup would cost on the hot path.)
 _NO_TAGS: frozenset[str] = frozenset()
@@ -207,8 +210,9 @@ class CacheLevel(MutableMapping[str, V]):
         else:
             self._lru = None
             self._data = {}
-            self._orders = [OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict()]
-            self._segment_bytes = [0, 0, 0, 0]
+            window_order: OrderedDict[str, None] = OrderedDict()
+            self._orders = [OrderedDict(), window_order, OrderedDict(), OrderedDict(), window_order]
+            self._segment_bytes = [0, 0, 0, 0, 0]
             window = max(1, int(max_entries * _WINDOW_SHARE))
             self._window_entries = window
             self._protected_entries = int((max_entries - window) * _PROTECTED_SHARE)
@@ -317,8 +321,8 @@ class CacheLevel(MutableMapping[str, V]):
                     lru = self._lru
                     if lru is not None:
                         lru.move_to_end(key)
-                    elif entry[4] == 3:  # protected: the common hit under the cost policy
-                        self._orders[3].move_to_end(key)  # type: ignore[index]
+                    elif entry[4] >= 3:  # protected or a window entry hit before: reorder
+                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
                     else:
                         self._touch(key, entry)
                     self._hits += 1
@@ -340,8 +344,8 @@ class CacheLevel(MutableMapping[str, V]):
                     lru = self._lru
                     if lru is not None:
                         lru.move_to_end(key)
-                    elif entry[4] == 3:
-                        self._orders[3].move_to_end(key)  # type: ignore[index]
+                    elif entry[4] >= 3:
+                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
                     else:
                         self._touch(key, entry)
                     self._hits += 1
@@ -368,8 +372,8 @@ class CacheLevel(MutableMapping[str, V]):
                     lru = self._lru
                     if lru is not None:
                         lru.move_to_end(key)
-                    elif entry[4] == 3:
-                        self._orders[3].move_to_end(key)  # type: ignore[index]
+                    elif entry[4] >= 3:
+                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
                     else:
                         self._touch(key, entry)
                     self._hits += 1
@@ -546,9 +550,9 @@ class CacheLevel(MutableMapping[str, V]):
             self._heap.clear()
             self._nbytes = 0
             if self._orders is not None:
-                for order in self._orders[1:]:
+                for order in self._orders:
                     order.clear()
-                self._segment_bytes = [0, 0, 0, 0]
+                self._segment_bytes = [0, 0, 0, 0, 0]
 
     def expire(self) -> int:
         """Remove every expired entry now; return how many were removed.
@@ -693,6 +697,9 @@ class CacheLevel(MutableMapping[str, V]):
         assert orders is not None
         if entry[4] == _WINDOW:
             self._sketch.add(key)
+            self._data[key] = (*entry[:4], _WINDOW_HIT, entry[5])
+            self._segment_bytes[_WINDOW] -= entry[2]
+            self._segment_bytes[_WINDOW_HIT] += entry[2]
             orders[_WINDOW].move_to_end(key)
             return
         self._move(key, entry, _PROTECTED)
@@ -754,7 +761,7 @@ class CacheLevel(MutableMapping[str, V]):
         while len(window) > self._window_entries or (
             window_bytes is not None
             and len(window) > 1
-            and self._segment_bytes[_WINDOW] > window_bytes
+            and self._segment_bytes[_WINDOW] + self._segment_bytes[_WINDOW_HIT] > window_bytes
         ):
             candidate = next(iter(window))
             self._move(candidate, data[candidate], _PROBATION)

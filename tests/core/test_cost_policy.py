@@ -30,9 +30,12 @@ def check_invariants(level: CacheLevel[Any]) -> None:
     if level.policy == COST:
         orders = level._orders
         assert orders is not None
-        assert sum(len(order) for order in orders) == len(data)
+        assert sum(len(order) for order in orders[1:4]) == len(data)  # [4] is the window
+        charged = [0] * len(level._segment_bytes)
         for key, entry in data.items():
             assert key in orders[entry[4]]
+            charged[entry[4]] += entry[2]
+        assert charged == level._segment_bytes
 
 
 def test_default_policy_is_cost() -> None:
@@ -137,6 +140,15 @@ def test_a_window_hit_counts_towards_admission() -> None:
     assert "reused" in level
     level.set("once", "o", cost=1.0)  # pushes "next" out: seen once, not admitted
     assert "next" not in level
+
+
+def test_a_key_living_in_the_window_is_counted_once_for_its_hits() -> None:
+    level = MemoryLevel("l1", max_entries=1000)
+    level.set("k", 1)
+    for _ in range(50):
+        assert level.get("k") == 1
+    assert level._sketch.estimate("k") == 2
+    check_invariants(level)
 
 
 def test_on_evict_reasons_and_expiry_under_cost() -> None:

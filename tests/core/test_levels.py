@@ -178,4 +178,4 @@ def test_threads_hammering_one_level_keep_invariants(policy: str) -> None:
     assert 0 <= stats.bytes <= 16 * 900
     assert stats.bytes == sum(entry[2] for entry in level._data.values())
     if policy == COST:
-        assert sum(len(order) for order in level._orders or ()) == len(level._data)
+        assert sum(len(order) for order in (level._orders or [])[1:4]) == len(level._data)
