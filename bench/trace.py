@@ -150,7 +150,8 @@ def replay(policy: Policy, trace: Trace, rng: random.Random) -> Outcome:
             spent += costs[key]
             policy.store(name, costs[key], size)
     # Key ids of the popular keys are their popularity ranks.
-    hot = [names[key] for key in range(KEYS) if policy.resident(names[key])][:HOT_SET]
+    ranked = names[: min(KEYS, len(names))]
+    hot = [name for name in ranked if policy.resident(name)][:HOT_SET]
     for _ in range(10 * CAPACITY):
         key = trace.new_key(rng)
         name = f"k{key}"
