@@ -36,6 +36,7 @@ MODULES = (
     "workload",
     "scaling",
     "tuning",
+    "trace",
 )
 RESULTS = Path("results")
 #: Timestamped runs kept in ``results/``; older ones are deleted (the folder stays bounded).

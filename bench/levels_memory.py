@@ -3,10 +3,11 @@
 Inserts ``n`` values of random sizes (10 B to 10 KiB) into a BytesLevel bounded at
 ``max_bytes`` while tracemalloc traces every allocation, then compares the peak and
 final traced memory with the bound. The level charges each entry
-``len(value) + 33 + len(key) + ENTRY_OVERHEAD (+ EXPIRY_OVERHEAD with a ttl)``; if
+``len(value) + 33 + len(key) + ENTRY_OVERHEAD (+ EXPIRY_OVERHEAD with a ttl, +
+COST_OVERHEAD under the cost policy, the default)``; if
 those constants are honest the traced memory stays within 5% of ``max_bytes``.
 
-Run: ``python -m bench.levels_memory [n] [max_bytes]``.
+Run: ``python -m bench.levels_memory [n] [max_bytes] [cost|lru]``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tracemalloc
 from typing import Any
 
 from tiercel.core.local.bytes_level import BytesLevel
-from tiercel.core.local.cache_level import ENTRY_OVERHEAD
+from tiercel.core.local.cache_level import COST
 from tiercel.core.local.expiry import EXPIRY_OVERHEAD
 
 MIN_SIZE = 10
@@ -32,6 +33,7 @@ def run(
     ttl: float | None = 3600.0,
     min_size: int = MIN_SIZE,
     max_size: int = MAX_SIZE,
+    policy: str = COST,
 ) -> dict[str, Any]:
     """Insert ``n`` random-size values into a BytesLevel of ``max_bytes``; return the figures.
 
@@ -48,7 +50,7 @@ def run(
     tracemalloc.start()
     base, _ = tracemalloc.get_traced_memory()
     started = time.perf_counter()
-    level = BytesLevel("bench", max_entries=10 * n, max_bytes=max_bytes, ttl=ttl)
+    level = BytesLevel("bench", max_entries=10 * n, max_bytes=max_bytes, ttl=ttl, policy=policy)
     for i in range(n):
         start = (i * 7919) % span
         level.set(f"key:{i}", bytes(view[start : start + sizes[i]]))
@@ -57,7 +59,7 @@ def run(
     tracemalloc.stop()
     stats = level.stats
     # What the level charges minus its overhead constants is the keys' and values' memory.
-    overhead = ENTRY_OVERHEAD + (EXPIRY_OVERHEAD if ttl is not None else 0)
+    overhead = level.entry_overhead + (EXPIRY_OVERHEAD if ttl is not None else 0)
     payload = stats.bytes - stats.entries * overhead
     peak_payload = max_bytes - stats.entries * overhead
     final = current - base
@@ -83,7 +85,7 @@ def main(argv: list[str]) -> None:
     """Run with optional ``n`` and ``max_bytes`` arguments and print a one-line result."""
     n = int(argv[0]) if argv else 1_000_000
     max_bytes = int(argv[1]) if len(argv) > 1 else 32 * 2**20
-    r = run(n, max_bytes)
+    r = run(n, max_bytes, policy=argv[2] if len(argv) > 2 else COST)
     verdict = "OK" if r["peak_ratio"] <= 1.05 else "OVER"
     print(
         f"levels_memory {verdict}: n={r['n']:,} bound={r['max_bytes'] / 2**20:.1f}MiB "

@@ -190,7 +190,8 @@ def bench_hit_ratio_by_size(quick: bool) -> list[Row]:
     warm = requests // 3  # the first third fills the level; the rest is measured
     rows: list[Row] = []
     for share in (0.001, 0.01, 0.05, 0.2):
-        level = MemoryLevel("l1", max_entries=max(1, int(keys * share)), ttl=None)
+        # LRU, as the note says: the cost policy's figures are in bench/trace.py.
+        level = MemoryLevel("l1", max_entries=max(1, int(keys * share)), ttl=None, policy="lru")
         hits = 0
         for index, key in enumerate(stream):
             if level.get(key) is None:

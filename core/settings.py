@@ -26,6 +26,8 @@ _QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster", "rediss+cluster")
 _BROKER_SCHEMES = (*_REDIS_SCHEMES, "amqp", "amqps", "pyamqp", "memory", "sentinel")
 _CODECS = ("msgpack", "json", "pickle")
+#: The local levels' eviction policies (tiercel.core.local.cache_level's COST and LRU).
+_LOCAL_POLICIES = ("cost", "lru")
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -135,6 +137,9 @@ class Settings:
     l1_ttl: float = 300.0
     l2_max_bytes: int = 64 * 2**20
     l2_ttl: float = 3600.0
+    #: How the local levels choose what to keep: ``cost`` (compute seconds saved per
+    #: byte, scan-resistant) or ``lru`` (least recently used).
+    local_policy: str = "cost"
     memory_budget_bytes: int = 256 * 2**20
     max_value_bytes: int = 8 * 2**20
     compress_min_bytes: int = 16 * 1024
@@ -225,6 +230,8 @@ class Settings:
             _fail("namespace", self.namespace, "1-64 characters of letters, digits, _ . -")
         if self.codec not in _CODECS:
             _fail("codec", self.codec, "one of " + ", ".join(_CODECS))
+        if self.local_policy not in _LOCAL_POLICIES:
+            _fail("local_policy", self.local_policy, "one of " + ", ".join(_LOCAL_POLICIES))
         if self.codec == "pickle" and not self.signing_keys:
             raise SettingsError(
                 f"{_env_name('codec')}=pickle needs {_env_name('signing_keys')}: "

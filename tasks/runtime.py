@@ -125,13 +125,20 @@ class Runtime:
             default_ttl=settings.default_ttl,
             trust=self.liveness,
         )
-        self.cache.add_level("memory", settings.l1_ttl, settings.l1_max_entries, kind="memory")
+        self.cache.add_level(
+            "memory",
+            settings.l1_ttl,
+            settings.l1_max_entries,
+            kind="memory",
+            policy=settings.local_policy,
+        )
         self.cache.add_level(
             "bytes",
             settings.l2_ttl,
             max_size=max(1, settings.l2_max_bytes // 64),
             kind="bytes",
             max_bytes=settings.l2_max_bytes,
+            policy=settings.local_policy,
         )
         self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
         self.generations.on_change = self.cache.advance_epoch

@@ -204,8 +204,8 @@ class AsyncCache:
 
     def _storer(
         self, key: str, ttl: float, tags: Sequence[str]
-    ) -> Callable[[Any, bytes | None], None]:
-        return lambda value, frame: self.cache.store_local(key, value, frame, ttl, tags)
+    ) -> Callable[[Any, bytes | None, float | None], None]:
+        return lambda value, frame, cost: self.cache.store_local(key, value, frame, ttl, tags, cost)
 
     # --- invalidation ---
 

@@ -163,11 +163,12 @@ class AsyncMissLoop:
             self._note_degraded(str(exc))
             stored = True
         if stored:
-            store(value, encoded[0] if encoded else None)
+            store(value, encoded[0] if encoded else None, elapsed)
         return Lookup(value, SOURCE_COMPUTED, ttl)
 
     async def _degraded(self, create: Creator, store: Storer, ttl: float, reason: str) -> Lookup:
         self._note_degraded(reason)
+        started = time.perf_counter()
         value = await create()
-        store(value, None)
+        store(value, None, time.perf_counter() - started)
         return Lookup(value, SOURCE_COMPUTED, ttl)

@@ -64,8 +64,8 @@ def is_deferred(exc: BaseException) -> bool:
 
 #: ``read()``: the key's value from any tier, or None.
 Reader = Callable[[], "Lookup | None"]
-#: ``store(value, frame)``: keep a value in this process's levels.
-Storer = Callable[[Any, "bytes | None"], None]
+#: ``store(value, frame, compute_seconds)``: keep a value in this process's levels.
+Storer = Callable[[Any, "bytes | None", "float | None"], None]
 
 
 class DegradedNotice:
@@ -249,13 +249,14 @@ class MissLoop:
             self._note_degraded(str(exc))
             stored = True  # keep it locally: the process's levels still serve it
         if stored:
-            store(value, encoded[0] if encoded else None)
+            store(value, encoded[0] if encoded else None, elapsed)
         return Lookup(value, SOURCE_COMPUTED, ttl)
 
     def _degraded(
         self, create: Callable[[], Any], store: Storer, ttl: float, reason: str
     ) -> Lookup:
         self._note_degraded(reason)
+        started = time.perf_counter()
         value = create()
-        store(value, None)
+        store(value, None, time.perf_counter() - started)
         return Lookup(value, SOURCE_COMPUTED, ttl)

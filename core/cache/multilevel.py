@@ -39,7 +39,7 @@ from tiercel.core.cache.singleflight import SingleFlight
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
 from tiercel.core.local.bytes_level import BytesLevel
-from tiercel.core.local.cache_level import CacheLevel
+from tiercel.core.local.cache_level import COST, CacheLevel
 from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.api import CacheTier
 from tiercel.core.tier.redis_tier import PayloadSerializer
@@ -131,19 +131,25 @@ class MultiLevelCache:
         *,
         kind: str = "memory",
         max_bytes: int | None = None,
+        policy: str = COST,
     ) -> CacheLevel[Any]:
         """Append a level (slower than those before it), as the seed's ``add_level``.
 
         ``kind`` is ``memory`` (live objects; ``max_size`` entries) or ``bytes``
-        (encoded values; ``max_size`` entries and ``max_bytes`` bytes).
+        (encoded values; ``max_size`` entries and ``max_bytes`` bytes); ``policy``
+        its eviction policy (``cost`` or ``lru``).
         """
         if any(level.name == name for level in self.levels):
             raise ValueError(f"a level named {name!r} already exists")
         level: CacheLevel[Any]
         if kind == "memory":
-            level = MemoryLevel(name, max_entries=max_size, max_bytes=max_bytes, ttl=ttl)
+            level = MemoryLevel(
+                name, max_entries=max_size, max_bytes=max_bytes, ttl=ttl, policy=policy
+            )
         elif kind == "bytes":
-            level = BytesLevel(name, max_entries=max_size, max_bytes=max_bytes, ttl=ttl)
+            level = BytesLevel(
+                name, max_entries=max_size, max_bytes=max_bytes, ttl=ttl, policy=policy
+            )
         else:
             raise ValueError(f"kind={kind!r}: expected 'memory' or 'bytes'")
         self.levels.append(level)
@@ -197,6 +203,8 @@ class MultiLevelCache:
                 else:
                     value = stored
                     self._promote(index, key, value, None, ttl)
+                # A local hit promotes with the cost unknown: each level then assumes
+                # the mean cost of what it holds.
                 return Lookup(value, level.name, ttl)
         if self.tier is None or not remote:
             return None
@@ -225,7 +233,9 @@ class MultiLevelCache:
         if ttl is not None and ttl <= 0:
             return None
         if promote and self.levels:
-            self._promote(len(self.levels), key, value, entry.payload, ttl, entry.tags)
+            self._promote(
+                len(self.levels), key, value, entry.payload, ttl, entry.tags, entry.compute_seconds
+            )
         return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
 
     def local_trust_remaining(self) -> float:
@@ -275,8 +285,10 @@ class MultiLevelCache:
         frame: bytes | None,
         ttl: float | None,
         tags: Sequence[str] = (),
+        cost: float | None = None,
     ) -> None:
-        """Copy a hit into the levels faster than where it was found, for at most ``ttl``."""
+        """Copy a hit into the levels faster than where it was found, for at most ``ttl``
+        (``cost``: the value's compute seconds, when the tier it came from knows them)."""
         if found_at == 0:
             return
         tagset = frozenset(tags)
@@ -286,10 +298,15 @@ class MultiLevelCache:
                     frame = self._encode(value)
                     if frame is None:
                         continue
-                level.set(key, frame, ttl=ttl, tags=tagset)
+                level.set(key, frame, ttl=ttl, tags=tagset, cost=cost)
             else:
                 level.set(
-                    key, value, ttl=ttl, size=len(frame) if frame is not None else None, tags=tagset
+                    key,
+                    value,
+                    ttl=ttl,
+                    size=len(frame) if frame is not None else None,
+                    tags=tagset,
+                    cost=cost,
                 )
 
     # --- writes ---
@@ -315,12 +332,19 @@ class MultiLevelCache:
         ttl = self.default_ttl if ttl is None else ttl
         if self.tier is not None:
             self.tier.set(key, value, ttl=ttl, tags=tags, compute_seconds=compute_seconds)
-        self.store_local(key, value, None, ttl, tags)
+        self.store_local(key, value, None, ttl, tags, compute_seconds or None)
 
     def store_local(
-        self, key: str, value: Any, frame: bytes | None, ttl: float | None, tags: Sequence[str]
+        self,
+        key: str,
+        value: Any,
+        frame: bytes | None,
+        ttl: float | None,
+        tags: Sequence[str],
+        cost: float | None = None,
     ) -> None:
-        """Put a value (and its encoded ``frame``, when known) into this process's levels."""
+        """Put a value (and its encoded ``frame``, when known) into this process's levels;
+        ``cost`` is its compute seconds (None: unknown), which the levels' policy weighs."""
         tagset = frozenset(tags)
         needs_frame = any(isinstance(level, BytesLevel) for level in self.levels)
         if frame is None and needs_frame:
@@ -328,10 +352,15 @@ class MultiLevelCache:
         for level in self.levels:
             if isinstance(level, BytesLevel):
                 if frame is not None:
-                    level.set(key, frame, ttl=ttl, tags=tagset)
+                    level.set(key, frame, ttl=ttl, tags=tagset, cost=cost)
             else:
                 level.set(
-                    key, value, ttl=ttl, size=len(frame) if frame is not None else None, tags=tagset
+                    key,
+                    value,
+                    ttl=ttl,
+                    size=len(frame) if frame is not None else None,
+                    tags=tagset,
+                    cost=cost,
                 )
 
     def set_many(
@@ -448,9 +477,9 @@ class MultiLevelCache:
 
     def _local_storer(
         self, key: str, ttl: float | None, tags: Sequence[str]
-    ) -> Callable[[Any, bytes | None], None]:
+    ) -> Callable[[Any, bytes | None, float | None], None]:
         ttl = self.default_ttl if ttl is None else ttl
-        return lambda value, frame: self.store_local(key, value, frame, ttl, tags)
+        return lambda value, frame, cost: self.store_local(key, value, frame, ttl, tags, cost)
 
     def _encode_entry(
         self, value: Any, ttl: float, tags: Sequence[str], compute_seconds: float

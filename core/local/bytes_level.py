@@ -33,6 +33,7 @@ class BytesLevel(CacheLevel[bytes]):
         ttl: float | None = None,
         size: int | None = None,
         tags: frozenset[str] = frozenset(),
+        cost: float | None = None,
     ) -> bool:
         """Store encoded ``value``; see :meth:`CacheLevel.set`. :class:`TypeError` if not bytes."""
         if not isinstance(value, bytes):
@@ -40,4 +41,4 @@ class BytesLevel(CacheLevel[bytes]):
                 f"level {self._name!r} stores bytes, got {type(value).__name__}: "
                 "encode the value first (or use a MemoryLevel for live objects)"
             )
-        return super().set(key, value, ttl, size, tags)
+        return super().set(key, value, ttl, size, tags, cost)

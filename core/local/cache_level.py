@@ -1,21 +1,53 @@
-"""The level contract: a bounded, LRU-evicting, per-entry-TTL mapping of ``str`` keys.
+"""The level contract: a bounded, per-entry-TTL mapping of ``str`` keys, cost-aware or LRU.
 
 A level is a :class:`~collections.abc.MutableMapping` shaped like
-``cachetools.Cache``: the eviction policy is one method (:meth:`CacheLevel.popitem`,
-least-recently-used) and the size policy is one method (:meth:`CacheLevel.getsizeof`).
+``cachetools.Cache``: the eviction policy is one method (:meth:`CacheLevel.popitem`)
+and the size policy is one method (:meth:`CacheLevel.getsizeof`).
 Its two kinds play different roles in a worker process:
 :class:`~tiercel.core.local.memory_level.MemoryLevel` (the L1, live objects) and
 :class:`~tiercel.core.local.bytes_level.BytesLevel` (the L2, encoded bytes).
 
-Costs: ``get``, ``set``, ``del`` and eviction are O(1) (an ``OrderedDict`` keeps
-recency order, so the oldest entry is always at the front and never searched
-for). Per-entry expiry is checked on read; :meth:`CacheLevel.expire` removes
-expired entries in O(k log n) for k expired entries through the level's
+Two eviction policies (``policy=``):
+
+* ``"cost"`` (the default): keep what saves the most compute per unit of the
+  level. Entries of a cache of computations differ by 100x and more in what a
+  miss costs, so each key is weighed by its expected saving: recent frequency
+  x compute seconds / the share of the level it occupies, ``max(size /
+  max_bytes, 1 / max_entries)`` (the share of whichever bound binds: per byte
+  in a byte-bounded level, per entry in an entry-bounded one).
+
+  The structure is W-TinyLFU (Einziger, Friedman and Manes, ACM ToS 2017; as
+  in Caffeine): a small LRU *window* (1% of the level) takes every new entry;
+  what leaves it is admitted to the *main* region only if it was asked for
+  before (a :class:`~tiercel.core.local.frequency_sketch.FrequencySketch`
+  count of 2 or more) and its weighted frequency beats the main region's
+  victim's, the lowest among the 4 least recent *probation* entries. The main
+  region is a segmented LRU: probation, then *protected* (80% of it) after a
+  second use. A one-off scan therefore passes through the window and is not
+  admitted, and never reaches the protected, frequently used set.
+
+  Why this and not GreedyDual-Size-Frequency (Cherkasova 1998), the classic
+  cost-aware policy: GDSF orders every entry in a priority queue (O(log n) on
+  every hit), its frequency never forgets, and it admits every one-off entry
+  at a high priority, so a scan of costly keys displaces the hot set.
+  W-TinyLFU gives scan resistance and a frequency that forgets (the sketch
+  halves) at O(1) per operation; weighting its one admission comparison (and
+  the choice of victim) by cost per share adds the cost-awareness without
+  touching the hit path: a hit in the protected segment only reorders it, a
+  probation hit promotes, and only a window hit counts in the sketch.
+* ``"lru"``: least recently used, the level's behaviour before the cost policy.
+
+Costs: ``get``, ``set``, ``del`` and eviction are O(1) amortised
+(``OrderedDict`` orders keep recency, so a victim is at a front and never
+searched for; the cost policy compares at most 4). Per-entry expiry is
+checked on read; :meth:`CacheLevel.expire` removes expired entries in
+O(k log n) for k expired entries through the level's
 :class:`~tiercel.core.local.expiry.ExpiryHeap`. Every method takes the level's
 lock, so one level may be shared by the threads of a worker.
 
 Every entry is charged, once at insert, ``size + len(key) +`` :data:`ENTRY_OVERHEAD`
-(``+`` :data:`~tiercel.core.local.expiry.EXPIRY_OVERHEAD` if it expires) against
+(``+`` :data:`~tiercel.core.local.expiry.EXPIRY_OVERHEAD` if it expires, ``+``
+:data:`COST_OVERHEAD` under the cost policy) against
 ``max_bytes``, where ``size`` is the caller's ``size=`` or else
 :meth:`CacheLevel.getsizeof` of the value. The overheads are the level's own
 measured bookkeeping, so for a ``BytesLevel`` ``max_bytes`` bounds real memory
@@ -32,13 +64,18 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Final, TypeVar, overload
 
 from tiercel.core.local.expiry import EXPIRY_OVERHEAD, ExpiryHeap
+from tiercel.core.local.frequency_sketch import FrequencySketch
 from tiercel.core.local.level_stats import LevelStats
 from tiercel.core.missing import MISSING
 
 __all__ = [
+    "COST",
+    "COST_OVERHEAD",
     "ENTRY_OVERHEAD",
     "EVICTED",
     "EXPIRED",
+    "LRU",
+    "POLICIES",
     "CacheLevel",
     "EvictionCallback",
     "Timer",
@@ -66,27 +103,63 @@ EXPIRED: Final = "expired"
 #: within 3% of ``max_bytes`` in those runs (transient table resizes make up the rest).
 ENTRY_OVERHEAD: Final = 352
 
+#: Policy: weigh entries by compute seconds saved per byte (W-TinyLFU, cost-weighted).
+COST: Final = "cost"
+#: Policy: least recently used.
+LRU: Final = "lru"
+#: Every policy a level takes.
+POLICIES: Final = (COST, LRU)
+
+#: Bytes the cost policy adds to an entry's bookkeeping: its slot in its segment's
+#: ``OrderedDict`` (the entries themselves sit in a plain dict), two more tuple fields
+#: and its weight float. Measured like ENTRY_OVERHEAD by ``python -m bench.levels_memory``.
+COST_OVERHEAD: Final = 160
+
+# The cost policy's segments (entry[4]); literal ints on the hot path.
+_WINDOW: Final = 1
+_PROBATION: Final = 2
+_PROTECTED: Final = 3
+# A window entry hit since it was stored: same order as _WINDOW, counted in the sketch
+# once, so a key that lives in the window of a quiet level pays no sketch on its hits.
+_WINDOW_HIT: Final = 4
+# The window's share of a level, the protected segment's share of the main region,
+# and how many probation entries the admission compares (least recent first).
+_WINDOW_SHARE: Final = 0.01
+_PROTECTED_SHARE: Final = 0.8
+_VICTIM_SAMPLE: Final = 4
+# A key must have been counted this often to displace an entry: seen once is no
+# evidence that it will be asked for again (this is what makes a scan pass through).
+_MIN_ADMIT_COUNT: Final = 2
+# The sketch is sized for this many entries of a byte-bounded level per byte bound.
+_SKETCH_BYTES_PER_ENTRY: Final = 4096
+
 # An entry is a plain tuple, the cheapest object to build and index:
-# entry[0] value, entry[1] expires_at or None, entry[2] charged size, entry[3] tags.
+# entry[0] value, entry[1] expires_at or None, entry[2] charged size, entry[3] tags;
+# under the cost policy also entry[4] its segment (an index of _orders) and entry[5]
+# its weight (compute seconds per share of the level).
 # (Literal indices rather than named constants: mypy types a tuple index only
 # when it is a literal, and a module global lookup would cost on the hot path.)
 _NO_TAGS: frozenset[str] = frozenset()
 
 
 class CacheLevel(MutableMapping[str, V]):
-    """A bounded LRU mapping with per-entry TTL, bounded by entry count and bytes.
+    """A bounded mapping with per-entry TTL, bounded by entry count and bytes.
 
     ``ttl`` (seconds) caps every entry's lifetime; ``set(..., ttl=)`` may only
     shorten it. An entry set at time ``t`` with ttl ``d`` is live while
     ``timer() < t + d``. ``None`` and other falsey values are valid values.
+    ``policy`` is :data:`COST` (the default) or :data:`LRU` (see the module
+    docstring); ``set(..., cost=)`` gives an entry's compute seconds (unknown: the
+    mean of the costs this level was given, 1.0 before any).
 
     Lookups through :meth:`get`, :meth:`get_with_ttl` and ``level[key]`` count
     a hit or a miss and refresh recency; ``key in level``, :meth:`pop` and
     iteration do neither.
 
     ``on_evict`` may be set to a callable ``(key, reason)`` called, outside the
-    lock, when an entry leaves on its own (reason :data:`EVICTED` or
-    :data:`EXPIRED`); explicit deletes and :meth:`clear` do not call it.
+    lock, when an entry leaves on its own (reason :data:`EVICTED`, also for an
+    entry the cost policy did not admit, or :data:`EXPIRED`); explicit deletes
+    and :meth:`clear` do not call it.
     """
 
     on_evict: EvictionCallback | None = None
@@ -99,6 +172,7 @@ class CacheLevel(MutableMapping[str, V]):
         max_bytes: int | None = None,
         ttl: float | None = None,
         timer: Timer = time.monotonic,
+        policy: str = COST,
     ) -> None:
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
             raise ValueError(
@@ -115,12 +189,45 @@ class CacheLevel(MutableMapping[str, V]):
             raise ValueError(
                 f"level {name!r}: ttl must be > 0 seconds or None (no expiry), got {ttl!r}"
             )
+        if policy not in POLICIES:
+            raise ValueError(
+                f"level {name!r}: policy must be one of {', '.join(POLICIES)}, got {policy!r}"
+            )
         self._name = name
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._ttl = ttl
         self._timer = timer
-        self._data: OrderedDict[str, tuple[V, float | None, int, frozenset[str]]] = OrderedDict()
+        self._policy = policy
+        self._data: dict[str, tuple[Any, ...]]
+        #: The LRU order (the entries' own OrderedDict) under the LRU policy, else None.
+        self._lru: OrderedDict[str, tuple[Any, ...]] | None
+        #: The cost policy's segment orders, indexed by segment (item 0 unused), else None.
+        self._orders: list[OrderedDict[str, None]] | None
+        if policy == LRU:
+            self._lru = self._data = OrderedDict()
+            self._orders = None
+        else:
+            self._lru = None
+            self._data = {}
+            window_order: OrderedDict[str, None] = OrderedDict()
+            self._orders = [OrderedDict(), window_order, OrderedDict(), OrderedDict(), window_order]
+            self._segment_bytes = [0, 0, 0, 0, 0]
+            window = max(1, int(max_entries * _WINDOW_SHARE))
+            self._window_entries = window
+            self._protected_entries = int((max_entries - window) * _PROTECTED_SHARE)
+            self._window_bytes = None if max_bytes is None else int(max_bytes * _WINDOW_SHARE)
+            self._protected_bytes = (
+                None
+                if max_bytes is None
+                else int((max_bytes - (self._window_bytes or 0)) * _PROTECTED_SHARE)
+            )
+            expected = max_entries
+            if max_bytes is not None:
+                expected = min(max_entries, max(1, max_bytes // _SKETCH_BYTES_PER_ENTRY))
+            self._sketch = FrequencySketch(expected)
+            self._cost_sum = 0.0
+            self._costs_known = 0
         self._heap = ExpiryHeap()
         self._nbytes = 0
         # RLock: set() evicts through self.popitem(), a public (overridable) method
@@ -150,6 +257,16 @@ class CacheLevel(MutableMapping[str, V]):
         """The byte bound (None: bounded by entry count only)."""
         return self._max_bytes
 
+    @property
+    def policy(self) -> str:
+        """The eviction policy, :data:`COST` or :data:`LRU`."""
+        return self._policy
+
+    @property
+    def entry_overhead(self) -> int:
+        """Bytes of bookkeeping charged per entry on top of its size and key."""
+        return ENTRY_OVERHEAD if self._orders is None else ENTRY_OVERHEAD + COST_OVERHEAD
+
     # -- policies ------------------------------------------------------------------------
 
     def getsizeof(self, value: V) -> int:
@@ -161,18 +278,31 @@ class CacheLevel(MutableMapping[str, V]):
         return sys.getsizeof(value)
 
     def popitem(self) -> tuple[str, V]:
-        """Remove and return the least-recently-used entry (the eviction policy), in O(1).
+        """Remove and return the entry the policy would evict next, in O(1).
 
-        :meth:`set` calls it until both bounds hold, counting each call as an
+        LRU: the least recently used; cost: the lowest weighted frequency among
+        the least recent probation entries (then protected, then window). Under
+        LRU :meth:`set` calls it until both bounds hold, counting each call as an
         eviction; a direct call counts nothing. :class:`KeyError` when empty.
         """
         with self._lock:
-            try:
-                key, entry = self._data.popitem(last=False)
-            except KeyError:
-                raise KeyError(f"level {self._name!r} is empty") from None
+            lru = self._lru
+            if lru is not None:
+                try:
+                    key, entry = lru.popitem(last=False)
+                except KeyError:
+                    raise KeyError(f"level {self._name!r} is empty") from None
+                self._nbytes -= entry[2]
+                value: V = entry[0]
+                return key, value
+            victim = self._victim(None)
+            if victim is None:
+                raise KeyError(f"level {self._name!r} is empty")
+            entry = self._data.pop(victim)
             self._nbytes -= entry[2]
-            return key, entry[0]
+            self._unlink(victim, entry)
+            value = entry[0]
+            return victim, value
 
     # -- lookups (hot path: no properties, no allocations on a hit) ----------------------
 
@@ -188,7 +318,13 @@ class CacheLevel(MutableMapping[str, V]):
             if entry is not None:
                 expires = entry[1]
                 if expires is None or expires > self._timer():
-                    self._data.move_to_end(key)
+                    lru = self._lru
+                    if lru is not None:
+                        lru.move_to_end(key)
+                    elif entry[4] >= 3:  # protected or a window entry hit before: reorder
+                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
+                    else:
+                        self._touch(key, entry)
                     self._hits += 1
                     return entry[0]
                 self._drop_expired(key, entry)
@@ -205,9 +341,16 @@ class CacheLevel(MutableMapping[str, V]):
             if entry is not None:
                 expires = entry[1]
                 if expires is None or expires > self._timer():
-                    self._data.move_to_end(key)
+                    lru = self._lru
+                    if lru is not None:
+                        lru.move_to_end(key)
+                    elif entry[4] >= 3:
+                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
+                    else:
+                        self._touch(key, entry)
                     self._hits += 1
-                    return entry[0]
+                    value: V = entry[0]
+                    return value
                 self._drop_expired(key, entry)
             self._misses += 1
         if entry is not None and self.on_evict is not None:
@@ -224,13 +367,15 @@ class CacheLevel(MutableMapping[str, V]):
             entry = self._data.get(key)
             if entry is not None:
                 expires = entry[1]
-                if expires is None:
-                    self._data.move_to_end(key)
-                    self._hits += 1
-                    return entry[0], None
-                remaining = expires - self._timer()
-                if remaining > 0:
-                    self._data.move_to_end(key)
+                remaining = None if expires is None else expires - self._timer()
+                if remaining is None or remaining > 0:
+                    lru = self._lru
+                    if lru is not None:
+                        lru.move_to_end(key)
+                    elif entry[4] >= 3:
+                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
+                    else:
+                        self._touch(key, entry)
                     self._hits += 1
                     return entry[0], remaining
                 self._drop_expired(key, entry)
@@ -259,14 +404,18 @@ class CacheLevel(MutableMapping[str, V]):
         ttl: float | None = None,
         size: int | None = None,
         tags: frozenset[str] = _NO_TAGS,
+        cost: float | None = None,
     ) -> bool:
         """Store ``value`` under ``key``; return True if it was stored.
 
         The entry lives ``min(ttl, level ttl)`` seconds (whichever is given).
         ``size`` is the caller's size of the value in bytes; without it
         :meth:`getsizeof` is used. The entry is charged ``size + len(key)`` plus
-        the level's bookkeeping (:data:`ENTRY_OVERHEAD`, :data:`EXPIRY_OVERHEAD`).
-        Least-recently-used entries are evicted until both bounds hold.
+        the level's bookkeeping (:attr:`entry_overhead`, :data:`EXPIRY_OVERHEAD`).
+        ``cost`` is the compute seconds the value took (the cost policy weighs it;
+        None: unknown). Entries are evicted by the policy until both bounds hold:
+        under the cost policy that may be this entry itself, if it is not worth
+        more than what it would displace (then False, counted as an eviction).
 
         Returns False, storing nothing and removing any older value of ``key``
         (so a stale value is never left behind), when the effective ttl is <= 0
@@ -282,6 +431,9 @@ class CacheLevel(MutableMapping[str, V]):
         size += len(key) + ENTRY_OVERHEAD
         if ttl is not None:
             size += EXPIRY_OVERHEAD
+        orders = self._orders
+        if orders is not None:
+            size += COST_OVERHEAD
         max_bytes = self._max_bytes
         if (ttl is not None and not ttl > 0) or (max_bytes is not None and size > max_bytes):
             with self._lock:
@@ -290,6 +442,7 @@ class CacheLevel(MutableMapping[str, V]):
                 old = self._data.pop(key, None)
                 if old is not None:
                     self._nbytes -= old[2]
+                    self._unlink(key, old)
                     self._heap.bound(self._data)
             return False
         evicted: list[tuple[str, str]] | None = [] if self.on_evict is not None else None
@@ -303,22 +456,39 @@ class CacheLevel(MutableMapping[str, V]):
                 expires = now + ttl
                 heap.push(expires, key)
             old = data.get(key)
-            data[key] = (value, expires, size, tags)
+            if orders is None:
+                data[key] = (value, expires, size, tags)
+                if old is not None:
+                    self._lru.move_to_end(key)  # type: ignore[union-attr]
+            else:
+                weight = self._weight(size, cost)
+                if old is None:
+                    self._sketch.add(key)
+                    data[key] = (value, expires, size, tags, _WINDOW, weight)
+                    orders[_WINDOW][key] = None
+                    self._segment_bytes[_WINDOW] += size
+                else:
+                    segment = old[4]
+                    data[key] = (value, expires, size, tags, segment, weight)
+                    orders[segment].move_to_end(key)
+                    self._segment_bytes[segment] += size - old[2]
             if old is not None:
-                data.move_to_end(key)
                 self._nbytes += size - old[2]
             else:
                 self._nbytes += size
             # Expired entries go before live ones are evicted for room.
             if heap.due(now):
                 self._sweep(now, evicted)
-            while len(data) > self._max_entries or (
-                max_bytes is not None and self._nbytes > max_bytes
-            ):
-                evicted_key, _ = self.popitem()
-                self._evictions += 1
-                if evicted is not None:
-                    evicted.append((evicted_key, EVICTED))
+            if orders is None:
+                while len(data) > self._max_entries or (
+                    max_bytes is not None and self._nbytes > max_bytes
+                ):
+                    evicted_key, _ = self.popitem()
+                    self._evictions += 1
+                    if evicted is not None:
+                        evicted.append((evicted_key, EVICTED))
+            else:
+                self._make_room(evicted)
             heap.bound(data)
             stored = key in data
         if evicted:
@@ -367,7 +537,9 @@ class CacheLevel(MutableMapping[str, V]):
         with self._lock:
             doomed = [key for key, entry in self._data.items() if tag in entry[3]]
             for key in doomed:
-                self._nbytes -= self._data.pop(key)[2]
+                entry = self._data.pop(key)
+                self._nbytes -= entry[2]
+                self._unlink(key, entry)
             self._heap.bound(self._data)
             return len(doomed)
 
@@ -377,6 +549,10 @@ class CacheLevel(MutableMapping[str, V]):
             self._data.clear()
             self._heap.clear()
             self._nbytes = 0
+            if self._orders is not None:
+                for order in self._orders:
+                    order.clear()
+                self._segment_bytes = [0, 0, 0, 0, 0]
 
     def expire(self) -> int:
         """Remove every expired entry now; return how many were removed.
@@ -399,7 +575,8 @@ class CacheLevel(MutableMapping[str, V]):
         return len(self._data)
 
     def __iter__(self) -> Iterator[str]:
-        """Iterate over a snapshot of the live keys, least recently used first."""
+        """Iterate over a snapshot of the live keys: LRU, least recently used first;
+        cost, in the order they were first stored."""
         with self._lock:
             now = self._timer()
             keys = [key for key, entry in self._data.items() if entry[1] is None or entry[1] > now]
@@ -409,7 +586,7 @@ class CacheLevel(MutableMapping[str, V]):
         return (
             f"{type(self).__name__}({self._name!r}, entries={len(self._data)}, "
             f"bytes={self._nbytes}, max_entries={self._max_entries}, "
-            f"max_bytes={self._max_bytes}, ttl={self._ttl})"
+            f"max_bytes={self._max_bytes}, ttl={self._ttl}, policy={self._policy!r})"
         )
 
     @property
@@ -444,10 +621,11 @@ class CacheLevel(MutableMapping[str, V]):
 
     # -- internals (caller holds the lock) -----------------------------------------------
 
-    def _drop_expired(self, key: str, entry: tuple[V, float | None, int, frozenset[str]]) -> None:
+    def _drop_expired(self, key: str, entry: tuple[Any, ...]) -> None:
         del self._data[key]
         self._nbytes -= entry[2]
         self._expirations += 1
+        self._unlink(key, entry)
 
     def _remove(self, key: str) -> Any:
         """Remove ``key``; return its value if it was live, else ``MISSING``."""
@@ -456,6 +634,7 @@ class CacheLevel(MutableMapping[str, V]):
             if entry is None:
                 return MISSING
             self._nbytes -= entry[2]
+            self._unlink(key, entry)
             self._heap.bound(self._data)
             expires = entry[1]
             return entry[0] if expires is None or expires > self._timer() else MISSING
@@ -475,3 +654,132 @@ class CacheLevel(MutableMapping[str, V]):
         if callback is not None:
             for key, reason in evicted:
                 callback(key, reason)
+
+    # -- the cost policy (caller holds the lock; self._orders is not None) ---------------
+
+    def _unlink(self, key: str, entry: tuple[Any, ...]) -> None:
+        """Take a removed entry out of its segment (nothing to do under LRU)."""
+        orders = self._orders
+        if orders is not None:
+            segment = entry[4]
+            del orders[segment][key]
+            self._segment_bytes[segment] -= entry[2]
+
+    def _weight(self, size: int, cost: float | None) -> float:
+        """Compute seconds per share of the level: ``cost / max(size / max_bytes,
+        1 / max_entries)``, scaled by ``max_entries`` (only comparisons matter)."""
+        if cost is None or not cost >= 0:  # unknown (or NaN): as costly as the average
+            cost = self._cost_sum / self._costs_known if self._costs_known else 1.0
+        else:
+            self._cost_sum += cost
+            self._costs_known += 1
+        max_bytes = self._max_bytes
+        if max_bytes is None:
+            return cost
+        share = size * self._max_entries / max_bytes
+        return cost / share if share > 1.0 else cost
+
+    def _move(self, key: str, entry: tuple[Any, ...], segment: int) -> None:
+        """Move ``key`` to the most recent end of ``segment``."""
+        orders = self._orders
+        assert orders is not None
+        old = entry[4]
+        del orders[old][key]
+        self._segment_bytes[old] -= entry[2]
+        self._data[key] = (*entry[:4], segment, entry[5])
+        orders[segment][key] = None
+        self._segment_bytes[segment] += entry[2]
+
+    def _touch(self, key: str, entry: tuple[Any, ...]) -> None:
+        """A hit outside the protected segment: a window hit counts towards admission;
+        a probation hit earns the protected segment (demoting its least recent)."""
+        orders = self._orders
+        assert orders is not None
+        if entry[4] == _WINDOW:
+            self._sketch.add(key)
+            self._data[key] = (*entry[:4], _WINDOW_HIT, entry[5])
+            self._segment_bytes[_WINDOW] -= entry[2]
+            self._segment_bytes[_WINDOW_HIT] += entry[2]
+            orders[_WINDOW].move_to_end(key)
+            return
+        self._move(key, entry, _PROTECTED)
+        protected = orders[_PROTECTED]
+        limit = self._protected_bytes
+        while len(protected) > 1 and (
+            len(protected) > self._protected_entries
+            or (limit is not None and self._segment_bytes[_PROTECTED] > limit)
+        ):
+            demoted = next(iter(protected))
+            self._move(demoted, self._data[demoted], _PROBATION)
+
+    def _score(self, key: str) -> float:
+        weight: float = self._data[key][5]
+        return float(self._sketch.estimate(key) * weight)
+
+    def _victim(self, candidate: str | None) -> str | None:
+        """The entry to evict next: the lowest score among the least recent probation
+        entries, else the least recent protected, else the least recent window entry."""
+        orders = self._orders
+        assert orders is not None
+        best: str | None = None
+        best_score = 0.0
+        compared = 0
+        for key in orders[_PROBATION]:
+            if key == candidate:
+                continue
+            score = self._score(key)
+            if best is None or score < best_score:
+                best, best_score = key, score
+            compared += 1
+            if compared == _VICTIM_SAMPLE:
+                break
+        if best is not None:
+            return best
+        for segment in (_PROTECTED, _WINDOW):
+            for key in orders[segment]:
+                if key != candidate:
+                    return key
+        return None
+
+    def _evict(self, key: str, evicted: list[tuple[str, str]] | None) -> None:
+        entry = self._data.pop(key)
+        self._nbytes -= entry[2]
+        self._unlink(key, entry)
+        self._evictions += 1
+        if evicted is not None:
+            evicted.append((key, EVICTED))
+
+    def _make_room(self, evicted: list[tuple[str, str]] | None) -> None:
+        """Move the window's overflow into probation as candidates, then evict until
+        both bounds hold: each candidate duels the probation victim, the loser goes."""
+        orders = self._orders
+        assert orders is not None
+        data = self._data
+        window = orders[_WINDOW]
+        window_bytes = self._window_bytes
+        candidates: list[str] = []
+        while len(window) > self._window_entries or (
+            window_bytes is not None
+            and len(window) > 1
+            and self._segment_bytes[_WINDOW] + self._segment_bytes[_WINDOW_HIT] > window_bytes
+        ):
+            candidate = next(iter(window))
+            self._move(candidate, data[candidate], _PROBATION)
+            candidates.append(candidate)
+        max_bytes = self._max_bytes
+        sketch = self._sketch
+        while len(data) > self._max_entries or (max_bytes is not None and self._nbytes > max_bytes):
+            if not candidates:
+                victim = self._victim(None)
+                assert victim is not None  # over a bound, so not empty
+                self._evict(victim, evicted)
+                continue
+            candidate = candidates[0]
+            count = sketch.estimate(candidate)
+            # Seen once: rejected without looking for a victim (the cheap, common case).
+            victim = self._victim(candidate) if count >= _MIN_ADMIT_COUNT else None
+            if victim is None or count * data[candidate][5] <= self._score(victim):
+                candidates.pop(0)
+                self._evict(candidate, evicted)
+            else:
+                self._evict(victim, evicted)

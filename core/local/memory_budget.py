@@ -2,8 +2,9 @@
 
 Each level bounds itself (entries and ``max_bytes``); the budget bounds their
 sum. It reports current use, warns when the levels' own bounds add up to more
-than the budget, and :meth:`MemoryBudget.enforce` evicts least-recently-used
-entries (``level.popitem()``) from the largest level until the sum fits.
+than the budget, and :meth:`MemoryBudget.enforce` evicts the entries each
+level's policy would evict next (``level.popitem()``) from the largest level
+until the sum fits.
 
 Celery's ``worker_max_memory_per_child`` (KiB of *peak* resident memory,
 ``ru_maxrss``) recycles a prefork child after the task that crossed it. The
@@ -46,7 +47,7 @@ class BudgetedLevel(Protocol):
         ...
 
     def popitem(self) -> tuple[str, Any]:
-        """Evict the least-recently-used entry (``KeyError`` when empty)."""
+        """Evict the entry the level's policy would evict next (``KeyError`` when empty)."""
         ...
 
 
@@ -114,7 +115,8 @@ class MemoryBudget:
             return self._reserved()
 
     def enforce(self) -> int:
-        """Evict LRU entries from the largest levels until use fits; returns entries evicted."""
+        """Evict from the largest levels (by their policy) until use fits; returns entries
+        evicted."""
         levels = self.levels
         evicted = 0
         used = sum(level.nbytes for level in levels)

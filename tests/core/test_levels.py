@@ -11,7 +11,7 @@ import pytest
 
 from tests.core.level_suite import FakeClock, LevelSuite
 from tiercel.core.local.bytes_level import BytesLevel
-from tiercel.core.local.cache_level import ENTRY_OVERHEAD, CacheLevel
+from tiercel.core.local.cache_level import COST, LRU, CacheLevel
 from tiercel.core.local.expiry import EXPIRY_OVERHEAD
 from tiercel.core.local.memory_level import MemoryLevel
 
@@ -21,8 +21,16 @@ class TestMemoryLevel(LevelSuite):
     falsey_values = (None, 0, 0.0, False, "", b"", (), [], {})
 
 
+class TestMemoryLevelCost(TestMemoryLevel):
+    policy = COST
+
+
 class TestBytesLevel(LevelSuite):
     level_cls = BytesLevel
+
+
+class TestBytesLevelCost(TestBytesLevel):
+    policy = COST
 
 
 @pytest.mark.parametrize("kind", [MemoryLevel, BytesLevel])
@@ -51,14 +59,15 @@ def test_memory_level_holds_live_objects() -> None:
     value = {"rows": [1, 2, 3]}
     level.set("k", value)
     assert level.get("k") is value
-    assert level.nbytes == sys.getsizeof(value) + len("k") + ENTRY_OVERHEAD
+    assert level.nbytes == sys.getsizeof(value) + len("k") + level.entry_overhead
 
 
 def test_bytes_level_size_policy() -> None:
     level = BytesLevel("l2", max_entries=4)
     assert level.getsizeof(b"x" * 100) == sys.getsizeof(b"x" * 100)
     level.set("key", b"x" * 100, ttl=5)
-    assert level.nbytes == sys.getsizeof(b"x" * 100) + 3 + ENTRY_OVERHEAD + EXPIRY_OVERHEAD
+    overhead = level.entry_overhead + EXPIRY_OVERHEAD
+    assert level.nbytes == sys.getsizeof(b"x" * 100) + 3 + overhead
 
 
 @pytest.mark.parametrize("value", ["text", bytearray(b"mutable"), memoryview(b"v"), 3, None])
@@ -89,11 +98,15 @@ def test_popitem_is_the_eviction_policy() -> None:
             calls.append(item[0])
             return item
 
-    level = Counting("l1", max_entries=2)
+    level = Counting("l1", max_entries=2, policy=LRU)
     for key in "abcd":
         level.set(key, key)
     assert calls == ["a", "b"]
     assert isinstance(NewestOut("x", max_entries=1), CacheLevel)
+
+
+def level_overhead(policy: str = LRU) -> int:
+    return MemoryLevel("probe", max_entries=1, policy=policy).entry_overhead
 
 
 def test_getsizeof_is_the_size_policy() -> None:
@@ -101,7 +114,7 @@ def test_getsizeof_is_the_size_policy() -> None:
         def getsizeof(self, value: Any) -> int:
             return 1000
 
-    level = Flat("l1", max_entries=100, max_bytes=3 * (1000 + 1 + ENTRY_OVERHEAD))
+    level = Flat("l1", max_entries=100, max_bytes=3 * (1000 + 1 + level_overhead()), policy=LRU)
     for key in "abcde":
         level.set(key, object())
     assert list(level) == ["c", "d", "e"]
@@ -118,8 +131,9 @@ def test_callback_runs_outside_the_lock() -> None:
     assert seen == [1]
 
 
-def test_threads_hammering_one_level_keep_invariants() -> None:
-    level = BytesLevel("shared", max_entries=16, max_bytes=16 * 900, ttl=0.002)
+@pytest.mark.parametrize("policy", [COST, LRU])
+def test_threads_hammering_one_level_keep_invariants(policy: str) -> None:
+    level = BytesLevel("shared", max_entries=16, max_bytes=16 * 900, ttl=0.002, policy=policy)
     errors: list[BaseException] = []
     gets = [0] * 8
     start = threading.Barrier(8)
@@ -163,3 +177,5 @@ def test_threads_hammering_one_level_keep_invariants() -> None:
     assert stats.entries <= 16
     assert 0 <= stats.bytes <= 16 * 900
     assert stats.bytes == sum(entry[2] for entry in level._data.values())
+    if policy == COST:
+        assert sum(len(order) for order in (level._orders or [])[1:4]) == len(level._data)

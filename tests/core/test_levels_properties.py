@@ -1,6 +1,6 @@
 """Property tests of the local levels: random operation sequences against a reference model.
 
-The model is a plain ordered list of entries that finds the oldest one by
+The LRU policy runs against a model: a plain ordered list of entries that finds the oldest one by
 position and expired ones by scanning: slow and obviously right. After every
 operation the level and the model must agree on keys (in LRU order), values,
 charged bytes and counters, and the bounds must hold.
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from tests.core.level_suite import FakeClock
 from tiercel.core.local.bytes_level import BytesLevel
-from tiercel.core.local.cache_level import ENTRY_OVERHEAD, CacheLevel
+from tiercel.core.local.cache_level import ENTRY_OVERHEAD, LRU, CacheLevel
 from tiercel.core.local.expiry import EXPIRY_OVERHEAD
 from tiercel.core.local.memory_level import MemoryLevel
 
@@ -155,7 +155,9 @@ def run_against_model(
     ops: list[tuple[Any, ...]],
 ) -> None:
     clock = FakeClock()
-    level = kind("prop", max_entries=max_entries, max_bytes=max_bytes, ttl=level_ttl, timer=clock)
+    level = kind(
+        "prop", max_entries=max_entries, max_bytes=max_bytes, ttl=level_ttl, timer=clock, policy=LRU
+    )
     model = Model(max_entries, max_bytes, level_ttl)
     for op in ops:
         name = op[0]

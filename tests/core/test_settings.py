@@ -12,6 +12,8 @@ def test_defaults_are_embedded_and_valid() -> None:
     settings = Settings.from_env({})
     assert settings.embedded
     assert settings.codec == "msgpack"
+    assert settings.local_policy == "cost"
+    assert Settings.from_env({"TIERCEL_LOCAL_POLICY": "lru"}).local_policy == "lru"
 
 
 def test_values_are_parsed_by_type() -> None:
@@ -45,6 +47,7 @@ def test_values_are_parsed_by_type() -> None:
         ("TIERCEL_CODEC", "pickle", "TIERCEL_SIGNING_KEYS"),
         ("TIERCEL_VISIBILITY_TIMEOUT", "10", "TIERCEL_TASK_TIME_LIMIT"),
         ("TIERCEL_LOG_LEVEL", "LOUD", "TIERCEL_LOG_LEVEL"),
+        ("TIERCEL_LOCAL_POLICY", "fifo", "cost, lru"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str, expected: str) -> None:
