@@ -148,3 +148,12 @@ class MissBook:
         """A copy of the counts by (task, cause)."""
         with self._lock:
             return dict(self._duplicates)
+
+    def duplicate_series(self) -> dict[tuple[str, str], int]:
+        """:meth:`duplicates`, plus a zero for every cause of every task that missed: a
+        rate or an alert over them then starts from a series that exists."""
+        with self._lock:
+            tasks = {task for task, _ in self._misses}
+            series = {(task, cause): 0 for task in tasks for cause in miss_reasons.CAUSES}
+            series.update(self._duplicates)
+            return series

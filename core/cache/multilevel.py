@@ -547,7 +547,7 @@ class MultiLevelCache:
             "corrupt": self.corrupt,
             "fleet": self._state.fleet_counts() if self.fleet is not None else None,
             "misses": self.misses.misses(),
-            "duplicates": self.misses.duplicates(),
+            "duplicates": self.misses.duplicate_series(),
         }
 
     def close(self) -> None:

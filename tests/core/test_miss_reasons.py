@@ -288,4 +288,7 @@ def test_the_collector_reports_reasons_and_causes_by_task(store: StubStore) -> N
         (MISSES, (("reason", why.FIRST_COMPUTATION), ("task", TASK))): 1,
         (MISSES, (("reason", why.TIER_UNAVAILABLE), ("task", TASK))): 1,
         (DUPLICATE_COMPUTATIONS, (("cause", why.NO_LEASE), ("task", TASK))): 1,
+        # every cause of a task that missed is served, zero until it happens
+        (DUPLICATE_COMPUTATIONS, (("cause", why.LEASE_EXPIRED), ("task", TASK))): 0,
+        (DUPLICATE_COMPUTATIONS, (("cause", why.VALUE_EVICTED), ("task", TASK))): 0,
     }
