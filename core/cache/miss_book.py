@@ -98,6 +98,20 @@ class MissBook:
         with self._lock:
             self._count(self._duplicates, task_of(key), cause)
 
+    def leased(self, key: str, history: History | None, ttl: float, *, took_over: bool) -> None:
+        """A computation of ``key`` under a lease the acquire script granted with
+        ``history``; ``took_over`` says its caller waited on another holder first."""
+        self.miss(key, self.explain(key, history, ttl))
+        cause = miss_reasons.LEASE_EXPIRED if took_over else miss_reasons.duplicate_cause(history)
+        if cause is not None:
+            self.duplicate(key, cause)
+
+    def unleased(self, key: str, reason: str) -> None:
+        """A computation of ``key`` without a lease (the shared tier is down), for
+        ``reason``: also a duplicate, since no lease stopped another process."""
+        self.miss(key, reason)
+        self.duplicate(key, miss_reasons.NO_LEASE)
+
     def _count(self, counts: dict[tuple[str, str], int], task: str, label: str) -> None:
         pair = (task, label)
         if pair not in counts and len(counts) >= self.max_series:

@@ -161,15 +161,9 @@ class MissLoop:
                 if isinstance(got, Present):
                     continue  # written since we looked: read it
                 if isinstance(got, Lease):
-                    book = self.book
-                    book.miss(key, book.explain(key, got.history, ttl))
+                    self.book.leased(key, got.history, ttl, took_over=waited)
                     if waited:
                         self._state.takeovers += 1
-                        book.duplicate(key, miss_reasons.LEASE_EXPIRED)
-                    else:
-                        cause = miss_reasons.duplicate_cause(got.history)
-                        if cause is not None:
-                            book.duplicate(key, cause)
                     return self._compute_as_holder(got, create, store, ttl, tags, inflight_id)
                 self._wait_for_holder(key, got, waiter, deadline)
                 waited = True
@@ -287,8 +281,7 @@ class MissLoop:
         """Compute without a lease: counted as ``miss_reason`` and as a duplicate (no
         lease stopped another process computing it too)."""
         self._note_degraded(reason)
-        self.book.miss(key, miss_reason)
-        self.book.duplicate(key, miss_reasons.NO_LEASE)
+        self.book.unleased(key, miss_reason)
         try:
             value = create()
         except BaseException as exc:
