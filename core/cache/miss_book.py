@@ -164,10 +164,14 @@ class MissBook:
             return dict(self._duplicates)
 
     def duplicate_series(self) -> dict[tuple[str, str], int]:
-        """:meth:`duplicates`, plus a zero for every cause of every task that missed: a
-        rate or an alert over them then starts from a series that exists."""
+        """:meth:`duplicates`, plus a zero for every cause of every task that missed (up
+        to :attr:`max_series` series in all): a rate or an alert over them then starts
+        from a series that exists."""
         with self._lock:
-            tasks = {task for task, _ in self._misses}
-            series = {(task, cause): 0 for task in tasks for cause in miss_reasons.CAUSES}
-            series.update(self._duplicates)
+            series = dict(self._duplicates)
+            for task in sorted({task for task, _ in self._misses}):
+                for cause in miss_reasons.CAUSES:
+                    if len(series) >= self.max_series:
+                        return series
+                    series.setdefault((task, cause), 0)
             return series

@@ -242,6 +242,9 @@ def test_counts_are_bounded_per_task() -> None:
         ("_other", why.FIRST_COMPUTATION): 2,
     }
     assert task_of("not a tiercel key") == "_other"
+    book.duplicate(CacheKey.build("ns", "a", "1", "x").value, why.LEASE_EXPIRED)
+    series = book.duplicate_series()
+    assert len(series) == 2 and series[("a", why.LEASE_EXPIRED)] == 1  # zeros bounded too
 
 
 def test_local_fates_are_bounded() -> None:
