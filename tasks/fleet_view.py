@@ -3,7 +3,8 @@
 :func:`aggregate` reads the index members published within the last
 :data:`~tiercel.tasks.metrics.STALE_INTERVALS` intervals (MGET, in bounded
 batches), merges them with :func:`tiercel.core.metrics.snapshots.merge_snapshots`
-and summarises per node, process, task and tier (:func:`build_view`). A
+and summarises per node, process, task and tier (:func:`build_view`), with
+computations by miss reason and duplicate computations by cause. A
 process that died stops publishing and leaves the view after 2 intervals (its
 key expires after 3).
 """
@@ -24,6 +25,8 @@ from tiercel.core.metrics.names import (
     CACHE_MISSES,
     COMPUTE_SECONDS,
     COMPUTE_SECONDS_SAVED,
+    DUPLICATE_COMPUTATIONS,
+    MISSES,
     REDIS_HITS,
     REDIS_MISSES,
     REQUEST_SECONDS,
@@ -99,8 +102,21 @@ def _label_values(snapshot: Mapping[str, Any], name: str, label: str) -> list[st
     return sorted(found)
 
 
+def _by_label(
+    snapshot: Mapping[str, Any], name: str, label: str, **labels: str
+) -> dict[str, float]:
+    """Counter ``name`` summed per value of ``label`` (over series matching ``labels``);
+    values that never counted are left out."""
+    totals = {
+        value: counter_total(snapshot, name, **labels, **{label: value})
+        for value in _label_values(snapshot, name, label)
+    }
+    return {value: total for value, total in totals.items() if total}
+
+
 def summarize(snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """Requests by source, computations, compute-seconds saved and tier hit ratios."""
+    """Requests by source, computations, compute-seconds saved, tier hit ratios, and
+    computations by miss reason and duplicate computations by cause."""
     sources = _label_values(snapshot, REQUESTS, "source")
     by_source = {source: counter_total(snapshot, REQUESTS, source=source) for source in sources}
     tiers: dict[str, dict[str, float]] = {}
@@ -118,6 +134,8 @@ def summarize(snapshot: Mapping[str, Any]) -> dict[str, Any]:
         "computed": by_source.get("computed", 0),
         "compute_seconds_saved": counter_total(snapshot, COMPUTE_SECONDS_SAVED),
         "tiers": tiers,
+        "misses": _by_label(snapshot, MISSES, "reason"),
+        "duplicates": _by_label(snapshot, DUPLICATE_COMPUTATIONS, "cause"),
     }
 
 
@@ -164,7 +182,11 @@ def build_view(
         )
     processes.sort(key=lambda item: (item["role"] != "worker", item["node"], item["pid"]))
     tasks = {}
-    for task in _label_values(merged, REQUESTS, "task"):
+    task_names = {
+        *_label_values(merged, REQUESTS, "task"),
+        *_label_values(merged, MISSES, "task"),
+    }
+    for task in sorted(task_names):
         by_source = {
             source: counter_total(merged, REQUESTS, task=task, source=source)
             for source in _label_values(merged, REQUESTS, "source")
@@ -175,6 +197,8 @@ def build_view(
             "by_source": by_source,
             "compute_seconds_saved": counter_total(merged, COMPUTE_SECONDS_SAVED, task=task),
             "compute_seconds": _latency(merged, COMPUTE_SECONDS, task=task),
+            "misses": _by_label(merged, MISSES, "reason", task=task),
+            "duplicates": _by_label(merged, DUPLICATE_COMPUTATIONS, "cause", task=task),
         }
     latency = {
         source: _latency(merged, REQUEST_SECONDS, source=source)

@@ -29,6 +29,7 @@ from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
+from tiercel.core.cache.miss_book import generation_moves
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
@@ -142,6 +143,9 @@ class Runtime:
         )
         self.generations = Generations(self.tier, max_age=GENERATION_MAX_AGE)
         self.generations.on_change = self.cache.advance_epoch
+        self.cache.misses.generation_moved = generation_moves(
+            self.generations.moved_ago, function_scope, NAMESPACE_SCOPE
+        )
         self.refresher = BackgroundRefresher()
 
         # Pools, and the memory budget over the levels.

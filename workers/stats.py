@@ -1,6 +1,7 @@
 """The fleet's aggregated metrics: requests and hit ratio per tier, fleet-wide
 latency percentiles (merged sketches, so true percentiles), compute seconds
-saved, per task, per node and per process.
+saved, why values were computed (miss reasons) and duplicate computations,
+per task, per node and per process.
 
 Reads the newest `tiercel.metrics.aggregate` result (beat runs one every
 TIERCEL_AGGREGATE_INTERVAL seconds). With none yet it says so in one line and
@@ -46,6 +47,12 @@ def load_view(
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.2f}"
+
+
+def _counts(counts: dict[str, float]) -> str:
+    """``name count`` pairs, largest first."""
+    ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return ", ".join(f"{name} {count:,.0f}" for name, count in ordered)
 
 
 def render(view: dict[str, Any]) -> Any:
@@ -122,6 +129,21 @@ def render(view: dict[str, Any]) -> Any:
             _ms(compute.get("p99")),
         )
 
+    misses = Table(title="computations by miss reason, and duplicate computations, per task")
+    for column in ("task", "computations", "by reason", "duplicates by cause"):
+        misses.add_column(column, justify="right" if column == "computations" else "left")
+    miss_rows = {name: f for name, f in view["tasks"].items() if f.get("misses")}
+    fleet_misses = fleet.get("misses") or {}
+    if fleet_misses:
+        miss_rows["(fleet)"] = {"misses": fleet_misses, "duplicates": fleet.get("duplicates") or {}}
+    for name, figures in miss_rows.items():
+        misses.add_row(
+            name,
+            f"{sum(figures['misses'].values()):,.0f}",
+            _counts(figures["misses"]),
+            _counts(figures.get("duplicates") or {}) or "-",
+        )
+
     processes = Table(title="per node and process (clients count the hits they answered)")
     for column in ("node", "role", "pid", "requests", "computed", "saved s", "snapshot age s"):
         processes.add_column(column, justify="left" if column in ("node", "role") else "right")
@@ -147,6 +169,8 @@ def render(view: dict[str, Any]) -> Any:
             "-",
         )
     shown: list[Any] = [head, tiers, latency, *([timers] if view.get("timers") else []), tasks]
+    if fleet_misses:
+        shown.append(misses)
     return Group(*shown, processes)
 
 

@@ -57,7 +57,7 @@ class AsyncCache:
         self.fleet = fleet
         self._state = CacheState()
         self._flight = AsyncSingleFlight()
-        self._misses = AsyncMissLoop(fleet, self._state, encode)
+        self._misses = AsyncMissLoop(fleet, self._state, encode, book=cache.misses)
         self._views: dict[tuple[str, ...], AsyncCache] = {}
         self._background: set[asyncio.Task[Any]] = set()
 

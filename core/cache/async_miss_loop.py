@@ -20,8 +20,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from tiercel.core.cache import miss_reasons
 from tiercel.core.cache.async_fleet import AsyncFleet, AsyncWaiter
 from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, CacheState, Lookup
+from tiercel.core.cache.miss_book import MissBook
 from tiercel.core.cache.miss_loop import WAIT_SLACK, DegradedNotice, Encoder, Storer
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier.lease_calls import Held, Lease, Present
@@ -44,10 +46,13 @@ class AsyncMissLoop:
         state: CacheState,
         encode: Encoder,
         *,
+        book: MissBook | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self._state = state
+        #: Where each computation is counted with its reason (as the blocking loop does).
+        self.book = book if book is not None else MissBook()
         self._encode = encode
         self._timer = timer
         self._note_degraded = DegradedNotice(state, timer)
@@ -68,8 +73,9 @@ class AsyncMissLoop:
         ``checked`` says the caller just found ``key`` missing in every tier.
         """
         fleet = self.fleet
+        unleased = miss_reasons.TIER_UNAVAILABLE
         if not fleet.available():
-            return await self._degraded(create, store, ttl, "breaker open")
+            return await self._degraded(key, create, store, ttl, "breaker open", unleased)
         deadline = self._timer() + fleet.max_wait
         waited = False
         with fleet.waiter(key) as waiter:
@@ -84,10 +90,11 @@ class AsyncMissLoop:
                 checked = False
                 got = await self._claim(key, ttl, tags, unless_present=True)
                 if isinstance(got, str):
-                    return await self._degraded(create, store, ttl, got)
+                    return await self._degraded(key, create, store, ttl, got, unleased)
                 if isinstance(got, Present):
                     continue  # written since we looked: read it
                 if isinstance(got, Lease):
+                    self.book.leased(key, got.history, ttl, took_over=waited)
                     if waited:
                         self._state.takeovers += 1
                     return await self._compute_as_holder(got, create, store, ttl, tags)
@@ -99,14 +106,16 @@ class AsyncMissLoop:
     ) -> Lookup | None:
         """Recompute ``key`` under its lease although a value exists; None when another
         process holds the lease (it is already computing a newer value)."""
+        refresh = miss_reasons.REFRESH
         if not self.fleet.available():
-            return await self._degraded(create, store, ttl, "breaker open")
+            return await self._degraded(key, create, store, ttl, "breaker open", refresh)
         got = await self._claim(key, ttl, tags, unless_present=False)
         if isinstance(got, str):
-            return await self._degraded(create, store, ttl, got)
+            return await self._degraded(key, create, store, ttl, got, refresh)
         if not isinstance(got, Lease):
             return None
         self._state.refreshed += 1
+        self.book.miss(key, refresh)
         return await self._compute_as_holder(got, create, store, ttl, tags)
 
     async def _claim(
@@ -144,6 +153,7 @@ class AsyncMissLoop:
             try:
                 value = await create()
             except BaseException as exc:
+                self.book.failed(lease.key)
                 await self.fleet.fail(lease, exc, inflight_id=None)
                 raise
         elapsed = time.perf_counter() - started
@@ -166,9 +176,22 @@ class AsyncMissLoop:
             store(value, encoded[0] if encoded else None, elapsed)
         return Lookup(value, SOURCE_COMPUTED, ttl)
 
-    async def _degraded(self, create: Creator, store: Storer, ttl: float, reason: str) -> Lookup:
+    async def _degraded(
+        self,
+        key: str,
+        create: Creator,
+        store: Storer,
+        ttl: float,
+        reason: str,
+        miss_reason: str,
+    ) -> Lookup:
         self._note_degraded(reason)
+        self.book.unleased(key, miss_reason)
         started = time.perf_counter()
-        value = await create()
+        try:
+            value = await create()
+        except BaseException:
+            self.book.failed(key)
+            raise
         store(value, None, time.perf_counter() - started)
         return Lookup(value, SOURCE_COMPUTED, ttl)

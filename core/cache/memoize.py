@@ -20,9 +20,11 @@ from tiercel.core.cache.failures import expired, is_failure, raise_failure
 from tiercel.core.cache.failures import record as failure_record
 from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from tiercel.core.cache.lookup import Lookup
+from tiercel.core.cache.miss_reasons import UNCACHEABLE_ARGUMENT
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.encoding.keys import KeyBuilder
+from tiercel.core.errors import KeyEncodingError
 from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.generations import Generations
 
@@ -132,7 +134,11 @@ class CachedFunction(Generic[P, R]):
         as :attr:`policy` says (in the background when a ``refresher`` is given)."""
         if self.levels is not None:
             cache = cache.with_levels(self.levels)
-        key = self.key(namespace, generations, args, kwargs)
+        try:
+            key = self.key(namespace, generations, args, kwargs)
+        except KeyEncodingError:
+            cache.misses.miss_of_task(self.name, UNCACHEABLE_ARGUMENT)
+            raise
         found = self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
         if self.cache_errors and is_failure(found.value):
             raise_failure(found.value, self.cache_errors, key)

@@ -22,6 +22,13 @@ them computes, and the exception still reaches the holder's caller.
 Cache trouble never fails a computation: when the shared tier is unreachable
 (or its breaker is open) the loop computes without a lease, keeps the value in
 the process's own levels and counts it as ``degraded``.
+
+Every computation is told to the cache's
+:class:`~tiercel.core.cache.miss_book.MissBook` with its reason: the history
+record the acquire script returned with the lease, a refresh, or the tier
+being down; a takeover, a value another holder wrote and Redis lost, and a
+computation without a lease also count as duplicates
+(:mod:`tiercel.core.cache.miss_reasons`).
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tiercel.core.cache import miss_reasons
 from tiercel.core.cache.fleet import Fleet, Waiter
 from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, CacheState, Lookup
+from tiercel.core.cache.miss_book import MissBook
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import events
 from tiercel.core.tier.leases import Held, Lease, Present
@@ -98,10 +107,13 @@ class MissLoop:
         state: CacheState,
         encode: Encoder,
         *,
+        book: MissBook | None = None,
         timer: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
         self._state = state
+        #: Where each computation is counted with its reason.
+        self.book = book if book is not None else MissBook()
         self._encode = encode
         self._timer = timer
         self._note_degraded = DegradedNotice(state, timer)
@@ -124,14 +136,15 @@ class MissLoop:
         first read is skipped (the claim still reports a value written since).
         """
         fleet = self.fleet
+        unleased = miss_reasons.TIER_UNAVAILABLE
         if not fleet.available():
-            return self._degraded(create, store, ttl, "breaker open")
+            return self._degraded(key, create, store, ttl, "breaker open", unleased)
         deadline = self._timer() + fleet.max_wait
         waited = False
         try:
             waiter = fleet.waiter(key)
         except TierUnavailable as exc:
-            return self._degraded(create, store, ttl, str(exc))
+            return self._degraded(key, create, store, ttl, str(exc), unleased)
         with waiter:
             while True:
                 if not checked:
@@ -144,10 +157,11 @@ class MissLoop:
                 checked = False
                 got = self._claim(key, ttl, tags, inflight_id, unless_present=True)
                 if isinstance(got, str):
-                    return self._degraded(create, store, ttl, got)
+                    return self._degraded(key, create, store, ttl, got, unleased)
                 if isinstance(got, Present):
                     continue  # written since we looked: read it
                 if isinstance(got, Lease):
+                    self.book.leased(key, got.history, ttl, took_over=waited)
                     if waited:
                         self._state.takeovers += 1
                     return self._compute_as_holder(got, create, store, ttl, tags, inflight_id)
@@ -166,14 +180,16 @@ class MissLoop:
     ) -> Lookup | None:
         """Recompute ``key`` under its lease although a value exists; None when another
         process holds the lease (it is already computing a newer value)."""
+        refresh = miss_reasons.REFRESH
         if not self.fleet.available():
-            return self._degraded(create, store, ttl, "breaker open")
+            return self._degraded(key, create, store, ttl, "breaker open", refresh)
         got = self._claim(key, ttl, tags, inflight_id, unless_present=False)
         if isinstance(got, str):
-            return self._degraded(create, store, ttl, got)
+            return self._degraded(key, create, store, ttl, got, refresh)
         if not isinstance(got, Lease):
             return None
         self._state.refreshed += 1
+        self.book.miss(key, refresh)
         return self._compute_as_holder(got, create, store, ttl, tags, inflight_id)
 
     def _claim(
@@ -227,6 +243,7 @@ class MissLoop:
                 if is_deferred(exc):
                     self.fleet.abandon(lease, inflight_id=inflight_id)
                 else:
+                    self.book.failed(lease.key)
                     self.fleet.fail(lease, exc, inflight_id=inflight_id)
                 raise
         elapsed = time.perf_counter() - started
@@ -253,10 +270,24 @@ class MissLoop:
         return Lookup(value, SOURCE_COMPUTED, ttl)
 
     def _degraded(
-        self, create: Callable[[], Any], store: Storer, ttl: float, reason: str
+        self,
+        key: str,
+        create: Callable[[], Any],
+        store: Storer,
+        ttl: float,
+        reason: str,
+        miss_reason: str,
     ) -> Lookup:
+        """Compute without a lease: counted as ``miss_reason`` and as a duplicate (no
+        lease stopped another process computing it too)."""
         self._note_degraded(reason)
+        self.book.unleased(key, miss_reason)
         started = time.perf_counter()
-        value = create()
+        try:
+            value = create()
+        except BaseException as exc:
+            if not is_deferred(exc):
+                self.book.failed(key)
+            raise
         store(value, None, time.perf_counter() - started)
         return Lookup(value, SOURCE_COMPUTED, ttl)

@@ -16,6 +16,10 @@ check is one clock read against a deadline the invalidation listener moves.
 Cache trouble never reaches the caller: the Redis tier swallows and counts
 its own errors, and a value the codec cannot encode is returned but kept only
 in the memory levels.
+
+Every computation is counted with its reason in :attr:`MultiLevelCache.misses`
+(a :class:`~tiercel.core.cache.miss_book.MissBook`, fed by the miss loop and
+by the levels' ``on_evict``); the hit path does not touch it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from tiercel.core.cache.lookup import (
     CacheState,
     Lookup,
 )
+from tiercel.core.cache.miss_book import MissBook
 from tiercel.core.cache.miss_loop import MissLoop
+from tiercel.core.cache.miss_reasons import REFRESH
 from tiercel.core.cache.singleflight import SingleFlight
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
@@ -114,8 +120,12 @@ class MultiLevelCache:
         self._wall_clock = wall_clock
         self._flight = SingleFlight()
         self._state = CacheState()
-        self._misses = (
-            MissLoop(fleet, self._state, self._encode_entry)
+        #: Every computation by task and reason, and duplicates (shared by views).
+        self.misses = MissBook()
+        for level in self.levels:
+            level.on_evict = self.misses.left_level
+        self._miss_loop = (
+            MissLoop(fleet, self._state, self._encode_entry, book=self.misses)
             if fleet is not None and tier is not None
             else None
         )
@@ -152,6 +162,7 @@ class MultiLevelCache:
             )
         else:
             raise ValueError(f"kind={kind!r}: expected 'memory' or 'bytes'")
+        level.on_evict = self.misses.left_level
         self.levels.append(level)
         return level
 
@@ -399,14 +410,14 @@ class MultiLevelCache:
             found = self.lookup(key)
             if found is not None:
                 return found
-        misses = self._misses
+        miss_loop = self._miss_loop
         create = self._counted(compute)
 
         def compute_and_store() -> Lookup:
-            if misses is not None:
+            if miss_loop is not None:
                 # Only this caller (the single-flight leader) runs this, right after its
                 # own lookup; the fleet-wide claim re-checks for a value in the same trip.
-                return misses.compute(
+                return miss_loop.compute(
                     key,
                     create,
                     read=lambda: self.lookup(key),
@@ -419,8 +430,13 @@ class MultiLevelCache:
             again = self.lookup(key)  # another process may have written it meanwhile
             if again is not None:
                 return again
+            self.misses.miss(key, self.misses.explain(key, None, ttl or self.default_ttl))
             started = time.perf_counter()
-            value = create()
+            try:
+                value = create()
+            except BaseException:
+                self.misses.failed(key)
+                raise
             elapsed = time.perf_counter() - started
             self.set(key, value, ttl=ttl, tags=tags, compute_seconds=elapsed)
             return Lookup(value, SOURCE_COMPUTED, ttl)
@@ -447,8 +463,8 @@ class MultiLevelCache:
         """
         ttl = self.default_ttl if ttl is None else ttl
         create = self._counted(compute)
-        if self._misses is not None:
-            return self._misses.refresh(
+        if self._miss_loop is not None:
+            return self._miss_loop.refresh(
                 key,
                 create,
                 store=self._local_storer(key, ttl, tags),
@@ -456,6 +472,7 @@ class MultiLevelCache:
                 tags=tags,
                 inflight_id=inflight_id,
             )
+        self.misses.miss(key, REFRESH)
         started = time.perf_counter()
         value = create()
         self.set(key, value, ttl=ttl, tags=tags, compute_seconds=time.perf_counter() - started)
@@ -558,6 +575,8 @@ class MultiLevelCache:
             "uncacheable": self.uncacheable,
             "corrupt": self.corrupt,
             "fleet": self._state.fleet_counts() if self.fleet is not None else None,
+            "misses": self.misses.misses(),
+            "duplicates": self.misses.duplicate_series(),
         }
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 from tiercel.core.cache.fleet import Fleet
 from tiercel.core.errors import ComputationFailed
 from tiercel.core.tier import events
+from tiercel.core.tier.history import FAILED, WRITTEN, History
 from tiercel.core.tier.leases import PRESENT, Held, Lease, Present
 from tiercel.core.tier.stub import HeldLease, StubStore
 
@@ -128,7 +129,10 @@ class StubFleet(Fleet):
             store.fences[key] = token
             store.leases[key] = HeldLease(token, now + self.lease_ttl)
             store.failures.pop(key, None)
-            return Lease(key, token, store.epochs.get(key, 0), self.lease_ttl, time.monotonic())
+            record = History.decode(store.history.get(key), store.now_ms())
+            return Lease(
+                key, token, store.epochs.get(key, 0), self.lease_ttl, time.monotonic(), record
+            )
 
     def failure(self, key: str) -> ComputationFailed | None:
         self.store.check()
@@ -162,6 +166,9 @@ class StubFleet(Fleet):
         with store.lock:
             failure = ComputationFailed(lease.key, type(exc).__name__, str(exc))
             store.failures[lease.key] = (failure, store.clock() + FAILURE_TTL)
+            if store.fences.get(lease.key, 0) == lease.token:
+                now = store.now_ms()
+                store.history[lease.key] = History(FAILED, now, now).encode()
             self._release(lease)
             store.wake(lease.key, events.Failed.KIND)
 
@@ -175,6 +182,9 @@ class StubFleet(Fleet):
             unchanged = store.epochs.get(lease.key, 0) == lease.epoch
             if current and unchanged:
                 store.values[lease.key] = (entry, store.clock() + ttl)
+                now = store.now_ms()
+                written = History(WRITTEN, now, now, now + round(ttl * 1000))
+                store.history[lease.key] = written.encode()
             self._release(lease)
             store.wake(lease.key, events.Done.KIND)
         store.broadcast(self, "on_done", lease.key)
@@ -205,7 +215,7 @@ class StubFleet(Fleet):
         store.check()
         with store.lock:
             members = sorted(store.tags.pop(tag, set()))
-            removed = sum(store.drop_key(key) for key in members)
+            removed = sum(store.drop_key(key, by_tag=True) for key in members)
         store.broadcast(self, "on_tag", tag)
         return removed
 

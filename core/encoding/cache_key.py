@@ -1,7 +1,7 @@
 """One call's cache key, and every Redis key derived from it, parsed once.
 
 A value key reads ``{namespace}:v:{name}:{version}:{{digest}}``; its lease,
-fence, epoch, in-flight, failure and re-publish keys share its ``{digest}``
+fence, epoch, in-flight, failure, re-publish and history keys share its ``{digest}``
 hash tag, so one Lua script may touch them all on Redis Cluster. The cache,
 the levels and Redis see the value key as a plain string; the lease layer
 asks :meth:`CacheKey.of` for the rest, which parses a key once and keeps the
@@ -18,6 +18,7 @@ from tiercel.core.encoding.prefixes import (
     EPOCH,
     FAILURE,
     FENCE,
+    HISTORY,
     INFLIGHT,
     LEASE,
     REPUBLISH,
@@ -44,6 +45,7 @@ class CacheKey:
     inflight: str
     failure: str
     republish: str
+    history: str
 
     @classmethod
     def build(cls, namespace: str, name: str, version: str, digest: str) -> CacheKey:
@@ -62,6 +64,7 @@ class CacheKey:
             inflight=f"{namespace}:{INFLIGHT}:{related}",
             failure=f"{namespace}:{FAILURE}:{related}",
             republish=f"{namespace}:{REPUBLISH}:{related}",
+            history=f"{namespace}:{HISTORY}:{related}",
         )
 
     @classmethod

@@ -19,6 +19,8 @@ EPOCH = "epoch"
 INFLIGHT = "inflight"
 #: Short-lived record of a key's failed computation (type and message, JSON).
 FAILURE = "err"
+#: A key's last fate (written with its expiry, invalidated, failed): why a later miss missed.
+HISTORY = "hist"
 #: Generation counter of a function (bumped by ``invalidate_all``) or of a tag.
 GENERATION = "gen"
 #: Marks that a waiting client re-published a key's task recently (one per period).

@@ -27,6 +27,8 @@ from tiercel.core.metrics.names import (
     CACHE_REJECTED,
     COMPUTATIONS,
     COMPUTE_ERRORS,
+    DUPLICATE_COMPUTATIONS,
+    MISSES,
     REDIS_CORRUPT,
     REDIS_ERRORS,
     REDIS_HITS,
@@ -66,13 +68,20 @@ _CACHE_COUNTERS: Final = (
     ("joined", SINGLEFLIGHT_JOINS),
 )
 
+#: Counters by (task, label) pairs: the cache's miss reasons and duplicate causes.
+_BY_TASK_COUNTERS: Final = (
+    ("misses", MISSES, "reason"),
+    ("duplicates", DUPLICATE_COMPUTATIONS, "cause"),
+)
+
 
 def cache_samples(stats: Mapping[str, Any]) -> list[Sample]:
     """Samples from a multi-level cache's ``stats()`` (its levels, tier and counters).
 
     Reads ``levels`` (name -> :class:`~tiercel.core.local.level_stats.LevelStats` or a mapping),
     ``redis`` (the Redis tier's ``stats`` dict, or None) and the cache's own
-    ``computed``, ``compute_errors`` and ``joined``; absent figures are skipped.
+    ``computed``, ``compute_errors`` and ``joined``, and its ``misses`` and
+    ``duplicates`` by (task, reason or cause); absent figures are skipped.
     """
     samples: list[Sample] = []
     for level_name, level_stats in (stats.get("levels") or {}).items():
@@ -95,6 +104,9 @@ def cache_samples(stats: Mapping[str, Any]) -> list[Sample]:
     for field, metric in _CACHE_COUNTERS:
         if field in stats:
             samples.append(Sample(COUNTER, metric, stats[field]))
+    for field, metric, label in _BY_TASK_COUNTERS:
+        for (task, value), count in (stats.get(field) or {}).items():
+            samples.append(Sample(COUNTER, metric, count, {"task": task, label: value}))
     return samples
 
 

@@ -25,8 +25,10 @@ __all__ = [
     "COMPUTE_ERRORS",
     "COMPUTE_SECONDS",
     "COMPUTE_SECONDS_SAVED",
+    "DUPLICATE_COMPUTATIONS",
     "METRICS_COLLECTOR_ERRORS",
     "METRICS_OVERFLOW",
+    "MISSES",
     "POOL_IDLE",
     "POOL_IN_USE",
     "POOL_TIMEOUTS",
@@ -78,6 +80,11 @@ SINGLEFLIGHT_JOINS: Final = "tiercel_singleflight_joins_total"
 SINGLEFLIGHT_WAIT_SECONDS: Final = "tiercel_singleflight_wait_seconds"
 #: Counter: computations run (cache misses everywhere).
 COMPUTATIONS: Final = "tiercel_computations_total"
+#: Counter: computations by why the value was missing [task, reason] (a fixed set, see
+#: :mod:`tiercel.core.cache.miss_reasons`).
+MISSES: Final = "tiercel_misses_total"
+#: Counter: computations the fleet's rules should have prevented [task, cause].
+DUPLICATE_COMPUTATIONS: Final = "tiercel_duplicate_computations_total"
 #: Counter: computations that raised.
 COMPUTE_ERRORS: Final = "tiercel_compute_errors_total"
 #: Sketch: seconds one computation took [task].

@@ -46,6 +46,8 @@ class Generations:
         self._max_scopes = max_scopes
         self._lock = threading.Lock()
         self._known: dict[str, tuple[int, float]] = {}
+        #: When (``timer()``) each scope's generation last moved, as this process saw it.
+        self._moved: dict[str, float] = {}
         #: Called (outside any lock) when a known generation moves or is forgotten.
         self.on_change: Callable[[], None] | None = None
         #: Reads that found the store unreachable.
@@ -117,8 +119,15 @@ class Generations:
             value = self.current(scope) + 1
         else:
             value = self._store.bump_generation(scope)
+        self._note_move(scope, self._timer())
         self._remember(scope, value, self._timer())
         return value
+
+    def moved_ago(self, scope: str) -> float | None:
+        """Seconds since this process last saw the scope's generation move (a bump here,
+        a bump announced, or a newer value read); None if it never did."""
+        moved = self._moved.get(scope)
+        return None if moved is None else self._timer() - moved
 
     def observe(self, scope: str, value: int) -> None:
         """Apply a generation announced by another process."""
@@ -127,6 +136,7 @@ class Generations:
             changed = known is None or value > known[0]
             if changed:
                 self._known[scope] = (value, self._timer())
+                self._note_move(scope, self._timer())
         if changed:
             self._changed()
 
@@ -140,6 +150,11 @@ class Generations:
                     self._known.pop(scope, None)
         self._changed()
 
+    def _note_move(self, scope: str, now: float) -> None:
+        if len(self._moved) >= self._max_scopes and scope not in self._moved:
+            self._moved.clear()  # bounded: a lost record only names fewer misses
+        self._moved[scope] = now
+
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
@@ -152,5 +167,7 @@ class Generations:
             if known is None or value >= known[0]:
                 self._known[scope] = (value, now)
             moved = known is not None and value > known[0]
+            if moved:
+                self._note_move(scope, now)
         if moved:
             self._changed()

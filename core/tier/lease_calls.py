@@ -17,6 +17,7 @@ from typing import Any, Final
 
 from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.tier import events
+from tiercel.core.tier.history import INVALIDATED_KEY, INVALIDATED_TAG, History
 
 __all__ = ["PRESENT", "Held", "Lease", "LeaseCalls", "Present", "ScriptCall", "ms"]
 
@@ -32,7 +33,9 @@ class Lease:
     """A held lease: ``token`` is its fence, ``epoch`` the key's invalidation counter then.
 
     ``ttl`` is the lease's lifetime in seconds; ``acquired_at`` is the
-    client's ``timer()`` (monotonic) when it was taken.
+    client's ``timer()`` (monotonic) when it was taken. ``history`` is what the
+    shared tier last recorded of the key (:mod:`tiercel.core.tier.history`),
+    read in the same script: why its value is missing.
     """
 
     key: str
@@ -40,6 +43,7 @@ class Lease:
     epoch: int
     ttl: float
     acquired_at: float
+    history: History | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class LeaseCalls:
                 keys.fence,
                 keys.epoch,
                 keys.failure,
+                keys.history,
                 *((key,) if unless_present else ()),
             ],
             [ttl_ms, owner or self.owner, self.state_ttl_ms],
@@ -102,7 +107,8 @@ class LeaseCalls:
             return PRESENT
         if int(result[0]) == 0:
             return Held(max(0.0, int(result[1]) / 1000))
-        return Lease(key, int(result[1]), int(result[2]), ttl, started)
+        history = History.decode(result[4], result[3]) if len(result) > 4 else None
+        return Lease(key, int(result[1]), int(result[2]), ttl, started, history)
 
     def renew(self, lease: Lease) -> ScriptCall:
         """``renew.lua``: extend a lease that is still ours."""
@@ -131,6 +137,7 @@ class LeaseCalls:
                 keys.fence,
                 keys.epoch,
                 keys.inflight,
+                keys.history,
             ],
             [
                 lease.token,
@@ -140,6 +147,7 @@ class LeaseCalls:
                 inflight_id or "",
                 self.channel_of(key),
                 events.Done(key).encode(),
+                self.state_ttl_ms,
             ],
         )
 
@@ -173,6 +181,7 @@ class LeaseCalls:
                 keys.lease,
                 keys.fence,
                 keys.inflight,
+                keys.history,
             ],
             [
                 lease.token,
@@ -181,6 +190,7 @@ class LeaseCalls:
                 inflight_id or "",
                 self.channel_of(key),
                 events.Failed(key).encode(),
+                self.state_ttl_ms,
             ],
         )
 
@@ -200,12 +210,20 @@ class LeaseCalls:
             return None
         return record if isinstance(record, dict) else None
 
-    def invalidate(self, key: str, channel: str, *, publish: bool) -> ScriptCall:
-        """``invalidate.lua``: bump the epoch, delete value, marker and failure, publish."""
+    def invalidate(
+        self, key: str, channel: str, *, publish: bool, by_tag: bool = False
+    ) -> ScriptCall:
+        """``invalidate.lua``: bump the epoch, delete value, marker and failure, publish;
+        the key's history says invalidated by key, or ``by_tag``."""
         keys = CacheKey.of(key)
         return (
-            [key, keys.inflight, keys.failure, keys.epoch],
-            [self.state_ttl_ms, channel, events.Invalidated(key).encode() if publish else ""],
+            [key, keys.inflight, keys.failure, keys.epoch, keys.history],
+            [
+                self.state_ttl_ms,
+                channel,
+                events.Invalidated(key).encode() if publish else "",
+                INVALIDATED_TAG if by_tag else INVALIDATED_KEY,
+            ],
         )
 
     @staticmethod

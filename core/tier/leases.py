@@ -10,6 +10,8 @@ atomic and works on Redis Cluster:
 ``epoch``   the key's invalidation counter; bumped by every invalidation.
 ``inflight`` the task id computing the key (coalescing at submit).
 ``err``     a short-lived record of a failed computation.
+``hist``    the key's last fate (written until, invalidated, failed): why a later
+            miss missed (:mod:`tiercel.core.tier.history`), read by acquire.
 
 :meth:`LeaseManager.write_back` stores the value only if the lease's token is
 still the newest fence and the epoch has not moved since :meth:`acquire`, so a
@@ -264,16 +266,17 @@ class LeaseManager:
     def invalidate_keys(self, keys: Sequence[str | bytes]) -> int:
         """Invalidate many keys in one round trip without publishing per key.
 
-        For the tag path: the caller publishes one ``t|<tag>`` afterwards.
+        For the tag path: the caller publishes one ``t|<tag>`` afterwards; each key's
+        history says it was invalidated by tag.
         Returns how many values existed.
         """
-        calls = [self._invalidate_call(_text(k), "", publish=False) for k in keys]
+        calls = [self._invalidate_call(_text(k), "", publish=False, by_tag=True) for k in keys]
         return sum(int(result[1]) for result in self._run_many(self._invalidate, calls))
 
     def _invalidate_call(
-        self, key: str, channel: str, *, publish: bool
+        self, key: str, channel: str, *, publish: bool, by_tag: bool = False
     ) -> tuple[list[str], list[Any]]:
-        return self.calls.invalidate(key, channel, publish=publish)
+        return self.calls.invalidate(key, channel, publish=publish, by_tag=by_tag)
 
     # --- coalescing at submit ---
 

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, ComputationFailed, TierUnavailable, ValueTooLarge
 from tiercel.core.tier import events
+from tiercel.core.tier import history as records
 from tiercel.core.tier.api import CacheTier
 from tiercel.core.tier.redis_tier import PayloadSerializer
 
@@ -63,6 +64,8 @@ class StubStore:
     epochs: dict[str, int] = field(default_factory=dict)
     failures: dict[str, tuple[ComputationFailed, float]] = field(default_factory=dict)
     generations: dict[str, int] = field(default_factory=dict)
+    #: Each key's history record, as the lease scripts keep it (see ``tier/history.py``).
+    history: dict[str, str] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
     #: Threads waiting for a key's computation, by key (see ``StubFleet.waiter``).
     waiters: dict[str, list[Wakeable]] = field(default_factory=dict)
@@ -95,8 +98,14 @@ class StubStore:
             if listener is not sender and callback is not None:
                 callback(*args)
 
-    def drop_key(self, key: str) -> bool:
+    def now_ms(self) -> int:
+        """The store's clock in milliseconds, as history records are stamped."""
+        return int(self.clock() * 1000)
+
+    def drop_key(self, key: str, *, by_tag: bool = False) -> bool:
         """Bump ``key``'s epoch and delete its value (the invalidation script)."""
+        kind = records.INVALIDATED_TAG if by_tag else records.INVALIDATED_KEY
+        self.history[key] = records.History(kind, self.now_ms(), self.now_ms()).encode()
         self.epochs[key] = self.epochs.get(key, 0) + 1
         existed = self.values.pop(key, None) is not None
         self.wake(key, events.Invalidated.KIND)

@@ -198,3 +198,26 @@ def test_redis_down_never_fails_a_computation() -> None:
 def _url(client: redis.Redis) -> str:
     kwargs = client.connection_pool.connection_kwargs
     return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_the_awaiting_miss_loop_counts_why_it_computed(redis_client: redis.Redis) -> None:
+    from tiercel.core.cache import miss_reasons as why
+
+    key = value_key()
+
+    async def main(url: str) -> MultiLevelCache:
+        async with Stack(url, breaker=CircuitBreaker()) as stack:
+            await stack.cache.get_or_compute(key, compute=lambda: _value(1), ttl=60)
+            await stack.cache.invalidate(key)
+            await stack.cache.get_or_compute(key, compute=lambda: _value(2), ttl=60)
+            return stack.local
+
+    local = asyncio.run(main(_url(redis_client)))
+    assert local.misses.misses() == {
+        ("fn", why.FIRST_COMPUTATION): 1,
+        ("fn", why.INVALIDATED_KEY): 1,
+    }
+
+
+async def _value(n: int) -> int:
+    return n

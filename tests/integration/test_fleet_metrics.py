@@ -127,9 +127,13 @@ def test_hits_answered_by_short_lived_clients_are_counted_fleet_wide(
 
     sources = [call(n) for n in (base, base + 1, base + 2, base + 3, base + 3, base + 3)]
     assert sources == ["computed"] * 4 + ["redis"] * 2  # each `tiercel call` is a new process
+    first = {"first_computation": 4}  # each value computed once, none ever stored before
     view = _wait_for(
         settings,
-        lambda v: v["tasks"].get(SQUARE, {}).get("by_source") == {"computed": 4, "redis": 2},
+        lambda v: (
+            v["tasks"].get(SQUARE, {}).get("by_source") == {"computed": 4, "redis": 2}
+            and v["tasks"][SQUARE].get("misses") == first
+        ),
     )
     task = view["tasks"][SQUARE]
     assert task["requests"] == 6
@@ -148,6 +152,9 @@ def test_hits_answered_by_short_lived_clients_are_counted_fleet_wide(
     )
     shown = json.loads(fresh.stdout)
     assert shown["tasks"][SQUARE]["by_source"] == {"computed": 4, "redis": 2}
+    assert shown["tasks"][SQUARE]["misses"] == first
+    assert shown["tasks"][SQUARE]["duplicates"] == {}
+    assert shown["fleet"]["misses"] == first
     exported = {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in families(view)
@@ -155,6 +162,18 @@ def test_hits_answered_by_short_lived_clients_are_counted_fleet_wide(
     }
     redis_hits = exported[("tiercel_requests_total", (("source", "redis"), ("task", SQUARE)))]
     assert redis_hits == 2
+    misses = {
+        labels: value
+        for (name, labels), value in exported.items()
+        if name == "tiercel_misses_total"
+    }
+    assert misses == {(("reason", "first_computation"), ("task", SQUARE)): 4}
+    duplicates = {
+        labels: value
+        for (name, labels), value in exported.items()
+        if name == "tiercel_duplicate_computations_total"
+    }
+    assert duplicates and set(duplicates.values()) == {0}, "served, and none happened"
 
 
 def test_a_live_client_publishes_as_a_client_and_retires_on_close(

@@ -191,3 +191,50 @@ def test_every_latency_is_also_a_histogram_that_adds_across_exporters() -> None:
     assert buckets["0.5"] == 4 and buckets["10.0"] == 5 and buckets["+Inf"] == 5
     [count] = [s.value for s in histogram.samples if s.name.endswith("_count")]
     assert count == 5
+
+
+def test_miss_reasons_merge_across_processes_into_the_view_and_the_table() -> None:
+    from rich.console import Console
+
+    from tiercel.core.cache.multilevel import MultiLevelCache
+    from tiercel.core.encoding.cache_key import CacheKey
+    from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
+    from tiercel.core.local.memory_level import MemoryLevel
+    from tiercel.core.metrics.collectors import register_cache
+    from tiercel.core.metrics.registry import MetricsRegistry
+    from tiercel.tasks.fleet_view import build_view
+    from tiercel.workers.exporter import families
+    from tiercel.workers.stats import render
+
+    documents = []
+    caches = []
+    for node in ("w1@host", "w2@host"):
+        registry = MetricsRegistry()
+        cache = MultiLevelCache(
+            serializer=Serializer(MsgpackCodec()), levels=[MemoryLevel("l1", max_entries=1)]
+        )
+        caches.append(cache)
+        register_cache(registry, cache)
+        first, second = (CacheKey.build("ns", "sq", "1", d).value for d in ("a", "b"))
+        cache.get_or_compute(first, compute=lambda: 1)
+        cache.get_or_compute(second, compute=lambda: 2)  # evicts the first
+        cache.get_or_compute(first, compute=lambda: 1)
+        documents.append({"node": node, "role": "worker", "snapshot": registry.snapshot()})
+    view = build_view(documents, interval=10)
+    assert view["tasks"]["sq"]["misses"] == {"first_computation": 4, "evicted_local": 2}
+    assert view["tasks"]["sq"]["duplicates"] == {}
+    assert view["fleet"]["misses"] == {"first_computation": 4, "evicted_local": 2}
+    assert all(
+        p["misses"] == {"first_computation": 2, "evicted_local": 1} for p in view["processes"]
+    )
+    exported = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in families(view)
+        for sample in family.samples
+    }
+    assert exported[("tiercel_misses_total", (("reason", "evicted_local"), ("task", "sq")))] == 2
+    console = Console(width=160, record=True)
+    console.print(render(view))
+    table = console.export_text()
+    assert "computations by miss reason" in table
+    assert "first_computation 4, evicted_local 2" in table

@@ -1,10 +1,12 @@
 -- Take a key's lease, or learn how long its holder keeps it.
--- KEYS: lease, fence, epoch, failure[, value]
+-- KEYS: lease, fence, epoch, failure, history[, value]
 -- ARGV: lease ttl ms, owner, state ttl ms
--- -> {1, token, epoch} taken; {0, holder pttl ms} held by someone else;
---    {2} a value is already stored (only when KEYS[5], the value key, is given)
+-- -> {1, token, epoch, server ms, history record or nothing} taken (the record says
+--    why the value is missing, see tiercel/core/tier/history.py);
+--    {0, holder pttl ms} held by someone else;
+--    {2} a value is already stored (only when KEYS[6], the value key, is given)
 -- include: _prelude.lua
-if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
     return {2}
 end
 local pttl = redis.call('PTTL', KEYS[1])
@@ -27,4 +29,5 @@ else
     redis.call('SET', KEYS[3], epoch, 'PX', ARGV[3])
 end
 redis.call('DEL', KEYS[4])
-return {1, token, epoch}
+-- the record last: a nil ends the reply there
+return {1, token, epoch, string.format('%d', math.floor(now / 1000)), redis.call('GET', KEYS[5])}
