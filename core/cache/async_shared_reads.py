@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
+
+from tiercel.core.missing import MISSING
 
 __all__ = ["SharedReads"]
 
@@ -52,7 +54,7 @@ class SharedReads(Generic[T]):
             if running is None or running[0] < since:
                 return await self._lead(key, now, read)
             answer = await asyncio.shield(running[1])
-            if answer is not _ABANDONED:
+            if answer is not MISSING:
                 return cast(T, answer)
 
     async def run(self, key: str, since: int, now: int, work: Callable[[], Awaitable[T]]) -> T:
@@ -77,7 +79,7 @@ class SharedReads(Generic[T]):
         try:
             answer = await read()
         except asyncio.CancelledError:
-            future.set_result(_ABANDONED)  # the others read again themselves
+            future.set_result(MISSING)  # no answer: the others read again themselves
             raise
         except BaseException as exc:
             future.set_exception(exc)
@@ -96,7 +98,3 @@ class SharedReads(Generic[T]):
             del self._running[key]
         if not done.cancelled():
             done.exception()  # retrieved: an error reaches every caller, not the log
-
-
-#: What a read's future holds when the caller running it was cancelled.
-_ABANDONED: Final = object()
