@@ -143,7 +143,7 @@ class Runtime:
         # Metrics: pulled from everything above at snapshot time.
         self.metrics = MetricsRegistry()
         register_cache(self.metrics, self.cache)
-        self.recorder = CallRecorder(self.metrics)
+        self.recorder = CallRecorder(self.metrics, client=role == "client")
         self.metrics.register_collector(fleet_samples(self.cache, self.coordinator, self.refresher))
         self.metrics.register_collector(pool_samples(self.pools))
         #: Named timers for user code (``tiercel.monitor()``), in this registry's snapshots.
@@ -264,11 +264,28 @@ class Runtime:
         )
         return found
 
-    def after_task(self, task: Any, task_id: str | None, state: str | None) -> None:
+    def after_task(
+        self,
+        task: Any,
+        task_id: str | None,
+        state: str | None,
+        args: Any = (),
+        kwargs: Any = None,
+    ) -> None:
         """After each task in a worker: keep the levels inside the memory budget, and tell
-        Flower where a cached task's answer came from."""
+        Flower where a cached task's answer came from (``args`` and ``kwargs``, the
+        task's, give its cache key)."""
         self.pools.budget.enforce()
-        announce_source(self.recorder, task, task_id, state)
+        spec = getattr(task, "tiercel_spec", None)
+        announce_source(
+            self.recorder,
+            task,
+            task_id,
+            state,
+            None
+            if spec is None
+            else lambda: self.key(spec, task.tiercel_args(args or ()), kwargs or {}),
+        )
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
         """Bump the function's generation and announce it to every process."""
