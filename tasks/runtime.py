@@ -105,7 +105,7 @@ class Runtime:
             on_generation=lambda scope, number: self.generations.observe(scope, number),
             on_reset=self._on_reconnect,
             on_clear=lambda: self.cache.clear_local(),
-            on_done=lambda key: self.cache.discard_local(key),
+            on_done=self._on_done,
             on_sweep=self.sweep_requested.set,
             liveness=self.liveness,
         )
@@ -161,6 +161,11 @@ class Runtime:
         self.node = node
         #: Whether the invalidation listener was subscribed when :meth:`start` returned.
         self.listening = False
+
+    def _on_done(self, key: str) -> None:
+        # A newer value of ``key`` exists elsewhere, unless it is this process's own.
+        if not self.coordinator.own_echo(key):
+            self.cache.discard_local(key)
 
     # --- lifecycle ---
 
