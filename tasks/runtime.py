@@ -27,6 +27,7 @@ from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.local_inspection import LocalInspector
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.cache.multilevel import MultiLevelCache
@@ -108,6 +109,7 @@ class Runtime:
             on_done=self._on_done,
             on_sweep=self.sweep_requested.set,
             liveness=self.liveness,
+            on_inspect=lambda key, reply: self.inspector(key, reply),
         )
         self.coordinator = FleetCoordinator(
             self.tier,
@@ -148,6 +150,10 @@ class Runtime:
         self.metrics.register_collector(pool_samples(self.pools))
         #: Named timers for user code (``tiercel.monitor()``), in this registry's snapshots.
         self.monitor = PerformanceMonitor(self.metrics)
+        #: Answers ``tiercel cache inspect``: what this process's levels hold of a key.
+        self.inspector = LocalInspector(
+            self.tier.client, settings.namespace, self.cache, self.identity
+        )
 
         # A worker's own sweeps; every process's publisher is built at start().
         self.sweeper = (
@@ -166,6 +172,11 @@ class Runtime:
         # A newer value of ``key`` exists elsewhere, unless it is this process's own.
         if not self.coordinator.own_echo(key):
             self.cache.discard_local(key)
+
+    def identity(self) -> dict[str, Any]:
+        """Who this process is: the metrics ``id``, ``hostname``, ``pid``, and its ``role``
+        and ``node``."""
+        return {**self.metrics.process, "role": self.role, "node": self.node}
 
     # --- lifecycle ---
 
