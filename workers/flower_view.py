@@ -8,11 +8,11 @@ Flower runs a configuration file in its own process (``--conf``);
   renders is rebuilt from them (``Task.__reduce__``), so the fields of a cached
   task's ``task-tiercel-<source>`` event (:mod:`tiercel.tasks.source_events`),
   which Celery merges into the task, would be kept but never shown. The
-  subclass lists them: the page gets rows *Tiercel tier*, *Tiercel seconds
-  saved* and *Tiercel key* (absent on other tasks: Flower skips empty
-  fields), and ``/api/tasks`` and ``/api/task/info`` carry them. Celery's
-  ``State.Task`` is the class its state builds tasks from, there to be
-  replaced.
+  subclass lists them first: the page gets rows *Tiercel tier*, *Tiercel
+  seconds saved* and *Tiercel key* right below the result (absent on other
+  tasks: Flower skips empty fields), and ``/api/tasks`` and
+  ``/api/task/info`` carry them. Celery's ``State.Task`` is the class its
+  state builds tasks from, there to be replaced.
 * adds a collector to Flower's ``/metrics`` (Prometheus' default registry,
   which Flower serves): ``tiercel_client_requests_total{task, source}``, the
   requests client processes answered without a task running (a submit-side
@@ -46,7 +46,8 @@ _collector: ClientRequestsCollector | None = None
 class CachedTaskState(Task):  # type: ignore[misc]  # Celery's Task is untyped
     """Celery's monitoring view of a task, with tiercel's event fields among its fields."""
 
-    _fields = (*Task._fields, *FIELDS)
+    # First: the page shows fields in this order, so these come right after the result.
+    _fields = (*FIELDS, *Task._fields)
     tiercel_tier: str | None = None
     tiercel_seconds_saved: float | None = None
     tiercel_key: str | None = None
