@@ -20,7 +20,9 @@ Periodic tasks (scheduled by :mod:`tiercel.workers.schedule`; exactly one beat p
 
 Each runs under :func:`periodic_lock` (``SET NX PX`` on
 ``{ns}:periodic:{name}``, released by compare-and-delete): a second run that
-starts while one works returns ``{"skipped": ...}`` and does nothing.
+starts while one works returns ``{"skipped": ...}`` and does nothing. Each is a
+:class:`~tiercel.tasks.quiet.QuietTask`: no monitoring events, so Flower's task
+list keeps the user's tasks, not three runs a minute of these.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from tiercel.core.tier.connections import is_cluster
 from tiercel.tasks import fleet_view, runtime
 from tiercel.tasks.process_local import ProcessLocal
 from tiercel.tasks.publisher import latest_key, metrics_client
+from tiercel.tasks.quiet import QuietTask
 
 __all__ = [
     "aggregate",
@@ -98,7 +101,7 @@ def _skipped(name: str) -> dict[str, Any]:
 # -- periodic tasks --------------------------------------------------------------------------
 
 
-@shared_task(name="tiercel.maintenance.sweep", ignore_result=True)
+@shared_task(name="tiercel.maintenance.sweep", base=QuietTask, ignore_result=True)
 def sweep() -> dict[str, Any]:
     """Ask every worker process to sweep its local levels and pools now."""
     rt = runtime.current()
@@ -112,7 +115,7 @@ def sweep() -> dict[str, Any]:
     return {"receivers": receivers}
 
 
-@shared_task(name="tiercel.maintenance.housekeeping", ignore_result=True)
+@shared_task(name="tiercel.maintenance.housekeeping", base=QuietTask, ignore_result=True)
 def housekeeping(budget: float = HOUSEKEEPING_BUDGET) -> dict[str, Any]:
     """Clean the cache tier for at most ``budget`` seconds (see :func:`housekeep`)."""
     rt = runtime.current()
@@ -205,7 +208,7 @@ def _prune_tag(client: Any, tag_key: str, batch: int, deadline: float) -> int:
             return removed
 
 
-@shared_task(name="tiercel.metrics.aggregate", bind=True)
+@shared_task(name="tiercel.metrics.aggregate", base=QuietTask, bind=True)
 def aggregate(self: Any) -> dict[str, Any]:
     """Merge every live process's snapshot into the fleet view; the view is the result.
 

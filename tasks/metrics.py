@@ -26,6 +26,10 @@ from typing import Final
 
 #: Counter: task-body calls, by task and by where the answer came from [task, source].
 REQUESTS: Final = "tiercel_requests_total"
+#: Counter: the same calls counted by client processes only [task, source]: the
+#: requests answered without a task running (a submit-side hit or join, an
+#: in-process call), which Flower, seeing only tasks, cannot see.
+CLIENT_REQUESTS: Final = "tiercel_client_requests_total"
 #: Counter: background refreshes started, dropped (backlog full) and failed [outcome].
 REFRESHES: Final = "tiercel_refreshes_total"
 #: Counter: the fleet coordinator's events [event] (computed, joined, takeovers, ...).

@@ -25,6 +25,7 @@ from tiercel.core.metrics.names import (
 from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.metrics.samples import Sample
 from tiercel.tasks.metrics import (
+    CLIENT_REQUESTS,
     COORDINATOR_ACTIVE,
     COORDINATOR_EVENTS,
     MAX_TASK_SERIES,
@@ -47,8 +48,12 @@ class CallRecorder:
     a local hit (or a join) gets the task's running average compute time.
     """
 
-    def __init__(self, registry: MetricsRegistry, *, sample_every: int = SAMPLE_EVERY) -> None:
+    def __init__(
+        self, registry: MetricsRegistry, *, sample_every: int = SAMPLE_EVERY, client: bool = False
+    ) -> None:
         self.registry = registry
+        #: A client process: its counts are also reported as ``CLIENT_REQUESTS``.
+        self.client = client
         self.sample_every = sample_every
         self._countdown = sample_every
         self._counts: dict[tuple[str, str], int] = {}
@@ -98,6 +103,11 @@ class CallRecorder:
             Sample("counter", REQUESTS, count, {"task": task, "source": source})
             for (task, source), count in list(self._counts.items())
         ]
+        if self.client:
+            samples += [
+                Sample("counter", CLIENT_REQUESTS, sample.value, sample.labels)
+                for sample in samples
+            ]
         samples += [
             Sample("counter", COMPUTE_SECONDS_SAVED, saved, {"task": task})
             for task, saved in list(self._saved.items())

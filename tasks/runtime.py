@@ -27,6 +27,7 @@ from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.local_inspection import LocalInspector
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.cache.miss_book import generation_moves
@@ -106,9 +107,10 @@ class Runtime:
             on_generation=lambda scope, number: self.generations.observe(scope, number),
             on_reset=self._on_reconnect,
             on_clear=lambda: self.cache.clear_local(),
-            on_done=lambda key: self.cache.discard_local(key),
+            on_done=self._on_done,
             on_sweep=self.sweep_requested.set,
             liveness=self.liveness,
+            on_inspect=lambda key, reply: self.inspector(key, reply),
         )
         self.coordinator = FleetCoordinator(
             self.tier,
@@ -154,11 +156,15 @@ class Runtime:
         # Metrics: pulled from everything above at snapshot time.
         self.metrics = MetricsRegistry()
         register_cache(self.metrics, self.cache)
-        self.recorder = CallRecorder(self.metrics)
+        self.recorder = CallRecorder(self.metrics, client=role == "client")
         self.metrics.register_collector(fleet_samples(self.cache, self.coordinator, self.refresher))
         self.metrics.register_collector(pool_samples(self.pools))
         #: Named timers for user code (``tiercel.monitor()``), in this registry's snapshots.
         self.monitor = PerformanceMonitor(self.metrics)
+        #: Answers ``tiercel cache inspect``: what this process's levels hold of a key.
+        self.inspector = LocalInspector(
+            self.tier.client, settings.namespace, self.cache, self.identity
+        )
 
         # A worker's own sweeps; every process's publisher is built at start().
         self.sweeper = (
@@ -172,6 +178,16 @@ class Runtime:
         self.node = node
         #: Whether the invalidation listener was subscribed when :meth:`start` returned.
         self.listening = False
+
+    def _on_done(self, key: str) -> None:
+        # A newer value of ``key`` exists elsewhere, unless it is this process's own.
+        if not self.coordinator.own_echo(key):
+            self.cache.discard_local(key)
+
+    def identity(self) -> dict[str, Any]:
+        """Who this process is: the metrics ``id``, ``hostname``, ``pid``, and its ``role``
+        and ``node``."""
+        return {**self.metrics.process, "role": self.role, "node": self.node}
 
     # --- lifecycle ---
 
@@ -275,11 +291,28 @@ class Runtime:
         )
         return found
 
-    def after_task(self, task: Any, task_id: str | None, state: str | None) -> None:
+    def after_task(
+        self,
+        task: Any,
+        task_id: str | None,
+        state: str | None,
+        args: Any = (),
+        kwargs: Any = None,
+    ) -> None:
         """After each task in a worker: keep the levels inside the memory budget, and tell
-        Flower where a cached task's answer came from."""
+        Flower where a cached task's answer came from (``args`` and ``kwargs``, the
+        task's, give its cache key)."""
         self.pools.budget.enforce()
-        announce_source(self.recorder, task, task_id, state)
+        spec = getattr(task, "tiercel_spec", None)
+        announce_source(
+            self.recorder,
+            task,
+            task_id,
+            state,
+            None
+            if spec is None
+            else lambda: self.key(spec, task.tiercel_args(args or ()), kwargs or {}),
+        )
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:
         """Bump the function's generation and announce it to every process."""

@@ -1,11 +1,13 @@
 """``tiercel cache``: look at one cached value, and invalidate by key, tag, task or namespace.
 
-``inspect`` reads the shared tier only (it never computes, never enqueues):
-the key, the stored entry's TTL left, size, codec, compute seconds and tags,
-and who holds the key's lease or in-flight marker. ``invalidate`` removes one
-call's value at once; anything wider (a tag, every value of a task, the whole
-namespace) says what it will do and asks first (``--yes`` skips the
-question, ``--dry-run`` only says).
+``inspect`` never computes and never enqueues: it shows the key, the stored
+entry's TTL left, size, codec, compute seconds and tags, who holds the key's
+lease or in-flight marker, and whether each process's local levels hold it:
+every listening process (each prefork child too) answers a request published
+on the channel (:mod:`tiercel.core.cache.local_inspection`) within ``--wait``.
+``invalidate`` removes one call's value at once; anything wider (a tag, every
+value of a task, the whole namespace) says what it will do and asks first
+(``--yes`` skips the question, ``--dry-run`` only says).
 """
 
 from __future__ import annotations
@@ -85,6 +87,27 @@ def group() -> None:
     """Look at one cached value, or invalidate values by call, tag, task or namespace."""
 
 
+def describe_local_levels(rt: Any, key: str, window: float) -> dict[str, Any]:
+    """What every other listening process's local levels hold of ``key``: the answers
+    that came within ``window`` seconds, and how many processes were asked."""
+    from tiercel.core.cache.local_inspection import collect_replies, request_inspection
+
+    reply, receivers = request_inspection(rt.notifier.publish, key)
+    answers = collect_replies(
+        rt.tier.client,
+        rt.namespace,
+        reply,
+        expected=receivers,
+        window=window,
+        chunk=max(0.01, rt.settings.redis_timeout / 2),
+    )
+    me = rt.identity()["id"]
+    others = [answer for answer in answers if answer.get("id") != me]
+    others.sort(key=lambda a: (str(a.get("node") or a.get("hostname")), int(a.get("pid", 0))))
+    asked = receivers - (1 if len(others) < len(answers) else 0)
+    return {"asked": asked, "answered": len(others), "processes": others}
+
+
 @group.command(
     "inspect",
     short_help="where one call's value lives, and who computes it",
@@ -93,13 +116,23 @@ def group() -> None:
 @click.argument("task")
 @click.argument("args", nargs=-1, metavar="[JSON_ARG]...")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
-def inspect(task: str, args: tuple[str, ...], as_json: bool) -> int:
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, 10),
+    default=0.5,
+    show_default=True,
+    metavar="SECONDS",
+    help="how long to collect the processes' answers about their local levels",
+)
+def inspect(task: str, args: tuple[str, ...], as_json: bool, wait: float) -> int:
     """Show the key of TASK called with each JSON_ARG as a positional argument, the
     value stored in Redis (TTL left, size, codec, compute seconds, tags), the lease
-    holder and the in-flight task, if any. Exit status 1 when nothing is stored."""
+    holder, the in-flight task, and which processes hold it in a local level (none
+    of them counts a hit). Exit status 1 when nothing is stored in Redis."""
     rt, cached_task = _setup(task)
     key = rt.key(cached_task.tiercel_spec, cached_task.tiercel_args(_arguments(args)), {})
     found = describe_key(rt, key)
+    found["local"] = describe_local_levels(rt, key, wait)
     if as_json:
         click.echo(json.dumps(found))
     else:
@@ -122,6 +155,7 @@ def inspect(task: str, args: tuple[str, ...], as_json: bool) -> int:
             else f"lease      held by {lease['owner']} ({lease['ttl_left']:g} s left)"
         )
         click.echo(f"in flight  {found['inflight'] or '-'}")
+        _echo_local(found["local"])
     return 0 if found["redis"] is not None else EXIT_NOTHING_DONE
 
 
@@ -195,3 +229,15 @@ def _describe_wide(rt: Any, tag: str | None, whole_task: str | None) -> str:
     if whole_task is not None:
         return f"every cached value of {whole_task} in namespace {rt.namespace!r}"
     return f"every cached value in namespace {rt.namespace!r}"
+
+
+def _echo_local(local: dict[str, Any]) -> None:
+    click.echo(f"local      {local['answered']} of {local['asked']} processes answered")
+    for answer in local["processes"]:
+        who = f"{answer.get('node') or answer.get('hostname')} pid {answer.get('pid')}"
+        levels = ", ".join(
+            f"{level['level']} {'holds it' if level['present'] else '-'}"
+            for level in answer.get("levels", [])
+        )
+        trusted = "" if answer.get("trusted", True) else " (levels not answering now)"
+        click.echo(f"  {answer.get('role', '?'):<7} {who:<40} {levels}{trusted}")

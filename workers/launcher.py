@@ -36,6 +36,17 @@ log = logging.getLogger("tiercel.launcher")
 EXAMPLE_MODULES = ("tiercel.tasks.examples", "tiercel.tasks.examples.postgres")
 
 
+def flower_config_path() -> str:
+    """The path of :mod:`tiercel.workers.flowerconfig`, Flower's ``--conf`` (found, not
+    imported: importing it registers its collector in this process)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("tiercel.workers.flowerconfig")
+    if spec is None or spec.origin is None:  # pragma: no cover - installed with the package
+        raise ServerError("tiercel.workers.flowerconfig is not installed")
+    return spec.origin
+
+
 def check_reachable(name: str, url: str, timeout: float = 2.0) -> None:
     """Raise ServerError naming ``url`` (redacted) when nothing answers there."""
     scheme = urlsplit(url).scheme
@@ -166,7 +177,13 @@ class Fleet:
                 )
             if self.spec.flower:
                 self._spawn(
-                    "flower", ["flower", "--address=127.0.0.1", f"--port={self.spec.flower_port}"]
+                    "flower",
+                    [
+                        "flower",
+                        "--address=127.0.0.1",
+                        f"--port={self.spec.flower_port}",
+                        f"--conf={flower_config_path()}",
+                    ],
                 )
             step(f"waiting for {len(self.node_names)} worker node(s)")
             self.wait_ready()

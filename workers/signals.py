@@ -54,11 +54,16 @@ def _on_shutdown(**_: Any) -> None:
 
 @signals.task_postrun.connect
 def _on_task_postrun(
-    task: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
+    task: Any = None,
+    task_id: str | None = None,
+    state: str | None = None,
+    args: Any = (),
+    kwargs: Any = None,
+    **_: Any,
 ) -> None:
     rt = runtime.existing()
     if rt is not None:
-        rt.after_task(task, task_id, state)
+        rt.after_task(task, task_id, state, args, kwargs)
 
 
 @signals.task_revoked.connect

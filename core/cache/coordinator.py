@@ -15,8 +15,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
+from typing import Final
 
 from tiercel.core.errors import ComputationFailed, TierUnavailable
 from tiercel.core.tier import events
@@ -25,9 +29,20 @@ from tiercel.core.tier.notifier import Notifier, Waiter
 from tiercel.core.tier.redis_tier import RedisTier
 from tiercel.core.tier.renewer import LeaseRenewer
 
+#: Most write-backs whose own ``d|key`` this process is still to hear (oldest forgotten).
+MAX_ECHOES: Final = 4096
+#: Seconds a write-back's own ``d|key`` is expected within; later, it counts as another's.
+ECHO_WINDOW: Final = 5.0
+
 
 class FleetCoordinator:
-    """One computation per key across every process sharing ``tier``."""
+    """One computation per key across every process sharing ``tier``.
+
+    A write-back publishes ``d|key``, which tells every process that its local
+    copy of ``key`` is outdated, and is heard by the writer's own listener too,
+    often after the writer stored the new value locally. :meth:`own_echo` tells
+    the listener which ``d|key`` is that echo, so the writer keeps its value.
+    """
 
     def __init__(
         self,
@@ -44,6 +59,9 @@ class FleetCoordinator:
         self.notifier = notifier
         self.max_wait = max_wait
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        # key -> monotonic time of this process's write-backs not yet heard back.
+        self._echoes: OrderedDict[str, float] = OrderedDict()
+        self._echo_lock = threading.Lock()
 
     # --- electing one computer ---
 
@@ -96,7 +114,32 @@ class FleetCoordinator:
         self, lease: Lease, entry: bytes, ttl: float, *, inflight_id: str | None
     ) -> bool:
         """Store ``entry`` under fencing, release the lease, wake the waiters."""
-        return self.leases.write_back(lease, entry, ttl, inflight_id=inflight_id)
+        key = lease.key
+        # Noted before the publish: the listener may hear it before this call returns.
+        with self._echo_lock:
+            self._echoes[key] = time.monotonic()
+            self._echoes.move_to_end(key)
+            while len(self._echoes) > MAX_ECHOES:
+                self._echoes.popitem(last=False)
+        stored = False
+        try:
+            stored = self.leases.write_back(lease, entry, ttl, inflight_id=inflight_id)
+        finally:
+            if not stored:  # nothing of ours to keep: any d|key is another's news
+                with self._echo_lock:
+                    self._echoes.pop(key, None)
+        return stored
+
+    def own_echo(self, key: str) -> bool:
+        """True (once) if a ``d|key`` just heard is this process's own write-back of
+        ``key``: the value this process stored is the newest, keep it.
+
+        The channel delivers messages in publish order, so a later write-back by
+        another process is heard after this one, and drops the copy as it should.
+        """
+        with self._echo_lock:
+            written = self._echoes.pop(key, None)
+        return written is not None and time.monotonic() - written < ECHO_WINDOW
 
     def abandon(self, lease: Lease, *, inflight_id: str | None) -> None:
         """Release ``lease`` with no value; waiters wake, find none and compute their own."""

@@ -35,6 +35,8 @@ CHANNEL = "events"
 METRICS = "metrics"
 #: Overlap guard of periodic tasks.
 PERIODIC_LOCK = "periodic"
+#: Reply lists of ``tiercel cache inspect``'s requests to every process (short-lived).
+INSPECT = "inspect"
 
 DEFAULT_NAMESPACE = "tiercel"
 
@@ -42,3 +44,8 @@ DEFAULT_NAMESPACE = "tiercel"
 def channel_name(namespace: str) -> str:
     """The one pub/sub channel of ``namespace``: ``{namespace}:events``."""
     return f"{namespace}:{CHANNEL}"
+
+
+def inspect_reply_key(namespace: str, reply: str) -> str:
+    """The list every process pushes its answer to inspect request ``reply`` onto."""
+    return f"{namespace}:{INSPECT}:{reply}"

@@ -15,6 +15,9 @@ string, ``<kind>|<body>``:
 ``c|``                     :class:`Cleared`: the namespace was cleared
 ``s|``                     :class:`SweepRequested`: drop expired local entries now (beat's
                            fleet-wide sweep)
+``q|<reply>|<key>``        :class:`InspectRequested`: say whether your local levels hold
+                           ``key``, on the reply list ``reply`` names (``tiercel cache
+                           inspect``; the reply id holds no ``|``, the key may)
 
 This is a wire format between the processes of a running fleet, old and new
 versions alike: change it only together with a way to migrate. The Lua
@@ -37,6 +40,7 @@ __all__ = [
     "Event",
     "Failed",
     "GenerationMoved",
+    "InspectRequested",
     "Invalidated",
     "SweepRequested",
     "TagInvalidated",
@@ -131,6 +135,22 @@ class SweepRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class InspectRequested:
+    """Every process, prefork children included, should say whether its local levels
+    hold ``key``, on the reply list named by ``reply``."""
+
+    reply: str
+    key: str
+    KIND: ClassVar[str] = "q"
+
+    def encode(self) -> str:
+        """The message on the wire."""
+        if _SEP in self.reply:
+            raise ValueError(f"a reply id holds no {_SEP!r}: {self.reply!r}")
+        return f"{self.KIND}{_SEP}{self.reply}{_SEP}{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A message that is none of the above (garbled, or from a newer version): ignore it."""
 
@@ -150,6 +170,7 @@ Event: TypeAlias = (
     | GenerationMoved
     | Cleared
     | SweepRequested
+    | InspectRequested
     | Unknown
 )
 
@@ -178,6 +199,11 @@ def decode(message: str | bytes) -> Event:
     bare = _BARE.get(kind)
     if bare is not None:
         return bare
+    if kind == InspectRequested.KIND:
+        reply, sep, key = body.partition(_SEP)
+        if sep and reply:
+            return InspectRequested(reply, key)
+        return Unknown(text)
     if kind == GenerationMoved.KIND:
         scope, sep, number = body.rpartition(_SEP)
         if sep:

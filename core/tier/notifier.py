@@ -4,7 +4,8 @@ Every process subscribes one connection to its namespace's channel
 (:func:`tiercel.core.encoding.prefixes.channel_name`) and serves it with one daemon thread.
 Messages are decoded by :mod:`tiercel.core.tier.events`, which holds the
 vocabulary (``d|<key>`` done, ``f|<key>`` failed, ``i|<key>`` invalidated,
-``t|<tag>``, ``g|<scope>|<generation>``, ``c|`` cleared, ``s|`` sweep); one
+``t|<tag>``, ``g|<scope>|<generation>``, ``c|`` cleared, ``s|`` sweep,
+``q|<reply>|<key>`` inspect); one
 that decodes to :class:`~tiercel.core.tier.events.Unknown` is counted in
 ``malformed`` and otherwise ignored.
 
@@ -170,6 +171,7 @@ class Notifier:
         max_waiters: int = 10_000,
         on_sweep: Callable[[], None] | None = None,
         liveness: ChannelLiveness | None = None,
+        on_inspect: Callable[[str, str], object] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -185,6 +187,9 @@ class Notifier:
         #: Called on a sweep message (``s|``): beat asks every process, prefork children
         #: included, to drop its expired local entries; keep it quick (wake a thread).
         self.on_sweep = on_sweep
+        #: Called with ``(key, reply)`` on an inspect request (``q|``): say what the local
+        #: levels hold of ``key`` on the reply list; a bounded, rare admin request.
+        self.on_inspect = on_inspect
         #: Advanced by every probe answer; None: no probes (only loud failures are seen).
         self.liveness = liveness
         # (token, monotonic send time) of the subscription and probes not answered yet,
@@ -495,6 +500,8 @@ class Notifier:
                 self._wake_all(WAKE_INVALIDATED)
             case events.SweepRequested():
                 self._call(self.on_sweep)
+            case events.InspectRequested(reply, key):
+                self._call(self.on_inspect, key, reply)
             case events.Unknown():
                 self.malformed += 1
             case unreachable:

@@ -17,6 +17,7 @@ from tiercel.core.tier.events import (
     Done,
     Failed,
     GenerationMoved,
+    InspectRequested,
     Invalidated,
     SweepRequested,
     TagInvalidated,
@@ -36,6 +37,8 @@ WIRE = [
     (GenerationMoved("scope|with|bars", 8), "g|scope|with|bars|8"),
     (Cleared(), "c|"),
     (SweepRequested(), "s|"),
+    (InspectRequested("0f" * 16, "t:v:fn:1:{abc}"), f"q|{'0f' * 16}|t:v:fn:1:{{abc}}"),
+    (InspectRequested("r1", "key|with|bars"), "q|r1|key|with|bars"),
 ]
 
 
@@ -49,7 +52,7 @@ def test_each_event_encodes_to_its_wire_message_and_back(event: events.Event, me
 def test_every_kind_is_pinned() -> None:
     kinds = {type(event) for event, _ in WIRE}
     assert kinds == set(events.Event.__args__) - {Unknown}
-    assert sorted(cls.KIND for cls in kinds) == ["c", "d", "f", "g", "i", "s", "t"]
+    assert sorted(cls.KIND for cls in kinds) == ["c", "d", "f", "g", "i", "q", "s", "t"]
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)))
@@ -67,6 +70,17 @@ def test_keyed_events_round_trip_any_key(key: str) -> None:
 def test_generation_round_trips_any_scope(scope: str, generation: int) -> None:
     event = GenerationMoved(scope, generation)
     assert decode(event.encode()) == event
+
+
+@given(reply=st.text(alphabet="0123456789abcdef", min_size=1), key=_text)
+def test_inspect_requests_round_trip_any_key(reply: str, key: str) -> None:
+    event = InspectRequested(reply, key)
+    assert decode(event.encode()) == event
+
+
+def test_a_reply_id_holding_the_separator_is_refused() -> None:
+    with pytest.raises(ValueError, match="reply id"):
+        InspectRequested("a|b", "k").encode()
 
 
 def test_events_are_frozen_values() -> None:
@@ -91,6 +105,8 @@ def test_events_are_frozen_values() -> None:
         "g|scope|notanumber",
         "g|scope|",
         "g|scope|" + "9" * 5000,  # past int()'s digit limit
+        "q|no-key-separator",
+        "q||no-reply-id",
     ],
 )
 def test_garbled_messages_decode_to_unknown(message: str) -> None:

@@ -145,3 +145,51 @@ def test_inspect_names_the_lease_holder_and_the_task_in_flight(fleet: object) ->
     assert pending.get(timeout=30) == int(n) ** 2
     status, done = inspect(SQUARE, n, "3000")
     assert status == 0 and done["lease"] is None and done["inflight"] is None
+
+
+def test_inspect_shows_which_processes_hold_the_key_in_a_local_level(fleet: object) -> None:
+    """Every prefork child answers for its own levels: only the one that computed the
+    value holds it in memory."""
+    from tiercel.tasks.examples import slow_square
+
+    n = unique()
+    result = slow_square.delay(int(n), 10)
+    assert result.get(timeout=30) == int(n) ** 2
+    ran_on = result.worker  # the node (result_extended); its child that ran it holds it
+    assert ran_on
+    status, found = inspect(SQUARE, n, "10")
+    assert status == 0
+    local = found["local"]
+    assert isinstance(local, dict)
+    answers = local["processes"]
+    assert local["answered"] == local["asked"] == len(answers), local
+    workers = [answer for answer in answers if answer["role"] == "worker"]
+    assert len(workers) >= 4  # 2 nodes x 2 children, each answering for itself
+    assert len({(answer["hostname"], answer["pid"]) for answer in answers}) == len(answers)
+
+    def holds(answer: dict[str, object], level: str) -> bool:
+        levels = answer["levels"]
+        assert isinstance(levels, list)
+        return any(item["level"] == level and item["present"] for item in levels)
+
+    holders = [answer for answer in answers if holds(answer, "memory")]
+    assert len(holders) == 1, [
+        (a["role"], a["node"], a["pid"], [lv["entries"] for lv in a["levels"]]) for a in answers
+    ] + [ran_on]
+    assert holders[0]["role"] == "worker" and holders[0]["node"] == ran_on
+    assert holds(holders[0], "bytes")
+    # Asking counted no hit and changed nothing: the holder still holds it, alone.
+    _, again = inspect(SQUARE, n, "10")
+    again_local = again["local"]
+    assert isinstance(again_local, dict)
+    assert [
+        (answer["hostname"], answer["pid"])
+        for answer in again_local["processes"]
+        if holds(answer, "memory")
+    ] == [(holders[0]["hostname"], holders[0]["pid"])]
+    text = tiercel("cache", "inspect", SQUARE, n, "10", "--wait", "1")
+    assert text.returncode == 0
+    assert f"of {local['asked']} processes answered" in text.stdout
+    holder_line = [line for line in text.stdout.splitlines() if f"pid {holders[0]['pid']}" in line]
+    assert len(holder_line) == 1 and "memory holds it" in holder_line[0], text.stdout
+    assert sum("memory holds it" in line for line in text.stdout.splitlines()) == 1

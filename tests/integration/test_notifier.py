@@ -18,6 +18,7 @@ from tests.integration.silent_proxy import SilentProxy
 from tiercel.core.embedded.redis_server import RedisServer, free_port
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import channel_name
+from tiercel.core.tier import events
 from tiercel.core.tier.leases import Lease, LeaseManager
 from tiercel.core.tier.liveness import ChannelLiveness
 from tiercel.core.tier.notifier import OVERFLOW_POLL, WAKE_RESET, Notifier, Waiter
@@ -179,6 +180,22 @@ def test_tag_generation_and_clear_messages(notifier: Notifier, recorder: Recorde
     ]
     assert waiter.wait(1.0) == "i"  # a clear wakes everyone to re-check
     waiter.close()
+
+
+def test_an_inspect_request_reaches_its_handler_with_key_and_reply(
+    redis_client: redis.Redis,
+) -> None:
+    asked: list[tuple[str, str]] = []
+    n = Notifier(
+        redis_client, channel=CHANNEL, on_inspect=lambda key, reply: asked.append((key, reply))
+    )
+    try:
+        assert n.start()
+        n.publish(events.InspectRequested("r1", "ns:v:f:1:{a|b}").encode())
+        assert eventually(lambda: asked == [("ns:v:f:1:{a|b}", "r1")])
+        assert n.malformed == 0
+    finally:
+        n.stop()
 
 
 def test_bad_messages_and_failing_handlers_never_kill_the_listener(

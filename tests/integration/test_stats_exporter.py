@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import urllib.request
 import uuid
 
@@ -72,73 +68,6 @@ def test_exporter_serves_the_fleet_view_in_prometheus_format(fleet: Fleet) -> No
     assert hits.type == "counter" and hits.samples[0].name == "tiercel_cache_hits_total"
     assert {s.labels["level"] for s in hits.samples} >= {"memory", "bytes"}
     assert "tiercel_tier_hit_ratio" in families
-
-
-def test_flower_shows_which_tier_answered_and_the_aggregation(fleet: Fleet) -> None:
-    """Flower 2.2 counts each task's `task-tiercel-<source>` events, and lists the
-    aggregation task with its result."""
-    from tiercel.tasks.examples import slow_square
-
-    port = free_port()
-    env = dict(os.environ, FLOWER_UNAUTHENTICATED_API="true")
-    flower = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tiercel.workers.app",
-            "flower",
-            "--address=127.0.0.1",
-            f"--port={port}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get(f"http://127.0.0.1:{port}/healthcheck", timeout=1)
-                break
-            except OSError:
-                assert flower.poll() is None, "flower exited"
-                assert time.monotonic() < deadline, "flower did not start"
-                time.sleep(0.2)
-        time.sleep(1.0)  # its event receiver subscribes right after the web server starts
-        n = uuid.uuid4().int % 10**9
-        slow_square.delay(n, 1).get(timeout=30)  # computed
-        for _ in range(4):
-            slow_square.delay(n, 1).get(timeout=30)  # answered from a cache tier
-        task_id = aggregate.delay().id
-        aggregate.AsyncResult(task_id).get(timeout=30)
-        deadline = time.monotonic() + 15
-        while True:
-            metrics_text = _get(f"http://127.0.0.1:{port}/metrics")
-            tasks = json.loads(
-                _get(f"http://127.0.0.1:{port}/api/tasks?taskname=tiercel.metrics.aggregate")
-            )
-            sources = {
-                line.split('type="task-tiercel-')[1].split('"')[0]
-                for line in metrics_text.splitlines()
-                if 'type="task-tiercel-' in line and "slow_square" in line
-            }
-            if "computed" in sources and len(sources) >= 2 and task_id in tasks:
-                break
-            assert time.monotonic() < deadline, (sources, list(tasks))
-            time.sleep(0.3)
-        info = json.loads(_get(f"http://127.0.0.1:{port}/api/task/info/{task_id}"))
-        assert info["name"] == "tiercel.metrics.aggregate" and info["state"] == "SUCCESS"
-        assert "fleet" in info["result"]
-    finally:
-        os.killpg(flower.pid, 15)
-        try:
-            flower.wait(20)
-        except subprocess.TimeoutExpired:  # a loaded machine: do not let it outlive the test
-            os.killpg(flower.pid, 9)
-            flower.wait(10)
 
 
 def test_the_table_shows_timers_clients_and_exited_processes() -> None:
