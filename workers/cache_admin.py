@@ -235,9 +235,18 @@ def _echo_local(local: dict[str, Any]) -> None:
     click.echo(f"local      {local['answered']} of {local['asked']} processes answered")
     for answer in local["processes"]:
         who = f"{answer.get('node') or answer.get('hostname')} pid {answer.get('pid')}"
-        levels = ", ".join(
-            f"{level['level']} {'holds it' if level['present'] else '-'}"
-            for level in answer.get("levels", [])
-        )
+        levels = ", ".join(f"{level['level']} {_held(level)}" for level in answer.get("levels", []))
         trusted = "" if answer.get("trusted", True) else " (levels not answering now)"
         click.echo(f"  {answer.get('role', '?'):<7} {who:<40} {levels}{trusted}")
+
+
+def _held(level: dict[str, Any]) -> str:
+    """One level's answer: ``holds it (TTL 12.3s, 1,204 B)`` or ``-``."""
+    if not level.get("present"):
+        return "-"
+    ttl = level.get("ttl_left")
+    size = level.get("size")
+    parts = [f"TTL {ttl:g}s" if ttl is not None else "no TTL"]
+    if size is not None:
+        parts.append(f"{size:,} B")
+    return f"holds it ({', '.join(parts)})"

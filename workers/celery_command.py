@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from tiercel.workers import cache_admin, call, exporter, health, stats
+from tiercel.workers import cache_admin, call, exporter, flower_command, health, stats
 from tiercel.workers.cli import TiercelGroup, show_settings
 from tiercel.workers.command_app import use_app
 
@@ -44,5 +44,6 @@ for _command in (
     health.command,
     stats.command,
     exporter.command,
+    flower_command.command,
 ):
     tiercel.add_command(_command)

@@ -22,7 +22,18 @@ import click
 
 from tiercel.core.errors import SettingsError, TiercelError
 from tiercel.core.settings import Settings, resolve_settings
-from tiercel.workers import bench, cache_admin, call, demo, exporter, health, node, stats, up
+from tiercel.workers import (
+    bench,
+    cache_admin,
+    call,
+    demo,
+    exporter,
+    flower_command,
+    health,
+    node,
+    stats,
+    up,
+)
 
 #: Exit status of every expected failure: a usage error, a bad setting, an unreachable server.
 EXIT_USAGE = 2
@@ -98,6 +109,7 @@ for _command in (
     health.command,
     stats.command,
     exporter.command,
+    flower_command.command,
     bench.command,
 ):
     cli.add_command(_command)

@@ -62,17 +62,21 @@ _REPLY_ID: Final = re.compile(r"[0-9a-f]{32}")
 
 
 def describe_local(cache: MultiLevelCache, key: str) -> dict[str, Any]:
-    """Whether each of ``cache``'s local levels holds ``key``, counting nothing.
+    """Whether each of ``cache``'s local levels holds ``key``, with the entry's TTL left
+    and the bytes it is charged, counting nothing (:meth:`CacheLevel.peek`).
 
     ``trusted``: whether the levels may answer now (a channel outage stops them).
     """
     levels = []
     for level in cache.levels:
         stats = level.stats
+        held = level.peek(key)
         levels.append(
             {
                 "level": level.name,
-                "present": key in level,
+                "present": held is not None,
+                "ttl_left": None if held is None or held[0] is None else round(held[0], 3),
+                "size": None if held is None else held[1],
                 "entries": stats.entries,
                 "bytes": stats.bytes,
             }

@@ -395,6 +395,21 @@ class CacheLevel(MutableMapping[str, V]):
             expires = entry[1]
             return expires is None or expires > self._timer()
 
+    def peek(self, key: str) -> tuple[float | None, int] | None:
+        """``(remaining seconds or None, bytes charged)`` for a live ``key``, else None.
+
+        For looking, not using (``tiercel cache inspect``): counts nothing, refreshes
+        no recency and admits nothing, as ``key in level``."""
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is None:
+                return None
+            expires = entry[1]
+            remaining = None if expires is None else expires - self._timer()
+            if remaining is not None and remaining <= 0:
+                return None
+            return remaining, entry[2]
+
     # -- writes --------------------------------------------------------------------------
 
     def set(

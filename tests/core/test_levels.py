@@ -179,3 +179,19 @@ def test_threads_hammering_one_level_keep_invariants(policy: str) -> None:
     assert stats.bytes == sum(entry[2] for entry in level._data.values())
     if policy == COST:
         assert sum(len(order) for order in (level._orders or [])[1:4]) == len(level._data)
+
+
+def test_peek_tells_ttl_left_and_charge_and_counts_nothing() -> None:
+    now = [100.0]
+    level = MemoryLevel("memory", max_entries=4, ttl=10.0, timer=lambda: now[0])
+    level.set("k", "value", size=50)
+    level.set("forever", "value", size=50, ttl=None)
+    before = level.stats
+    now[0] += 4.0
+    ttl, charged = level.peek("k") or (None, 0)
+    assert ttl == pytest.approx(6.0) and charged > 50, "the key and bookkeeping are charged too"
+    assert level.peek("missing") is None
+    now[0] += 7.0
+    assert level.peek("k") is None, "expired"
+    after = level.stats
+    assert (after.hits, after.misses) == (before.hits, before.misses)

@@ -295,3 +295,22 @@ def test_a_command_status_and_an_interrupt_become_the_exit_status() -> None:
     assert failed.exit_code == EXIT_USAGE == 2
     assert failed.stderr == "tiercel: error: redis at 127.0.0.1:1 is unreachable\n"
     assert main(["settings"]) == 0  # the console script returns the status, not raises
+
+
+def test_tiercel_flower_runs_flower_with_tiercels_configuration(clean_env: dict[str, str]) -> None:
+    from tiercel.workers.flower_command import OWN_APP, flower_argv
+    from tiercel.workers.launcher import flower_config_path
+
+    argv = flower_argv(OWN_APP, ("--port=5556", "--address=127.0.0.1"))
+    assert argv[1:7] == [
+        "-m",
+        "celery",
+        "-A",
+        "tiercel.workers.app",
+        "flower",
+        f"--conf={flower_config_path()}",
+    ]
+    assert argv[7:] == ["--port=5556", "--address=127.0.0.1"], "Flower's own options, in order"
+    refused = run(["flower", "--conf=/tmp/other.py"], clean_env)
+    assert refused.returncode == 2 and "--conf is tiercel's own" in refused.stderr
+    assert "Traceback" not in refused.stderr

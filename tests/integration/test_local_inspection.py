@@ -60,6 +60,10 @@ def test_every_process_answers_for_its_own_levels_and_counts_nothing(
         ("bytes", True),
     ]
     assert held["levels"][0]["entries"] == 1 and held["levels"][1]["bytes"] > 0
+    for level in held["levels"]:
+        assert 0 < level["ttl_left"] <= 60.0, level
+        assert level["size"] > 0, "the bytes the entry is charged"
+    assert by_role["client"]["levels"][0]["ttl_left"] is None
     assert [level["present"] for level in by_role["client"]["levels"]] == [False, False]
     after = memory.stats
     assert (after.hits, after.misses) == (before.hits, before.misses)
