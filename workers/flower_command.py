@@ -50,7 +50,7 @@ def _app_name(ctx: click.Context) -> str:
 
 @click.command(
     "flower",
-    short_help="run Flower with tiercel's fields on task pages and client hits in /metrics",
+    short_help="run Flower showing tiercel's tier, saved seconds and key per task",
     help="Run Flower (celery -A APP flower FLOWER_OPTION...) with tiercel's configuration "
     "file, so a cached task's page shows which tier answered, the seconds saved and the key, "
     "and /metrics counts the hits clients answered without a task. APP is tiercel's own app, "

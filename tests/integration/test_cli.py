@@ -162,6 +162,7 @@ def test_the_group_lists_every_command_in_order_with_its_summary() -> None:
         "health",
         "stats",
         "exporter",
+        "flower",
         "bench",
     ]
     rows = result.stdout.split("Commands:\n")[1].splitlines()[: len(cli.commands)]
