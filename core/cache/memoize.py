@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -19,13 +18,14 @@ from typing import Any, Generic, ParamSpec, TypeVar
 from tiercel.core.cache.failures import expired, is_failure, raise_failure
 from tiercel.core.cache.failures import record as failure_record
 from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
+from tiercel.core.cache.hot_memo import HotMemo, call_key
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.miss_reasons import UNCACHEABLE_ARGUMENT
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.encoding.keys import KeyBuilder
 from tiercel.core.errors import KeyEncodingError
-from tiercel.core.local.memory_level import MemoryLevel
+from tiercel.core.missing import MISSING
 from tiercel.core.tier.generations import Generations
 
 P = ParamSpec("P")
@@ -33,7 +33,7 @@ R = TypeVar("R")
 
 #: Argument types whose equality and hashing never cross types (``1 == True`` and
 #: ``1 == 1.0`` are why bool and float are not here), so a tuple of them can key the
-#: hot memo without ever confusing two calls that have different cache keys.
+#: key memo without ever confusing two calls that have different cache keys.
 _HOT_TYPES: frozenset[type] = frozenset({str, int, bytes, type(None)})
 #: Calls with at most this many positional arguments have their keys remembered...
 _KEY_MEMO_ARGS = 8
@@ -129,16 +129,20 @@ class CachedFunction(Generic[P, R]):
         refresher: BackgroundRefresher | None = None,
         inflight_id: str | None = None,
         force_refresh: bool = False,
+        key: str | None = None,
     ) -> Lookup:
         """Look up or compute one call through ``cache``, refreshing early or stale values
-        as :attr:`policy` says (in the background when a ``refresher`` is given)."""
+        as :attr:`policy` says (in the background when a ``refresher`` is given).
+
+        ``key`` is the call's cache key when the caller derived it already."""
         if self.levels is not None:
             cache = cache.with_levels(self.levels)
-        try:
-            key = self.key(namespace, generations, args, kwargs)
-        except KeyEncodingError:
-            cache.misses.miss_of_task(self.name, UNCACHEABLE_ARGUMENT)
-            raise
+        if key is None:
+            try:
+                key = self.key(namespace, generations, args, kwargs)
+            except KeyEncodingError:
+                cache.misses.miss_of_task(self.name, UNCACHEABLE_ARGUMENT)
+                raise
         found = self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
         if self.cache_errors and is_failure(found.value):
             raise_failure(found.value, self.cache_errors, key)
@@ -229,22 +233,46 @@ class CachedFunction(Generic[P, R]):
             return False, False
         return True, verdict != FRESH
 
-    def memo_lifetime(self, found: Lookup, max_age: float) -> float:
-        """How long an answer may be reused without asking the cache again."""
-        if found.ttl is None:
-            return max_age
-        return min(max_age, found.ttl - self.policy.stale_ttl)
+    def hot_lifetime(self, found: Lookup, generations: Generations) -> float:
+        """How long a hot memo may answer ``found`` without asking the cache again: while
+        it is fresh (never stale, never a cached failure) and while the generations its
+        key was derived from are (see :mod:`tiercel.core.cache.hot_memo`)."""
+        if self.cache_errors and is_failure(found.value):
+            return 0.0
+        lifetime = min(generations.fresh_for(NAMESPACE_SCOPE), generations.fresh_for(self._scope))
+        if found.ttl is not None:
+            lifetime = min(lifetime, found.ttl - self.policy.stale_ttl)
+        return lifetime
+
+    def hot_call(
+        self,
+        memo: HotMemo,
+        cache: MultiLevelCache,
+        generations: Generations,
+        namespace: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        refresher: BackgroundRefresher | None = None,
+    ) -> Lookup:
+        """:meth:`call`, then remember the answer in ``memo`` when its level gave it."""
+        mark = memo.mark()
+        key = self.key(namespace, generations, args, kwargs)
+        found = self.call(cache, generations, namespace, args, kwargs, refresher=refresher, key=key)
+        memo.install(
+            call_key(args, kwargs), key, found, mark, self.hot_lifetime(found, generations)
+        )
+        return found
 
 
 class Memoized(Generic[P, R]):
     """The callable :func:`cached` returns: call it like the function.
 
-    In front of the multi-level cache sits a small memo of recent answers for
-    calls with positional ``str``/``int``/``bytes``/``None`` arguments: it
-    skips key derivation (canonical encoding and a BLAKE2b digest) on the
-    hottest path. A memo answer is trusted while the cache's epoch is
-    unchanged (any local invalidation or generation change advances it), for
-    no longer than the value's remaining TTL and the generations' ``max_age``.
+    In front of the multi-level cache sits a hot memo
+    (:mod:`tiercel.core.cache.hot_memo`) keyed by the raw arguments: a call
+    the first (memory) level answered before is answered again without
+    deriving its key, for as long as that level's copy stands, the value is
+    fresh, the generations are and the local levels are trusted.
     """
 
     def __init__(
@@ -254,8 +282,8 @@ class Memoized(Generic[P, R]):
         generations: Generations,
         namespace: str,
         *,
-        timer: Callable[[], float] = time.monotonic,
-        hot_entries: int = 1024,
+        timer: Callable[[], float] | None = None,
+        hot_entries: int = 4096,
         refresher: BackgroundRefresher | None = None,
     ) -> None:
         self.spec = spec
@@ -263,17 +291,7 @@ class Memoized(Generic[P, R]):
         self.cache = cache
         self.generations = generations
         self.namespace = namespace
-        self.hot_hits = 0
-        self._timer = timer
-        self._hot: dict[tuple[Any, ...], tuple[Any, int, float]] = {}
-        # The memo holds live objects, as a memory level does: only where one may.
-        self._hot_entries = (
-            hot_entries
-            if any(
-                isinstance(level, MemoryLevel) for level in cache.with_levels(spec.levels).levels
-            )
-            else 0
-        )
+        self.memo = cache.with_levels(spec.levels).hot_memo(max_entries=hot_entries, clock=timer)
         previous = generations.on_change
         if previous is None:
             generations.on_change = cache.advance_epoch
@@ -286,46 +304,27 @@ class Memoized(Generic[P, R]):
             generations.on_change = both
         functools.update_wrapper(self, spec.fn)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        if not kwargs:
-            for arg in args:
-                if type(arg) not in _HOT_TYPES:
-                    break
-            else:
-                hot = self._hot.get(args)
-                if hot is not None and hot[1] == self.cache.epoch and hot[2] > self._timer():
-                    self.hot_hits += 1
-                    value: R = hot[0]
-                    return value
-                found = self.spec.call(
-                    self.cache,
-                    self.generations,
-                    self.namespace,
-                    args,
-                    kwargs,
-                    refresher=self.refresher,
-                )
-                self._remember(args, found)
-                result: R = found.value
-                return result
-        found = self.spec.call(
-            self.cache, self.generations, self.namespace, args, kwargs, refresher=self.refresher
-        )
-        computed: R = found.value
-        return computed
+    @property
+    def hot_hits(self) -> int:
+        """Calls the hot memo answered."""
+        return self.memo.hits
 
-    def _remember(self, args: tuple[Any, ...], found: Lookup) -> None:
-        lifetime = min(
-            self.spec.memo_lifetime(found, self.generations.max_age),
-            self.cache.local_trust_remaining(),
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        value = self.memo.answer(call_key(args, kwargs))
+        if value is not MISSING:
+            hit: R = value
+            return hit
+        found = self.spec.hot_call(
+            self.memo,
+            self.cache,
+            self.generations,
+            self.namespace,
+            args,
+            kwargs,
+            refresher=self.refresher,
         )
-        if lifetime <= 0 or not self._hot_entries:
-            return
-        hot = self._hot
-        if len(hot) >= self._hot_entries and args not in hot:
-            # Bounded, first in first out: the oldest remembered call goes.
-            hot.pop(next(iter(hot)), None)
-        hot[args] = (found.value, self.cache.epoch, self._timer() + lifetime)
+        result: R = found.value
+        return result
 
     def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
         """Like calling, but also says where the value came from (never from the memo)."""

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from tiercel.core.cache.fleet import Fleet
+from tiercel.core.cache.hot_memo import HotMemo, HotMemos
 from tiercel.core.cache.lookup import (
     SOURCE_COMPUTED,
     SOURCE_JOINED,
@@ -130,6 +132,8 @@ class MultiLevelCache:
             else None
         )
         self._views: dict[tuple[str, ...], MultiLevelCache] = {}
+        #: The hot memos in front of the first level, shared by every view.
+        self.hot = HotMemos()
 
     # --- configuration ---
 
@@ -187,6 +191,27 @@ class MultiLevelCache:
             view._views = {}
             self._views[wanted] = view
         return view
+
+    def hot_memo(
+        self,
+        *,
+        max_entries: int = 4096,
+        clock: Callable[[], float] | None = None,
+        owner: object = None,
+    ) -> HotMemo:
+        """A new hot memo (:mod:`tiercel.core.cache.hot_memo`) in front of this view's first
+        level; disabled unless that level holds live objects. ``clock`` defaults to the
+        trust's (else ``time.monotonic``)."""
+        first = self.levels[0] if self.levels else None
+        if clock is None:
+            clock = self.trust.clock if self.trust is not None else time.monotonic
+        return self.hot.memo(
+            first if isinstance(first, MemoryLevel) else None,
+            max_entries=max_entries,
+            clock=clock,
+            trusted_for=self.local_trust_remaining,
+            owner=owner,
+        )
 
     # --- reads ---
 
@@ -302,6 +327,8 @@ class MultiLevelCache:
         (``cost``: the value's compute seconds, when the tier it came from knows them)."""
         if found_at == 0:
             return
+        if self.hot.active:
+            self.hot.forget(key)
         tagset = frozenset(tags)
         for level in self.levels[:found_at]:
             if isinstance(level, BytesLevel):
@@ -356,6 +383,8 @@ class MultiLevelCache:
     ) -> None:
         """Put a value (and its encoded ``frame``, when known) into this process's levels;
         ``cost`` is its compute seconds (None: unknown), which the levels' policy weighs."""
+        if self.hot.active:
+            self.hot.forget(key)
         tagset = frozenset(tags)
         needs_frame = any(isinstance(level, BytesLevel) for level in self.levels)
         if frame is None and needs_frame:
@@ -517,6 +546,7 @@ class MultiLevelCache:
     def advance_epoch(self) -> None:
         """Declare every memoized answer in front of this cache stale."""
         self.epoch += 1
+        self.hot.forget_all()
 
     def discard_local(self, key: str) -> None:
         """Drop this process's copy of ``key`` because a newer value was written elsewhere.
@@ -527,6 +557,7 @@ class MultiLevelCache:
         self._state.drops += 1
         for level in self.levels:
             level.discard(key)
+        self.hot.forget(key)
 
     def invalidate_local(self, keys: Iterable[str]) -> None:
         """Remove ``keys`` from this process's levels only."""
@@ -535,6 +566,8 @@ class MultiLevelCache:
         for key in keys:
             for level in self.levels:
                 level.discard(key)
+        # As the epoch says: after any invalidation every memo answer is re-validated.
+        self.hot.forget_all()
 
     def invalidate_tag(self, tag: str) -> int:
         """Remove every entry tagged ``tag`` from every tier; returns Redis keys removed."""
@@ -549,12 +582,14 @@ class MultiLevelCache:
         """Remove entries tagged ``tag`` from this process's levels (a scan: rare, bounded)."""
         self.epoch += 1
         self._state.drops += 1
+        self.hot.forget_all()
         return sum(level.discard_tagged(tag) for level in self.levels)
 
     def clear_local(self) -> None:
         """Drop this process's levels (after losing the invalidation channel)."""
         self.epoch += 1
         self._state.drops += 1
+        self.hot.forget_all()
         for level in self.levels:
             level.clear()
 
@@ -567,7 +602,7 @@ class MultiLevelCache:
     def stats(self) -> dict[str, Any]:
         """Per-level and tier counters."""
         return {
-            "levels": {level.name: level.stats for level in self.levels},
+            "levels": {level.name: self._level_stats(level) for level in self.levels},
             "redis": self.tier.stats if self.tier is not None else None,
             "computed": self.computed,
             "compute_errors": self.compute_errors,
@@ -578,6 +613,12 @@ class MultiLevelCache:
             "misses": self.misses.misses(),
             "duplicates": self.misses.duplicate_series(),
         }
+
+    def _level_stats(self, level: CacheLevel[Any]) -> Any:
+        # A hot memo's answer is a hit of the level it mirrors, counted there.
+        stats = level.stats
+        hot = self.hot.hits(level.name) if self.hot.active else 0
+        return dataclasses.replace(stats, hits=stats.hits + hot) if hot else stats
 
     def close(self) -> None:
         """Drop local levels and close the tier's connections."""

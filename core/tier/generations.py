@@ -89,6 +89,16 @@ class Generations:
             return known[0]
         return None
 
+    def fresh_for(self, scope: str) -> float:
+        """Seconds the remembered generation of ``scope`` stays fresh (0: read next time).
+
+        A memo of answers derived from it keeps them no longer than this.
+        """
+        known = self._known.get(scope)
+        if known is None:
+            return 0.0
+        return max(0.0, self._max_age - (self._timer() - known[1]))
+
     def accept(self, scope: str, value: int) -> int:
         """Remember ``value``, just read from the store; returns the generation to use.
 
