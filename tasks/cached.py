@@ -19,27 +19,32 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
-from celery import Task, current_task, shared_task
+from celery import Task, shared_task
 from celery.exceptions import Retry, Terminated
-from celery.local import Proxy
 from celery.result import AsyncResult
 from celery.worker.request import Request
 
 from tiercel.core.cache.freshness import FreshnessPolicy
+from tiercel.core.cache.hot_memo import call_key
 from tiercel.core.cache.lookup import SOURCE_JOINED, Lookup
 from tiercel.core.cache.memoize import CachedFunction
 from tiercel.core.cache.miss_loop import defer
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
+from tiercel.core.missing import MISSING
 from tiercel.tasks import runtime
+from tiercel.tasks.hot_path import CachedTaskProxy, TaskHotPath
 from tiercel.tasks.publishing import NO_OPTIONS, PublishOptions, SubmitWith
-from tiercel.tasks.registry import register, task_of
+from tiercel.tasks.registry import register
 from tiercel.tasks.results import CachedResult
 
 # Cached tasks are idempotent by construction: redeliver rather than lose them.
 _TASK_DEFAULTS: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True}
 #: Message header asking the worker to recompute although a value exists.
 REFRESH_HEADER = "tiercel_refresh"
+#: Message header saying the publisher claimed the key's in-flight marker for this task:
+#: a worker that answers without computing clears it.
+INFLIGHT_HEADER = "tiercel_inflight"
 
 
 class CachedRequest(Request):  # type: ignore[misc]
@@ -69,9 +74,19 @@ class CachedTask(Task):  # type: ignore[misc]
     """Base class of every cached task; ``tiercel_spec`` says how it caches."""
 
     tiercel_spec: CachedFunction[Any, Any]
+    #: Its hot memo in this process and its request stack.
+    tiercel_hot: TaskHotPath
     #: ``bind=True``: the function's first parameter is the task, left out of the key.
     tiercel_bound: bool = False
     Request = "tiercel.tasks.cached:CachedRequest"
+
+    @classmethod
+    def on_bound(cls, app: Any) -> None:
+        """Celery's hook after binding: keep requests on the stack the body reads."""
+        super().on_bound(app)
+        hot = cls.__dict__.get("tiercel_hot")
+        if hot is not None:
+            cls.request_stack = hot.requests
 
     def tiercel_args(self, args: Iterable[Any]) -> tuple[Any, ...]:
         """The function's positional arguments for a call with the task's ``args``: with
@@ -109,9 +124,15 @@ class CachedTask(Task):  # type: ignore[misc]
         self, args: tuple[Any, ...], kwargs: dict[str, Any], publish: PublishOptions
     ) -> CachedResult:
         """:meth:`submit` of ``args`` and ``kwargs``, publishing with ``publish``."""
+        hot = self.tiercel_hot
+        answered = hot.resolved(args, kwargs)
+        if answered is not None:
+            return answered
         started = time.perf_counter()
         rt = runtime.current()
         spec = self.tiercel_spec
+        memo = hot.bind(rt)
+        mark = memo.mark()
         cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, self.tiercel_args(args), kwargs)
         found = cache.lookup(key)
@@ -120,6 +141,8 @@ class CachedTask(Task):  # type: ignore[misc]
             assert found is not None
             if refresh:
                 self.tiercel_refresh_soon(rt, key, args, kwargs)
+            else:
+                memo.install(call_key(args, kwargs), key, found, mark, rt.hot_lifetime(spec, found))
             rt.recorder.record(
                 spec.name, found.source, time.perf_counter() - started, found.compute_seconds
             )
@@ -164,7 +187,8 @@ class CachedTask(Task):  # type: ignore[misc]
         self, task_id: str, args: Any, kwargs: Any, publish: PublishOptions = NO_OPTIONS
     ) -> Callable[[], Any]:
         """Publishes this call again under ``task_id`` (see CachedResult's re-publishing)."""
-        return lambda: self.apply_async(args, kwargs, task_id=task_id, **publish.merged(None))
+        options = publish.merged({INFLIGHT_HEADER: True})
+        return lambda: self.apply_async(args, kwargs, task_id=task_id, **options)
 
     def tiercel_refresh_soon(self, rt: runtime.Runtime, key: str, args: Any, kwargs: Any) -> None:
         """Enqueue one refresh of ``key`` (early or stale) unless one is in flight."""
@@ -188,7 +212,8 @@ class CachedTask(Task):  # type: ignore[misc]
         publish: PublishOptions = NO_OPTIONS,
     ) -> AsyncResult:
         try:
-            headers = {REFRESH_HEADER: True} if refresh else None
+            # Every task enqueued here was claimed in flight under its id first.
+            headers = {INFLIGHT_HEADER: True, **({REFRESH_HEADER: True} if refresh else {})}
             return self.apply_async(args, kwargs, task_id=task_id, **publish.merged(headers))
         except BaseException:
             # Nothing was published: do not leave joiners waiting for a task that never runs.
@@ -285,7 +310,13 @@ class CachedTask(Task):  # type: ignore[misc]
 
     def cached_call(self, *args: Any, **kwargs: Any) -> Any:
         """Compute in this process through local levels, the Redis tier and the lease."""
-        return runtime.current().call(self.tiercel_spec, self.tiercel_args(args), kwargs).value
+        hot = self.tiercel_hot
+        memo = hot.current()
+        if memo is not None:
+            value = memo.answer(call_key(args, kwargs))
+            if value is not MISSING:
+                return value
+        return hot.call(self, args, kwargs)
 
     def invalidate(self, *args: Any, **kwargs: Any) -> None:
         """Forget the value of one call in every tier and every process."""
@@ -320,16 +351,23 @@ def _split_call(call: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return (call,), {}
 
 
-def _running_request(task_name: str) -> Any:
-    task = current_task
-    if task is None or getattr(task, "name", None) != task_name:
-        return None  # called directly, or from inside another task
-    return task.request
-
-
 def _asked_to_refresh(request: Any) -> bool:
+    return _header(request, REFRESH_HEADER)
+
+
+def _header(request: Any, name: str) -> bool:
     headers = getattr(request, "headers", None) or {}
-    return bool(getattr(request, REFRESH_HEADER, False) or headers.get(REFRESH_HEADER))
+    return bool(getattr(request, name, False) or headers.get(name))
+
+
+def _plain(request: Any) -> bool:
+    """True when a running request asks nothing of its body beyond the value: no refresh,
+    no in-flight marker to clear (asked once, when Celery pushes the request)."""
+    fields = request.__dict__
+    if fields.get(REFRESH_HEADER) or fields.get(INFLIGHT_HEADER):
+        return False
+    headers = fields.get("headers")
+    return not (headers and (headers.get(REFRESH_HEADER) or headers.get(INFLIGHT_HEADER)))
 
 
 def cached_task(
@@ -403,24 +441,40 @@ def cached_task(
             error_ttl=error_ttl,
         )
 
+        hot = TaskHotPath(spec, _plain)
+        requests = hot.requests
+
         # With bind=True Celery calls run as a method: args[0] is then the task itself.
+        # Celery pushes the running request on ``requests`` (CachedTask.on_bound); called
+        # directly, or from inside another task, there is none.
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
+            memo = hot.memo
+            live = runtime.RUNTIME.value
+            if memo is not None and memo.owner is live and live is not None:
+                state = requests.state
+                if state is not False:
+                    value = memo.answer(call_key(args[1:] if bound else args, kwargs))
+                    if value is not MISSING:
+                        if state:  # running as a task: for Flower's source event after it
+                            live.recorder.mark_local(task_name, memo.source)
+                        return value
             rt = runtime.current()
-            request = _running_request(task_name)
+            request = requests.top
             inflight_id = request.id if request is not None else None
+            refresh = request is not None and _asked_to_refresh(request)
+            memo = hot.bind(rt)
+            mark = memo.mark()
+            key = rt.key(spec, args, kwargs)
             found = rt.call(
-                spec,
-                args,
-                kwargs,
-                inflight_id=inflight_id,
-                force_refresh=request is not None and _asked_to_refresh(request),
+                spec, args, kwargs, inflight_id=inflight_id, force_refresh=refresh, key=key
             )
             if inflight_id is not None and found.source != "computed":
-                key = rt.key(spec, args, kwargs)
                 # Answered without computing: our own in-flight marker is still there.
                 with contextlib.suppress(TierUnavailable):
                     rt.leases.clear_inflight(key, inflight_id)
+            memo_key = call_key(args[1:] if bound else args, kwargs)
+            memo.install(memo_key, key, found, mark, rt.hot_lifetime(spec, found))
             return found.value
 
         options = {**_TASK_DEFAULTS, **celery_options}
@@ -428,9 +482,14 @@ def cached_task(
         # of the app tiercel is attached to, in every thread: Celery's current app is
         # thread-local, and a thread's default app has no result backend.
         shared_task(
-            name=task_name, base=CachedTask, tiercel_spec=spec, tiercel_bound=bound, **options
+            name=task_name,
+            base=CachedTask,
+            tiercel_spec=spec,
+            tiercel_hot=hot,
+            tiercel_bound=bound,
+            **options,
         )(run)
-        task = Proxy(functools.partial(task_of, task_name))
+        task = CachedTaskProxy(task_name, hot)
         register(task_name, task)
         return task
 

@@ -15,8 +15,10 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from tiercel.core.cache.freshness import FreshnessPolicy
+from tiercel.core.cache.hot_memo import call_key
 from tiercel.core.cache.memoize import CachedFunction, Memoized
 from tiercel.core.encoding.functions import function_name
+from tiercel.core.missing import MISSING
 from tiercel.tasks import runtime
 
 if TYPE_CHECKING:
@@ -45,6 +47,14 @@ class CachedCallable(Generic[P, R]):
         return bound
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        bound = self._bound
+        if bound is not None and bound[0] is runtime.RUNTIME.value:
+            # The hot memo first, on the runtime it was made for (a fork or a restart
+            # makes a new one).
+            value = bound[1].memo.answer(call_key(args, kwargs))
+            if value is not MISSING:
+                hit: R = value
+                return hit
         return self._memoized()[1](*args, **kwargs)
 
     def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Any:

@@ -129,8 +129,16 @@ def _build_db(settings: Settings) -> NamedPool:
 class PoolRegistry:
     """The pools, object pools and memory budget of one process."""
 
-    def __init__(self, settings: Settings, *, levels: Iterable[BudgetedLevel] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        levels: Iterable[BudgetedLevel] = (),
+        on_budget_eviction: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
+        #: Called after the budget evicted entries from the levels.
+        self.on_budget_eviction = on_budget_eviction
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._pools: dict[str, NamedPool] = {}
@@ -187,8 +195,15 @@ class PoolRegistry:
                 reaped += pool.reap()
             except Exception:
                 log.warning("reaping pool %r failed", pool.name, exc_info=True)
-        self.budget.enforce()
+        self.enforce_budget()
         return reaped
+
+    def enforce_budget(self) -> int:
+        """Evict level entries until the memory budget holds; returns how many went."""
+        evicted = self.budget.enforce()
+        if evicted and self.on_budget_eviction is not None:
+            self.on_budget_eviction()
+        return evicted
 
     def start_sweeper(self, interval: float) -> None:
         """Run :meth:`sweep` every ``interval`` seconds in a daemon thread of this process."""

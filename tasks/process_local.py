@@ -26,30 +26,33 @@ class ProcessLocal(Generic[T]):
         self._build = build
         self._close = close
         self._lock = threading.Lock()
-        self._value: T | None = None
+        #: This process's value, or None before it is built (and in a forked child, whose
+        #: parent's value the fork hook forgets). Read it where a call costs too much;
+        #: :meth:`get` also checks the process id.
+        self.value: T | None = None
         self._pid = 0
         _instances.add(self)
 
     def get(self) -> T:
         """This process's value, built now if it has none."""
-        value = self._value
+        value = self.value
         if value is not None and self._pid == os.getpid():
             return value
         with self._lock:
-            if self._value is None or self._pid != os.getpid():
-                self._value, self._pid = self._build(), os.getpid()
-            return self._value
+            if self.value is None or self._pid != os.getpid():
+                self.value, self._pid = self._build(), os.getpid()
+            return self.value
 
     def peek(self) -> T | None:
         """This process's value if it was built, else None (never builds one)."""
-        value = self._value
+        value = self.value
         return value if value is not None and self._pid == os.getpid() else None
 
     def replace(self, value: T) -> T:
         """Make ``value`` this process's, closing the one it replaces."""
         with self._lock:
             old = self.peek()
-            self._value, self._pid = value, os.getpid()
+            self.value, self._pid = value, os.getpid()
         if old is not None and old is not value and self._close is not None:
             self._close(old)
         return value
@@ -58,13 +61,13 @@ class ProcessLocal(Generic[T]):
         """Close and forget this process's value, if any."""
         with self._lock:
             old = self.peek()
-            self._value = None
+            self.value = None
         if old is not None and self._close is not None:
             self._close(old)
 
     def _forget(self) -> None:
         # In a forked child: the parent's value holds the parent's sockets and threads.
-        self._value = None
+        self.value = None
         self._lock = threading.Lock()
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.hot_memo import HotMemo
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.metrics.names import (
     COMPUTE_SECONDS,
@@ -46,6 +48,11 @@ class CallRecorder:
     Counts and compute-seconds-saved live in plain dicts the registry pulls at
     snapshot time. Saved seconds: a Redis read knows the value's compute time;
     a local hit (or a join) gets the task's running average compute time.
+
+    A task's hot memo (:meth:`track`) counts its own answers; each snapshot adds
+    the ones since the last to the task's count under the memo's level, as
+    :meth:`record` would have one by one, and the memo times one answer in
+    ``sample_every`` into the same latency sketch.
     """
 
     def __init__(
@@ -60,7 +67,52 @@ class CallRecorder:
         self._saved: dict[str, float] = {}
         self._compute: dict[str, tuple[float, int]] = {}
         self._last = threading.local()
+        #: [task, memo, hits already counted] per tracked memo.
+        self._tracked: list[list[Any]] = []
+        self._tracked_lock = threading.Lock()
         registry.register_collector(self._collect)
+
+    def track(self, task: str, memo: HotMemo) -> None:
+        """Count ``memo``'s answers as calls of ``task`` from the memo's level."""
+        source = memo.source
+        every = self.sample_every
+        observe = self.registry.observe
+
+        def sample(elapsed: float) -> None:
+            observe(REQUEST_SECONDS, elapsed, every, source=source)
+
+        memo.time_answers(sample, every)
+        with self._tracked_lock:
+            self._tracked.append([task, memo, 0])
+
+    def mark_local(self, task: str, source: str) -> None:
+        """This thread's latest call of ``task`` was a hot memo answer from ``source``
+        (already counted by the memo): what :meth:`last` reports."""
+        self._last.value = (task, source, None)
+
+    def _flush(self) -> None:
+        with self._tracked_lock:
+            tracked = list(self._tracked)
+        for item in tracked:
+            task, memo, counted = item
+            hits = memo.hits
+            if hits > counted:
+                item[2] = hits
+                self._count(task, memo.source, hits - counted)
+
+    def _count(self, task: str, source: str, calls: int) -> None:
+        # Local hits: counted, each saving the task's average compute time.
+        key = (task, source)
+        counts = self._counts
+        count = counts.get(key)
+        if count is None:
+            if len(counts) >= MAX_TASK_SERIES:
+                key = task, source = "_other", source
+            count = counts.get(key, 0)
+        counts[key] = count + calls
+        total, n = self._compute.get(task, (0.0, 0))
+        if n and total:
+            self._saved[task] = self._saved.get(task, 0.0) + total / n * calls
 
     def record(self, task: str, source: str, elapsed: float, compute_seconds: float) -> None:
         """Account one call of ``task`` answered from ``source`` in ``elapsed`` seconds."""
@@ -94,11 +146,18 @@ class CallRecorder:
 
     def last(self) -> tuple[str, str, float] | None:
         """(task, source, seconds saved) of this thread's latest call, then forgotten."""
-        value: tuple[str, str, float] | None = getattr(self._last, "value", None)
+        value: tuple[str, str, float | None] | None = getattr(self._last, "value", None)
         self._last.value = None
-        return value
+        if value is None:
+            return None
+        task, source, saved = value
+        if saved is None:
+            total, n = self._compute.get(task, (0.0, 0))
+            saved = total / n if n else 0.0
+        return task, source, saved
 
     def _collect(self) -> list[Sample]:
+        self._flush()
         samples = [
             Sample("counter", REQUESTS, count, {"task": task, "source": source})
             for (task, source), count in list(self._counts.items())

@@ -27,6 +27,7 @@ from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
 from tiercel.core.cache.freshness import BackgroundRefresher
+from tiercel.core.cache.hot_memo import HotMemo
 from tiercel.core.cache.local_inspection import LocalInspector
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
@@ -150,8 +151,10 @@ class Runtime:
         )
         self.refresher = BackgroundRefresher()
 
-        # Pools, and the memory budget over the levels.
-        self.pools = PoolRegistry(settings, levels=self.cache.levels)
+        # Pools, and the memory budget over the levels (whose evictions reach the memos).
+        self.pools = PoolRegistry(
+            settings, levels=self.cache.levels, on_budget_eviction=self.cache.hot.forget_all
+        )
 
         # Metrics: pulled from everything above at snapshot time.
         self.metrics = MetricsRegistry()
@@ -272,9 +275,11 @@ class Runtime:
         *,
         inflight_id: str | None = None,
         force_refresh: bool = False,
+        key: str | None = None,
     ) -> Lookup:
         """Look up or compute one call through every tier (refreshing early or stale
-        values in this process's background refresher), counted by the recorder."""
+        values in this process's background refresher), counted by the recorder.
+        ``key`` is the call's cache key when the caller derived it already."""
         started = time.perf_counter()
         found = spec.call(
             self.cache,
@@ -285,11 +290,23 @@ class Runtime:
             refresher=self.refresher,
             inflight_id=inflight_id,
             force_refresh=force_refresh,
+            key=key,
         )
         self.recorder.record(
             spec.name, found.source, time.perf_counter() - started, found.compute_seconds
         )
         return found
+
+    def hot_memo(self, spec: CachedFunction[Any, Any]) -> HotMemo:
+        """A hot memo for a cached task's calls in this process, in front of its first
+        local level; its answers are counted by the recorder as hits of that level."""
+        memo = self.cache.with_levels(spec.levels).hot_memo(owner=self)
+        self.recorder.track(spec.name, memo)
+        return memo
+
+    def hot_lifetime(self, spec: CachedFunction[Any, Any], found: Lookup) -> float:
+        """How long a hot memo may answer ``found`` for ``spec`` (see ``hot_lifetime``)."""
+        return spec.hot_lifetime(found, self.generations)
 
     def after_task(
         self,
@@ -302,7 +319,7 @@ class Runtime:
         """After each task in a worker: keep the levels inside the memory budget, and tell
         Flower where a cached task's answer came from (``args`` and ``kwargs``, the
         task's, give its cache key)."""
-        self.pools.budget.enforce()
+        self.pools.enforce_budget()
         spec = getattr(task, "tiercel_spec", None)
         announce_source(
             self.recorder,
@@ -334,6 +351,9 @@ def _build_client() -> Runtime:
 
 
 _process: ProcessLocal[Runtime] = ProcessLocal(_build_client, close=Runtime.close)
+#: This process's runtime holder. Hot paths compare ``RUNTIME.value`` (None until one is
+#: built, and again in a forked child) with the runtime their memo was made for.
+RUNTIME = _process
 
 
 def current() -> Runtime:
