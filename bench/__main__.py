@@ -28,6 +28,7 @@ from bench.report import print_table
 
 MODULES = (
     "core_cache",
+    "hit_path",
     "levels_memory",
     "pools",
     "metrics",
