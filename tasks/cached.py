@@ -313,7 +313,7 @@ class CachedTask(Task):  # type: ignore[misc]
         hot = self.tiercel_hot
         memo = hot.current()
         if memo is not None:
-            value = memo.answer(call_key(args, kwargs))
+            value = memo.answer(args, kwargs)
             if value is not MISSING:
                 return value
         return hot.call(self, args, kwargs)
@@ -450,14 +450,13 @@ def cached_task(
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             memo = hot.memo
-            live = runtime.RUNTIME.value
-            if memo is not None and memo.owner is live and live is not None:
+            if memo is not None and memo.owner is runtime.RUNTIME.value:
                 state = requests.state
                 if state is not False:
-                    value = memo.answer(call_key(args[1:] if bound else args, kwargs))
+                    value = memo.answer(args[1:] if bound else args, kwargs)
                     if value is not MISSING:
                         if state:  # running as a task: for Flower's source event after it
-                            live.recorder.mark_local(task_name, memo.source)
+                            hot.latest.value = hot.answered
                         return value
             rt = runtime.current()
             request = requests.top

@@ -15,7 +15,6 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from tiercel.core.cache.freshness import FreshnessPolicy
-from tiercel.core.cache.hot_memo import call_key
 from tiercel.core.cache.memoize import CachedFunction, Memoized
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.missing import MISSING
@@ -51,7 +50,7 @@ class CachedCallable(Generic[P, R]):
         if bound is not None and bound[0] is runtime.RUNTIME.value:
             # The hot memo first, on the runtime it was made for (a fork or a restart
             # makes a new one).
-            value = bound[1].memo.answer(call_key(args, kwargs))
+            value = bound[1].memo.answer(args, kwargs)
             if value is not MISSING:
                 hit: R = value
                 return hit

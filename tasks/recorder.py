@@ -30,6 +30,7 @@ from tiercel.tasks.metrics import (
     CLIENT_REQUESTS,
     COORDINATOR_ACTIVE,
     COORDINATOR_EVENTS,
+    HOT_SAMPLE_EVERY,
     MAX_TASK_SERIES,
     MEMORY_USED,
     REFRESHES,
@@ -52,7 +53,7 @@ class CallRecorder:
     A task's hot memo (:meth:`track`) counts its own answers; each snapshot adds
     the ones since the last to the task's count under the memo's level, as
     :meth:`record` would have one by one, and the memo times one answer in
-    ``sample_every`` into the same latency sketch.
+    :data:`~tiercel.tasks.metrics.HOT_SAMPLE_EVERY` into the same latency sketch.
     """
 
     def __init__(
@@ -66,16 +67,19 @@ class CallRecorder:
         self._counts: dict[tuple[str, str], int] = {}
         self._saved: dict[str, float] = {}
         self._compute: dict[str, tuple[float, int]] = {}
-        self._last = threading.local()
+        #: This thread's latest call: ``latest.value = (task, source, seconds saved)``,
+        #: saved None for a local answer (the task's average then); see :meth:`last`.
+        self.latest = threading.local()
         #: [task, memo, hits already counted] per tracked memo.
         self._tracked: list[list[Any]] = []
         self._tracked_lock = threading.Lock()
         registry.register_collector(self._collect)
 
-    def track(self, task: str, memo: HotMemo) -> None:
-        """Count ``memo``'s answers as calls of ``task`` from the memo's level."""
+    def track(self, task: str, memo: HotMemo, *, sample_every: int = HOT_SAMPLE_EVERY) -> None:
+        """Count ``memo``'s answers as calls of ``task`` from the memo's level, and time
+        one in ``sample_every`` (a power of two) with that weight."""
         source = memo.source
-        every = self.sample_every
+        every = sample_every
         observe = self.registry.observe
 
         def sample(elapsed: float) -> None:
@@ -84,11 +88,6 @@ class CallRecorder:
         memo.time_answers(sample, every)
         with self._tracked_lock:
             self._tracked.append([task, memo, 0])
-
-    def mark_local(self, task: str, source: str) -> None:
-        """This thread's latest call of ``task`` was a hot memo answer from ``source``
-        (already counted by the memo): what :meth:`last` reports."""
-        self._last.value = (task, source, None)
 
     def _flush(self) -> None:
         with self._tracked_lock:
@@ -138,7 +137,7 @@ class CallRecorder:
             saved = total / n if n else 0.0
         if saved:
             self._saved[task] = self._saved.get(task, 0.0) + saved
-        self._last.value = (task, source, saved)
+        self.latest.value = (task, source, saved)
         self._countdown -= 1
         if self._countdown <= 0:
             self._countdown = self.sample_every
@@ -146,8 +145,8 @@ class CallRecorder:
 
     def last(self) -> tuple[str, str, float] | None:
         """(task, source, seconds saved) of this thread's latest call, then forgotten."""
-        value: tuple[str, str, float | None] | None = getattr(self._last, "value", None)
-        self._last.value = None
+        value: tuple[str, str, float | None] | None = getattr(self.latest, "value", None)
+        self.latest.value = None
         if value is None:
             return None
         task, source, saved = value

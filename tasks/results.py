@@ -71,7 +71,19 @@ class CachedResult:
     @classmethod
     def resolved(cls, key: str, value: Any, source: str, spec: Any = None) -> CachedResult:
         """A result answered from a cache tier (a cached failure raises on get())."""
-        return cls(key=key, source=source, value=value, spec=spec)
+        # Built field by field: this is every hit's result, and __init__'s checks and
+        # keyword handling cost as much as the lookup itself.
+        result = cls.__new__(cls)
+        result.key = key
+        result.source = source
+        result._value = value
+        result._async = None
+        result._runtime = None
+        result._cache = None
+        result._spec = spec
+        result._resubmit = None
+        result._republish_after = None
+        return result
 
     @classmethod
     def pending(

@@ -82,8 +82,14 @@ def call_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
             if kind in _PLAIN:
                 plain: Hashable = only  # the commonest call: the argument is its own key
                 return plain
-            if kind is float or kind is tuple:
-                return _part(only)  # (type, value), as below, without the list
+            # (type, value), as below, without the list or a call.
+            if kind is float:
+                return (float, only) if only else None
+            if kind is tuple:
+                for item in only:
+                    if type(item) not in _PLAIN:
+                        return None
+                return (tuple, only)
         else:
             for arg in args:
                 if type(arg) not in _PLAIN:
@@ -106,6 +112,13 @@ def call_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
             parts.append(name)
             parts += part
     return tuple(parts)
+
+
+def _key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
+    if not kwargs and len(args) == 1 and type(args[0]) in _PLAIN:
+        plain: Hashable = args[0]
+        return plain
+    return call_key(args, kwargs)
 
 
 class HotMemo:
@@ -166,8 +179,9 @@ class HotMemo:
         self.on_sample = on_sample
         self.mask = every - 1
 
-    def entry(self, key: Hashable | None) -> tuple[Any, float, str] | None:
-        """The live entry of the call keyed ``key`` (counted as a hit), else None."""
+    def entry(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, float, str] | None:
+        """The live entry of the call ``(*args, **kwargs)`` (counted as a hit), else None."""
+        key = _key(args, kwargs)
         if key is None:
             return None
         hits = self.hits
@@ -179,10 +193,37 @@ class HotMemo:
             return None
         return self._timed(key)
 
-    def answer(self, key: Hashable | None) -> Any:
-        """The value of the call keyed ``key`` (counted as a hit), else MISSING.
+    def answer(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The value of the call ``(*args, **kwargs)`` (counted as a hit), else MISSING.
 
-        :meth:`entry` written out again: this is the hottest line of the library."""
+        :meth:`entry` written out again, :func:`call_key`'s commonest cases inlined:
+        this is the hottest line of the library.
+        """
+        key: Hashable | None
+        if kwargs:
+            key = call_key(args, kwargs)
+        elif len(args) == 1:
+            key = only = args[0]
+            kind = type(only)
+            if kind is int or kind is str:
+                pass
+            elif kind is float:
+                key = (float, only) if only else None
+            elif kind is tuple:
+                for item in only:
+                    kind = type(item)
+                    if kind is not int and kind is not str:
+                        return MISSING
+                key = (tuple, only)
+            else:
+                key = call_key(args, kwargs)
+        else:
+            key = args
+            for arg in args:
+                kind = type(arg)
+                if kind is not int and kind is not str:
+                    key = call_key(args, kwargs)
+                    break
         if key is None:
             return MISSING
         hits = self.hits

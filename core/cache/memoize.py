@@ -310,7 +310,7 @@ class Memoized(Generic[P, R]):
         return self.memo.hits
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        value = self.memo.answer(call_key(args, kwargs))
+        value = self.memo.answer(args, kwargs)
         if value is not MISSING:
             hit: R = value
             return hit

@@ -208,3 +208,27 @@ def test_answers_are_timed_one_in_every() -> None:
     assert len(samples) == setup.fn.hot_hits // 4
     with pytest.raises(ValueError, match="power of two"):
         setup.fn.memo.time_answers(samples.append, 6)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(7,), ("a",), (7, 11), (7.5,), ((7, 11),), (True,), (None,), (b"x",), (1, 2.5), (1, True)],
+    ids=repr,
+)
+def test_each_keyed_shape_is_answered_once_warm_and_only_by_itself(args: tuple[Any, ...]) -> None:
+    # The memo's answer keys its commonest shapes inline; they must be call_key's keys.
+    setup = Setup()
+
+    def echo(*values: Any) -> str:
+        return repr(values)
+
+    spec = CachedFunction(echo, ttl=60, name="tests.echo")
+    fn = Memoized(spec, setup.cache, setup.generations, "t", timer=setup.clock)
+    for _ in range(3):
+        assert fn(*args) == repr(args)
+    hits = fn.hot_hits
+    assert fn(*args) == repr(args) and fn.hot_hits == hits + 1
+    assert fn.memo.answer(args, {}) == repr(args)
+    twin = tuple(float(a) if type(a) is int else a for a in args)  # 7 -> 7.0, as a caller might
+    if twin != args or any(type(a) is not type(b) for a, b in zip(twin, args, strict=True)):
+        assert fn(*twin) == repr(twin)
