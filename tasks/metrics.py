@@ -45,9 +45,6 @@ SWEPT: Final = "tiercel_swept_entries_total"
 
 #: One call in this many has its latency timed (recorded with this weight).
 SAMPLE_EVERY: Final = 16
-#: One hot memo answer in this many is timed (with this weight): an observation costs
-#: about three answers, so timing one in 16 would add a fifth to every answer.
-HOT_SAMPLE_EVERY: Final = 128
 #: Most (task, source) pairs counted; beyond, calls are counted under task ``_other``.
 MAX_TASK_SERIES: Final = 2000
 #: A process is in the fleet view while its last snapshot is at most this many intervals old.
