@@ -464,7 +464,7 @@ def cached_task(
             refresh = request is not None and _asked_to_refresh(request)
             memo = hot.bind(rt)
             mark = memo.mark()
-            key = rt.key(spec, args, kwargs)
+            key = rt.counted_key(spec, args, kwargs)
             found = rt.call(
                 spec, args, kwargs, inflight_id=inflight_id, force_refresh=refresh, key=key
             )

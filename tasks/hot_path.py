@@ -118,7 +118,7 @@ class TaskHotPath:
         memo = self.bind(rt)
         mark = memo.mark()
         full = task.tiercel_args(args)  # with bind=True the task comes first
-        key = rt.key(self.spec, full, kwargs)
+        key = rt.counted_key(self.spec, full, kwargs)
         found = rt.call(self.spec, full, kwargs, key=key)
         memo.install(call_key(args, kwargs), key, found, mark, rt.hot_lifetime(self.spec, found))
         return found.value

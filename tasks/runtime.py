@@ -267,6 +267,11 @@ class Runtime:
         """Cache key of one call of ``spec``."""
         return spec.key(self.namespace, self.generations, args, kwargs)
 
+    def counted_key(self, spec: CachedFunction[Any, Any], args: Any, kwargs: Any) -> str:
+        """:meth:`key` of a call about to be answered: an argument that cannot be encoded
+        is counted as the call's miss reason, as :meth:`call` counts it."""
+        return spec.counted_key(self.cache, self.namespace, self.generations, args, kwargs)
+
     def call(
         self,
         spec: CachedFunction[Any, Any],

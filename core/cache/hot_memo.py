@@ -135,6 +135,7 @@ class HotMemo:
         "clock",
         "entries",
         "hits",
+        "level",
         "mask",
         "max_entries",
         "on_sample",
@@ -142,13 +143,14 @@ class HotMemo:
         "registry",
         "sample_every",
         "source",
+        "touches",
         "trusted_for",
     )
 
     def __init__(
         self,
         registry: HotMemos,
-        source: str,
+        level: CacheLevel[Any] | None,
         *,
         max_entries: int,
         clock: Callable[[], float],
@@ -156,23 +158,31 @@ class HotMemo:
         owner: object = None,
     ) -> None:
         self.registry = registry
+        self.level = level
         #: Seconds the level may still answer (the liveness deadline): an entry's bound.
         self.trusted_for = trusted_for
         #: The level's name: the source every answer of this memo is counted under.
-        self.source = source
-        self.max_entries = max_entries
+        self.source = level.name if level is not None else ""
+        self.max_entries = max_entries if level is not None else 0
         self.clock = clock
         self.owner = owner
         #: Calls answered from the memo (each one a hit of the level).
         self.hits = 0
+        #: Of those, the ones also read from the level (see :meth:`time_answers`).
+        self.touches = 0
         self.entries: dict[Hashable, tuple[Any, float, str]] = {}
         self.on_sample: Callable[[float], None] | None = None
-        self.sample_every = 0
-        #: ``hits & mask == mask`` picks the answers to time (-1: none).
-        self.mask = -1
+        self.sample_every = 16
+        #: ``hits & mask == mask`` picks one answer in ``sample_every``.
+        self.mask = 15
 
     def time_answers(self, on_sample: Callable[[float], None], every: int) -> None:
-        """Tell ``on_sample`` the seconds of one answer in ``every`` (a power of two)."""
+        """Tell ``on_sample`` the seconds of one answer in ``every`` (a power of two).
+
+        Timed or not, that answer also reads the level, as a hit: its recency and
+        frequency (what its eviction policy weighs) follow the calls the memo
+        answers, and an entry the level lost without saying so leaves the memo.
+        """
         if every < 1 or every & (every - 1):
             raise ValueError(f"every={every}: expected a power of two")
         self.sample_every = every
@@ -239,12 +249,17 @@ class HotMemo:
     def _timed(self, key: Hashable) -> tuple[Any, float, str] | None:
         started = time.perf_counter()
         found = self.entries.get(key)
-        if found is not None and self.clock() < found[1]:
-            self.hits += 1
-            if self.on_sample is not None:
-                self.on_sample(time.perf_counter() - started)
-            return found
-        return None
+        if found is None or not self.clock() < found[1]:
+            return None
+        self.hits += 1
+        if self.on_sample is not None:
+            self.on_sample(time.perf_counter() - started)
+        level = self.level
+        if level is not None:
+            self.touches += 1
+            if level.get_with_ttl(found[2]) is None:
+                self.registry.forget(found[2])
+        return found
 
     def mark(self) -> int:
         """Take before looking a call up; hand to :meth:`install` with its answer."""
@@ -322,8 +337,8 @@ class HotMemos:
         """A new memo in front of ``level`` (None, or a level of encoded values: disabled)."""
         memo = HotMemo(
             self,
-            level.name if level is not None else "",
-            max_entries=max_entries if level is not None else 0,
+            level,
+            max_entries=max_entries,
             clock=clock,
             trusted_for=trusted_for,
             owner=owner,
@@ -389,5 +404,6 @@ class HotMemos:
             memo.clear()
 
     def hits(self, source: str) -> int:
-        """Calls every memo in front of the level named ``source`` answered."""
-        return sum(memo.hits for memo in self.memos() if memo.source == source)
+        """Calls every memo in front of the level named ``source`` answered without
+        reading the level (the level counted the others itself)."""
+        return sum(memo.hits - memo.touches for memo in self.memos() if memo.source == source)

@@ -118,6 +118,22 @@ class CachedFunction(Generic[P, R]):
                 return known
         return self.builder(namespace).key(args, kwargs, generation)
 
+    def counted_key(
+        self,
+        cache: MultiLevelCache,
+        namespace: str,
+        generations: Generations,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+    ) -> str:
+        """:meth:`key`, with an argument it cannot encode counted in ``cache``'s miss
+        reasons before the error is raised."""
+        try:
+            return self.key(namespace, generations, args, kwargs)
+        except KeyEncodingError:
+            cache.misses.miss_of_task(self.name, UNCACHEABLE_ARGUMENT)
+            raise
+
     def call(
         self,
         cache: MultiLevelCache,
@@ -138,11 +154,7 @@ class CachedFunction(Generic[P, R]):
         if self.levels is not None:
             cache = cache.with_levels(self.levels)
         if key is None:
-            try:
-                key = self.key(namespace, generations, args, kwargs)
-            except KeyEncodingError:
-                cache.misses.miss_of_task(self.name, UNCACHEABLE_ARGUMENT)
-                raise
+            key = self.counted_key(cache, namespace, generations, args, kwargs)
         found = self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
         if self.cache_errors and is_failure(found.value):
             raise_failure(found.value, self.cache_errors, key)
@@ -257,7 +269,7 @@ class CachedFunction(Generic[P, R]):
     ) -> Lookup:
         """:meth:`call`, then remember the answer in ``memo`` when its level gave it."""
         mark = memo.mark()
-        key = self.key(namespace, generations, args, kwargs)
+        key = self.counted_key(cache, namespace, generations, args, kwargs)
         found = self.call(cache, generations, namespace, args, kwargs, refresher=refresher, key=key)
         memo.install(
             call_key(args, kwargs), key, found, mark, self.hot_lifetime(found, generations)

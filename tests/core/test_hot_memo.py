@@ -130,13 +130,46 @@ def test_every_drop_of_the_level_copy_reaches_the_memo(drop: Any) -> None:
     assert not setup.memo_answers(7)
 
 
-def test_an_evicted_entry_leaves_the_memo() -> None:
-    setup = Setup(max_entries=2)
+@pytest.mark.parametrize("policy", ["lru", "cost"])
+def test_an_evicted_entry_leaves_the_memo(policy: str) -> None:
+    clock = FakeClock()
+    level = MemoryLevel("memory", max_entries=4, ttl=300, timer=clock, policy=policy)
+    setup = Setup(levels=[level])
     setup.warm(1)
-    setup.fn(2)
-    setup.fn(3)  # the level evicts 1 (least recently used)
+    others = iter(range(2, 10_000))
+    while setup.key(1) in level:  # newcomers, called often enough to be admitted
+        n = next(others)
+        for _ in range(3):
+            setup.fn(n)
     assert not setup.memo_answers(1)
-    assert setup.computed == [1, 2, 3, 1]
+    assert setup.computed.count(1) == 2
+
+
+def test_the_level_sees_the_calls_the_memo_answers() -> None:
+    setup = Setup()
+    setup.warm(7)
+    level = setup.cache.levels[0]
+    read_before = level.stats.hits
+    for _ in range(64):
+        setup.fn(7)
+    # One memo answer in 16 also reads the level (its recency and frequency follow the
+    # calls); the level's hits as reported count every memo answer exactly once.
+    assert level.stats.hits - read_before == 4
+    assert setup.cache.stats()["levels"]["memory"].hits == level.stats.hits + (
+        setup.fn.memo.hits - setup.fn.memo.touches
+    )
+
+
+def test_an_entry_the_level_lost_unannounced_leaves_the_memo() -> None:
+    setup = Setup()
+    setup.warm(7)
+    setup.cache.levels[0].pop(setup.key(7))  # gone without a word (as a budget eviction)
+    answered = 0
+    while setup.memo_answers(7):
+        answered += 1
+    # Within one answer in 16 the memo finds out, and the call reads the cache (which
+    # computes again: this cache has no shared tier).
+    assert answered < 16 and setup.computed == [7, 7]
 
 
 def test_an_expired_entry_never_answers() -> None:
