@@ -10,7 +10,8 @@ a tuple):
   vs ``cachetools.cached(TTLCache)`` (target <= 1.0x);
 * the body of a cached task in a worker process (``task.run`` with a
   request pushed, as Celery's tracer calls it) answered from the worker's
-  memory level, vs the same peer (target <= 1.0x);
+  memory level, vs the same peer (target <= 1.0x); the request's refresh and
+  in-flight headers are read once when Celery pushes it, outside the timing;
 * ``fn.submit(...)`` answered from the client's memory level, including the
   ``CachedResult`` (target <= 2.0x);
 * ``functools.lru_cache``, ``cachebox.cached(TTLCache)`` and theine's
