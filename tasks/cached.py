@@ -450,14 +450,17 @@ def cached_task(
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
             memo = hot.memo
-            if memo is not None and memo.owner is runtime.RUNTIME.value:
-                state = requests.state
-                if state is not False:
-                    value = memo.answer(args[1:] if bound else args, kwargs)
-                    if value is not MISSING:
-                        if state:  # running as a task: for Flower's source event after it
-                            hot.latest.value = hot.answered
-                        return value
+            # A memo answer tells the recorder nothing: the source event after the task
+            # names the memo's level when nothing else was recorded (every other way
+            # through this body records its call).
+            if (
+                memo is not None
+                and memo.owner is runtime.RUNTIME.value
+                and requests.state is not False
+            ):
+                value = memo.answer(args[1:] if bound else args, kwargs)
+                if value is not MISSING:
+                    return value
             rt = runtime.current()
             request = requests.top
             inflight_id = request.id if request is not None else None

@@ -82,7 +82,7 @@ class RequestStack(threading.local):
 class TaskHotPath:
     """One cached task's hot memo on this process's runtime, made on first use."""
 
-    __slots__ = ("answered", "latest", "memo", "name", "requests", "spec")
+    __slots__ = ("memo", "name", "requests", "spec")
 
     def __init__(self, spec: CachedFunction[Any, Any], plain: Callable[[Any], bool]) -> None:
         self.spec = spec
@@ -90,10 +90,6 @@ class TaskHotPath:
         self.requests = RequestStack(plain)
         #: The memo on the runtime it was made for (``memo.owner``); None before first use.
         self.memo: HotMemo | None = None
-        #: What the recorder's ``latest`` says after a memo answer in a running task.
-        self.answered: tuple[str, str, None] = (self.name, "", None)
-        #: The recorder's ``latest`` of the memo's runtime (where ``answered`` goes).
-        self.latest: Any = None
 
     def current(self) -> HotMemo | None:
         """The memo if it belongs to this process's runtime as it is now (never builds)."""
@@ -106,10 +102,7 @@ class TaskHotPath:
         """The memo on ``rt``, made now when the one held belongs to another runtime."""
         memo = self.memo
         if memo is None or memo.owner is not rt:
-            memo = rt.hot_memo(self.spec)
-            self.answered = (self.name, memo.source, None)
-            self.latest = rt.recorder.latest
-            self.memo = memo
+            memo = self.memo = rt.hot_memo(self.spec)
         return memo
 
     def call(self, task: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

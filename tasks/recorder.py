@@ -66,9 +66,7 @@ class CallRecorder:
         self._counts: dict[tuple[str, str], int] = {}
         self._saved: dict[str, float] = {}
         self._compute: dict[str, tuple[float, int]] = {}
-        #: This thread's latest call: ``latest.value = (task, source, seconds saved)``,
-        #: saved None for a local answer (the task's average then); see :meth:`last`.
-        self.latest = threading.local()
+        self._last = threading.local()
         #: [task, memo, hits already counted] per tracked memo.
         self._tracked: list[list[Any]] = []
         self._tracked_lock = threading.Lock()
@@ -87,6 +85,12 @@ class CallRecorder:
         memo.time_answers(sample, every)
         with self._tracked_lock:
             self._tracked.append([task, memo, 0])
+
+    def local_answer(self, task: str, source: str) -> tuple[str, str, float]:
+        """What :meth:`last` says of a call of ``task`` a hot memo answered from
+        ``source`` (already counted): the task's average compute seconds saved."""
+        total, n = self._compute.get(task, (0.0, 0))
+        return task, source, total / n if n else 0.0
 
     def _flush(self) -> None:
         with self._tracked_lock:
@@ -136,7 +140,7 @@ class CallRecorder:
             saved = total / n if n else 0.0
         if saved:
             self._saved[task] = self._saved.get(task, 0.0) + saved
-        self.latest.value = (task, source, saved)
+        self._last.value = (task, source, saved)
         self._countdown -= 1
         if self._countdown <= 0:
             self._countdown = self.sample_every
@@ -144,15 +148,9 @@ class CallRecorder:
 
     def last(self) -> tuple[str, str, float] | None:
         """(task, source, seconds saved) of this thread's latest call, then forgotten."""
-        value: tuple[str, str, float | None] | None = getattr(self.latest, "value", None)
-        self.latest.value = None
-        if value is None:
-            return None
-        task, source, saved = value
-        if saved is None:
-            total, n = self._compute.get(task, (0.0, 0))
-            saved = total / n if n else 0.0
-        return task, source, saved
+        value: tuple[str, str, float] | None = getattr(self._last, "value", None)
+        self._last.value = None
+        return value
 
     def _collect(self) -> list[Sample]:
         self._flush()

@@ -326,6 +326,8 @@ class Runtime:
         task's, give its cache key)."""
         self.pools.enforce_budget()
         spec = getattr(task, "tiercel_spec", None)
+        hot = getattr(task, "tiercel_hot", None)
+        memo = hot.current() if hot is not None else None
         announce_source(
             self.recorder,
             task,
@@ -334,6 +336,7 @@ class Runtime:
             None
             if spec is None
             else lambda: self.key(spec, task.tiercel_args(args or ()), kwargs or {}),
+            memo.source if memo is not None else None,
         )
 
     def invalidate_all(self, spec: CachedFunction[Any, Any]) -> int:

@@ -33,12 +33,18 @@ def announce_source(
     task_id: str | None,
     state: str | None,
     key: Callable[[], str] | None = None,
+    memo_source: str | None = None,
 ) -> None:
     """Send the source event of the call ``task`` just made in this thread, if any.
 
     ``key`` derives the call's cache key; it is called only when an event is sent.
+    ``memo_source`` is the level the task's hot memo stands for: a cached task whose
+    body told the recorder nothing was answered by the memo (every other way through
+    the body records its call), so the event names that level.
     """
     last = recorder.last()
+    if last is None and memo_source is not None:
+        last = recorder.local_answer(task.name, memo_source)
     if last is None or state != "SUCCESS" or not task_id or last[0] != task.name:
         return
     if not task.app.conf.worker_send_task_events or not getattr(task, "send_events", True):

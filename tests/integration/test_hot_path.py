@@ -70,22 +70,30 @@ def test_invalidation_by_key_tag_and_version_reaches_the_memo(cache_url: str) ->
     assert square.cached_call(5) == 25 and computed == [5, 5, 5, 5, 5]
 
 
-def test_the_body_in_a_worker_answers_from_the_memo_and_tells_flower(cache_url: str) -> None:
+def test_the_body_in_a_worker_answers_from_the_memo_and_tells_flower(
+    cache_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     square, computed = _task()
     task = square._get_current_object()
     for _ in range(3):
         square.cached_call(6)
     rt = runtime.current()
     rt.recorder.last()
-    task.request_stack.push(Context(id=str(uuid.uuid4()), args=(6,), kwargs={}))
+    events: list[tuple[str, dict[str, Any]]] = []
+    monkeypatch.setitem(task.app.conf, "worker_send_task_events", True)
+    monkeypatch.setattr(task, "send_event", lambda kind, **fields: events.append((kind, fields)))
+    task_id = str(uuid.uuid4())
+    task.request_stack.push(Context(id=task_id, args=(6,), kwargs={}))
     try:
         hits = square.tiercel_hot.memo.hits
         assert task.run(6) == 36
         assert square.tiercel_hot.memo.hits == hits + 1
-        last = rt.recorder.last()
-        assert last is not None and last[:2] == (square.name, "memory")
     finally:
         task.request_stack.pop()
+    rt.after_task(task, task_id, "SUCCESS", (6,), {})  # what task_postrun runs
+    assert [kind for kind, _ in events] == ["task-tiercel-memory"]
+    assert events[0][1]["tiercel_tier"] == "memory"
+    assert events[0][1]["tiercel_key"] == rt.key(square.tiercel_spec, (6,), {})
     assert computed == [6]
 
 
