@@ -26,6 +26,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return ""
     if unit == "us":
         return f"{value:,.2f} us"
+    if abs(value) >= 1000:  # 3,121 s, not 3.12e+03 s
+        return f"{value:,.0f} {unit}"
     return f"{value:,.3g} {unit}"
 
 

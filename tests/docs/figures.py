@@ -100,6 +100,8 @@ class Held:
     )
 
     def add(self, value: float, unit: str | None) -> None:
+        # A printed figure carries no sign of its own ("-0.207 pt" reads as 0.207).
+        value = abs(value)
         self.raw.add(value)
         dimension, scale = scale_of(unit)
         if dimension:
