@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import click
 
-from tiercel.workers import cache_admin, call, exporter, flower_command, health, stats
-from tiercel.workers.cli import TiercelGroup, show_settings
+from tiercel.workers.cli import APP_COMMANDS, TiercelGroup
 from tiercel.workers.command_app import use_app
 
 __all__ = ["tiercel"]
@@ -37,13 +36,5 @@ def tiercel(ctx: click.Context) -> None:
     use_app(app)
 
 
-for _command in (
-    call.command,
-    cache_admin.group,
-    show_settings,
-    health.command,
-    stats.command,
-    exporter.command,
-    flower_command.command,
-):
+for _command in APP_COMMANDS:
     tiercel.add_command(_command)

@@ -99,10 +99,9 @@ def show_settings() -> int:
     return 0
 
 
-for _command in (
-    up.command,
-    demo.command,
-    node.command,
+#: The commands that work with any app, so also under ``celery -A proj tiercel``; the
+#: others run tiercel's own fleet (up, demo, worker, bench).
+APP_COMMANDS: tuple[click.Command, ...] = (
     call.command,
     cache_admin.group,
     show_settings,
@@ -110,8 +109,9 @@ for _command in (
     stats.command,
     exporter.command,
     flower_command.command,
-    bench.command,
-):
+)
+
+for _command in (up.command, demo.command, node.command, *APP_COMMANDS, bench.command):
     cli.add_command(_command)
 
 

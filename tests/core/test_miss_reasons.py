@@ -152,7 +152,9 @@ def test_an_announced_generation_counts_as_a_move(store: StubStore) -> None:
 
 
 def test_a_key_evicted_from_a_local_level_and_never_shared_is_evicted_local() -> None:
-    cache = MultiLevelCache(serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=1)])
+    cache = MultiLevelCache(
+        serializer=SERIALIZER, levels=[MemoryLevel("l1", max_entries=1, policy="lru")]
+    )
     cache.get_or_compute(KEY, compute=lambda: 1)
     cache.get_or_compute(OTHER_KEY, compute=lambda: 2)  # evicts KEY
     cache.get_or_compute(KEY, compute=lambda: 1)
@@ -163,7 +165,7 @@ def test_a_key_evicted_from_a_local_level_and_never_shared_is_evicted_local() ->
 
 
 def test_redis_knowledge_wins_over_a_local_eviction(store: StubStore, clock: Clock) -> None:
-    process = Process(store, levels=[MemoryLevel("l1", max_entries=1, timer=clock)])
+    process = Process(store, levels=[MemoryLevel("l1", max_entries=1, timer=clock, policy="lru")])
     process.compute(ttl=10)
     process.compute(OTHER_KEY, ttl=10)  # evicts KEY from the level; Redis still has it
     clock.now += 11

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import redis
 
+from tests.integration.fleet import celery_workers
+
 pytestmark = pytest.mark.integration
 
 PROJECT = Path(__file__).parents[2] / "examples" / "django_project"
@@ -39,25 +41,8 @@ def project() -> Iterator[dict[str, str]]:
         PROJECT_REDIS=os.environ["TIERCEL_CACHE_URL"],  # the session's test Redis
         PROJECT_QUEUE=f"django-{tag}",
     )
-    worker = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "proj", "worker"),
-            *("-n", f"django-{tag}@%h", "-P", "prefork", "-c", "2"),
-            *("--without-mingle", "--without-gossip", "-l", "WARNING"),
-        ],
-        cwd=PROJECT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with celery_workers("proj", [f"django-{tag}@%h"], cwd=PROJECT, env=env):
         yield env
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
 
 
 def _run(env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.fleet import celery_workers
 from tiercel.core.errors import SettingsError
 
 pytestmark = pytest.mark.integration
@@ -45,30 +46,9 @@ def project(tmp_path: Path) -> Iterator[dict[str, str]]:
     redis_url = os.environ["TIERCEL_CACHE_URL"]  # the session's test Redis, by another name
     tag = uuid.uuid4().hex[:8]
     env = project_env(redis_url, f"first-steps-{tag}", f"fs{tag}")
-    workers = [
-        subprocess.Popen(
-            [
-                *(sys.executable, "-m", "celery", "-A", "tasks", "worker"),
-                *("-n", f"{node}-{tag}@%h", "-P", "prefork", "-c", "2"),
-                *("--without-mingle", "--without-gossip", "-l", "WARNING"),
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for node in ("n1", "n2")
-    ]
-    try:
+    nodes = [f"{node}-{tag}@%h" for node in ("n1", "n2")]
+    with celery_workers("tasks", nodes, cwd=tmp_path, env=env):
         yield env
-    finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
 
 
 def test_a_first_steps_project_gets_every_fleet_guarantee(

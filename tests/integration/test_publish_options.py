@@ -8,17 +8,17 @@ node that consumes only a queue of its own.
 from __future__ import annotations
 
 import datetime
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from celery.exceptions import TaskRevokedError
 
 from tests.fleet_tasks import routed_square
+from tests.integration.fleet import celery_workers
 from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.errors import SettingsError
 from tiercel.tasks import runtime
@@ -33,28 +33,19 @@ def reports_queue(fleet: Fleet) -> Iterator[str]:
     """A node of the fleet's app that consumes only the queue this returns."""
     queue = f"reports-{uuid.uuid4().hex[:8]}"
     node = f"reports-{uuid.uuid4().hex[:6]}@127.0.0.1"
-    worker = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "celery", "-A", "tiercel.workers.app", "worker"),
-            *("-n", node, "-Q", queue, "-P", "prefork", "-c", "1", "-l", "WARNING"),
-            *("--without-mingle", "--without-gossip"),
-        ],
+    with celery_workers(
+        "tiercel.workers.app",
+        [node],
+        cwd=Path.cwd(),
         env=fleet.environment(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+        concurrency=1,
+        extra=("-Q", queue),
+    ) as (worker,):
         deadline = time.monotonic() + 60
         while not ping_nodes(fleet.settings, [node], timeout=1.0):
             assert worker.poll() is None, "the reports node exited during start-up"
             assert time.monotonic() < deadline, "the reports node did not answer a ping"
         yield queue
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
 
 
 def _counter() -> str:

@@ -140,7 +140,8 @@ def test_miss_reasons_merge_across_processes_into_the_view_and_the_table() -> No
     for node in ("w1@host", "w2@host"):
         registry = MetricsRegistry()
         cache = MultiLevelCache(
-            serializer=Serializer(MsgpackCodec()), levels=[MemoryLevel("l1", max_entries=1)]
+            serializer=Serializer(MsgpackCodec()),
+            levels=[MemoryLevel("l1", max_entries=1, policy="lru")],
         )
         caches.append(cache)
         register_cache(registry, cache)
