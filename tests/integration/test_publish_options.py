@@ -124,3 +124,27 @@ def test_options_that_cannot_hold_for_a_cached_call_are_refused() -> None:
         routed_square.options(eta=12)
     chained = routed_square.options(queue="a").options(priority=3)
     assert repr(chained) == "<tests.fleet_tasks.routed_square.options(queue='a', priority=3)>"
+
+
+def test_asubmit_and_submit_many_publish_with_the_options_too(reports_queue: str) -> None:
+    import asyncio
+
+    import tiercel
+
+    counter = _counter()
+    routed = routed_square.options(queue=reports_queue)
+
+    async def main() -> Any:
+        try:
+            result = await routed.asubmit(9, counter)
+            return await result.aget(timeout=60)
+        finally:
+            await tiercel.aclose()
+
+    ran = asyncio.run(main())
+    assert ran["queue"] == reports_queue and ran["square"] == 81
+    many = routed.submit_many([(10, counter), (11, counter), (10, counter)])
+    assert [result.source for result in many] == ["computed", "computed", "joined"]
+    answers = [result.get(timeout=60) for result in many]
+    assert {answer["queue"] for answer in answers} == {reports_queue}
+    assert [answer["square"] for answer in answers] == [100, 121, 100]
