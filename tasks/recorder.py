@@ -102,30 +102,30 @@ class CallRecorder:
                 item[2] = hits
                 self._count(task, memo.source, hits - counted)
 
-    def _count(self, task: str, source: str, calls: int) -> None:
-        # Local hits: counted, each saving the task's average compute time.
+    def _add(self, task: str, source: str, calls: int) -> str:
+        """Count ``calls`` of ``task`` from ``source``; returns the task's series name
+        (``_other`` once :data:`MAX_TASK_SERIES` series exist)."""
         key = (task, source)
         counts = self._counts
         count = counts.get(key)
         if count is None:
             if len(counts) >= MAX_TASK_SERIES:
-                key = task, source = "_other", source
+                task = "_other"
+                key = (task, source)
             count = counts.get(key, 0)
         counts[key] = count + calls
+        return task
+
+    def _count(self, task: str, source: str, calls: int) -> None:
+        # Local hits: counted, each saving the task's average compute time.
+        task = self._add(task, source, calls)
         total, n = self._compute.get(task, (0.0, 0))
         if n and total:
             self._saved[task] = self._saved.get(task, 0.0) + total / n * calls
 
     def record(self, task: str, source: str, elapsed: float, compute_seconds: float) -> None:
         """Account one call of ``task`` answered from ``source`` in ``elapsed`` seconds."""
-        key = (task, source)
-        counts = self._counts
-        count = counts.get(key)
-        if count is None:
-            if len(counts) >= MAX_TASK_SERIES:
-                key = task, source = "_other", source
-            count = counts.get(key, 0)
-        counts[key] = count + 1
+        task = self._add(task, source, 1)
         if source == "computed":
             total, n = self._compute.get(task, (0.0, 0))
             self._compute[task] = (total + elapsed, n + 1)
