@@ -19,7 +19,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from tiercel.core.errors import SettingsError
-from tiercel.core.tier.connections import parse_cache_url
+from tiercel.core.tier.connections import driver_options, parse_cache_url
 
 __all__ = ["async_client_from_url"]
 
@@ -52,6 +52,7 @@ def async_client_from_url(
         "socket_connect_timeout": socket_timeout,
         "health_check_interval": health_check_interval,
         "retry": Retry(NoBackoff(), 0),
+        **driver_options(),
     }
     pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     return aioredis.Redis.from_pool(pool)
