@@ -143,18 +143,30 @@ async def derive_key(
 ) -> str:
     """The cache key of one call of ``spec``, as :meth:`CachedFunction.key` derives it,
     with generation counters older than their ``max_age`` read through ``tier``."""
-    for scope in (NAMESPACE_SCOPE, function_scope(spec.name)):
-        if generations.fresh(scope) is None:
-            await _read_generation(generations, tier, scope)
+    scopes = tuple(
+        scope
+        for scope in (NAMESPACE_SCOPE, function_scope(spec.name))
+        if generations.fresh(scope) is None
+    )
+    if scopes:
+        await _read_generations(generations, tier, scopes)
     return spec.key(namespace, generations, args, kwargs)
 
 
-async def _read_generation(generations: Generations, tier: AsyncRedisTier, scope: str) -> None:
+async def _read_generations(
+    generations: Generations, tier: AsyncRedisTier, scopes: tuple[str, ...]
+) -> None:
     try:
-        stored = await tier.generation(scope)
+        stored = await tier.generations(scopes)
     except TierUnavailable:
-        generations.unreadable(scope)
+        for scope in scopes:
+            generations.unreadable(scope)
         return
+    for scope, value in zip(scopes, stored, strict=True):
+        await _accept(generations, tier, scope, value)
+
+
+async def _accept(generations: Generations, tier: AsyncRedisTier, scope: str, stored: int) -> None:
     used = generations.accept(scope, stored)
     if used > stored:
         # The store lost the counter: write back the one this process knows.
