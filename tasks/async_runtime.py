@@ -23,6 +23,7 @@ from typing import Any
 from tiercel.core.cache.async_cache import AsyncCache
 from tiercel.core.cache.async_coordinator import AsyncFleetCoordinator
 from tiercel.core.cache.async_shared_reads import SharedReads
+from tiercel.core.cache.async_shared_waits import SharedWaits
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.tier.async_connections import async_client_from_url
@@ -58,9 +59,10 @@ class AsyncRuntime:
         self.coordinator = AsyncFleetCoordinator(
             self.tier, self.leases, self.listener, max_wait=settings.task_time_limit
         )
-        #: Awaiters of one key (one task) share one read of it, and one backend check.
+        #: Awaiters of one key share one read of it.
         self.reads: SharedReads[Lookup | None] = SharedReads()
-        self.ready_checks: SharedReads[bool] = SharedReads()
+        #: Awaiters of one pending computation (key and task) share one wait for it.
+        self.waits: SharedWaits[Any] = SharedWaits()
         #: Concurrent submits of one key share one in-flight claim (the winner's task id).
         self.claims: SharedReads[str] = SharedReads()
         encode = process.tier.encode_entry

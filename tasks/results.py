@@ -189,9 +189,43 @@ class CachedResult:
         listener = loop.listener
         if not listener.connected:
             return await asyncio.to_thread(pending.get, timeout=timeout)
+        if timeout is not None and timeout <= 0:
+            # Not waiting at all: one read answers, as the blocking get's first look.
+            spec = self._spec
+            cache = loop.cache.with_levels(spec.levels if spec is not None else None)
+            found = await cache.lookup(self.key)
+            if found is not None and self._usable(found):
+                self._value = found.value
+                return self._settled(self._value)
+            raise CeleryTimeoutError("The operation timed out.")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # One wait per pending computation and loop, shared by every awaiter of it
+        # (tiercel.core.cache.async_shared_waits): the write wakes one waiter, not 200.
+        try:
+            found = await loop.waits.wait(
+                (self.key, pending.id), lambda: self._await_value(loop, runtime), timeout
+            )
+        except TimeoutError:
+            raise CeleryTimeoutError("The operation timed out.") from None
+        if found is MISSING:  # the result backend answers: failed, uncached, or no channel
+            return await asyncio.to_thread(pending.get, timeout=_left(deadline))
+        self._value = found
+        return self._settled(found)
+
+    async def _await_value(self, loop: Any, runtime: Any) -> Any:
+        """Wait (with no deadline: each awaiter has its own) until the cache holds a
+        usable value (returned), or until the result backend must answer (MISSING).
+
+        The same checks as the blocking wait: woken by the channel, the backend
+        asked once per wake-up or one-second slice, a lost message re-published.
+        """
+        import asyncio
+
+        pending = self._async
+        assert pending is not None
+        listener = loop.listener
         spec = self._spec
         cache = loop.cache.with_levels(spec.levels if spec is not None else None)
-        deadline = None if timeout is None else time.monotonic() + timeout
         after = (
             runtime.settings.republish_after
             if self._republish_after is None
@@ -201,33 +235,22 @@ class CachedResult:
         with listener.waiter(self.key) as waiter:
             while True:
                 if not listener.connected:
-                    # No notifications while the channel is down: the backend answers.
-                    return await asyncio.to_thread(pending.get, timeout=_left(deadline))
-                # Shared with this loop's other awaiters of the key, when issued after
-                # this one's last wake-up (see tiercel.core.cache.async_shared_reads).
+                    return MISSING  # no notifications while the channel is down
+                # Shared with this loop's other reads of the key, when issued after
+                # this wait's last wake-up (see tiercel.core.cache.async_shared_reads).
                 found = await loop.reads.read(
                     self.key, waiter.since, listener.epoch, lambda: cache.lookup(self.key)
                 )
                 if found is not None and self._usable(found):
-                    self._value = found.value
-                    return self._settled(self._value)
-                ready = await loop.ready_checks.read(
-                    pending.id,
-                    waiter.since,
-                    listener.epoch,
-                    lambda: asyncio.to_thread(pending.ready),
-                )
-                if ready:
-                    return await asyncio.to_thread(pending.get, timeout=_left(deadline))
+                    return found.value
+                if await asyncio.to_thread(pending.ready):
+                    return MISSING
                 if self._resubmit is not None and after > 0 and time.monotonic() >= next_check:
                     next_check = time.monotonic() + after
                     await asyncio.to_thread(self._republish_if_lost, runtime, after)
-                left = _left(deadline)
-                if left is not None and left <= 0:
-                    raise CeleryTimeoutError("The operation timed out.")
                 # A slice, not a poll: every outcome wakes the waiter at once.
-                if await waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
-                    return await asyncio.to_thread(pending.get, timeout=_left(deadline))
+                if await waiter.wait(1.0) == "f":
+                    return MISSING
 
     def __await__(self) -> Any:
         """``await result`` is ``await result.aget()`` (no timeout)."""

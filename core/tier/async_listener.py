@@ -49,30 +49,41 @@ class AsyncWaiter:
     last woken: a read started at that epoch or later saw everything it was woken for.
     """
 
-    __slots__ = ("_event", "_kind", "_listener", "key", "since")
+    __slots__ = ("_future", "_kind", "_listener", "key", "since")
 
     def __init__(self, listener: AsyncListener, key: str) -> None:
         self._listener = listener
         self.key = key
-        self._event = asyncio.Event()
+        #: What woke it since its last wait (None: nothing yet).
         self._kind: str | None = None
+        #: The future a wait in progress awaits: one future and, with a timeout, one
+        #: timer per wait, so 200 waiters woken at once cost 200 task steps, no more.
+        self._future: asyncio.Future[None] | None = None
         self.since = listener.epoch
 
     def _wake(self, kind: str) -> None:
         if self._kind is None:
             self._kind = kind
         self.since = self._listener.epoch
-        self._event.set()
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
 
     async def wait(self, timeout: float | None) -> str | None:
         """Wait for a wake-up (its kind) or ``timeout`` seconds (None)."""
         if not self._listener.connected:
             timeout = UNSUBSCRIBED_POLL if timeout is None else min(timeout, UNSUBSCRIBED_POLL)
-        if not self._event.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event.wait(), timeout)
+        if self._kind is None:
+            loop = asyncio.get_running_loop()
+            future = self._future = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, future)
+            try:
+                await future
+            finally:
+                self._future = None
+                if timer is not None:
+                    timer.cancel()
         kind, self._kind = self._kind, None
-        self._event.clear()
         return kind
 
     def __enter__(self) -> AsyncWaiter:
@@ -85,6 +96,11 @@ class AsyncWaiter:
         tb: TracebackType | None,
     ) -> None:
         self._listener._deregister(self)
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class AsyncListener:

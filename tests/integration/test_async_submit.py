@@ -131,18 +131,29 @@ def test_await_result_and_a_timeout_as_the_sync_api_raises(
 ) -> None:
     n, counter = fresh()
 
-    async def main() -> tuple[bool, Any]:
+    async def main() -> tuple[list[str], list[Any], Any]:
         pending = await counted_square.asubmit(n, counter, 1500)
-        timed_out = False
-        try:
-            await pending.aget(timeout=0.2)
-        except CeleryTimeoutError:
-            timed_out = True
-        return timed_out, await pending  # no timeout: waits for the worker
+        joined = [await counted_square.asubmit(n, counter, 1500) for _ in range(3)]
+        late = await counted_square.asubmit(n, counter, 1500)  # pending: read after the write
+        outcomes: list[str] = []
 
-    timed_out, value = run(main)
-    assert timed_out is True
-    assert value == n * n
+        async def impatient(result: Any, timeout: float) -> None:
+            try:
+                await result.aget(timeout=timeout)
+            except CeleryTimeoutError:
+                outcomes.append(f"timed out after {timeout}")
+
+        # Awaiters of one computation share one wait, each with its own timeout: those
+        # that give up leave the others waiting.
+        patient = asyncio.gather(*(result.aget(timeout=30) for result in joined))
+        await asyncio.gather(impatient(pending, 0.2), impatient(late, 0))
+        values = await patient
+        return outcomes, [*values, await pending, await late.aget(timeout=0)], late.source
+
+    outcomes, values, late_source = run(main)
+    assert sorted(outcomes) == ["timed out after 0", "timed out after 0.2"]
+    assert values == [n * n] * 5, "no timeout, or 0 once written: the value"
+    assert late_source == "joined"
     assert int(cache_client.get(counter) or 0) == 1
 
 
