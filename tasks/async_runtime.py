@@ -27,9 +27,11 @@ from tiercel.core.cache.async_shared_waits import SharedWaits
 from tiercel.core.cache.lookup import Lookup
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.tier.async_connections import async_client_from_url
+from tiercel.core.tier.async_get_pipeline import pipeline_for_url
 from tiercel.core.tier.async_leases import AsyncLeases
 from tiercel.core.tier.async_listener import AsyncListener
 from tiercel.core.tier.async_tier import AsyncRedisTier
+from tiercel.core.tier.connections import keepalive_options
 from tiercel.tasks import runtime
 
 __all__ = ["AsyncRuntime", "close", "current"]
@@ -52,7 +54,14 @@ class AsyncRuntime:
         )
         channel = channel_name(settings.namespace)
         self.tier = AsyncRedisTier(
-            self.client, namespace=settings.namespace, breaker=process.tier.breaker
+            self.client,
+            namespace=settings.namespace,
+            breaker=process.tier.breaker,
+            gets=pipeline_for_url(
+                settings.cache_url,
+                socket_timeout=settings.redis_timeout,
+                keepalive=keepalive_options(settings.staleness_bound),
+            ),
         )
         self.leases = AsyncLeases(self.client, ttl=settings.lease_ttl, channel=channel)
         self.listener = AsyncListener(self.client, channel)

@@ -28,6 +28,7 @@ from tiercel.core.cache.async_singleflight import AsyncSingleFlight
 from tiercel.core.cache.lookup import SOURCE_JOINED, CacheState, Lookup
 from tiercel.core.cache.miss_loop import Encoder
 from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.encoding.entry import Entry
 from tiercel.core.tier.async_tier import AsyncRedisTier
 
 __all__ = ["AsyncCache", "AsyncCompute"]
@@ -60,6 +61,10 @@ class AsyncCache:
         self._misses = AsyncMissLoop(fleet, self._state, encode, book=cache.misses)
         self._views: dict[tuple[str, ...], AsyncCache] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: Redis answers not yet copied into the local levels (see :meth:`lookup_remote`):
+        #: key -> (the levels it goes to, its entry, its value, drops when it was read).
+        #: Shared with the views; emptied on the loop's next turn.
+        self._promotions: dict[str, tuple[MultiLevelCache, Entry, Any, int]] = {}
 
     @property
     def default_ttl(self) -> float:
@@ -84,22 +89,48 @@ class AsyncCache:
 
     def lookup_local(self, key: str) -> Lookup | None:
         """The value of ``key`` from this process's levels, promoted; no I/O, no await."""
+        if self._promotions:
+            self._promote(key)
         return self.cache.lookup(key, remote=False)
 
     async def lookup(self, key: str) -> Lookup | None:
         """The value of ``key`` from the fastest tier holding it; None on a miss."""
-        found = self.cache.lookup(key, remote=False)
+        found = self.lookup_local(key)
         if found is not None:
             return found
         return await self.lookup_remote(key)
 
     async def lookup_remote(self, key: str) -> Lookup | None:
-        """The value of ``key`` from the Redis tier (promoted locally); None on a miss."""
-        drops = self.cache.drops
+        """The value of ``key`` from the Redis tier (promoted locally); None on a miss.
+
+        The answer is returned before its copy into the local levels is made: the
+        copy is made on the loop's next turn, while the loop would wait for I/O
+        anyway (a caller awaiting its next read overlaps it), or at once by a local
+        lookup of the same key that comes first. As with an immediate copy, a local
+        drop (an invalidation, a write) since the read began cancels it.
+        """
+        cache = self.cache
+        drops = cache.drops
         entry = await self.tier.get_entry(key)
         if entry is None:
             return None
-        return self.cache.accept_entry(key, entry, promote=drops == self.cache.drops)
+        found = cache.accept_entry(key, entry, promote=False)
+        if found is not None and cache.levels and drops == cache.drops:
+            if not self._promotions:
+                asyncio.get_running_loop().call_soon(self._promote_all)
+            self._promotions[key] = (cache, entry, found.value, drops)
+        return found
+
+    def _promote(self, key: str) -> None:
+        promotion = self._promotions.pop(key, None)
+        if promotion is not None:
+            levels, entry, value, drops = promotion
+            if drops == levels.drops:
+                levels.promote_entry(key, value, entry)
+
+    def _promote_all(self) -> None:
+        for key in list(self._promotions):
+            self._promote(key)
 
     async def get(self, key: str, *, default: Any = None) -> Any:
         """The cached value, or ``default`` (keyword-only, as in the blocking cache)."""

@@ -274,6 +274,18 @@ class MultiLevelCache:
             )
         return Lookup(value, SOURCE_REDIS, ttl, entry.compute_seconds)
 
+    def promote_entry(self, key: str, value: Any, entry: Entry) -> None:
+        """Copy ``value``, decoded from ``entry`` (read from the Redis tier), into the local
+        levels for what is left of its TTL: :meth:`accept_entry`'s promotion, made later."""
+        if not self.levels:
+            return
+        ttl = entry.remaining_ttl(self._wall_clock())
+        if ttl is not None and ttl <= 0:
+            return
+        self._promote(
+            len(self.levels), key, value, entry.payload, ttl, entry.tags, entry.compute_seconds
+        )
+
     def local_trust_remaining(self) -> float:
         """Seconds this process's levels may still answer (infinite without ``trust``);
         a memo in front of the cache keeps an answer no longer than this."""

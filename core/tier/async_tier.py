@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.errors import CodecError, TierUnavailable
 from tiercel.core.tier import scripts, tag_index
+from tiercel.core.tier.async_get_pipeline import GetPipeline
 from tiercel.core.tier.breaker import CircuitBreaker
 from tiercel.core.tier.lease_calls import ms
 from tiercel.core.tier.redis_tier import generation_key
@@ -36,8 +37,17 @@ _OUTAGE_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError)
 class AsyncRedisTier:
     """Entries, tag indexes and generation counters of ``namespace`` over ``client``."""
 
-    def __init__(self, client: aioredis.Redis, *, namespace: str, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        namespace: str,
+        breaker: CircuitBreaker,
+        gets: GetPipeline | None = None,
+    ) -> None:
         self.client = client
+        #: Where entries are read (the hit path's GETs), when not through ``client``.
+        self.gets = gets
         self.namespace = namespace
         self.breaker = breaker
         self._delete_if_equal = scripts.register_async(client, "delete_if_equal")
@@ -54,8 +64,12 @@ class AsyncRedisTier:
         if not self.breaker.allow():
             self.short_circuited += 1
             return None
+        gets = self.gets
         try:
-            raw = cast(bytes | None, await self.client.get(key))
+            if gets is not None and not gets.full:
+                raw = await gets.get(key)
+            else:
+                raw = cast(bytes | None, await self.client.get(key))
         except _OUTAGE_ERRORS:
             self.errors += 1
             self.breaker.record_failure()
@@ -178,5 +192,7 @@ class AsyncRedisTier:
         }
 
     async def close(self) -> None:
-        """Close the client and its pool."""
+        """Close the client, its pool and the GET connection."""
+        if self.gets is not None:
+            await self.gets.close()
         await self.client.aclose()

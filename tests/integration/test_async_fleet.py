@@ -221,3 +221,33 @@ def test_the_awaiting_miss_loop_counts_why_it_computed(redis_client: redis.Redis
 
 async def _value(n: int) -> int:
     return n
+
+
+def test_a_redis_answer_is_promoted_on_the_next_turn_or_when_looked_up_first(
+    redis_client: redis.Redis,
+) -> None:
+    keys = [value_key() for _ in range(3)]
+
+    async def main() -> list[Any]:
+        async with Stack(_url(redis_client), breaker=CircuitBreaker()) as stack:
+            for n, key in enumerate(keys):
+                redis_client.set(key, stack._encoder.encode_entry(n, ttl=60)[1])  # type: ignore[index]
+            level = stack.local.levels[0]
+            seen: list[Any] = []
+            # Answered from Redis; the local copy comes on the loop's next turn...
+            first = await stack.cache.lookup(keys[0])
+            seen.append((first and first.source, keys[0] in level))
+            await asyncio.sleep(0)
+            seen.append(keys[0] in level)
+            # ... or at once, when a local lookup of the same key comes first.
+            await stack.cache.lookup_remote(keys[1])
+            again = stack.cache.lookup_local(keys[1])
+            seen.append(again and (again.source, again.value))
+            # A local drop since the read began (an invalidation) cancels the copy.
+            await stack.cache.lookup_remote(keys[2])
+            stack.local.clear_local()
+            await asyncio.sleep(0)
+            seen.append(keys[2] in level)
+            return seen
+
+    assert asyncio.run(main()) == [("redis", False), True, ("memory", 1), False]
