@@ -110,9 +110,9 @@ def test_waiting_messages_are_counted_and_an_undeclared_queue_counts_0() -> None
     _publish(app, queue, 3)
     lengths = read_lengths(app, [f"{queue}-never", queue, f"{queue}-nor"], connect_timeout=1)
     assert lengths == {f"{queue}-never": 0, queue: 3, f"{queue}-nor": 0}
-    with app.connection_for_read() as connection:  # passive: nothing was declared
-        with pytest.raises(connection.channel_errors):
-            connection.channel().queue_declare(queue=f"{queue}-never", passive=True)
+    # Passive: nothing was declared.
+    with app.connection_for_read() as connection, pytest.raises(connection.channel_errors):
+        connection.channel().queue_declare(queue=f"{queue}-never", passive=True)
 
 
 def test_the_collector_serves_one_gauge_per_routed_queue() -> None:
