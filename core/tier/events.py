@@ -171,7 +171,8 @@ class ChannelProbe:
     listener measures (:meth:`delay`) is the delay an invalidation published at
     that moment would have met before the listener acted on it. The two clocks
     are two hosts' when publisher and listener run on different nodes: their
-    skew is part of the figure (a clock behind the publisher's reads as 0).
+    skew is part of the figure (a listener's clock behind the publisher's makes
+    it read low, at worst 0; one ahead, high).
     """
 
     sent: float
