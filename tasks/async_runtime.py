@@ -64,7 +64,9 @@ class AsyncRuntime:
             ),
         )
         self.leases = AsyncLeases(self.client, ttl=settings.lease_ttl, channel=channel)
-        self.listener = AsyncListener(self.client, channel)
+        self.listener = AsyncListener(
+            self.client, channel, on_delivery=process.delivered("asyncio")
+        )
         self.coordinator = AsyncFleetCoordinator(
             self.tier, self.leases, self.listener, max_wait=settings.task_time_limit
         )

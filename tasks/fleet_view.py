@@ -4,7 +4,8 @@
 :data:`~tiercel.tasks.metrics.STALE_INTERVALS` intervals (MGET, in bounded
 batches), merges them with :func:`tiercel.core.metrics.snapshots.merge_snapshots`
 and summarises per node, process, task and tier (:func:`build_view`), with
-computations by miss reason and duplicate computations by cause. A
+computations by miss reason and duplicate computations by cause, and the
+delivery probes each process heard (``invalidation_delivery``). A
 process that died stops publishing and leaves the view after 2 intervals (its
 key expires after 3).
 """
@@ -26,6 +27,7 @@ from tiercel.core.metrics.names import (
     COMPUTE_SECONDS,
     COMPUTE_SECONDS_SAVED,
     DUPLICATE_COMPUTATIONS,
+    INVALIDATION_DELIVERY_SECONDS,
     MISSES,
     REDIS_HITS,
     REDIS_MISSES,
@@ -136,6 +138,8 @@ def summarize(snapshot: Mapping[str, Any]) -> dict[str, Any]:
         "tiers": tiers,
         "misses": _by_label(snapshot, MISSES, "reason"),
         "duplicates": _by_label(snapshot, DUPLICATE_COMPUTATIONS, "cause"),
+        # Delivery probes heard (count) and their delay, over every listener.
+        "invalidation_delivery": _latency(snapshot, INVALIDATION_DELIVERY_SECONDS),
     }
 
 

@@ -16,7 +16,10 @@ Periodic tasks (scheduled by :mod:`tiercel.workers.schedule`; exactly one beat p
   could ever release them) and removes tag-index members whose value expired.
 * ``tiercel.metrics.aggregate`` merges the live per-process snapshots into the
   fleet view (:mod:`tiercel.tasks.fleet_view`), returns it as its result and records
-  its task id under :func:`tiercel.tasks.publisher.latest_key`.
+  its task id under :func:`tiercel.tasks.publisher.latest_key`. It first publishes
+  one delivery probe (``p|<sent>``) on the invalidation channel: every listener
+  that hears it records the delay in ``tiercel_invalidation_delivery_seconds``,
+  and the next snapshots bring those figures to the next aggregation.
 
 Each runs under :func:`periodic_lock` (``SET NX PX`` on
 ``{ns}:periodic:{name}``, released by compare-and-delete): a second run that
@@ -208,6 +211,22 @@ def _prune_tag(client: Any, tag_key: str, batch: int, deadline: float) -> int:
             return removed
 
 
+def _probe_delivery(rt: runtime.Runtime) -> int | None:
+    """Publish one delivery probe; how many subscribers got it (None: it failed).
+
+    Sent before the aggregation reads the snapshots: this run's probe reaches the
+    next view either way (each process records it, then publishes it with its next
+    snapshot), and sent first it is never late by the aggregation's own reads. One
+    run in every aggregation period, under the lock, so the figures' rate is fixed.
+    A failure (cache tier down) never fails the aggregation.
+    """
+    try:
+        return rt.notifier.publish(events.ChannelProbe(time.time()).encode())
+    except redis.RedisError as exc:
+        log.warning("publishing the delivery probe failed: %s", exc)
+        return None
+
+
 @shared_task(name="tiercel.metrics.aggregate", base=QuietTask, bind=True)
 def aggregate(self: Any) -> dict[str, Any]:
     """Merge every live process's snapshot into the fleet view; the view is the result.
@@ -223,7 +242,9 @@ def aggregate(self: Any) -> dict[str, Any]:
     ) as held:
         if not held:
             return _skipped("aggregation")
+        receivers = _probe_delivery(rt)
         view = fleet_view.aggregate(client, settings.namespace, settings.metrics_interval)
+    view["probe_receivers"] = receivers
     task_id = getattr(self.request, "id", None)
     if task_id:
         view["task_id"] = task_id

@@ -23,6 +23,7 @@ import atexit
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from tiercel.core.cache.coordinator import FleetCoordinator
@@ -38,6 +39,7 @@ from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.local.memory_budget import fits_max_memory_per_child
 from tiercel.core.metrics.collectors import register_cache
 from tiercel.core.metrics.monitor import PerformanceMonitor
+from tiercel.core.metrics.names import INVALIDATION_DELIVERY_SECONDS
 from tiercel.core.metrics.registry import MetricsRegistry
 from tiercel.core.settings import Settings, resolve_settings
 from tiercel.core.tier.breaker import CircuitBreaker
@@ -112,6 +114,7 @@ class Runtime:
             on_sweep=self.sweep_requested.set,
             liveness=self.liveness,
             on_inspect=lambda key, reply: self.inspector(key, reply),
+            on_delivery=self.delivered("notifier"),
         )
         self.coordinator = FleetCoordinator(
             self.tier,
@@ -181,6 +184,15 @@ class Runtime:
         self.node = node
         #: Whether the invalidation listener was subscribed when :meth:`start` returned.
         self.listening = False
+
+    def delivered(self, listener: str) -> Callable[[float], None]:
+        """What a listener of this process (``notifier``, ``asyncio``) calls with a delivery
+        probe's delay: one observation in this process's delivery sketch."""
+
+        def observe(seconds: float) -> None:
+            self.metrics.observe(INVALIDATION_DELIVERY_SECONDS, seconds, listener=listener)
+
+        return observe
 
     def _on_done(self, key: str) -> None:
         # A newer value of ``key`` exists elsewhere, unless it is this process's own.

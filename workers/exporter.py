@@ -3,7 +3,12 @@
 Every scrape reads the newest `tiercel.metrics.aggregate` result (cached for
 a few seconds): counters as `tiercel_*_total`, gauges summed over the fleet,
 latencies as summaries in seconds with quantiles 0.5, 0.9 and 0.99 from the
-merged sketches (true fleet percentiles). Binds 127.0.0.1 unless told otherwise.
+merged sketches (true fleet percentiles), each also as a `_histogram` with
+buckets. Beside the view: `tiercel_staleness_bound_seconds` (TIERCEL_STALENESS_BOUND,
+to compare invalidation delivery with) and `tiercel_queue_length{queue}`,
+messages waiting in each broker queue the app routes to, read from the broker
+(cached a few seconds; a broker that does not answer within 2 s serves none).
+Binds 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +24,15 @@ import click
 
 from tiercel.workers.options import Port
 
-__all__ = ["FleetCollector", "command", "families", "run", "serve"]
+__all__ = [
+    "STALENESS_BOUND",
+    "FleetCollector",
+    "command",
+    "families",
+    "run",
+    "serve",
+    "staleness_bound",
+]
 
 log = logging.getLogger("tiercel.exporter")
 
@@ -49,6 +62,8 @@ HISTOGRAM_BOUNDS = (
 )
 #: Suffix of a latency's histogram family beside its summary of the same name.
 HISTOGRAM_SUFFIX = "_histogram"
+#: Gauge: the staleness bound (TIERCEL_STALENESS_BOUND), seconds.
+STALENESS_BOUND = "tiercel_staleness_bound_seconds"
 
 
 def families(view: dict[str, Any]) -> Iterator[Any]:
@@ -146,14 +161,38 @@ class FleetCollector:
         view = self.view()
         if view is not None:
             yield from families(view)
+        yield staleness_bound(self.settings)
 
 
-def serve(settings: Any, address: str, port: int) -> Any:
-    """Start serving on ``address:port`` in a thread; returns the HTTP server."""
+def staleness_bound(settings: Any) -> Any:
+    """The :data:`STALENESS_BOUND` gauge: the bound invalidation delivery is held to.
+
+    The exporter's own setting, which a deployment shares with its workers (one
+    ``TIERCEL_STALENESS_BOUND``, or one app's ``init_app`` settings).
+    """
+    from prometheus_client.core import GaugeMetricFamily
+
+    return GaugeMetricFamily(
+        STALENESS_BOUND,
+        "TIERCEL_STALENESS_BOUND: the longest a local level may answer after an invalidation",
+        value=settings.staleness_bound,
+    )
+
+
+def serve(settings: Any, address: str, port: int, *, app: Any = None) -> Any:
+    """Start serving on ``address:port`` in a thread; returns the HTTP server.
+
+    ``app`` is the Celery app whose queues are measured (default: the running
+    command's, :func:`tiercel.workers.command_app.command_app`).
+    """
     from prometheus_client import CollectorRegistry, start_http_server
+
+    from tiercel.workers.command_app import command_app
+    from tiercel.workers.queue_lengths import QueueLengthCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FleetCollector(settings))
+    registry.register(QueueLengthCollector(app if app is not None else command_app()))
     server, _thread = start_http_server(port, addr=address, registry=registry)
     return server
 

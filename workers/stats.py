@@ -1,7 +1,8 @@
 """The fleet's aggregated metrics: requests and hit ratio per tier, fleet-wide
 latency percentiles (merged sketches, so true percentiles), compute seconds
 saved, why values were computed (miss reasons) and duplicate computations,
-per task, per node and per process.
+per task, per node and per process, and how long invalidations take to reach
+each process (the delay of beat's delivery probes).
 
 Reads the newest `tiercel.metrics.aggregate` result (beat runs one every
 TIERCEL_AGGREGATE_INTERVAL seconds). With none yet it says so in one line and
@@ -49,6 +50,13 @@ def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:,.2f}"
 
 
+def _delivery(figures: dict[str, Any] | None) -> str:
+    """The head's clause on invalidation delivery (beat's probes), if any were heard."""
+    if not figures:
+        return ""
+    return f"invalidation delivery p99 {_ms(figures.get('p99'))} ms; "
+
+
 def _counts(counts: dict[str, float]) -> str:
     """``name count`` pairs, largest first."""
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
@@ -68,7 +76,7 @@ def render(view: dict[str, Any]) -> Any:
         f"process(es), {fleet.get('clients', 0)} client(s); "
         f"{fleet['requests']:,.0f} requests, {fleet['computed']:,.0f} computed; "
         f"compute seconds saved {fleet['compute_seconds_saved']:,.1f}; "
-        f"aggregated {age:.0f}s ago",
+        f"{_delivery(fleet.get('invalidation_delivery'))}aggregated {age:.0f}s ago",
         style="bold",
     )
 
@@ -145,9 +153,19 @@ def render(view: dict[str, Any]) -> Any:
         )
 
     processes = Table(title="per node and process (clients count the hits they answered)")
-    for column in ("node", "role", "pid", "requests", "computed", "saved s", "snapshot age s"):
+    for column in (
+        "node",
+        "role",
+        "pid",
+        "requests",
+        "computed",
+        "saved s",
+        "delivery max ms",
+        "snapshot age s",
+    ):
         processes.add_column(column, justify="left" if column in ("node", "role") else "right")
     for process in view["processes"]:
+        delivery = process.get("invalidation_delivery") or {}
         processes.add_row(
             process["node"],
             process.get("role", "worker"),
@@ -155,6 +173,7 @@ def render(view: dict[str, Any]) -> Any:
             f"{process['requests']:,.0f}",
             f"{process['computed']:,.0f}",
             f"{process['compute_seconds_saved']:,.1f}",
+            _ms(delivery.get("max")),
             f"{process['age']:.1f}" if process.get("age") is not None else "-",
         )
     retired = view.get("retired")
@@ -166,6 +185,7 @@ def render(view: dict[str, Any]) -> Any:
             f"{retired['requests']:,.0f}",
             f"{retired['computed']:,.0f}",
             f"{retired['compute_seconds_saved']:,.1f}",
+            "-",
             "-",
         )
     shown: list[Any] = [head, tiers, latency, *([timers] if view.get("timers") else []), tasks]

@@ -26,6 +26,7 @@ __all__ = [
     "COMPUTE_SECONDS",
     "COMPUTE_SECONDS_SAVED",
     "DUPLICATE_COMPUTATIONS",
+    "INVALIDATION_DELIVERY_SECONDS",
     "METRICS_COLLECTOR_ERRORS",
     "METRICS_OVERFLOW",
     "MISSES",
@@ -102,6 +103,11 @@ POOL_TIMEOUTS: Final = "tiercel_pool_timeouts_total"
 #: Sketch: seconds to answer one request, by where the answer came from [source]
 #: (a level name, ``redis``, ``computed`` or ``joined``).
 REQUEST_SECONDS: Final = "tiercel_request_seconds"
+#: Sketch: seconds a delivery probe (``p|<sent>``) took from its publisher's clock to a
+#: listener of this process [listener] (``notifier``: the process's channel thread, which
+#: drops local copies; ``asyncio``: an event loop's subscription, which wakes awaiters).
+#: The delay an invalidation published at that moment met; hosts' clock skew enters it.
+INVALIDATION_DELIVERY_SECONDS: Final = "tiercel_invalidation_delivery_seconds"
 #: Counter: observations recorded in a metric's overflow series [metric].
 METRICS_OVERFLOW: Final = "tiercel_metrics_overflow_total"
 #: Counter: collectors or gauge callbacks that raised during a snapshot.

@@ -8,6 +8,13 @@ waiters: evicting this process's local levels stays the job of the process's
 own :class:`~tiercel.core.tier.notifier.Notifier`, which hears the same
 messages.
 
+It also times delivery probes (``p|<sent>``,
+:class:`~tiercel.core.tier.events.ChannelProbe`): ``on_delivery`` gets
+``max(0, time.time() - sent)``, the delay a message published at ``sent`` met
+on this loop's subscription before it could wake a waiter (the sender's and
+this host's clocks both enter it). The process's runtime records it in the
+same process metrics as its notifier's, under its own label.
+
 As with the blocking notifier, a waiter registers *before* re-reading the
 value (no lost wake-up), and every answer of :meth:`AsyncWaiter.wait` means
 "re-check the value and the lease": ``"d"``, ``"f"``, ``"i"``, ``"r"`` (the
@@ -21,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -106,9 +115,19 @@ def _expire(future: asyncio.Future[None]) -> None:
 class AsyncListener:
     """One subscription to ``channel`` on ``client``, served by one task of this loop."""
 
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        channel: str,
+        *,
+        on_delivery: Callable[[float], object] | None = None,
+    ) -> None:
         self.client = client
         self.channel = channel
+        #: Called with a delivery probe's delay in seconds; keep it quick. An exception
+        #: in it is logged and counted (``handler_errors``), never fatal.
+        self.on_delivery = on_delivery
+        self.handler_errors = 0
         self._waiters: dict[str, set[AsyncWaiter]] = {}
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -220,7 +239,18 @@ class AsyncListener:
                 self._wake(key, events.Invalidated.KIND)
             case events.Cleared():
                 self._wake_all(events.Invalidated.KIND)
+            case events.ChannelProbe() as probe:
+                self._delivered(probe.delay(time.time()))
             case events.Unknown():
                 self.malformed += 1
             case _:
                 pass  # tags, generations, sweeps: the process's notifier handles them
+
+    def _delivered(self, seconds: float) -> None:
+        if self.on_delivery is None:
+            return
+        try:
+            self.on_delivery(seconds)
+        except Exception:
+            self.handler_errors += 1
+            log.exception("delivery handler %r failed", self.on_delivery)

@@ -18,6 +18,9 @@ string, ``<kind>|<body>``:
 ``q|<reply>|<key>``        :class:`InspectRequested`: say whether your local levels hold
                            ``key``, on the reply list ``reply`` names (``tiercel cache
                            inspect``; the reply id holds no ``|``, the key may)
+``p|<sent>``               :class:`ChannelProbe`: a delivery probe, ``sent`` the publisher's
+                           ``time.time()`` (a float, in ``repr`` form); each listener that
+                           hears it records ``now - sent`` as its delivery latency
 
 This is a wire format between the processes of a running fleet, old and new
 versions alike: change it only together with a way to migrate. The Lua
@@ -27,14 +30,21 @@ lease) receive the message as an argument built here.
 Each event is a frozen dataclass whose :meth:`encode` is its message;
 :func:`decode` is the inverse and never raises: a message that is none of the
 above is :class:`Unknown`.
+
+``p|`` came after the others: a process from before it decodes a probe to
+:class:`Unknown`, counts it as malformed and ignores it, which is all the
+migration it needs (beat's aggregation sends one probe a period, so an old
+process's ``malformed`` count grows by one a period until it is upgraded).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Final, TypeAlias
 
 __all__ = [
+    "ChannelProbe",
     "Cleared",
     "Done",
     "Event",
@@ -49,6 +59,8 @@ __all__ = [
 ]
 
 _SEP: Final = "|"
+#: Longest probe body decoded (a float's ``repr`` is at most 24 characters).
+_MAX_PROBE_BODY: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +163,34 @@ class InspectRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ChannelProbe:
+    """A delivery probe: ``sent`` is the publisher's wall clock (``time.time()``) at publish.
+
+    It travels the channel, the subscription connection and the listener thread
+    that carry ``i|``, ``t|`` and ``g|``, in order with them, so the delay a
+    listener measures (:meth:`delay`) is the delay an invalidation published at
+    that moment would have met before the listener acted on it. The two clocks
+    are two hosts' when publisher and listener run on different nodes: their
+    skew is part of the figure (a listener's clock behind the publisher's makes
+    it read low, at worst 0; one ahead, high).
+    """
+
+    sent: float
+    KIND: ClassVar[str] = "p"
+
+    def encode(self) -> str:
+        """The message on the wire (``repr`` keeps every digit of the float)."""
+        if not math.isfinite(self.sent):
+            raise ValueError(f"a probe's send time is a finite number, got {self.sent!r}")
+        return f"{self.KIND}{_SEP}{self.sent!r}"
+
+    def delay(self, now: float) -> float:
+        """Seconds from the send to ``now`` (the listener's ``time.time()``); never below 0,
+        since a receiver's clock may be behind the sender's."""
+        return max(0.0, now - self.sent)
+
+
+@dataclass(frozen=True, slots=True)
 class Unknown:
     """A message that is none of the above (garbled, or from a newer version): ignore it."""
 
@@ -171,6 +211,7 @@ Event: TypeAlias = (
     | Cleared
     | SweepRequested
     | InspectRequested
+    | ChannelProbe
     | Unknown
 )
 
@@ -204,6 +245,9 @@ def decode(message: str | bytes) -> Event:
         if sep and reply:
             return InspectRequested(reply, key)
         return Unknown(text)
+    if kind == ChannelProbe.KIND:
+        probe = _probe(body)
+        return probe if probe is not None else Unknown(text)
     if kind == GenerationMoved.KIND:
         scope, sep, number = body.rpartition(_SEP)
         if sep:
@@ -212,3 +256,14 @@ def decode(message: str | bytes) -> Event:
             except ValueError:
                 pass
     return Unknown(text)
+
+
+def _probe(body: str) -> ChannelProbe | None:
+    """The probe a ``p|`` body names: a finite number (no NaN, no infinity), else None."""
+    if len(body) > _MAX_PROBE_BODY:
+        return None
+    try:
+        sent = float(body)
+    except ValueError:
+        return None
+    return ChannelProbe(sent) if math.isfinite(sent) else None

@@ -5,9 +5,18 @@ Every process subscribes one connection to its namespace's channel
 Messages are decoded by :mod:`tiercel.core.tier.events`, which holds the
 vocabulary (``d|<key>`` done, ``f|<key>`` failed, ``i|<key>`` invalidated,
 ``t|<tag>``, ``g|<scope>|<generation>``, ``c|`` cleared, ``s|`` sweep,
-``q|<reply>|<key>`` inspect); one
+``q|<reply>|<key>`` inspect, ``p|<sent>`` delivery probe); one
 that decodes to :class:`~tiercel.core.tier.events.Unknown` is counted in
 ``malformed`` and otherwise ignored.
+
+Delivery: a ``p|<sent>`` message (:class:`~tiercel.core.tier.events.ChannelProbe`,
+beat's aggregation publishes one a period) reaches ``on_delivery`` with
+``max(0, time.time() - sent)``: it came over the same channel, connection and
+thread as the invalidations, behind whatever they queued, so the figure is the
+delay an invalidation published at that moment met before this process dropped
+its copies. The sender's and this host's wall clocks both enter it (their skew
+is part of the figure). These are not the liveness probes below, which are
+``PING`` answers on this connection and measure nothing across processes.
 
 A waiting thread registers a :class:`Waiter` for its key *before* it
 re-reads the value, so a completion published in between is not lost, then
@@ -172,6 +181,7 @@ class Notifier:
         on_sweep: Callable[[], None] | None = None,
         liveness: ChannelLiveness | None = None,
         on_inspect: Callable[[str, str], object] | None = None,
+        on_delivery: Callable[[float], object] | None = None,
     ) -> None:
         self.client = client
         self.channel = channel
@@ -190,6 +200,9 @@ class Notifier:
         #: Called with ``(key, reply)`` on an inspect request (``q|``): say what the local
         #: levels hold of ``key`` on the reply list; a bounded, rare admin request.
         self.on_inspect = on_inspect
+        #: Called with the seconds a delivery probe (``p|``) took from its publisher's
+        #: clock to this listener's; keep it quick (record into a sketch).
+        self.on_delivery = on_delivery
         #: Advanced by every probe answer; None: no probes (only loud failures are seen).
         self.liveness = liveness
         # (token, monotonic send time) of the subscription and probes not answered yet,
@@ -502,6 +515,8 @@ class Notifier:
                 self._call(self.on_sweep)
             case events.InspectRequested(reply, key):
                 self._call(self.on_inspect, key, reply)
+            case events.ChannelProbe() as probe:
+                self._call(self.on_delivery, probe.delay(time.time()))
             case events.Unknown():
                 self.malformed += 1
             case unreachable:

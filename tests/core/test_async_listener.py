@@ -81,3 +81,39 @@ def test_a_waiter_knows_the_epoch_of_its_last_wake_up() -> None:
             assert waiter.since == hub.epoch == 3
 
     asyncio.run(main())
+
+
+def test_a_delivery_probe_reports_its_delay_and_wakes_nobody() -> None:
+    import time
+
+    delays: list[float] = []
+
+    async def main() -> str | None:
+        hub = AsyncListener(
+            aioredis.Redis.from_url("redis://127.0.0.1:1/0"), "ns:events", on_delivery=delays.append
+        )
+        hub.connected = True
+        with hub.waiter("k") as waiter:
+            hub._handle(
+                {"type": "message", "data": events.ChannelProbe(time.time() - 0.5).encode()}
+            )
+            hub._handle({"type": "message", "data": events.ChannelProbe(time.time() + 60).encode()})
+            woke = await waiter.wait(0)
+        assert hub.malformed == 0
+        return woke
+
+    assert asyncio.run(main()) is None
+    assert len(delays) == 2
+    assert 0.5 <= delays[0] < 5.0
+    assert delays[1] == 0.0, "a sender's clock ahead of ours reads as no delay"
+
+
+def test_a_failing_delivery_handler_is_counted_not_raised() -> None:
+    def explode(seconds: float) -> None:
+        raise RuntimeError("handler bug")
+
+    hub = AsyncListener(
+        aioredis.Redis.from_url("redis://127.0.0.1:1/0"), "ns:events", on_delivery=explode
+    )
+    hub._handle({"type": "message", "data": events.ChannelProbe(1.0).encode()})
+    assert hub.handler_errors == 1 and hub.received == 1

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import tiercel
 from tiercel.core.tier import events
 from tiercel.core.tier.events import (
+    ChannelProbe,
     Cleared,
     Done,
     Failed,
@@ -39,6 +40,8 @@ WIRE = [
     (SweepRequested(), "s|"),
     (InspectRequested("0f" * 16, "t:v:fn:1:{abc}"), f"q|{'0f' * 16}|t:v:fn:1:{{abc}}"),
     (InspectRequested("r1", "key|with|bars"), "q|r1|key|with|bars"),
+    (ChannelProbe(1764770000.25), "p|1764770000.25"),
+    (ChannelProbe(1764770000.123456), "p|1764770000.123456"),
 ]
 
 
@@ -52,7 +55,7 @@ def test_each_event_encodes_to_its_wire_message_and_back(event: events.Event, me
 def test_every_kind_is_pinned() -> None:
     kinds = {type(event) for event, _ in WIRE}
     assert kinds == set(events.Event.__args__) - {Unknown}
-    assert sorted(cls.KIND for cls in kinds) == ["c", "d", "f", "g", "i", "q", "s", "t"]
+    assert sorted(cls.KIND for cls in kinds) == ["c", "d", "f", "g", "i", "p", "q", "s", "t"]
 
 
 _text = st.text(st.characters(blacklist_categories=("Cs",)))
@@ -76,6 +79,25 @@ def test_generation_round_trips_any_scope(scope: str, generation: int) -> None:
 def test_inspect_requests_round_trip_any_key(reply: str, key: str) -> None:
     event = InspectRequested(reply, key)
     assert decode(event.encode()) == event
+
+
+@given(sent=st.floats(allow_nan=False, allow_infinity=False))
+def test_probes_round_trip_every_finite_send_time_exactly(sent: float) -> None:
+    event = ChannelProbe(sent)
+    assert decode(event.encode()) == event
+    assert decode(event.encode().encode()) == event
+
+
+@pytest.mark.parametrize("sent", [float("nan"), float("inf"), float("-inf")])
+def test_a_probe_without_a_finite_send_time_is_refused(sent: float) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        ChannelProbe(sent).encode()
+
+
+def test_a_probe_measures_its_delay_never_below_zero() -> None:
+    probe = ChannelProbe(100.0)
+    assert probe.delay(100.25) == 0.25
+    assert probe.delay(99.0) == 0.0, "a receiver's clock behind the sender's reads as 0"
 
 
 def test_a_reply_id_holding_the_separator_is_refused() -> None:
@@ -107,6 +129,13 @@ def test_events_are_frozen_values() -> None:
         "g|scope|" + "9" * 5000,  # past int()'s digit limit
         "q|no-key-separator",
         "q||no-reply-id",
+        "p|",
+        "p|soon",
+        "p|nan",
+        "p|inf",
+        "p|-inf",
+        "p|1.5|extra",
+        "p|" + "1" * 100,  # longer than any send time
     ],
 )
 def test_garbled_messages_decode_to_unknown(message: str) -> None:

@@ -251,3 +251,44 @@ def test_a_redis_answer_is_promoted_on_the_next_turn_or_when_looked_up_first(
             return seen
 
     assert asyncio.run(main()) == [("redis", False), True, ("memory", 1), False]
+
+
+def test_a_loops_listener_times_delivery_probes_into_its_process_metrics(
+    redis_client: redis.Redis,
+) -> None:
+    from tiercel.core.encoding.prefixes import channel_name
+    from tiercel.core.metrics.names import INVALIDATION_DELIVERY_SECONDS
+    from tiercel.core.settings import Settings
+    from tiercel.core.tier import events
+    from tiercel.tasks.async_runtime import AsyncRuntime
+    from tiercel.tasks.runtime import Runtime
+
+    namespace = f"probe-{uuid.uuid4().hex[:8]}"
+    process = Runtime(Settings(cache_url=_url(redis_client), namespace=namespace))
+
+    async def main() -> float | None:
+        loop_runtime = await AsyncRuntime(process).start()
+        try:
+            assert loop_runtime.listener.connected
+            sent = time.time()
+            redis_client.publish(channel_name(namespace), events.ChannelProbe(sent).encode())
+            deadline = time.monotonic() + 5
+            while True:
+                sketch = process.metrics.get_sketch(
+                    INVALIDATION_DELIVERY_SECONDS, listener="asyncio"
+                )
+                if sketch is not None and sketch.count:
+                    assert sketch.count == 1
+                    return sketch.max
+                assert time.monotonic() < deadline, "the probe never reached the loop"
+                await asyncio.sleep(0.01)
+        finally:
+            await loop_runtime.close()
+
+    try:
+        delay = asyncio.run(main())
+    finally:
+        process.close()
+    assert delay is not None and delay >= 0
+    # The process's own notifier was never started: only the loop heard it.
+    assert process.metrics.get_sketch(INVALIDATION_DELIVERY_SECONDS, listener="notifier") is None

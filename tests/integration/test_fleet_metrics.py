@@ -221,6 +221,86 @@ def test_timers_of_user_code_join_the_fleet_view_and_the_exporter(
     assert counted and counted[0].labels["timer"] == "fleet-test-work" and counted[0].value == 8
 
 
+def test_every_process_with_a_listener_times_the_aggregations_delivery_probes(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    from tiercel.tasks.maintenance import aggregate
+    from tiercel.tasks.runtime import Runtime
+
+    _, settings, queue = metered_fleet
+    client = Runtime(settings).start()  # a process that submits, listening too
+    try:
+        assert client.listening
+        deadline = time.monotonic() + 30
+        while True:
+            ran = aggregate.apply_async(queue=queue).get(timeout=30)
+            view = _view(settings)
+            heard = {(p["role"], p["pid"]): p["invalidation_delivery"] for p in view["processes"]}
+            workers = [key for key in heard if key[0] == "worker"]
+            if len(workers) == 4 and all(heard.values()):
+                break
+            assert time.monotonic() < deadline, f"probes never reached every process: {heard}"
+            time.sleep(0.2)
+        # Every worker process and this client subscribe to the channel.
+        assert ran["probe_receivers"] >= 5
+        assert ("client", os.getpid()) in heard
+        for process, delivery in heard.items():
+            assert delivery["count"] >= 1, process
+            assert 0 <= delivery["max"] < settings.staleness_bound, (process, delivery)
+        fleet = view["fleet"]["invalidation_delivery"]
+        assert fleet["count"] >= 5 and fleet["p99"] < settings.staleness_bound
+        # Each child's own channel thread heard it (the label names the listener).
+        labels = {
+            tuple(sorted(item["labels"].items()))
+            for item in view["merged"]["sketches"]
+            if item["name"] == "tiercel_invalidation_delivery_seconds"
+        }
+        assert labels == {(("listener", "notifier"),)}
+    finally:
+        client.close()
+
+
+def test_the_exporter_counts_the_messages_waiting_in_a_queue(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    import urllib.request
+
+    from celery import Celery
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tiercel.core.embedded.redis_server import free_port
+    from tiercel.workers.exporter import serve
+    from tiercel.workers.queue_lengths import read_lengths
+
+    _, settings, queue = metered_fleet
+    idle = f"{queue}-idle"  # no worker consumes it
+    app = Celery("idle-queue", broker=settings.broker_url, set_as_current=False)
+    app.conf.task_default_queue = idle
+    app.conf.task_queues = None
+    assert read_lengths(app, [idle], connect_timeout=5) == {idle: 0}, "not there yet"
+    for n in range(3):
+        app.send_task(SQUARE, (n, 1))
+    port = free_port()
+    server = serve(settings, "127.0.0.1", port, app=app)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    finally:
+        server.shutdown()
+        server.server_close()
+        with app.connection_for_write() as connection:
+            purged = connection.default_channel.queue_purge(idle)
+    lengths = {
+        sample.labels["queue"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tiercel_queue_length"
+    }
+    assert lengths == {idle: 3}
+    assert purged == 3
+    assert read_lengths(app, [idle], connect_timeout=5) == {idle: 0}
+
+
 MONITORING = os.path.join(os.path.dirname(__file__), "..", "..", "deploy", "monitoring")
 
 
@@ -258,10 +338,15 @@ def test_every_metric_the_dashboard_and_alert_rules_use_is_served(
     for n in range(120):  # computations, then hits: every process times 1 call in 16
         slow_square.apply_async((base + n % 6, 1), queue=queue).get(timeout=30)
     deadline = time.monotonic() + 30
+    wanted = {
+        "tiercel_request_seconds",
+        "tiercel_compute_seconds",
+        "tiercel_invalidation_delivery_seconds",  # the probe of an earlier run, in a snapshot
+    }
     while True:
         view = aggregate.apply_async(queue=queue).get(timeout=30)
         sketches = {item["name"] for item in view["merged"]["sketches"]}
-        if {"tiercel_request_seconds", "tiercel_compute_seconds"} <= sketches:
+        if wanted <= sketches:
             break
         assert time.monotonic() < deadline, sketches
         time.sleep(0.3)

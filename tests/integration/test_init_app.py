@@ -181,3 +181,59 @@ def test_tiercel_commands_run_as_a_celery_subcommand_of_the_projects_app(
     # The second `call` was answered from Redis by a short-lived client, which flushed
     # its figures on the way out.
     assert view["fleet"]["by_source"].get("redis", 0) >= 1, view["fleet"]
+
+
+def test_the_exporter_under_celery_measures_the_projects_own_queue(tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    from celery import Celery
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tiercel.core.embedded.redis_server import free_port
+
+    redis_url = os.environ["TIERCEL_CACHE_URL"]
+    tag = uuid.uuid4().hex[:8]
+    env = project_env(redis_url, f"first-steps-{tag}", f"fs{tag}")
+    sender = Celery("sender", broker=redis_url, set_as_current=False)
+    for n in range(2):  # no worker consumes this run's queue
+        sender.send_task("tasks.square", (n,), queue=env["PROJECT_QUEUE"])
+    port = free_port()
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks", "tiercel", "exporter", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as got:
+                    text = got.read().decode()
+                break
+            except OSError:
+                assert exporter.poll() is None, exporter.communicate()[1][-2000:]
+                assert time.monotonic() < deadline, "the exporter never listened"
+                time.sleep(0.2)
+    finally:
+        exporter.terminate()
+        exporter.wait(30)
+        with sender.connection_for_write() as connection:
+            connection.default_channel.queue_purge(env["PROJECT_QUEUE"])
+    lengths = {
+        sample.labels["queue"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tiercel_queue_length"
+    }
+    assert lengths == {env["PROJECT_QUEUE"]: 2}, "the project's default queue, not tiercel's"
+    bound = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tiercel_staleness_bound_seconds"
+    ]
+    assert bound == [1.0]

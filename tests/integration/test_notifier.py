@@ -198,6 +198,31 @@ def test_an_inspect_request_reaches_its_handler_with_key_and_reply(
         n.stop()
 
 
+def test_a_delivery_probe_reports_its_delay_in_order_with_invalidations(
+    redis_client: redis.Redis,
+) -> None:
+    heard: list[tuple[str, Any]] = []
+    n = Notifier(
+        redis_client,
+        channel=CHANNEL,
+        on_invalidate=lambda key: heard.append(("i", key)),
+        on_delivery=lambda seconds: heard.append(("p", seconds)),
+    )
+    try:
+        assert n.start()
+        before = time.time()
+        n.publish(events.Invalidated("k1").encode())
+        n.publish(events.ChannelProbe(before).encode())
+        n.publish(events.Invalidated("k2").encode())
+        assert eventually(lambda: len(heard) == 3)
+        assert [kind for kind, _ in heard] == ["i", "p", "i"]
+        delay = heard[1][1]
+        assert 0.0 <= delay <= time.time() - before
+        assert n.malformed == 0
+    finally:
+        n.stop()
+
+
 def test_bad_messages_and_failing_handlers_never_kill_the_listener(
     redis_client: redis.Redis,
 ) -> None:

@@ -177,3 +177,31 @@ def test_queue_setting_is_validated_and_reaches_celery() -> None:
     for bad in ("amq.reserved", "has space", "x" * 201):
         with pytest.raises(SettingsError, match="TIERCEL_QUEUE"):
             Settings.from_env({"TIERCEL_QUEUE": bad})
+
+
+def test_the_exporters_queue_lengths_read_amqp_queues_without_declaring_any() -> None:
+    from celery import Celery
+    from kombu import Connection, Producer, Queue
+
+    from tiercel.workers.queue_lengths import read_lengths
+
+    url = amqp_url()
+    try:
+        check_reachable("RabbitMQ broker", url, timeout=3.0)
+    except ServerError as exc:
+        pytest.fail(f"TIERCEL_TEST_AMQP_URL={url} does not answer: {exc}")
+    queue = f"tiercel-lengths-{uuid.uuid4().hex[:8]}"
+    app = Celery("lengths", broker=url, set_as_current=False)
+    with Connection(url, connect_timeout=5) as conn:
+        producer = Producer(conn.channel())
+        for n in range(2):
+            producer.publish({"n": n}, routing_key=queue, exchange="", declare=[Queue(queue)])
+    try:
+        # A missing queue closes the AMQP channel that asked; the next one still answers.
+        names = [f"{queue}-never", queue, f"{queue}-nor"]
+        lengths = read_lengths(app, names, connect_timeout=5)
+        assert lengths == {f"{queue}-never": 0, queue: 2, f"{queue}-nor": 0}
+        with pytest.raises(Exception, match="NOT_FOUND"):
+            _message_count(f"{queue}-never")  # passive: it was not created
+    finally:
+        _delete_queue(url, queue)

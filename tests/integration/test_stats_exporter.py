@@ -99,6 +99,29 @@ def test_the_table_shows_timers_clients_and_exited_processes() -> None:
     assert "1 worker process(es), 1 client(s)" in table
 
 
+def test_the_table_shows_how_long_invalidations_took_to_reach_each_process() -> None:
+    from rich.console import Console
+
+    from tiercel.core.metrics.names import INVALIDATION_DELIVERY_SECONDS
+    from tiercel.core.metrics.registry import MetricsRegistry
+    from tiercel.tasks.fleet_view import build_view
+    from tiercel.workers.stats import render
+
+    heard, deaf = MetricsRegistry(), MetricsRegistry()
+    heard.observe(INVALIDATION_DELIVERY_SECONDS, 0.0123, listener="notifier")
+    documents = [
+        {"node": "w1@host", "role": "worker", "snapshot": heard.snapshot(), "age": 0.1},
+        {"node": "w2@host", "role": "worker", "snapshot": deaf.snapshot(), "age": 0.1},
+    ]
+    console = Console(width=200, record=True)
+    console.print(render(build_view(documents, interval=10)))
+    table = console.export_text()
+    assert "invalidation delivery p99" in table and "delivery max ms" in table
+    [row_heard] = [line for line in table.splitlines() if "w1@host" in line]
+    [row_deaf] = [line for line in table.splitlines() if "w2@host" in line]
+    assert "12.30" in row_heard and "12.30" not in row_deaf
+
+
 def test_every_latency_is_also_a_histogram_that_adds_across_exporters() -> None:
     from tiercel.core.metrics.registry import MetricsRegistry
     from tiercel.tasks.fleet_view import build_view
