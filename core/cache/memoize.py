@@ -170,7 +170,10 @@ class CachedFunction(Generic[P, R]):
         inflight_id: str | None,
         force_refresh: bool,
     ) -> Lookup:
-        found = None if force_refresh else cache.lookup(key)
+        # A refresh asked for (``force_refresh``: an early or stale value was seen) looks
+        # too: should another refresh have written a fresh value since, there is nothing
+        # left to refresh, and computing again would be a duplicate.
+        found = cache.lookup(key)
         verdict = FRESH
         if found is not None:
             if self.expired_failure(found.value):

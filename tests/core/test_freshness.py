@@ -212,3 +212,28 @@ def test_serves_is_the_one_submit_decision() -> None:
     assert failing.serves(Lookup(old, "redis", 20.0)) == (False, False)
     assert failing.expired_failure(old) and not failing.expired_failure(live)
     assert not swr.expired_failure(old), "only a function that caches errors has failures"
+
+
+def test_a_refresh_asked_for_computes_only_what_is_not_fresh_any_more() -> None:
+    # A refresh task (force_refresh) is enqueued when a reader saw an early or stale
+    # value; by the time it runs another refresh may have written a fresh one.
+    clock = FakeClock()
+    revisions = iter(range(1, 100))
+    cache = MultiLevelCache(
+        serializer=Serializer(MsgpackCodec()),
+        levels=[MemoryLevel("memory", max_entries=10, timer=clock)],
+    )
+    spec = CachedFunction(
+        lambda: next(revisions), ttl=10, policy=FreshnessPolicy(stale_ttl=60, early_refresh=0)
+    )
+    generations = Generations(None, max_age=1000, timer=clock)
+
+    def refresh() -> Any:
+        return spec.call(cache, generations, "t", (), {}, force_refresh=True).value
+
+    assert spec.call(cache, generations, "t", (), {}).value == 1
+    assert refresh() == 1, "still fresh: nothing to refresh, nothing computed"
+    clock.advance(15)  # stale now
+    assert refresh() == 2, "stale: refreshed"
+    assert refresh() == 2, "the second refresh finds the first one's value fresh"
+    assert next(revisions) == 3, "two computations in all"

@@ -241,9 +241,10 @@ def test_stale_while_revalidate_on_the_fleet(fleet: Fleet, cache_client: redis.R
     time.sleep(1.2)  # fresh for 1 s; now stale (kept for 60 s more)
     with ThreadPoolExecutor(10) as pool:
         stale = list(pool.map(lambda _: fx_quote.submit(pair, counter), range(20)))
-    assert all(r.task_id is None and r.get()["revision"] == 1 for r in stale), (
-        "stale readers must be answered at once, from the cache"
-    )
+    assert all(r.task_id is None for r in stale), "stale readers are answered at once, no task"
+    # The refresh computes instantly: readers after its write see its value, from the cache.
+    revisions = [r.get()["revision"] for r in stale]
+    assert 1 in revisions and set(revisions) <= {1, 2}, revisions
     deadline = time.monotonic() + 20
     while computations(cache_client, counter) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
