@@ -142,14 +142,20 @@ class CachedResult:
             else self._republish_after
         )
         next_check = time.monotonic() + after
+        cache = self._cache or runtime.cache
+
+        def read() -> Any:
+            return cache.lookup(self.key)
+
         with runtime.notifier.waiter(self.key) as waiter:
             while True:
                 if not runtime.notifier.connected:
                     # No notifications while the channel is down: the backend answers.
                     return self._async.get(timeout=_left(deadline))
-                # Each waiter reads for itself: sharing one in-flight read would let a
-                # waiter woken by the write take the answer of a read that began before it.
-                found = (self._cache or runtime.cache).lookup(self.key)
+                # Shared with this process's other waiters of the key, when issued after
+                # this one's last wake-up (tiercel.core.cache.thread_shared_reads): a read
+                # begun before the write never answers a waiter woken by it.
+                found = runtime.reads.read(self.key, waiter.since, runtime.notifier.epoch, read)
                 if found is not None and self._usable(found):
                     self._value = found.value
                     return self._settled(self._value)

@@ -34,6 +34,7 @@ from tiercel.core.cache.lookup import Lookup
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.cache.miss_book import generation_moves
 from tiercel.core.cache.multilevel import MultiLevelCache
+from tiercel.core.cache.thread_shared_reads import ThreadSharedReads
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.local.memory_budget import fits_max_memory_per_child
@@ -102,6 +103,8 @@ class Runtime:
         #: Set by a sweep message; this process's sweeper waits on it.
         self.sweep_requested = threading.Event()
         # The handlers reach the cache built below; none runs before start().
+        #: Threads waiting on one key share one read of it (see ``CachedResult.get``).
+        self.reads: ThreadSharedReads[Lookup | None] = ThreadSharedReads()
         self.notifier = Notifier(
             self.tier.client,
             channel=channel,

@@ -100,7 +100,7 @@ class Waiter:
     can re-check and wait again without losing a message.
     """
 
-    __slots__ = ("_event", "_kind", "_notifier", "key", "registered")
+    __slots__ = ("_event", "_kind", "_notifier", "key", "registered", "since")
 
     def __init__(self, notifier: Notifier, key: str, registered: bool) -> None:
         self.key = key
@@ -108,10 +108,14 @@ class Waiter:
         self._notifier = notifier
         self._event = threading.Event()
         self._kind: str | None = None
+        #: The notifier's :attr:`~Notifier.epoch` when this registered or was last woken:
+        #: a read started at that epoch or later saw everything it was woken for.
+        self.since = notifier.epoch
 
     def _wake(self, kind: str) -> None:  # called under the notifier's lock
         if self._kind is None:
             self._kind = kind
+        self.since = self._notifier.epoch
         self._event.set()
 
     def wait(self, timeout: float | None) -> str | None:
@@ -215,6 +219,9 @@ class Notifier:
         self.silences = 0
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        #: Counts every wake-up delivered (one per message for a key, one per reset),
+        #: advanced before the waiters it wakes (see :class:`Waiter.since`).
+        self.epoch = 0
         self._waiters: dict[str, list[Waiter]] = {}
         self._count = 0
         self._thread: threading.Thread | None = None
@@ -324,11 +331,13 @@ class Notifier:
 
     def _wake(self, key: str, kind: str) -> None:
         with self._lock:
+            self.epoch += 1
             for waiter in self._waiters.get(key, ()):
                 waiter._wake(kind)
 
     def _wake_all(self, kind: str) -> None:
         with self._lock:
+            self.epoch += 1
             for waiters in self._waiters.values():
                 for waiter in waiters:
                     waiter._wake(kind)
