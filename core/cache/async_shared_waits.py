@@ -16,6 +16,7 @@ waits on for nobody. Bounded: one wait per key, remembered while it runs.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine, Hashable
 from typing import Any, Generic, TypeVar
 
@@ -25,11 +26,17 @@ T = TypeVar("T")
 
 
 class _Wait(Generic[T]):
-    __slots__ = ("joined", "task")
+    __slots__ = ("joiners", "task")
 
     def __init__(self, task: asyncio.Task[T]) -> None:
         self.task = task
-        self.joined = 0
+        #: One future per caller waiting, answered together when the task ends.
+        self.joiners: set[asyncio.Future[T]] = set()
+
+
+def _expire(joiner: asyncio.Future[Any]) -> None:
+    if not joiner.done():
+        joiner.set_exception(TimeoutError())
 
 
 class SharedWaits(Generic[T]):
@@ -53,16 +60,22 @@ class SharedWaits(Generic[T]):
         every caller.
         """
         running = self._running.get(key)
-        if running is None or running.task.done():
+        if running is None:
             running = self._running[key] = _Wait(asyncio.ensure_future(start()))
-            running.task.add_done_callback(lambda done: self._forget(key, done))
-        running.joined += 1
+            running.task.add_done_callback(functools.partial(self._finished, key, running))
+        loop = asyncio.get_running_loop()
+        # Each caller awaits a future of its own, answered by the task's end (no shield,
+        # no timeout context: the fewest steps between the answer and 200 callers).
+        joiner: asyncio.Future[T] = loop.create_future()
+        running.joiners.add(joiner)
+        timer = None if timeout is None else loop.call_later(timeout, _expire, joiner)
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(running.task)
+            return await joiner
         finally:
-            running.joined -= 1
-            if running.joined == 0 and not running.task.done():
+            if timer is not None:
+                timer.cancel()
+            running.joiners.discard(joiner)
+            if not running.joiners and not running.task.done():
                 # Nobody waits for it any more; a caller arriving later starts anew.
                 if self._running.get(key) is running:
                     del self._running[key]
@@ -73,9 +86,18 @@ class SharedWaits(Generic[T]):
         """Waits in progress right now."""
         return len(self._running)
 
-    def _forget(self, key: Hashable, done: asyncio.Task[T]) -> None:
-        running = self._running.get(key)
-        if running is not None and running.task is done:
+    def _finished(self, key: Hashable, running: _Wait[T], task: asyncio.Task[T]) -> None:
+        if self._running.get(key) is running:
             del self._running[key]
-        if not done.cancelled():
-            done.exception()  # retrieved: an error reaches every caller, not the log
+        if task.cancelled():
+            for joiner in running.joiners:
+                joiner.cancel()
+            return
+        error = task.exception()  # retrieved: an error reaches every caller, not the log
+        for joiner in running.joiners:
+            if joiner.done():
+                continue
+            if error is not None:
+                joiner.set_exception(error)
+            else:
+                joiner.set_result(task.result())
