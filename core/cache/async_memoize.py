@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
 from tiercel.core.cache.async_cache import AsyncCache
+from tiercel.core.cache.async_shared_reads import SharedReads
 from tiercel.core.cache.failures import is_failure, raise_failure
 from tiercel.core.cache.failures import record as failure_record
 from tiercel.core.cache.freshness import EARLY, FRESH, STALE
@@ -153,11 +155,25 @@ async def derive_key(
     return spec.key(namespace, generations, args, kwargs)
 
 
+#: Each loop's tier's generation reads in flight (a tier belongs to one loop).
+_generation_reads: weakref.WeakKeyDictionary[AsyncRedisTier, SharedReads[list[int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 async def _read_generations(
     generations: Generations, tier: AsyncRedisTier, scopes: tuple[str, ...]
 ) -> None:
+    """Read ``scopes``' counters in one round trip, shared with every caller that
+    arrives while it runs: 200 concurrent first calls of a function cost one read,
+    not 200 (nor 200 new connections). The shared answer is at most one round trip
+    older than a read of their own, and generations are remembered for ``max_age``
+    seconds anyway."""
+    shared = _generation_reads.get(tier)
+    if shared is None:
+        shared = _generation_reads[tier] = SharedReads()
     try:
-        stored = await tier.generations(scopes)
+        stored = await shared.read("\n".join(scopes), 0, 0, lambda: tier.generations(scopes))
     except TierUnavailable:
         for scope in scopes:
             generations.unreadable(scope)

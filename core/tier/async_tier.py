@@ -11,7 +11,6 @@ None, counted); tag indexing and generation counters raise
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, TypeVar, cast
 
@@ -51,8 +50,6 @@ class AsyncRedisTier:
         self.namespace = namespace
         self.breaker = breaker
         self._delete_if_equal = scripts.register_async(client, "delete_if_equal")
-        #: Generation reads in flight, by their scopes: at most one per set of scopes.
-        self._reading: dict[tuple[str, ...], asyncio.Future[list[int] | None]] = {}
         self.hits = 0
         self.misses = 0
         self.errors = 0
@@ -135,37 +132,10 @@ class AsyncRedisTier:
 
     async def generations(self, scopes: tuple[str, ...]) -> list[int]:
         """The stored generations of ``scopes`` (0 if never bumped), in one round trip.
-        Raises TierUnavailable.
-
-        Callers that arrive while a read of the same scopes is in flight share its
-        answer instead of sending their own: 200 concurrent first calls of a
-        function cost one read, not 200 (and not 200 new connections). The shared
-        answer is at most one round trip older than a read of their own would be,
-        and a process remembers generations for ``max_age`` seconds anyway.
-        """
-        while (running := self._reading.get(scopes)) is not None:
-            answer = await asyncio.shield(running)
-            if answer is not None:
-                return answer
-            # None: the caller reading it was cancelled; read again (one of us leads).
-        future: asyncio.Future[list[int] | None] = asyncio.get_running_loop().create_future()
-        self._reading[scopes] = future
+        Raises TierUnavailable."""
         keys = [generation_key(self.namespace, scope) for scope in scopes]
-        try:
-            raw: list[Any] = await self.call(lambda: self.client.mget(keys))
-            stored = [0 if value is None else int(value) for value in raw]
-        except asyncio.CancelledError:
-            future.set_result(None)
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: each waiter re-raises it, nobody logs it
-            raise
-        else:
-            future.set_result(stored)
-            return stored
-        finally:
-            del self._reading[scopes]
+        raw: list[Any] = await self.call(lambda: self.client.mget(keys))
+        return [0 if value is None else int(value) for value in raw]
 
     async def bump_generation(self, scope: str) -> int:
         """Increment the generation of ``scope``; returns it. Raises TierUnavailable."""

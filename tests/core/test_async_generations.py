@@ -1,4 +1,4 @@
-"""The asyncio tier reads generation counters in one round trip, shared by concurrent callers."""
+"""Generation counters for asyncio key derivation: one MGET, shared by concurrent callers."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 import redis
 
-from tiercel.core.errors import TierUnavailable
+from tiercel.core.cache.async_memoize import derive_key
+from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.tier.async_tier import AsyncRedisTier
 from tiercel.core.tier.breaker import CircuitBreaker
+from tiercel.core.tier.generations import Generations
 from tiercel.core.tier.redis_tier import generation_key
 
 
@@ -38,56 +40,67 @@ def _tier(client: Client) -> AsyncRedisTier:
     return AsyncRedisTier(client, namespace="ns", breaker=CircuitBreaker())  # type: ignore[arg-type]
 
 
-def test_concurrent_reads_of_the_same_scopes_share_one_round_trip() -> None:
+def _square(n: int) -> int:
+    return n * n
+
+
+SPEC = CachedFunction(_square, ttl=60)
+SCOPES = [generation_key("ns", NAMESPACE_SCOPE), generation_key("ns", function_scope(SPEC.name))]
+
+
+def test_concurrent_first_calls_share_one_round_trip_for_both_scopes() -> None:
     async def main() -> None:
-        client = Client({generation_key("ns", "fn"): b"4"})
+        client = Client({SCOPES[1]: b"4"})
         tier = _tier(client)
-        scopes = ("*", "fn")
-        readers = [asyncio.ensure_future(tier.generations(scopes)) for _ in range(200)]
-        other = asyncio.ensure_future(tier.generations(("fn",)))
+        generations = Generations(None, max_age=60)
+        keys = [
+            asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (n,), {}))
+            for n in range(200)
+        ]
         await asyncio.sleep(0)
         client.release.set()
-        assert await asyncio.gather(*readers) == [[0, 4]] * 200
-        assert await other == [4]
-        assert client.round_trips == [
-            [generation_key("ns", "*"), generation_key("ns", "fn")],
-            [generation_key("ns", "fn")],
-        ], "one MGET per set of scopes, both scopes in one"
-        client.round_trips.clear()
-        assert await tier.generations(scopes) == [0, 4]
-        assert len(client.round_trips) == 1, "a read is shared only while it runs"
+        derived = await asyncio.gather(*keys)
+        assert client.round_trips == [SCOPES], "one MGET of both scopes for 200 callers"
+        assert generations.fresh(function_scope(SPEC.name)) == 4
+        assert derived == [SPEC.key("ns", generations, (n,), {}) for n in range(200)]
+        await derive_key(SPEC, generations, "ns", tier, (1,), {})
+        assert len(client.round_trips) == 1, "then remembered for max_age"
 
     asyncio.run(main())
 
 
 def test_when_the_reader_is_cancelled_the_others_read_again() -> None:
     async def main() -> None:
-        client = Client({generation_key("ns", "fn"): b"2"})
+        client = Client({})
         tier = _tier(client)
-        first = asyncio.ensure_future(tier.generations(("fn",)))
+        generations = Generations(None, max_age=60)
+        first = asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (1,), {}))
         await asyncio.sleep(0)
-        second = asyncio.ensure_future(tier.generations(("fn",)))
+        second = asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (2,), {}))
         await asyncio.sleep(0)
         first.cancel()
         await asyncio.sleep(0)
         client.release.set()
-        assert await second == [2]
-        assert len(client.round_trips) == 2
-        assert first.cancelled()
+        assert await second == SPEC.key("ns", generations, (2,), {})
+        assert len(client.round_trips) == 2 and first.cancelled()
 
     asyncio.run(main())
 
 
-def test_trouble_reaches_every_reader_as_tier_unavailable() -> None:
+def test_an_unreachable_tier_leaves_every_caller_with_the_last_known_generation() -> None:
     async def main() -> None:
         client = Client({}, fail=redis.ConnectionError("refused"))
         tier = _tier(client)
-        readers = [asyncio.ensure_future(tier.generations(("fn",))) for _ in range(3)]
+        generations = Generations(None, max_age=60)
+        keys = [
+            asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (n,), {}))
+            for n in range(3)
+        ]
         await asyncio.sleep(0)
         client.release.set()
-        results = await asyncio.gather(*readers, return_exceptions=True)
-        assert all(isinstance(result, TierUnavailable) for result in results)
+        assert len(await asyncio.gather(*keys)) == 3, "a key for each: cache trouble fails no call"
         assert len(client.round_trips) == 1
+        assert generations.unavailable == 2 * 3, "both scopes unreadable, for each caller"
 
     asyncio.run(main())
 
@@ -95,8 +108,11 @@ def test_trouble_reaches_every_reader_as_tier_unavailable() -> None:
 @pytest.mark.parametrize("stored", [None, b"0"])
 def test_a_scope_never_bumped_is_generation_zero(stored: bytes | None) -> None:
     async def main() -> None:
-        client = Client({} if stored is None else {generation_key("ns", "fn"): stored})
+        client = Client(
+            {SCOPES[0]: b"7"} if stored is None else {SCOPES[0]: b"7", SCOPES[1]: stored}
+        )
         client.release.set()
-        assert await _tier(client).generations(("fn",)) == [0]
+        scopes = (NAMESPACE_SCOPE, function_scope(SPEC.name))
+        assert await _tier(client).generations(scopes) == [7, 0]
 
     asyncio.run(main())
