@@ -24,8 +24,6 @@ import time
 import uuid
 from typing import Any
 
-from celery.result import AsyncResult
-
 from tiercel.core.cache.async_memoize import derive_key
 from tiercel.core.cache.lookup import SOURCE_JOINED
 from tiercel.core.errors import TierUnavailable
@@ -86,7 +84,7 @@ async def asubmit(
         rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
         return CachedResult.pending(
             key,
-            AsyncResult(existing, app=task.app),
+            rt.results.of(existing, task.app),
             "joined",
             rt,
             levels,
@@ -95,7 +93,7 @@ async def asubmit(
         )
     return CachedResult.pending(
         key,
-        AsyncResult(task_id, app=task.app),
+        rt.results.of(task_id, task.app),
         "computed",
         rt,
         levels,

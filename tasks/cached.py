@@ -158,7 +158,7 @@ class CachedTask(Task):  # type: ignore[misc]
             rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
             return CachedResult.pending(
                 key,
-                AsyncResult(existing, app=self.app),
+                rt.results.of(existing, self.app),
                 "joined",
                 rt,
                 cache,
@@ -214,7 +214,8 @@ class CachedTask(Task):  # type: ignore[misc]
         try:
             # Every task enqueued here was claimed in flight under its id first.
             headers = {INFLIGHT_HEADER: True, **({REFRESH_HEADER: True} if refresh else {})}
-            return self.apply_async(args, kwargs, task_id=task_id, **publish.merged(headers))
+            published = self.apply_async(args, kwargs, task_id=task_id, **publish.merged(headers))
+            return rt.results.remember(published)  # shared with this process's joiners
         except BaseException:
             # Nothing was published: do not leave joiners waiting for a task that never runs.
             with contextlib.suppress(TierUnavailable):
@@ -266,7 +267,7 @@ class CachedTask(Task):  # type: ignore[misc]
         handles: dict[str, tuple[AsyncResult, str]] = {}
         for (key, task_id), existing in zip(candidates.items(), claims, strict=True):
             if existing is not None:
-                handles[key] = (AsyncResult(existing, app=self.app), "joined")
+                handles[key] = (rt.results.of(existing, self.app), "joined")
             else:
                 args, kwargs = normalised[first_of[key]]
                 handles[key] = (

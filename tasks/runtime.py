@@ -54,6 +54,7 @@ from tiercel.tasks.pools import PoolRegistry
 from tiercel.tasks.process_local import ProcessLocal
 from tiercel.tasks.publisher import SnapshotPublisher, metrics_client
 from tiercel.tasks.recorder import CallRecorder, fleet_samples, pool_samples
+from tiercel.tasks.shared_results import SharedResults
 from tiercel.tasks.source_events import announce_source
 from tiercel.tasks.sweeper import LocalSweeper
 
@@ -105,6 +106,8 @@ class Runtime:
         # The handlers reach the cache built below; none runs before start().
         #: Threads waiting on one key share one read of it (see ``CachedResult.get``).
         self.reads: ThreadSharedReads[Lookup | None] = ThreadSharedReads()
+        #: Handles joining one task share its AsyncResult.
+        self.results = SharedResults()
         self.notifier = Notifier(
             self.tier.client,
             channel=channel,
