@@ -18,6 +18,7 @@ from tiercel.core.encoding.codecs import MsgpackCodec, Serializer
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.local.memory_level import MemoryLevel
 from tiercel.core.tier.async_connections import async_client_from_url
+from tiercel.core.tier.async_get_pipeline import pipeline_for_url
 from tiercel.core.tier.async_leases import AsyncLeases
 from tiercel.core.tier.async_listener import AsyncListener
 from tiercel.core.tier.async_tier import AsyncRedisTier
@@ -46,7 +47,10 @@ class Stack:
 
     def __init__(self, url: str, *, lease_ttl: float = 5.0, breaker: CircuitBreaker) -> None:
         self.client = async_client_from_url(url)
-        self.tier = AsyncRedisTier(self.client, namespace=NS, breaker=breaker)
+        # Reads of values through the pipelined GET connection, as the loop's runtime builds it.
+        self.tier = AsyncRedisTier(
+            self.client, namespace=NS, breaker=breaker, gets=pipeline_for_url(url)
+        )
         self.leases = AsyncLeases(self.client, ttl=lease_ttl, channel=CHANNEL)
         self.listener = AsyncListener(self.client, CHANNEL)
         self.fleet = AsyncFleetCoordinator(self.tier, self.leases, self.listener, max_wait=10)
@@ -193,6 +197,20 @@ def test_redis_down_never_fails_a_computation() -> None:
     assert (first.value, first.source) == (42, "computed")
     assert again is not None and (again.value, again.source) == (42, "memory")
     assert stats["fleet"]["degraded"] == 1
+
+
+def test_a_read_while_redis_is_down_is_a_counted_miss_and_opens_the_breaker() -> None:
+    async def main() -> tuple[Any, int, str]:
+        breaker = CircuitBreaker(failures=1)
+        stack = Stack("redis://127.0.0.1:1/0", breaker=breaker)
+        try:
+            return await stack.cache.lookup("k"), stack.tier.errors, breaker.state
+        finally:
+            await stack.tier.close()
+            stack._encoder.close()
+
+    found, errors, state = asyncio.run(main())
+    assert (found, errors, state) == (None, 1, "open"), "the GET connection's refusal counts"
 
 
 def _url(client: redis.Redis) -> str:
