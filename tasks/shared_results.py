@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from celery.result import AsyncResult
+if TYPE_CHECKING:  # a plain process (tiercel.cached, no Celery) never imports Celery
+    from celery.result import AsyncResult
 
 __all__ = ["SharedResults"]
 
@@ -32,6 +33,8 @@ class SharedResults:
 
     def of(self, task_id: str, app: Any) -> AsyncResult:
         """The result of ``task_id`` on ``app``: the one already held, else a new one."""
+        from celery.result import AsyncResult
+
         with self._lock:
             found = self._by_id.get(task_id)
             if found is None or found.app is not app:
