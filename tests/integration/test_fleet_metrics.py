@@ -260,16 +260,29 @@ def test_every_process_with_a_listener_times_the_aggregations_delivery_probes(
         client.close()
 
 
-def test_the_exporter_counts_the_messages_waiting_in_a_queue(
-    metered_fleet: tuple[Fleet, Settings, str],
-) -> None:
+def _scrape(settings: Settings, app: Any = None) -> str:
+    """One scrape of an exporter started for it on a free port."""
     import urllib.request
-
-    from celery import Celery
-    from prometheus_client.parser import text_string_to_metric_families
 
     from tiercel.core.embedded.redis_server import free_port
     from tiercel.workers.exporter import serve
+
+    port = free_port()
+    server = serve(settings, "127.0.0.1", port, app=app)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            return str(answer.read().decode())
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_exporter_counts_the_messages_waiting_in_a_queue(
+    metered_fleet: tuple[Fleet, Settings, str],
+) -> None:
+    from celery import Celery
+    from prometheus_client.parser import text_string_to_metric_families
+
     from tiercel.workers.queue_lengths import read_lengths
 
     _, settings, queue = metered_fleet
@@ -280,14 +293,9 @@ def test_the_exporter_counts_the_messages_waiting_in_a_queue(
     assert read_lengths(app, [idle], connect_timeout=5) == {idle: 0}, "not there yet"
     for n in range(3):
         app.send_task(SQUARE, (n, 1))
-    port = free_port()
-    server = serve(settings, "127.0.0.1", port, app=app)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
+        text = _scrape(settings, app=app)
     finally:
-        server.shutdown()
-        server.server_close()
         with app.connection_for_write() as connection:
             purged = connection.default_channel.queue_purge(idle)
     lengths = {
@@ -323,15 +331,12 @@ def _metric_names_in_monitoring_files() -> set[str]:
 def test_every_metric_the_dashboard_and_alert_rules_use_is_served(
     metered_fleet: tuple[Fleet, Settings, str],
 ) -> None:
-    import urllib.request
 
     import flower.events
     from prometheus_client.parser import text_string_to_metric_families
 
-    from tiercel.core.embedded.redis_server import free_port
     from tiercel.tasks.examples import slow_square
     from tiercel.tasks.maintenance import aggregate
-    from tiercel.workers.exporter import serve
 
     _, settings, queue = metered_fleet
     base = uuid.uuid4().int % 10**6 * 100
@@ -350,14 +355,7 @@ def test_every_metric_the_dashboard_and_alert_rules_use_is_served(
             break
         assert time.monotonic() < deadline, sketches
         time.sleep(0.3)
-    port = free_port()
-    server = serve(settings, "127.0.0.1", port)
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-    finally:
-        server.shutdown()
-        server.server_close()
+    text = _scrape(settings)
     served = {
         sample.name for family in text_string_to_metric_families(text) for sample in family.samples
     }
