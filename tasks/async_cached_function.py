@@ -45,6 +45,7 @@ class AsyncCachedCallable(Generic[P, R]):
                 process.generations,
                 process.namespace,
                 loop_runtime.tier,
+                loop_runtime.generation_reads,
             )
             bound = self._bound = (loop_runtime, memo)
         return bound[1]

@@ -72,6 +72,8 @@ class AsyncRuntime:
         )
         #: Awaiters of one key share one read of it.
         self.reads: SharedReads[Lookup | None] = SharedReads()
+        #: Concurrent first calls of a function share one read of its generation counters.
+        self.generation_reads: SharedReads[list[int]] = SharedReads()
         #: Awaiters of one pending computation (key and task) share one wait for it.
         self.waits: SharedWaits[Any] = SharedWaits()
         #: Concurrent submits of one key share one in-flight claim (the winner's task id).

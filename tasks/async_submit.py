@@ -50,7 +50,13 @@ async def asubmit(
     spec = task.tiercel_spec
     cache = loop.cache.with_levels(spec.levels)
     key = await derive_key(
-        spec, rt.generations, rt.namespace, loop.tier, task.tiercel_args(args), kwargs
+        spec,
+        rt.generations,
+        rt.namespace,
+        loop.tier,
+        task.tiercel_args(args),
+        kwargs,
+        shared=loop.generation_reads,
     )
     found = cache.lookup_local(key)  # a dict lookup: a local hit awaits nothing
     if found is None:

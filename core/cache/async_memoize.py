@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
@@ -49,12 +48,15 @@ class AsyncMemoized(Generic[P, R]):
         generations: Generations,
         namespace: str,
         tier: AsyncRedisTier,
+        generation_reads: SharedReads[list[int]],
     ) -> None:
         self.spec = spec
         self.cache = cache
         self.generations = generations
         self.namespace = namespace
         self.tier = tier
+        #: The loop's generation reads in flight, shared by its concurrent first calls.
+        self.generation_reads = generation_reads
         functools.update_wrapper(self, spec.fn)
 
     async def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -65,7 +67,13 @@ class AsyncMemoized(Generic[P, R]):
     async def key(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
         """The cache key of one call (KeyEncodingError for unencodable arguments)."""
         return await derive_key(
-            self.spec, self.generations, self.namespace, self.tier, args, kwargs
+            self.spec,
+            self.generations,
+            self.namespace,
+            self.tier,
+            args,
+            kwargs,
+            shared=self.generation_reads,
         )
 
     async def lookup(self, *args: P.args, **kwargs: P.kwargs) -> Lookup:
@@ -142,36 +150,33 @@ async def derive_key(
     tier: AsyncRedisTier,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
+    *,
+    shared: SharedReads[list[int]],
 ) -> str:
     """The cache key of one call of ``spec``, as :meth:`CachedFunction.key` derives it,
-    with generation counters older than their ``max_age`` read through ``tier``."""
+    with generation counters older than their ``max_age`` read through ``tier``
+    (reads in flight ``shared`` by the loop's concurrent callers)."""
     scopes = tuple(
         scope
         for scope in (NAMESPACE_SCOPE, function_scope(spec.name))
         if generations.fresh(scope) is None
     )
     if scopes:
-        await _read_generations(generations, tier, scopes)
+        await _read_generations(generations, tier, scopes, shared)
     return spec.key(namespace, generations, args, kwargs)
 
 
-#: Each loop's tier's generation reads in flight (a tier belongs to one loop).
-_generation_reads: weakref.WeakKeyDictionary[AsyncRedisTier, SharedReads[list[int]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 async def _read_generations(
-    generations: Generations, tier: AsyncRedisTier, scopes: tuple[str, ...]
+    generations: Generations,
+    tier: AsyncRedisTier,
+    scopes: tuple[str, ...],
+    shared: SharedReads[list[int]],
 ) -> None:
     """Read ``scopes``' counters in one round trip, shared with every caller that
     arrives while it runs: 200 concurrent first calls of a function cost one read,
     not 200 (nor 200 new connections). The shared answer is at most one round trip
     older than a read of their own, and generations are remembered for ``max_age``
     seconds anyway."""
-    shared = _generation_reads.get(tier)
-    if shared is None:
-        shared = _generation_reads[tier] = SharedReads()
     try:
         stored = await shared.read("\n".join(scopes), 0, 0, lambda: tier.generations(scopes))
     except TierUnavailable:

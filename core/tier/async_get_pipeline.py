@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import socket
 from typing import Any, Final
 
@@ -165,6 +166,8 @@ class GetPipeline:
             self._handshake.append(_command(b"SELECT", b"%d" % db))
         self._protocol: _Protocol | None = None
         self._opening: asyncio.Future[_Protocol] | None = None
+        #: Advanced by :meth:`close`: a connection that opens after it is closed at once.
+        self._closes = 0
         #: Connections opened (the first, then one after each loss or timeout).
         self.connects = 0
 
@@ -186,7 +189,9 @@ class GetPipeline:
         return reply
 
     async def close(self) -> None:
-        """Close the connection; GETs still waiting fail with ConnectionError."""
+        """Close the connection, and one still opening once it opens; GETs waiting on
+        either fail with ConnectionError."""
+        self._closes += 1
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol._fail(redis.ConnectionError("the GET connection was closed"))
@@ -197,13 +202,21 @@ class GetPipeline:
         opening = self._opening
         if opening is None:
             opening = self._opening = asyncio.ensure_future(self._connect())
-            opening.add_done_callback(self._opened)
-        return await asyncio.shield(opening)
+            opening.add_done_callback(functools.partial(self._opened, self._closes))
+        protocol = await asyncio.shield(opening)
+        if protocol.lost:
+            raise redis.ConnectionError("the GET connection was closed while it opened")
+        return protocol
 
-    def _opened(self, opening: asyncio.Future[_Protocol]) -> None:
+    def _opened(self, closes: int, opening: asyncio.Future[_Protocol]) -> None:
         self._opening = None
-        if not opening.cancelled() and opening.exception() is None:
-            self._protocol = opening.result()
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        protocol = opening.result()
+        if closes != self._closes:  # closed meanwhile: nobody would close this one
+            protocol.abort(redis.ConnectionError("the GET connection was closed"))
+        else:
+            self._protocol = protocol
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()

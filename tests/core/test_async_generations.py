@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tiercel.core.cache.async_memoize import derive_key
+from tiercel.core.cache.async_shared_reads import SharedReads
 from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function_scope
 from tiercel.core.tier.async_tier import AsyncRedisTier
 from tiercel.core.tier.breaker import CircuitBreaker
@@ -45,6 +46,15 @@ def _square(n: int) -> int:
 
 
 SPEC = CachedFunction(_square, ttl=60)
+
+
+def _derive(
+    tier: AsyncRedisTier, generations: Generations, shared: SharedReads[list[int]], n: int
+) -> Any:
+    """The key derivation of ``SPEC(n)`` in namespace ``ns``, not awaited yet."""
+    return derive_key(SPEC, generations, "ns", tier, (n,), {}, shared=shared)
+
+
 SCOPES = [generation_key("ns", NAMESPACE_SCOPE), generation_key("ns", function_scope(SPEC.name))]
 
 
@@ -53,17 +63,15 @@ def test_concurrent_first_calls_share_one_round_trip_for_both_scopes() -> None:
         client = Client({SCOPES[1]: b"4"})
         tier = _tier(client)
         generations = Generations(None, max_age=60)
-        keys = [
-            asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (n,), {}))
-            for n in range(200)
-        ]
+        shared: SharedReads[list[int]] = SharedReads()
+        keys = [asyncio.ensure_future(_derive(tier, generations, shared, n)) for n in range(200)]
         await asyncio.sleep(0)
         client.release.set()
         derived = await asyncio.gather(*keys)
         assert client.round_trips == [SCOPES], "one MGET of both scopes for 200 callers"
         assert generations.fresh(function_scope(SPEC.name)) == 4
         assert derived == [SPEC.key("ns", generations, (n,), {}) for n in range(200)]
-        await derive_key(SPEC, generations, "ns", tier, (1,), {})
+        await _derive(tier, generations, shared, 1)
         assert len(client.round_trips) == 1, "then remembered for max_age"
 
     asyncio.run(main())
@@ -74,9 +82,10 @@ def test_when_the_reader_is_cancelled_the_others_read_again() -> None:
         client = Client({})
         tier = _tier(client)
         generations = Generations(None, max_age=60)
-        first = asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (1,), {}))
+        shared: SharedReads[list[int]] = SharedReads()
+        first = asyncio.ensure_future(_derive(tier, generations, shared, 1))
         await asyncio.sleep(0)
-        second = asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (2,), {}))
+        second = asyncio.ensure_future(_derive(tier, generations, shared, 2))
         await asyncio.sleep(0)
         first.cancel()
         await asyncio.sleep(0)
@@ -92,10 +101,8 @@ def test_an_unreachable_tier_leaves_every_caller_with_the_last_known_generation(
         client = Client({}, fail=redis.ConnectionError("refused"))
         tier = _tier(client)
         generations = Generations(None, max_age=60)
-        keys = [
-            asyncio.ensure_future(derive_key(SPEC, generations, "ns", tier, (n,), {}))
-            for n in range(3)
-        ]
+        shared: SharedReads[list[int]] = SharedReads()
+        keys = [asyncio.ensure_future(_derive(tier, generations, shared, n)) for n in range(3)]
         await asyncio.sleep(0)
         client.release.set()
         assert len(await asyncio.gather(*keys)) == 3, "a key for each: cache trouble fails no call"

@@ -177,3 +177,32 @@ def test_it_says_when_full_so_the_pool_takes_the_overflow(server: RedisServer) -
 )
 def test_urls_it_does_not_speak_are_left_to_the_pool(url: str) -> None:
     assert pipeline_for_url(url) is None
+
+
+def test_a_connection_still_opening_when_closed_is_closed_once_it_opens(
+    server: RedisServer,
+) -> None:
+    redis.Redis.from_url(server.url.replace("/0", "/1")).set("pipe:db1", b"one")
+    assert server.port is not None
+    with SilentProxy(("127.0.0.1", server.port)) as proxy:
+
+        async def main() -> tuple[bool, int, bytes | None, int]:
+            pipeline = _pipeline_at(proxy.url.replace("/0", "/1"), socket_timeout=2.0)
+            proxy.silence()  # the SELECT of the handshake goes unanswered: still opening
+            waiting = asyncio.ensure_future(pipeline.get("pipe:db1"))
+            await asyncio.sleep(0.1)
+            await pipeline.close()
+            proxy.resume()
+            failed = False
+            try:
+                await waiting
+            except redis.ConnectionError:
+                failed = True
+            opened_then_closed = pipeline.connects
+            again = await pipeline.get("pipe:db1")  # closing does not forbid a later use
+            await pipeline.close()
+            return failed, opened_then_closed, again, pipeline.connects
+
+        failed, opened_then_closed, again, connects = asyncio.run(main())
+    assert failed, "the GET waiting on the connection closed meanwhile fails"
+    assert opened_then_closed == 1 and (again, connects) == (b"one", 2)
