@@ -11,35 +11,44 @@ Two eviction policies (``policy=``):
 
 * ``"cost"`` (the default): keep what saves the most compute per unit of the
   level. Entries of a cache of computations differ by 100x and more in what a
-  miss costs, so each key is weighed by its expected saving: recent frequency
-  x compute seconds / the share of the level it occupies, ``max(size /
-  max_bytes, 1 / max_entries)`` (the share of whichever bound binds: per byte
-  in a byte-bounded level, per entry in an entry-bounded one).
+  miss costs, so each key is scored by its expected saving: its recent
+  frequency x ``sqrt(compute seconds)`` / the share of the level it occupies,
+  ``max(size / max_bytes, 1 / max_entries)`` (the share of whichever bound
+  binds: per byte in a byte-bounded level, per entry in an entry-bounded one).
 
-  The structure is W-TinyLFU (Einziger, Friedman and Manes, ACM ToS 2017; as
-  in Caffeine): a small LRU *window* (1% of the level) takes every new entry;
-  what leaves it is admitted to the *main* region only if it was asked for
-  before (a :class:`~tiercel.core.local.frequency_sketch.FrequencySketch`
-  count of 2 or more) and its weighted frequency beats the main region's
-  victim's, the lowest among the 4 least recent *probation* entries. The main
-  region is a segmented LRU: probation, then *protected* (80% of it) after a
-  second use. A one-off scan therefore passes through the window and is not
-  admitted, and never reaches the protected, frequently used set.
+  The structure is TinyLFU's (Einziger, Friedman and Manes, ACM ToS 2017): a
+  small LRU *window* (1% of the level) takes every new entry; what leaves it
+  is admitted to the *main* region only if it was asked for before (a
+  :class:`~tiercel.core.local.frequency_sketch.FrequencySketch` count of 2 or
+  more) and it scores above the main region's victim. The victim is chosen by
+  sampling, as in Psounis and Prabhakar's randomized replacement (INFOCOM
+  2001), Redis's LFU eviction and hyperbolic caching (Blankstein, Sen and
+  Freedman, USENIX ATC 2017): the lowest score of 8 main entries drawn at
+  random. Sampling is what lets cost count everywhere: a recency order (as
+  Caffeine's segmented LRU) would protect what was used lately whatever it
+  costs, and a priority queue over every entry (GreedyDual-Size-Frequency,
+  Cherkasova 1998) costs O(log n) on every hit, never forgets a frequency and
+  admits every one-off entry at a high priority, so a scan of costly keys
+  displaces the hot set. Here a one-off scan passes through the window, is
+  not admitted, and never touches the main region.
 
-  Why this and not GreedyDual-Size-Frequency (Cherkasova 1998), the classic
-  cost-aware policy: GDSF orders every entry in a priority queue (O(log n) on
-  every hit), its frequency never forgets, and it admits every one-off entry
-  at a high priority, so a scan of costly keys displaces the hot set.
-  W-TinyLFU gives scan resistance and a frequency that forgets (the sketch
-  halves) at O(1) per operation; weighting its one admission comparison (and
-  the choice of victim) by cost per share adds the cost-awareness without
-  touching the hit path: a hit in the protected segment only reorders it, a
-  probation hit promotes, and only a window hit counts in the sketch.
+  Every new entry and every hit is counted: in the sketch while the entry is
+  in the window, then in the entry's own use count (exact, one list slot,
+  so a hit in the main region costs one increment); both are halved every
+  100 x ``max_entries`` counts of the sketch (the frequency forgets). The
+  square root of the cost, not the cost: a frequency estimate of a key seen a
+  few times is noisy, and a 100x cost range multiplies that noise into the
+  ranking, so that expensive keys seen twice by chance displace cheap keys
+  asked for every second. On the trace of ``python -m bench.trace`` (costs 1 to
+  100 ms) ranking by ``frequency x cost`` spends as much compute on misses
+  (0.80 of LRU's) as ``frequency x sqrt(cost)`` (0.79) but hits 5 points less
+  often (33.6% against 38.5%).
 * ``"lru"``: least recently used, the level's behaviour before the cost policy.
 
-Costs: ``get``, ``set``, ``del`` and eviction are O(1) amortised
-(``OrderedDict`` orders keep recency, so a victim is at a front and never
-searched for; the cost policy compares at most 4). Per-entry expiry is
+Costs: ``get``, ``set``, ``del`` and eviction are O(1) amortised (LRU keeps
+recency in an ``OrderedDict``, so a victim is at its front; the cost policy
+keeps the main region's keys in a list, drawn from by index, and compares 8;
+it halves its use counts in O(n) once every 100 x n counts). Per-entry expiry is
 checked on read; :meth:`CacheLevel.expire` removes expired entries in
 O(k log n) for k expired entries through the level's
 :class:`~tiercel.core.local.expiry.ExpiryHeap`. Every method takes the level's
@@ -56,6 +65,8 @@ measured bookkeeping, so for a ``BytesLevel`` ``max_bytes`` bounds real memory
 
 from __future__ import annotations
 
+import math
+import random
 import sys
 import threading
 import time
@@ -110,33 +121,29 @@ LRU: Final = "lru"
 #: Every policy a level takes.
 POLICIES: Final = (COST, LRU)
 
-#: Bytes the cost policy adds to an entry's bookkeeping: its slot in its segment's
-#: ``OrderedDict`` (the entries themselves sit in a plain dict), two more tuple fields
-#: and its weight float. Measured like ENTRY_OVERHEAD by ``python -m bench.levels_memory``.
+#: Bytes the cost policy adds to an entry's bookkeeping: its slots in the main region's
+#: two lists (or the window's ``OrderedDict``), two more tuple fields and its weight float.
+#: Measured like ENTRY_OVERHEAD by ``python -m bench.levels_memory``.
 COST_OVERHEAD: Final = 160
 
-# The cost policy's segments (entry[4]); literal ints on the hot path.
-_WINDOW: Final = 1
-_PROBATION: Final = 2
-_PROTECTED: Final = 3
-# A window entry hit since it was stored: same order as _WINDOW, counted in the sketch
-# once, so a key that lives in the window of a quiet level pays no sketch on its hits.
-_WINDOW_HIT: Final = 4
-# The window's share of a level, the protected segment's share of the main region,
-# and how many probation entries the admission compares (least recent first).
+# entry[4] of a window entry; a main-region entry holds its index in the main list there.
+_WINDOW: Final = -1
+# The window's share of a level.
 _WINDOW_SHARE: Final = 0.01
-_PROTECTED_SHARE: Final = 0.8
-_VICTIM_SAMPLE: Final = 4
+# How many main-region entries an admission compares, drawn at random.
+_VICTIM_SAMPLE: Final = 8
 # A key must have been counted this often to displace an entry: seen once is no
 # evidence that it will be asked for again (this is what makes a scan pass through).
 _MIN_ADMIT_COUNT: Final = 2
 # The sketch is sized for this many entries of a byte-bounded level per byte bound.
 _SKETCH_BYTES_PER_ENTRY: Final = 4096
+# The victims are drawn from a fixed seed: a level replays the same way every run.
+_SAMPLER_SEED: Final = 0x71E2CE1
 
 # An entry is a plain tuple, the cheapest object to build and index:
 # entry[0] value, entry[1] expires_at or None, entry[2] charged size, entry[3] tags;
-# under the cost policy also entry[4] its segment (an index of _orders) and entry[5]
-# its weight (compute seconds per share of the level).
+# under the cost policy also entry[4] _WINDOW or its index in the main list, and
+# entry[5] its weight (sqrt(compute seconds) per share of the level).
 # (Literal indices rather than named constants: mypy types a tuple index only
 # when it is a literal, and a module global lookup would cost on the hot path.)
 _NO_TAGS: frozenset[str] = frozenset()
@@ -202,30 +209,27 @@ class CacheLevel(MutableMapping[str, V]):
         self._data: dict[str, tuple[Any, ...]]
         #: The LRU order (the entries' own OrderedDict) under the LRU policy, else None.
         self._lru: OrderedDict[str, tuple[Any, ...]] | None
-        #: The cost policy's segment orders, indexed by segment (item 0 unused), else None.
-        self._orders: list[OrderedDict[str, None]] | None
+        #: The cost policy's window, least recent first, else None.
+        self._window: OrderedDict[str, None] | None
+        #: The cost policy's main-region keys (each entry holds its index here) and, at the
+        #: same index, how often each was used since it was counted in (halved with the sketch).
+        self._main: list[str] = []
+        self._uses: list[int] = []
         if policy == LRU:
             self._lru = self._data = OrderedDict()
-            self._orders = None
+            self._window = None
         else:
             self._lru = None
             self._data = {}
-            window_order: OrderedDict[str, None] = OrderedDict()
-            self._orders = [OrderedDict(), window_order, OrderedDict(), OrderedDict(), window_order]
-            self._segment_bytes = [0, 0, 0, 0, 0]
-            window = max(1, int(max_entries * _WINDOW_SHARE))
-            self._window_entries = window
-            self._protected_entries = int((max_entries - window) * _PROTECTED_SHARE)
+            self._window = OrderedDict()
+            self._window_used = 0
+            self._window_entries = max(1, int(max_entries * _WINDOW_SHARE))
             self._window_bytes = None if max_bytes is None else int(max_bytes * _WINDOW_SHARE)
-            self._protected_bytes = (
-                None
-                if max_bytes is None
-                else int((max_bytes - (self._window_bytes or 0)) * _PROTECTED_SHARE)
-            )
             expected = max_entries
             if max_bytes is not None:
                 expected = min(max_entries, max(1, max_bytes // _SKETCH_BYTES_PER_ENTRY))
             self._sketch = FrequencySketch(expected)
+            self._draw = random.Random(_SAMPLER_SEED).randrange
             self._cost_sum = 0.0
             self._costs_known = 0
         self._heap = ExpiryHeap()
@@ -265,7 +269,7 @@ class CacheLevel(MutableMapping[str, V]):
     @property
     def entry_overhead(self) -> int:
         """Bytes of bookkeeping charged per entry on top of its size and key."""
-        return ENTRY_OVERHEAD if self._orders is None else ENTRY_OVERHEAD + COST_OVERHEAD
+        return ENTRY_OVERHEAD if self._window is None else ENTRY_OVERHEAD + COST_OVERHEAD
 
     # -- policies ------------------------------------------------------------------------
 
@@ -280,8 +284,8 @@ class CacheLevel(MutableMapping[str, V]):
     def popitem(self) -> tuple[str, V]:
         """Remove and return the entry the policy would evict next, in O(1).
 
-        LRU: the least recently used; cost: the lowest weighted frequency among
-        the least recent probation entries (then protected, then window). Under
+        LRU: the least recently used; cost: the lowest score of 8 main-region
+        entries drawn at random (the least recent window entry once the main region is empty). Under
         LRU :meth:`set` calls it until both bounds hold, counting each call as an
         eviction; a direct call counts nothing. :class:`KeyError` when empty.
         """
@@ -321,10 +325,10 @@ class CacheLevel(MutableMapping[str, V]):
                     lru = self._lru
                     if lru is not None:
                         lru.move_to_end(key)
-                    elif entry[4] >= 3:  # protected or a window entry hit before: reorder
-                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
+                    elif entry[4] >= 0:  # in the main region: one more use
+                        self._uses[entry[4]] += 1
                     else:
-                        self._touch(key, entry)
+                        self._window_hit(key)
                     self._hits += 1
                     return entry[0]
                 self._drop_expired(key, entry)
@@ -344,10 +348,10 @@ class CacheLevel(MutableMapping[str, V]):
                     lru = self._lru
                     if lru is not None:
                         lru.move_to_end(key)
-                    elif entry[4] >= 3:
-                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
+                    elif entry[4] >= 0:  # in the main region: one more use
+                        self._uses[entry[4]] += 1
                     else:
-                        self._touch(key, entry)
+                        self._window_hit(key)
                     self._hits += 1
                     value: V = entry[0]
                     return value
@@ -372,10 +376,10 @@ class CacheLevel(MutableMapping[str, V]):
                     lru = self._lru
                     if lru is not None:
                         lru.move_to_end(key)
-                    elif entry[4] >= 3:
-                        self._orders[entry[4]].move_to_end(key)  # type: ignore[index]
+                    elif entry[4] >= 0:  # in the main region: one more use
+                        self._uses[entry[4]] += 1
                     else:
-                        self._touch(key, entry)
+                        self._window_hit(key)
                     self._hits += 1
                     return entry[0], remaining
                 self._drop_expired(key, entry)
@@ -446,8 +450,8 @@ class CacheLevel(MutableMapping[str, V]):
         size += len(key) + ENTRY_OVERHEAD
         if ttl is not None:
             size += EXPIRY_OVERHEAD
-        orders = self._orders
-        if orders is not None:
+        window = self._window
+        if window is not None:
             size += COST_OVERHEAD
         max_bytes = self._max_bytes
         if (ttl is not None and not ttl > 0) or (max_bytes is not None and size > max_bytes):
@@ -471,22 +475,24 @@ class CacheLevel(MutableMapping[str, V]):
                 expires = now + ttl
                 heap.push(expires, key)
             old = data.get(key)
-            if orders is None:
+            if window is None:
                 data[key] = (value, expires, size, tags)
                 if old is not None:
                     self._lru.move_to_end(key)  # type: ignore[union-attr]
             else:
                 weight = self._weight(size, cost)
                 if old is None:
-                    self._sketch.add(key)
+                    if self._sketch.add(key):
+                        self._halve_uses()
                     data[key] = (value, expires, size, tags, _WINDOW, weight)
-                    orders[_WINDOW][key] = None
-                    self._segment_bytes[_WINDOW] += size
+                    window[key] = None
+                    self._window_used += size
                 else:
-                    segment = old[4]
-                    data[key] = (value, expires, size, tags, segment, weight)
-                    orders[segment].move_to_end(key)
-                    self._segment_bytes[segment] += size - old[2]
+                    place = old[4]
+                    data[key] = (value, expires, size, tags, place, weight)
+                    if place < 0:
+                        window.move_to_end(key)
+                        self._window_used += size - old[2]
             if old is not None:
                 self._nbytes += size - old[2]
             else:
@@ -494,7 +500,7 @@ class CacheLevel(MutableMapping[str, V]):
             # Expired entries go before live ones are evicted for room.
             if heap.due(now):
                 self._sweep(now, evicted)
-            if orders is None:
+            if window is None:
                 while len(data) > self._max_entries or (
                     max_bytes is not None and self._nbytes > max_bytes
                 ):
@@ -564,10 +570,11 @@ class CacheLevel(MutableMapping[str, V]):
             self._data.clear()
             self._heap.clear()
             self._nbytes = 0
-            if self._orders is not None:
-                for order in self._orders:
-                    order.clear()
-                self._segment_bytes = [0, 0, 0, 0, 0]
+            self._main.clear()
+            self._uses.clear()
+            if self._window is not None:
+                self._window.clear()
+                self._window_used = 0
 
     def expire(self) -> int:
         """Remove every expired entry now; return how many were removed.
@@ -670,90 +677,84 @@ class CacheLevel(MutableMapping[str, V]):
             for key, reason in evicted:
                 callback(key, reason)
 
-    # -- the cost policy (caller holds the lock; self._orders is not None) ---------------
+    # -- the cost policy (caller holds the lock; self._window is not None) ---------------
 
     def _unlink(self, key: str, entry: tuple[Any, ...]) -> None:
-        """Take a removed entry out of its segment (nothing to do under LRU)."""
-        orders = self._orders
-        if orders is not None:
-            segment = entry[4]
-            del orders[segment][key]
-            self._segment_bytes[segment] -= entry[2]
+        """Take a removed entry out of the window or the main list (nothing under LRU)."""
+        window = self._window
+        if window is None:
+            return
+        place = entry[4]
+        if place < 0:
+            del window[key]
+            self._window_used -= entry[2]
+            return
+        main = self._main
+        last = main.pop()
+        last_uses = self._uses.pop()
+        if last != key:  # the last key takes the removed one's place
+            main[place] = last
+            self._uses[place] = last_uses
+            moved = self._data[last]
+            self._data[last] = (*moved[:4], place, moved[5])
+
+    def _window_hit(self, key: str) -> None:
+        """A hit in the window counts towards its admission and refreshes its recency."""
+        if self._sketch.add(key):
+            self._halve_uses()
+        self._window.move_to_end(key)  # type: ignore[union-attr]
+
+    def _halve_uses(self) -> None:
+        """The sketch halved its counts: so do the main region's use counts."""
+        self._uses[:] = [uses >> 1 for uses in self._uses]
 
     def _weight(self, size: int, cost: float | None) -> float:
-        """Compute seconds per share of the level: ``cost / max(size / max_bytes,
-        1 / max_entries)``, scaled by ``max_entries`` (only comparisons matter)."""
+        """``sqrt(compute seconds) / max(size / max_bytes, 1 / max_entries)``, scaled by
+        ``max_entries`` (only comparisons matter)."""
         if cost is None or not cost >= 0:  # unknown (or NaN): as costly as the average
             cost = self._cost_sum / self._costs_known if self._costs_known else 1.0
         else:
             self._cost_sum += cost
             self._costs_known += 1
+        root = math.sqrt(cost)
         max_bytes = self._max_bytes
         if max_bytes is None:
-            return cost
+            return root
         share = size * self._max_entries / max_bytes
-        return cost / share if share > 1.0 else cost
-
-    def _move(self, key: str, entry: tuple[Any, ...], segment: int) -> None:
-        """Move ``key`` to the most recent end of ``segment``."""
-        orders = self._orders
-        assert orders is not None
-        old = entry[4]
-        del orders[old][key]
-        self._segment_bytes[old] -= entry[2]
-        self._data[key] = (*entry[:4], segment, entry[5])
-        orders[segment][key] = None
-        self._segment_bytes[segment] += entry[2]
-
-    def _touch(self, key: str, entry: tuple[Any, ...]) -> None:
-        """A hit outside the protected segment: a window hit counts towards admission;
-        a probation hit earns the protected segment (demoting its least recent)."""
-        orders = self._orders
-        assert orders is not None
-        if entry[4] == _WINDOW:
-            self._sketch.add(key)
-            self._data[key] = (*entry[:4], _WINDOW_HIT, entry[5])
-            self._segment_bytes[_WINDOW] -= entry[2]
-            self._segment_bytes[_WINDOW_HIT] += entry[2]
-            orders[_WINDOW].move_to_end(key)
-            return
-        self._move(key, entry, _PROTECTED)
-        protected = orders[_PROTECTED]
-        limit = self._protected_bytes
-        while len(protected) > 1 and (
-            len(protected) > self._protected_entries
-            or (limit is not None and self._segment_bytes[_PROTECTED] > limit)
-        ):
-            demoted = next(iter(protected))
-            self._move(demoted, self._data[demoted], _PROBATION)
+        return root / share if share > 1.0 else root
 
     def _score(self, key: str) -> float:
-        weight: float = self._data[key][5]
-        return float(self._sketch.estimate(key) * weight)
+        """A main-region entry's uses x its weight."""
+        entry = self._data[key]
+        return float(self._uses[entry[4]] * entry[5])
 
     def _victim(self, candidate: str | None) -> str | None:
-        """The entry to evict next: the lowest score among the least recent probation
-        entries, else the least recent protected, else the least recent window entry."""
-        orders = self._orders
-        assert orders is not None
-        best: str | None = None
-        best_score = 0.0
-        compared = 0
-        for key in orders[_PROBATION]:
-            if key == candidate:
-                continue
-            score = self._score(key)
-            if best is None or score < best_score:
-                best, best_score = key, score
-            compared += 1
-            if compared == _VICTIM_SAMPLE:
-                break
-        if best is not None:
-            return best
-        for segment in (_PROTECTED, _WINDOW):
-            for key in orders[segment]:
-                if key != candidate:
-                    return key
+        """The entry to evict next: the lowest score of 8 main-region entries drawn at
+        random (never ``candidate``), else the least recent window entry."""
+        main = self._main
+        count = len(main)
+        if count > 1 or (count == 1 and main[0] != candidate):
+            draw = self._draw
+            data = self._data
+            uses = self._uses
+            best: str | None = None
+            best_score = 0.0
+            for _ in range(_VICTIM_SAMPLE):
+                place = draw(count)
+                key = main[place]
+                if key == candidate:
+                    continue
+                score = uses[place] * data[key][5]
+                if best is None or score < best_score:
+                    best, best_score = key, score
+            if best is not None:
+                return best
+            return next(key for key in main if key != candidate)
+        window = self._window
+        assert window is not None
+        for key in window:
+            if key != candidate:
+                return key
         return None
 
     def _evict(self, key: str, evicted: list[tuple[str, str]] | None) -> None:
@@ -765,24 +766,26 @@ class CacheLevel(MutableMapping[str, V]):
             evicted.append((key, EVICTED))
 
     def _make_room(self, evicted: list[tuple[str, str]] | None) -> None:
-        """Move the window's overflow into probation as candidates, then evict until
-        both bounds hold: each candidate duels the probation victim, the loser goes."""
-        orders = self._orders
-        assert orders is not None
+        """Move the window's overflow into the main region as candidates, then evict
+        until both bounds hold: each candidate duels a sampled victim, the loser goes."""
+        window = self._window
+        assert window is not None
         data = self._data
-        window = orders[_WINDOW]
+        main = self._main
         window_bytes = self._window_bytes
+        sketch = self._sketch
         candidates: list[str] = []
         while len(window) > self._window_entries or (
-            window_bytes is not None
-            and len(window) > 1
-            and self._segment_bytes[_WINDOW] + self._segment_bytes[_WINDOW_HIT] > window_bytes
+            window_bytes is not None and len(window) > 1 and self._window_used > window_bytes
         ):
-            candidate = next(iter(window))
-            self._move(candidate, data[candidate], _PROBATION)
+            candidate, _ = window.popitem(last=False)
+            entry = data[candidate]
+            self._window_used -= entry[2]
+            data[candidate] = (*entry[:4], len(main), entry[5])
+            main.append(candidate)
+            self._uses.append(sketch.estimate(candidate))
             candidates.append(candidate)
         max_bytes = self._max_bytes
-        sketch = self._sketch
         while len(data) > self._max_entries or (max_bytes is not None and self._nbytes > max_bytes):
             if not candidates:
                 victim = self._victim(None)
@@ -790,11 +793,13 @@ class CacheLevel(MutableMapping[str, V]):
                 self._evict(victim, evicted)
                 continue
             candidate = candidates[0]
-            count = sketch.estimate(candidate)
+            count = self._uses[data[candidate][4]]
             # Seen once: rejected without looking for a victim (the cheap, common case).
             victim = self._victim(candidate) if count >= _MIN_ADMIT_COUNT else None
             if victim is None or count * data[candidate][5] <= self._score(victim):
                 candidates.pop(0)
                 self._evict(candidate, evicted)
             else:
+                if victim in candidates:
+                    candidates.remove(victim)
                 self._evict(victim, evicted)

@@ -16,26 +16,28 @@ from hypothesis import strategies as st
 from tests.core.level_suite import FakeClock
 from tiercel.core.local.bytes_level import BytesLevel
 from tiercel.core.local.cache_level import COST, EVICTED, EXPIRED, LRU, CacheLevel
-from tiercel.core.local.frequency_sketch import MAX_COUNT, FrequencySketch
+from tiercel.core.local.frequency_sketch import MAX_COUNT, SAMPLE_FACTOR, FrequencySketch
 from tiercel.core.local.memory_level import MemoryLevel
 
 
 def check_invariants(level: CacheLevel[Any]) -> None:
-    """Bounds hold, bytes add up, and the segments hold exactly the entries."""
+    """Bounds hold, bytes add up, and the window and the main list hold exactly the
+    entries, each main entry at the index it records."""
     data = level._data
     assert len(data) <= level.max_entries
     assert level.nbytes == sum(entry[2] for entry in data.values())
     if level.max_bytes is not None:
         assert level.nbytes <= level.max_bytes
     if level.policy == COST:
-        orders = level._orders
-        assert orders is not None
-        assert sum(len(order) for order in orders[1:4]) == len(data)  # [4] is the window
-        charged = [0] * len(level._segment_bytes)
+        window, main = level._window, level._main
+        assert window is not None
+        assert len(window) + len(main) == len(data)
         for key, entry in data.items():
-            assert key in orders[entry[4]]
-            charged[entry[4]] += entry[2]
-        assert charged == level._segment_bytes
+            if entry[4] < 0:
+                assert key in window
+            else:
+                assert main[entry[4]] == key
+        assert level._window_used == sum(data[key][2] for key in window)
 
 
 def test_default_policy_is_cost() -> None:
@@ -107,7 +109,7 @@ def test_weight_is_per_byte_where_the_byte_bound_binds(policy: str) -> None:
     level = BytesLevel("l2", max_entries=1000, max_bytes=60_000, policy=policy)
     level.set("small", b"x" * 2_000, cost=1.0)
     level.set("big", b"x" * 20_000, cost=1.0)
-    level.set("filler", b"y" * 1_000, cost=1.0)  # both now wait in probation
+    level.set("filler", b"y" * 1_000, cost=1.0)  # both now in the main region
     assert level.popitem()[0] == ("big" if policy == COST else "small")
     check_invariants(level)
 
@@ -117,6 +119,8 @@ def test_weight_is_per_entry_where_only_entries_bind() -> None:
     level.set("small", "s", size=10, cost=1.0)
     level.set("big", "b", size=10**6, cost=1.0)
     assert level._data["small"][5] == level._data["big"][5] == 1.0
+    level.set("costly", "c", size=10, cost=4.0)
+    assert level._data["costly"][5] == 2.0  # the square root of the cost
 
 
 def test_unknown_cost_is_the_mean_of_known_costs() -> None:
@@ -124,7 +128,7 @@ def test_unknown_cost_is_the_mean_of_known_costs() -> None:
     level.set("a", 1, cost=2.0)
     level.set("b", 2, cost=4.0)
     level.set("c", 3)
-    assert level._data["c"][5] == pytest.approx(3.0)
+    assert level._data["c"][5] == pytest.approx(3.0**0.5)  # the square root of the mean
     fresh = MemoryLevel("l1", max_entries=10)
     fresh.set("x", 1)
     assert fresh._data["x"][5] == 1.0
@@ -142,12 +146,38 @@ def test_a_window_hit_counts_towards_admission() -> None:
     assert "next" not in level
 
 
-def test_a_key_living_in_the_window_is_counted_once_for_its_hits() -> None:
+def test_every_hit_is_counted_wherever_the_entry_lives() -> None:
+    """In the window a hit counts in the sketch; in the main region in the entry's own
+    use count, which starts at the sketch's count and halves when the sketch does."""
     level = MemoryLevel("l1", max_entries=1000)
     level.set("k", 1)
     for _ in range(50):
-        assert level.get("k") == 1
-    assert level._sketch.estimate("k") == 2
+        assert level.get("k") == 1  # in the window
+    assert level._sketch.estimate("k") == 51
+    for i in range(20):
+        level.set(f"other{i}", i)  # push "k" into the main region
+    place = level._data["k"][4]
+    assert place >= 0 and level._uses[place] == 51
+    level.get("k")
+    assert level._uses[place] == 52
+    level._halve_uses()
+    assert level._uses[place] == 26
+    check_invariants(level)
+
+
+def test_a_frequent_cheap_key_outscores_an_expensive_key_seen_twice() -> None:
+    """Score ``frequency x sqrt(cost)``: 40 uses at 10 ms beat 2 uses at 1 s (a ``frequency
+    x cost`` ranking would keep the expensive one)."""
+    level = MemoryLevel("l1", max_entries=100)
+    for i in range(99):
+        level.set(f"cheap{i}", i, cost=0.01)
+        for _ in range(39):
+            level.get(f"cheap{i}")
+    level.set("rare", "r", cost=1.0)
+    level.get("rare")  # seen twice
+    level.set("push", "p", cost=0.01)  # "rare" leaves the window and duels a cheap key
+    assert "rare" not in level
+    assert sum(f"cheap{i}" in level for i in range(99)) == 99
     check_invariants(level)
 
 
@@ -173,15 +203,18 @@ def test_on_evict_reasons_and_expiry_under_cost() -> None:
     check_invariants(level)
 
 
-def test_promotion_and_demotion_keep_the_protected_share() -> None:
-    level = MemoryLevel("l1", max_entries=100)
-    for i in range(100):
-        level.set(f"k{i}", i)
-    for i in range(100):
+def test_the_victims_are_the_lowest_scores_drawn_from_the_main_region() -> None:
+    """Equal counts, half the entries 10,000x cheaper, stored interleaved: the first
+    50 victims are (nearly) all cheap ones, where recency would take half of each."""
+    level = MemoryLevel("l1", max_entries=200)
+    for i in range(200):
+        level.set(f"k{i}", i, cost=1e-4 if i % 2 else 1.0)
         level.get(f"k{i}")
-    orders = level._orders
-    assert orders is not None
-    assert len(orders[3]) == level._protected_entries
+    level.set("last", None)  # the window's overflow moves to the main region
+    check_invariants(level)
+    victims = [level.popitem()[0] for _ in range(50)]
+    cheap = sum(int(key[1:]) % 2 == 1 for key in victims if key != "last")
+    assert cheap >= 45
     check_invariants(level)
 
 
@@ -198,14 +231,14 @@ def test_popitem_empties_a_cost_level() -> None:
 
 
 def test_sketch_counts_saturate_and_halve() -> None:
-    sketch = FrequencySketch(16, sample_factor=10)
-    for _ in range(40):
+    sketch = FrequencySketch(16, sample_factor=SAMPLE_FACTOR)
+    for _ in range(MAX_COUNT + 40):
         sketch.add("hot")
-    assert sketch.estimate("hot") <= MAX_COUNT
+    assert sketch.estimate("hot") == MAX_COUNT
     assert sketch.estimate("never") == 0
-    for i in range(200):  # past the sample: every counter halves
+    for i in range(16 * SAMPLE_FACTOR):  # past the sample: every counter halves
         sketch.add(f"k{i}")
-    assert sketch.estimate("hot") < MAX_COUNT
+    assert sketch.estimate("hot") == MAX_COUNT // 2
     sketch.clear()
     assert sketch.estimate("hot") == 0
 
@@ -281,11 +314,11 @@ def test_the_cache_gives_its_levels_the_compute_seconds() -> None:
     memory = writer.add_level("memory", None, 100)
     raw = writer.add_level("bytes", None, 100, kind="bytes", max_bytes=2**20)
     writer.set("k", [1, 2], compute_seconds=2.5)
-    assert memory._data["k"][5] == raw._data["k"][5] == 2.5
+    assert memory._data["k"][5] == raw._data["k"][5] == 2.5**0.5
     reader = MultiLevelCache(serializer=serializer, tier=StubTier(store, serializer))
     near = reader.add_level("memory", None, 100, policy=LRU)
     assert near.policy == LRU
     fresh = reader.add_level("other", None, 100)
     assert reader.lookup("k") is not None
     assert "k" in near
-    assert fresh._data["k"][5] == 2.5
+    assert fresh._data["k"][5] == 2.5**0.5

@@ -39,7 +39,7 @@ def test_reports_the_sum_of_registered_levels() -> None:
     assert budget.used == l2.nbytes
 
 
-def test_enforce_evicts_lru_entries_from_the_largest_level_until_it_fits() -> None:
+def test_enforce_evicts_by_policy_from_the_largest_level_until_it_fits() -> None:
     small = BytesLevel("small", max_entries=1000, max_bytes=10**7)
     big = BytesLevel("big", max_entries=1000, max_bytes=10**7)
     fill(small, 5)
@@ -47,11 +47,11 @@ def test_enforce_evicts_lru_entries_from_the_largest_level_until_it_fits() -> No
     budget = MemoryBudget(big.nbytes // 2 + small.nbytes)
     budget.register(small)
     budget.register(big)
-    big.get("b0")  # recently used: must survive
+    big.get("b0")  # used again: scores above every other entry, must survive
     evicted = budget.enforce()
     assert evicted > 0 and budget.used <= budget.max_bytes
     assert len(small) == 5, "the smaller level is left alone while the larger one is bigger"
-    assert "b0" in big and "b1" not in big
+    assert "b0" in big and len(big) < 40
     assert budget.snapshot()["evictions"] == evicted
     assert budget.enforce() == 0
 
