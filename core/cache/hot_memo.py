@@ -89,7 +89,10 @@ def call_key(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Hashable | None:
                 for item in only:
                     if type(item) not in _PLAIN:
                         return None
-                return (tuple, only)
+                # The call's own args tuple, nothing built: no other key is a 1-tuple
+                # holding a tuple (one plain argument is its own key, several plain ones
+                # hold no tuple, and the (type, value) forms have 2 or more items).
+                return args
         else:
             for arg in args:
                 if type(arg) not in _PLAIN:
@@ -224,7 +227,7 @@ class HotMemo:
                     kind = type(item)
                     if kind is not int and kind is not str:
                         return MISSING
-                key = (tuple, only)
+                key = args  # as call_key keys it
             else:
                 key = call_key(args, kwargs)
         else:
