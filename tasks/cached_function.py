@@ -25,6 +25,11 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+_RUNTIME = runtime.RUNTIME
+
+
+def _no_answer(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return MISSING
 
 
 class CachedCallable(Generic[P, R]):
@@ -33,6 +38,10 @@ class CachedCallable(Generic[P, R]):
     def __init__(self, spec: CachedFunction[P, R]) -> None:
         self.spec = spec
         self._bound: tuple[runtime.Runtime, Memoized[P, R]] | None = None
+        #: The runtime the hot memo was made for, and the memo's answer (held here
+        #: rather than reached through ``_bound`` on every call: this is the hit path).
+        self._owner: object = None
+        self._answer: Callable[[tuple[Any, ...], dict[str, Any]], Any] = _no_answer
         functools.update_wrapper(self, spec.fn)
 
     def _memoized(self) -> tuple[runtime.Runtime, Memoized[P, R]]:
@@ -43,14 +52,15 @@ class CachedCallable(Generic[P, R]):
                 self.spec, rt.cache, rt.generations, rt.namespace, refresher=rt.refresher
             )
             bound = self._bound = (rt, memo)
+            self._answer = memo.memo.answer
+            self._owner = rt
         return bound
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        bound = self._bound
-        if bound is not None and bound[0] is runtime.RUNTIME.value:
+        if self._owner is _RUNTIME.value:
             # The hot memo first, on the runtime it was made for (a fork or a restart
-            # makes a new one).
-            value = bound[1].memo.answer(args, kwargs)
+            # makes a new one; before the first call no runtime matches None's owner).
+            value = self._answer(args, kwargs)
             if value is not MISSING:
                 hit: R = value
                 return hit
