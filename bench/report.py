@@ -122,7 +122,9 @@ def markdown(
         "",
         "Reproduce on your machine: `make bench` (or `.venv/bin/python -m bench`; `--quick` "
         "for a smoke run, `--only MODULE` for one module). Each benchmark runs tiercel and "
-        "its peer alternately in the same process, several times; **ratio** is the ratio of "
+        "its peer alternately in the same process, several times (a per-call timing takes, "
+        "in each repeat, the fastest of 10 alternating slices: other load only adds time); "
+        "**ratio** is the ratio of "
         "the medians (tiercel / peer, so below 1 is faster, unless the target says *faster*), "
         "**spread** the lowest and highest ratio of single repeats. A figure without a peer "
         "(a count, a percentage, a latency) shows its own spread. `make bench` compares each "
