@@ -35,7 +35,8 @@ Two eviction policies (``policy=``):
   Every new entry and every hit is counted: in the sketch while the entry is
   in the window, then in the entry's own use count (exact, one list slot,
   so a hit in the main region costs one increment); both are halved every
-  100 x ``max_entries`` counts of the sketch (the frequency forgets). The
+  100 x ``max_entries`` counts of the sketch or hits, whichever come first
+  (the frequency forgets). The
   square root of the cost, not the cost: a frequency estimate of a key seen a
   few times is noisy, and a 100x cost range multiplies that noise into the
   ranking, so that expensive keys seen twice by chance displace cheap keys
@@ -238,6 +239,8 @@ class CacheLevel(MutableMapping[str, V]):
         # that takes the lock itself.
         self._lock = threading.RLock()
         self._hits = self._misses = self._evictions = self._expirations = self._rejected = 0
+        #: ``_hits`` when the cost policy last aged its counts.
+        self._aged_at = 0
 
     # -- read-only configuration ---------------------------------------------------------
 
@@ -482,8 +485,7 @@ class CacheLevel(MutableMapping[str, V]):
             else:
                 weight = self._weight(size, cost)
                 if old is None:
-                    if self._sketch.add(key):
-                        self._halve_uses()
+                    self._count(key)
                     data[key] = (value, expires, size, tags, _WINDOW, weight)
                     window[key] = None
                     self._window_used += size
@@ -639,7 +641,7 @@ class CacheLevel(MutableMapping[str, V]):
         """Zero the hit, miss, eviction, expiration and rejected counters."""
         with self._lock:
             self._hits = self._misses = self._evictions = self._expirations = 0
-            self._rejected = 0
+            self._rejected = self._aged_at = 0
 
     # -- internals (caller holds the lock) -----------------------------------------------
 
@@ -700,13 +702,24 @@ class CacheLevel(MutableMapping[str, V]):
 
     def _window_hit(self, key: str) -> None:
         """A hit in the window counts towards its admission and refreshes its recency."""
-        if self._sketch.add(key):
-            self._halve_uses()
+        self._count(key)
         self._window.move_to_end(key)  # type: ignore[union-attr]
 
+    def _count(self, key: str) -> None:
+        """Count ``key`` in the sketch; age every count when the sketch halves, or when as
+        many hits as the sketch's sample passed since the last aging (a level whose keys
+        are all resident stores nothing, yet its use counts must forget too)."""
+        sketch = self._sketch
+        halved = sketch.add(key)
+        if halved or self._hits - self._aged_at >= sketch.sample:
+            if not halved:
+                sketch.halve()
+            self._halve_uses()
+
     def _halve_uses(self) -> None:
-        """The sketch halved its counts: so do the main region's use counts."""
+        """Halve the main region's use counts (the sketch halves with them)."""
         self._uses[:] = [uses >> 1 for uses in self._uses]
+        self._aged_at = self._hits
 
     def _weight(self, size: int, cost: float | None) -> float:
         """``sqrt(compute seconds) / max(size / max_bytes, 1 / max_entries)``, scaled by

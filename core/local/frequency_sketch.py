@@ -23,7 +23,8 @@ hit ratio), and counts are halved every 100 x ``expected_entries`` increments
 The four rows' slots come from one ``hash()`` by double hashing. A level counts
 every key it stores (a miss that was computed or read from a slower tier) and
 every hit while the key is in its window; a key admitted past the window keeps
-its own exact count. A count of 2 or more means the key was asked for again.
+its own exact count (the level halves those with the sketch, see :meth:`halve`).
+A count of 2 or more means the key was asked for again.
 
 Memory is fixed at ``4 * width`` bytes, allocated once: 64 bytes per expected entry, at
 least 32 KiB.
@@ -79,7 +80,7 @@ class FrequencySketch:
         step = h >> 32 | 1
         mask = self._mask
         a, b, c, d = h & mask, (h + step) & mask, (h + 2 * step) & mask, (h + 3 * step) & mask
-        r0, r1, r2, r3 = rows = self._rows
+        r0, r1, r2, r3 = self._rows
         x0, x1, x2, x3 = r0[a], r1[b], r2[c], r3[d]
         least = x0 if x0 < x1 else x1
         if x2 < least:
@@ -100,10 +101,19 @@ class FrequencySketch:
         self._additions += 1
         if self._additions < self._sample:
             return False
-        self._additions //= 2
-        for row in rows:
-            row[:] = row.translate(_HALVE)
+        self.halve()
         return True
+
+    @property
+    def sample(self) -> int:
+        """Increments between two halvings."""
+        return self._sample
+
+    def halve(self) -> None:
+        """Halve every counter now (as every ``sample`` increments do)."""
+        self._additions //= 2
+        for row in self._rows:
+            row[:] = row.translate(_HALVE)
 
     def estimate(self, key: str) -> int:
         """The estimated recent count of ``key`` (never an underestimate between halvings)."""

@@ -322,3 +322,23 @@ def test_the_cache_gives_its_levels_the_compute_seconds() -> None:
     assert reader.lookup("k") is not None
     assert "k" in near
     assert fresh._data["k"][5] == 2.5**0.5
+
+
+def test_use_counts_forget_while_every_key_is_resident() -> None:
+    """A level that stores nothing new still ages its counts: once as many hits as the
+    sketch's sample have passed, the next count halves them all."""
+    level = MemoryLevel("l1", max_entries=100)
+    for i in range(100):
+        level.set(f"k{i}", i)
+    place = level._data["k0"][4]
+    assert place >= 0
+    sample = level._sketch.sample
+    for _ in range(sample // 2):
+        level.get("k0")
+        level.get("k1")
+    before = level._uses[place]
+    assert before > sample // 2
+    level.discard("k99")
+    level.set("new", "n")  # the first count since: every count ages
+    assert level._uses[level._data["k0"][4]] == before // 2
+    check_invariants(level)
