@@ -75,7 +75,7 @@ class FrequencySketch:
     def add(self, key: str) -> bool:
         """Count one use of ``key``; halve every counter once ``sample`` uses were counted
         (then return True)."""
-        # Inlined slots (see estimate): this runs on every hit of a level.
+        # Slots inlined (see estimate): this runs on every store and window hit of a level.
         h = hash(key)
         step = h >> 32 | 1
         mask = self._mask
