@@ -28,8 +28,10 @@ To combine with a configuration file of your own, call it there::
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
+from types import FrameType
 from typing import Any
 
 from celery.events.state import Task
@@ -110,6 +112,7 @@ def install(settings: Any = None) -> ClientRequestsCollector:
     with _installed:
         # Read when Flower builds its state, after its configuration file ran.
         EventsState.Task = CachedTaskState
+        _stop_cleanly_on_sigterm()
         if _collector is None:
             from prometheus_client import REGISTRY
 
@@ -117,3 +120,27 @@ def install(settings: Any = None) -> ClientRequestsCollector:
             REGISTRY.register(collector)
             _collector = collector
         return _collector
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """Have Flower stop its event loop on SIGTERM instead of raising ``SystemExit``.
+
+    Flower's handler calls ``sys.exit(0)`` inside the signal handler, and the
+    exception lands in whatever frame runs then: seen landing in a ``WeakSet``
+    callback, whose exceptions Python ignores, so Flower ran on until a service
+    manager killed it. Flower installs ``flower.command.sigterm_handler`` after
+    this configuration file ran, so replacing that name is enough.
+    """
+    import flower.command
+
+    flower.command.sigterm_handler = _stop_on_sigterm
+
+
+def _stop_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    """Stop the IOLoop on its next turn: ``Flower.start`` returns and the process exits
+    normally (``atexit`` runs Flower's own ``stop``)."""
+    from tornado.ioloop import IOLoop
+
+    logging.getLogger("flower.command").info("signal %s: stopping the event loop", signum)
+    loop = IOLoop.current()
+    loop.asyncio_loop.call_soon_threadsafe(loop.stop)  # type: ignore[attr-defined]

@@ -248,3 +248,48 @@ def test_maintenance_tasks_are_quiet_in_a_users_app_whose_settings_stay() -> Non
         "proj.add": False,
     }
     assert found["conf"] == [True, True]
+
+
+def test_flower_stops_on_sigterm_through_its_event_loop(fleet: Fleet) -> None:
+    """SIGTERM stops Flower's event loop (tiercel's handler) and the process exits 0, each of
+    three times; Flower's own handler raised SystemExit wherever the signal landed, and once
+    that was a callback whose exceptions Python ignores, so Flower ran on."""
+    import flower.command
+
+    from tiercel.workers.flower_view import install
+
+    install()
+    assert flower.command.sigterm_handler.__module__ == "tiercel.workers.flower_view"
+    for _ in range(3):
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "celery", "-A", "tiercel.workers.app", "flower"),
+                "--address=127.0.0.1",
+                f"--port={port}",
+                f"--conf={flower_config_path()}",
+            ],
+            env=dict(os.environ, FLOWER_UNAUTHENTICATED_API="true"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _get(f"http://127.0.0.1:{port}/healthcheck", timeout=1)
+                    break
+                except OSError:
+                    assert process.poll() is None, "flower exited"
+                    assert time.monotonic() < deadline, "flower did not start"
+                    time.sleep(0.2)
+            os.killpg(process.pid, 15)
+            output, _ = process.communicate(timeout=15)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, 9)
+                process.wait(10)
+        assert process.returncode == 0, output.decode(errors="replace")[-2000:]
+        assert b"signal 15: stopping the event loop" in output  # tiercel's handler ran
