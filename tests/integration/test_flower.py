@@ -32,48 +32,55 @@ def _get(url: str, timeout: float = 5.0) -> str:
         return response.read().decode()
 
 
-@pytest.fixture(scope="module")
-def flower(fleet: Fleet) -> Iterator[str]:
-    """Flower on a free loopback port with ``--conf`` tiercel's file; yields its base URL."""
-    port = free_port()
-    env = dict(os.environ, FLOWER_UNAUTHENTICATED_API="true")
+def _start_flower(port: int, output: int) -> subprocess.Popen[bytes]:
+    """Flower with ``--conf`` tiercel's file on ``port``, its output to ``output``, once it
+    answers its health check."""
     process = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "tiercel.workers.app",
-            "flower",
+            *("-m", "celery", "-A", "tiercel.workers.app", "flower"),
             "--address=127.0.0.1",
             f"--port={port}",
             f"--conf={flower_config_path()}",
         ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, FLOWER_UNAUTHENTICATED_API="true"),
+        stdout=output,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _get(f"{base}/healthcheck", timeout=1)
-                break
-            except OSError:
-                assert process.poll() is None, "flower exited"
-                assert time.monotonic() < deadline, "flower did not start"
-                time.sleep(0.2)
-        time.sleep(1.0)  # its event receiver subscribes right after the web server starts
-        yield base
-    finally:
-        os.killpg(process.pid, 15)
+    deadline = time.monotonic() + 30
+    while True:
         try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:  # a loaded machine: do not let it outlive the test
-            os.killpg(process.pid, 9)
-            process.wait(10)
+            _get(f"http://127.0.0.1:{port}/healthcheck", timeout=1)
+            return process
+        except OSError:
+            if process.poll() is not None or time.monotonic() >= deadline:
+                os.killpg(process.pid, 9)
+                process.wait(10)
+                raise AssertionError("flower did not start") from None
+            time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s: never let Flower outlive its test."""
+    os.killpg(process.pid, 15)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def flower(fleet: Fleet) -> Iterator[str]:
+    """Flower on a free loopback port with ``--conf`` tiercel's file; yields its base URL."""
+    port = free_port()
+    process = _start_flower(port, subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)  # its event receiver subscribes right after the web server starts
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process, 20)
 
 
 def _pages(base: str, task_ids: list[str], timeout: float = 15.0) -> dict[str, str]:
@@ -261,35 +268,12 @@ def test_flower_stops_on_sigterm_through_its_event_loop(fleet: Fleet) -> None:
     install()
     assert flower.command.sigterm_handler.__module__ == "tiercel.workers.flower_view"
     for _ in range(3):
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                *("-m", "celery", "-A", "tiercel.workers.app", "flower"),
-                "--address=127.0.0.1",
-                f"--port={port}",
-                f"--conf={flower_config_path()}",
-            ],
-            env=dict(os.environ, FLOWER_UNAUTHENTICATED_API="true"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        process = _start_flower(free_port(), subprocess.PIPE)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    _get(f"http://127.0.0.1:{port}/healthcheck", timeout=1)
-                    break
-                except OSError:
-                    assert process.poll() is None, "flower exited"
-                    assert time.monotonic() < deadline, "flower did not start"
-                    time.sleep(0.2)
             os.killpg(process.pid, 15)
             output, _ = process.communicate(timeout=15)
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, 9)
-                process.wait(10)
+                _stop(process, 0)
         assert process.returncode == 0, output.decode(errors="replace")[-2000:]
         assert b"signal 15: stopping the event loop" in output  # tiercel's handler ran
