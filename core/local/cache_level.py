@@ -302,9 +302,10 @@ class CacheLevel(MutableMapping[str, V]):
                 self._nbytes -= entry[2]
                 value: V = entry[0]
                 return key, value
-            victim = self._victim(None)
-            if victim is None:
+            chosen = self._victim(None)
+            if chosen is None:
                 raise KeyError(f"level {self._name!r} is empty")
+            victim = chosen[0]
             entry = self._data.pop(victim)
             self._nbytes -= entry[2]
             self._unlink(victim, entry)
@@ -736,14 +737,10 @@ class CacheLevel(MutableMapping[str, V]):
         share = size * self._max_entries / max_bytes
         return root / share if share > 1.0 else root
 
-    def _score(self, key: str) -> float:
-        """A main-region entry's uses x its weight."""
-        entry = self._data[key]
-        return float(self._uses[entry[4]] * entry[5])
-
-    def _victim(self, candidate: str | None) -> str | None:
-        """The entry to evict next: the lowest score of 8 main-region entries drawn at
-        random (never ``candidate``), else the least recent window entry."""
+    def _victim(self, candidate: str | None) -> tuple[str, float] | None:
+        """The entry to evict next and its score: the lowest score of 8 main-region entries
+        drawn at random (never ``candidate``), else the least recent window entry (scored
+        by its count in the sketch, as a window entry has no use count)."""
         main = self._main
         count = len(main)
         if count > 1 or (count == 1 and main[0] != candidate):
@@ -761,13 +758,14 @@ class CacheLevel(MutableMapping[str, V]):
                 if best is None or score < best_score:
                     best, best_score = key, score
             if best is not None:
-                return best
-            return next(key for key in main if key != candidate)
+                return best, best_score
+            place = next(i for i, key in enumerate(main) if key != candidate)
+            return main[place], uses[place] * data[main[place]][5]
         window = self._window
         assert window is not None
         for key in window:
             if key != candidate:
-                return key
+                return key, self._sketch.estimate(key) * self._data[key][5]
         return None
 
     def _evict(self, key: str, evicted: list[tuple[str, str]] | None) -> None:
@@ -801,18 +799,19 @@ class CacheLevel(MutableMapping[str, V]):
         max_bytes = self._max_bytes
         while len(data) > self._max_entries or (max_bytes is not None and self._nbytes > max_bytes):
             if not candidates:
-                victim = self._victim(None)
-                assert victim is not None  # over a bound, so not empty
-                self._evict(victim, evicted)
+                chosen = self._victim(None)
+                assert chosen is not None  # over a bound, so not empty
+                self._evict(chosen[0], evicted)
                 continue
             candidate = candidates[0]
             count = self._uses[data[candidate][4]]
             # Seen once: rejected without looking for a victim (the cheap, common case).
-            victim = self._victim(candidate) if count >= _MIN_ADMIT_COUNT else None
-            if victim is None or count * data[candidate][5] <= self._score(victim):
+            chosen = self._victim(candidate) if count >= _MIN_ADMIT_COUNT else None
+            if chosen is None or count * data[candidate][5] <= chosen[1]:
                 candidates.pop(0)
                 self._evict(candidate, evicted)
             else:
+                victim = chosen[0]
                 if victim in candidates:
                     candidates.remove(victim)
                 self._evict(victim, evicted)

@@ -342,3 +342,14 @@ def test_use_counts_forget_while_every_key_is_resident() -> None:
     level.set("new", "n")  # the first count since: every count ages
     assert level._uses[level._data["k0"][4]] == before // 2
     check_invariants(level)
+
+
+def test_a_candidate_duels_a_window_victim_by_that_entrys_own_count() -> None:
+    """With the main region holding only the candidate, the victim comes from the window
+    and is scored by its own sketch count: "a", used twice, stays over "b", used once."""
+    level = MemoryLevel("l1", max_entries=1)
+    level.set("a", 1, cost=1.0)
+    assert level.get("a") == 1  # counted twice
+    assert level.set("b", 2, cost=1.0) is False  # "a" leaves the window and wins the duel
+    assert "a" in level and "b" not in level
+    check_invariants(level)
