@@ -466,11 +466,20 @@ def cached_task(
             request = requests.top
             inflight_id = request.id if request is not None else None
             refresh = request is not None and _asked_to_refresh(request)
+            # Published by submit after it missed in every tier and marked the key in
+            # flight: the worker claims the lease without reading Redis first.
+            claimed = request is not None and _header(request, INFLIGHT_HEADER)
             memo = hot.bind(rt)
             mark = memo.mark()
             key = rt.counted_key(spec, args, kwargs)
             found = rt.call(
-                spec, args, kwargs, inflight_id=inflight_id, force_refresh=refresh, key=key
+                spec,
+                args,
+                kwargs,
+                inflight_id=inflight_id,
+                force_refresh=refresh,
+                key=key,
+                claimed=claimed,
             )
             if inflight_id is not None and found.source != "computed":
                 # Answered without computing: our own in-flight marker is still there.

@@ -2,7 +2,7 @@
 
 A :class:`Runtime` holds a process's local levels, its Redis-tier client,
 leases, notifier (the invalidation listener), generations, background
-refresher, pools and memory budget, metrics registry, and (in a worker) its
+refresher, pools and memory budget, metrics registry, event sender, and (in a worker) its
 local sweeper; every process its snapshot publisher (a client that submits
 counts the hits it answers itself). :meth:`Runtime.start` starts its
 threads; :meth:`Runtime.close` stops them and closes its sockets, in reverse,
@@ -50,6 +50,7 @@ from tiercel.core.tier.liveness import ChannelLiveness
 from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
 from tiercel.core.tier.renewer import LeaseRenewer
+from tiercel.tasks.event_sender import EventSender
 from tiercel.tasks.pools import PoolRegistry
 from tiercel.tasks.process_local import ProcessLocal
 from tiercel.tasks.publisher import SnapshotPublisher, metrics_client
@@ -187,6 +188,8 @@ class Runtime:
             else None
         )
         self.publisher: SnapshotPublisher | None = None
+        #: Publishes the worker's source events off the task's thread (see after_task).
+        self.events = EventSender()
         self.node = node
         #: Whether the invalidation listener was subscribed when :meth:`start` returned.
         self.listening = False
@@ -241,6 +244,7 @@ class Runtime:
 
     def close(self) -> None:
         """Stop every thread and close every socket this process opened (reverse order)."""
+        self.events.close()
         if self.publisher is not None:
             self.publisher.stop()
         if self.sweeper is not None:
@@ -299,10 +303,12 @@ class Runtime:
         inflight_id: str | None = None,
         force_refresh: bool = False,
         key: str | None = None,
+        claimed: bool = False,
     ) -> Lookup:
         """Look up or compute one call through every tier (refreshing early or stale
         values in this process's background refresher), counted by the recorder.
-        ``key`` is the call's cache key when the caller derived it already."""
+        ``key`` is the call's cache key when the caller derived it already; ``claimed``:
+        a submitter just missed it everywhere (see ``CachedFunction.call``)."""
         started = time.perf_counter()
         found = spec.call(
             self.cache,
@@ -314,6 +320,7 @@ class Runtime:
             inflight_id=inflight_id,
             force_refresh=force_refresh,
             key=key,
+            claimed=claimed,
         )
         self.recorder.record(
             spec.name, found.source, time.perf_counter() - started, found.compute_seconds
@@ -348,6 +355,7 @@ class Runtime:
         memo = hot.current() if hot is not None else None
         announce_source(
             self.recorder,
+            self.events,
             task,
             task_id,
             state,

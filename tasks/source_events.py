@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final
 
+from tiercel.tasks.event_sender import EventSender, PendingEvent
 from tiercel.tasks.recorder import CallRecorder
 
 __all__ = ["EVENT_PREFIX", "FIELDS", "announce_source"]
@@ -29,13 +30,15 @@ FIELDS: Final = ("tiercel_tier", "tiercel_seconds_saved", "tiercel_key")
 
 def announce_source(
     recorder: CallRecorder,
+    sender: EventSender,
     task: Any,
     task_id: str | None,
     state: str | None,
     key: Callable[[], str] | None = None,
     memo_source: str | None = None,
 ) -> None:
-    """Send the source event of the call ``task`` just made in this thread, if any.
+    """Send the source event of the call ``task`` just made in this thread, if any,
+    through ``sender`` (published from its own thread: the next task does not wait).
 
     ``key`` derives the call's cache key; it is called only when an event is sent.
     ``memo_source`` is the level the task's hot memo stands for: a cached task whose
@@ -55,6 +58,7 @@ def announce_source(
         fields: dict[str, Any] = {tier: source, seconds: round(saved, 6)}
         if key is not None:
             fields[cache_key] = key()
-        task.send_event(f"{EVENT_PREFIX}{source}", retry=False, **fields)
+        hostname = getattr(task.request, "hostname", None)
+        sender.send(PendingEvent(task.app, hostname, task_id, f"{EVENT_PREFIX}{source}", fields))
     except Exception:  # an event is a nicety: never fail the task for it
         log.debug("sending the source event failed", exc_info=True)

@@ -19,7 +19,7 @@ from tiercel.core.cache.failures import expired, is_failure, raise_failure
 from tiercel.core.cache.failures import record as failure_record
 from tiercel.core.cache.freshness import EARLY, FRESH, STALE, BackgroundRefresher, FreshnessPolicy
 from tiercel.core.cache.hot_memo import HotMemo, call_key
-from tiercel.core.cache.lookup import Lookup
+from tiercel.core.cache.lookup import SOURCE_COMPUTED, Lookup
 from tiercel.core.cache.miss_reasons import UNCACHEABLE_ARGUMENT
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.functions import function_name
@@ -146,16 +146,23 @@ class CachedFunction(Generic[P, R]):
         inflight_id: str | None = None,
         force_refresh: bool = False,
         key: str | None = None,
+        claimed: bool = False,
     ) -> Lookup:
         """Look up or compute one call through ``cache``, refreshing early or stale values
         as :attr:`policy` says (in the background when a ``refresher`` is given).
 
-        ``key`` is the call's cache key when the caller derived it already."""
+        ``key`` is the call's cache key when the caller derived it already.
+        ``claimed`` says the caller runs for a submitter that found the key missing in
+        every tier and marked it in flight under ``inflight_id`` moments ago: the local
+        levels are looked in, Redis is not read before the lease is claimed (the claim
+        reports a value written since, which is then judged as any other)."""
         if self.levels is not None:
             cache = cache.with_levels(self.levels)
         if key is None:
             key = self.counted_key(cache, namespace, generations, args, kwargs)
-        found = self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
+        found = self._answer(
+            cache, key, args, kwargs, refresher, inflight_id, force_refresh, claimed
+        )
         if self.cache_errors and is_failure(found.value):
             raise_failure(found.value, self.cache_errors, key)
         return found
@@ -169,11 +176,25 @@ class CachedFunction(Generic[P, R]):
         refresher: BackgroundRefresher | None,
         inflight_id: str | None,
         force_refresh: bool,
+        claimed: bool = False,
     ) -> Lookup:
         # A refresh asked for (``force_refresh``: an early or stale value was seen) looks
         # too: should another refresh have written a fresh value since, there is nothing
         # left to refresh, and computing again would be a duplicate.
-        found = cache.lookup(key)
+        claimed = claimed and not force_refresh
+        found = cache.lookup(key, remote=not claimed)
+        if found is None and claimed:
+            # One round trip fewer on the way to the lease (see ``call``).
+            found = cache.get_or_compute(
+                key,
+                compute=self._compute(args, kwargs),
+                ttl=self._physical_ttl(cache),
+                tags=self.tags,
+                inflight_id=inflight_id,
+                known_missing=True,
+            )
+            if found.source == SOURCE_COMPUTED:
+                return found
         verdict = FRESH
         if found is not None:
             if self.expired_failure(found.value):
@@ -182,15 +203,8 @@ class CachedFunction(Generic[P, R]):
                 verdict = self.policy.judge(found.ttl, found.compute_seconds)
             if verdict == FRESH:
                 return found  # the hit path: nothing else to decide
-        ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
-        errors = self.cache_errors
-
-        def compute() -> Any:
-            try:
-                return self.fn(*args, **kwargs)
-            except errors as error:  # () catches nothing: only listed types are cached
-                return failure_record(error, self.error_ttl)
-
+        ttl = self._physical_ttl(cache)
+        compute = self._compute(args, kwargs)
         if force_refresh:
             refreshed = cache.refresh(
                 key, compute=compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
@@ -228,6 +242,22 @@ class CachedFunction(Generic[P, R]):
             return found  # an early refresh failed (the value is still fresh), or stale-if-error
         # None: another process holds the lease and is refreshing; serve what we have.
         return found if refreshed is None else refreshed
+
+    def _physical_ttl(self, cache: MultiLevelCache) -> float:
+        return self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
+
+    def _compute(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Callable[[], Any]:
+        """The call, with the exceptions listed in ``cache_errors`` returned as failure
+        records (cached for ``error_ttl``) instead of raised."""
+        errors = self.cache_errors
+
+        def compute() -> Any:
+            try:
+                return self.fn(*args, **kwargs)
+            except errors as error:  # () catches nothing: only listed types are cached
+                return failure_record(error, self.error_ttl)
+
+        return compute
 
     def expired_failure(self, value: Any) -> bool:
         """True when ``value`` is a failure this function cached that outlived its

@@ -10,6 +10,7 @@ from celery.app.task import Context
 
 from tiercel.tasks import runtime
 from tiercel.tasks.cached import INFLIGHT_HEADER, REFRESH_HEADER, cached_task
+from tiercel.tasks.event_sender import PendingEvent
 from tiercel.tasks.metrics import REQUESTS
 
 pytestmark = pytest.mark.integration
@@ -79,9 +80,9 @@ def test_the_body_in_a_worker_answers_from_the_memo_and_tells_flower(
         square.cached_call(6)
     rt = runtime.current()
     rt.recorder.last()
-    events: list[tuple[str, dict[str, Any]]] = []
     monkeypatch.setitem(task.app.conf, "worker_send_task_events", True)
-    monkeypatch.setattr(task, "send_event", lambda kind, **fields: events.append((kind, fields)))
+    sent: list[PendingEvent] = []
+    monkeypatch.setattr(rt.events, "send", sent.append)
     task_id = str(uuid.uuid4())
     task.request_stack.push(Context(id=task_id, args=(6,), kwargs={}))
     try:
@@ -91,6 +92,8 @@ def test_the_body_in_a_worker_answers_from_the_memo_and_tells_flower(
     finally:
         task.request_stack.pop()
     rt.after_task(task, task_id, "SUCCESS", (6,), {})  # what task_postrun runs
+    events = [(event.type, event.fields) for event in sent]
+    assert [event.task_id for event in sent] == [task_id] and sent[0].app is task.app
     assert [kind for kind, _ in events] == ["task-tiercel-memory"]
     assert events[0][1]["tiercel_tier"] == "memory"
     assert events[0][1]["tiercel_key"] == rt.key(square.tiercel_spec, (6,), {})
@@ -115,6 +118,36 @@ def test_a_request_asking_more_than_the_value_takes_the_full_path(
     # The full path: and there, a refresh that finds the value fresh (another refresh
     # wrote it since it was asked for) has nothing left to refresh.
     assert computed == [8]
+
+
+def test_a_submitted_task_claims_first_and_a_value_written_since_answers_it(
+    cache_url: str,
+) -> None:
+    # Published by submit (the in-flight header): the body skips the Redis read before
+    # the lease claim, and the real claim script reports the value another process wrote.
+    square, computed = _task()
+    rt = runtime.current()
+    key = rt.key(square.tiercel_spec, (12,), {})
+    rt.cache.tier.set(key, 144, ttl=60)
+    rt.leases.claim_inflight(key, task_id := str(uuid.uuid4()), 30)
+    task = square._get_current_object()
+    task.request_stack.push(Context(id=task_id, args=(12,), kwargs={}, **{INFLIGHT_HEADER: True}))
+    try:
+        assert task.run(12) == 144
+    finally:
+        task.request_stack.pop()
+    assert computed == []
+    assert rt.leases.claim_inflight(key, str(uuid.uuid4()), 30) is None, "marker cleared"
+
+    task.request_stack.push(
+        Context(id=str(uuid.uuid4()), args=(13,), kwargs={}, **{INFLIGHT_HEADER: True})
+    )
+    try:
+        assert task.run(13) == 169
+    finally:
+        task.request_stack.pop()
+    assert computed == [13]
+    assert rt.cache.tier.get(rt.key(square.tiercel_spec, (13,), {})) == 169
 
 
 def test_a_new_runtime_gets_a_new_memo(cache_url: str) -> None:

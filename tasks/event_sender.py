@@ -1,0 +1,148 @@
+"""Worker events sent from a thread of their own, off the task's path.
+
+Publishing one Celery event costs a broker round trip plus kombu's message
+building, about as much as one of the task's own Redis calls. A prefork child
+runs one task at a time, so an event published in the task's thread delays
+the next task by that much. :class:`EventSender` takes the event (its
+timestamp fixed when it is handed over), and one daemon thread of the
+process publishes it through Celery's own event dispatcher, as
+``Task.send_event`` would.
+
+Bounded: at most :data:`CAPACITY` events wait; one that finds the queue
+full is dropped and counted (:attr:`EventSender.dropped`): events are for
+monitoring, and a task never waits for one. :meth:`EventSender.close`
+publishes what is waiting, for up to its timeout, before the process exits.
+The thread starts with the first event, in the process that sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["CAPACITY", "EventSender", "PendingEvent"]
+
+log = logging.getLogger("tiercel.maintenance")
+
+#: Events waiting to be published, at most.
+CAPACITY: Final = 1024
+#: Events published through one dispatcher (one producer from Celery's pool).
+BATCH: Final = 64
+#: Seconds between two warnings that events are being dropped.
+WARN_EVERY: Final = 60.0
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """One event to publish: the Celery app, the task's node and id, type and fields."""
+
+    app: Any
+    hostname: str | None
+    task_id: str
+    type: str
+    fields: dict[str, Any]
+    timestamp: float = field(default_factory=time.time)
+
+
+class EventSender:
+    """Publishes events in a thread of this process; see the module docstring."""
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        #: Events to publish; None asks the thread to stop.
+        self._queue: queue.Queue[PendingEvent | None] = queue.Queue(maxsize=capacity)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        #: Events dropped because the queue was full or the sender closed.
+        self.dropped = 0
+        #: Events handed to the broker.
+        self.sent = 0
+        self._warned_at: float | None = None
+
+    def send(self, event: PendingEvent) -> None:
+        """Queue ``event`` for publishing; never blocks (a full queue drops it)."""
+        if self._closed:
+            self.dropped += 1
+            return
+        if self._thread is None:
+            self._start()
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            now = time.monotonic()
+            if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
+                self._warned_at = now
+                log.warning(
+                    "tiercel: %d events wait for the broker: dropping new ones "
+                    "(%d dropped in this process so far)",
+                    self._queue.qsize(),
+                    self.dropped,
+                )
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Publish what is waiting (for up to ``timeout`` seconds), then stop the thread."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is None:
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return  # the thread is stuck publishing; it is a daemon and dies with us
+        thread.join(timeout)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(
+                    target=self._run, name="tiercel-events", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            self._publish(batch)
+            if stop:
+                return
+
+    def _publish(self, batch: list[PendingEvent]) -> None:
+        groups: dict[tuple[int, str | None], list[PendingEvent]] = {}
+        for event in batch:
+            groups.setdefault((id(event.app), event.hostname), []).append(event)
+        for events in groups.values():
+            first, published = events[0], 0
+            try:
+                with first.app.events.default_dispatcher(hostname=first.hostname) as dispatcher:
+                    for event in events:
+                        dispatcher.send(
+                            event.type,
+                            uuid=event.task_id,
+                            retry=False,
+                            timestamp=event.timestamp,
+                            **event.fields,
+                        )
+                        published += 1
+            except Exception:  # an event is a nicety: never stop the thread for one
+                self.dropped += len(events) - published
+                log.debug("sending %d events failed", len(events), exc_info=True)
+            self.sent += published
