@@ -66,14 +66,14 @@ class EventSender:
     def send(self, event: PendingEvent) -> None:
         """Queue ``event`` for publishing; never blocks (a full queue drops it)."""
         if self._closed:
-            self.dropped += 1
+            self._count_dropped(1)
             return
         if self._thread is None:
             self._start()
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            self.dropped += 1
+            self._count_dropped(1)
             now = time.monotonic()
             if self._warned_at is None or now - self._warned_at >= WARN_EVERY:
                 self._warned_at = now
@@ -143,6 +143,11 @@ class EventSender:
                         )
                         published += 1
             except Exception:  # an event is a nicety: never stop the thread for one
-                self.dropped += len(events) - published
+                self._count_dropped(len(events) - published)
                 log.debug("sending %d events failed", len(events), exc_info=True)
-            self.sent += published
+            with self._lock:
+                self.sent += published
+
+    def _count_dropped(self, events: int) -> None:
+        with self._lock:  # counted from the tasks' thread and the sender's
+            self.dropped += events
