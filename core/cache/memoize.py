@@ -182,19 +182,7 @@ class CachedFunction(Generic[P, R]):
         # too: should another refresh have written a fresh value since, there is nothing
         # left to refresh, and computing again would be a duplicate.
         claimed = claimed and not force_refresh
-        found = cache.lookup(key, remote=not claimed)
-        if found is None and claimed:
-            # One round trip fewer on the way to the lease (see ``call``).
-            found = cache.get_or_compute(
-                key,
-                compute=self._compute(args, kwargs),
-                ttl=self._physical_ttl(cache),
-                tags=self.tags,
-                inflight_id=inflight_id,
-                known_missing=True,
-            )
-            if found.source == SOURCE_COMPUTED:
-                return found
+        found = cache.lookup(key, remote=not claimed)  # claimed: see ``call``
         verdict = FRESH
         if found is not None:
             if self.expired_failure(found.value):
@@ -203,8 +191,15 @@ class CachedFunction(Generic[P, R]):
                 verdict = self.policy.judge(found.ttl, found.compute_seconds)
             if verdict == FRESH:
                 return found  # the hit path: nothing else to decide
-        ttl = self._physical_ttl(cache)
-        compute = self._compute(args, kwargs)
+        ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
+        errors = self.cache_errors
+
+        def compute() -> Any:
+            try:
+                return self.fn(*args, **kwargs)
+            except errors as error:  # () catches nothing: only listed types are cached
+                return failure_record(error, self.error_ttl)
+
         if force_refresh:
             refreshed = cache.refresh(
                 key, compute=compute, ttl=ttl, tags=self.tags, inflight_id=inflight_id
@@ -215,7 +210,7 @@ class CachedFunction(Generic[P, R]):
             if found is not None:
                 return found
         if found is None:
-            return cache.get_or_compute(
+            got = cache.get_or_compute(
                 key,
                 compute=compute,
                 ttl=ttl,
@@ -223,6 +218,11 @@ class CachedFunction(Generic[P, R]):
                 inflight_id=inflight_id,
                 known_missing=True,
             )
+            if claimed and got.source != SOURCE_COMPUTED:
+                # Redis was not read: the claim found a value written before this call.
+                # Judge it as any value read (read again, from the levels it went to).
+                return self._answer(cache, key, args, kwargs, refresher, inflight_id, force_refresh)
+            return got
         # The value is due for an early refresh, or stale.
         background = refresher is not None and (
             verdict == EARLY or self.policy.stale_while_revalidate
@@ -242,22 +242,6 @@ class CachedFunction(Generic[P, R]):
             return found  # an early refresh failed (the value is still fresh), or stale-if-error
         # None: another process holds the lease and is refreshing; serve what we have.
         return found if refreshed is None else refreshed
-
-    def _physical_ttl(self, cache: MultiLevelCache) -> float:
-        return self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
-
-    def _compute(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Callable[[], Any]:
-        """The call, with the exceptions listed in ``cache_errors`` returned as failure
-        records (cached for ``error_ttl``) instead of raised."""
-        errors = self.cache_errors
-
-        def compute() -> Any:
-            try:
-                return self.fn(*args, **kwargs)
-            except errors as error:  # () catches nothing: only listed types are cached
-                return failure_record(error, self.error_ttl)
-
-        return compute
 
     def expired_failure(self, value: Any) -> bool:
         """True when ``value`` is a failure this function cached that outlived its
