@@ -46,7 +46,7 @@ def read_snapshots(client: redis.Redis, namespace: str, interval: float) -> list
     seconds, micros = client.time()
     now_ms = int(seconds) * 1000 + int(micros) // 1000
     cutoff = now_ms - int(interval * STALE_INTERVALS * 1000)
-    members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment]
+    members: list[tuple[bytes, float]] = client.zrangebyscore(  # type: ignore[assignment, unused-ignore]
         index_key(namespace), cutoff, "+inf", start=0, num=MAX_PROCESSES, withscores=True
     )
     documents: list[dict[str, Any]] = []

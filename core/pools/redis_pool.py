@@ -33,7 +33,7 @@ class _CountingPool(redis.BlockingConnectionPool):
     created = 0
 
     def make_connection(self) -> Any:
-        connection = super().make_connection()  # type: ignore[no-untyped-call]
+        connection = super().make_connection()  # type: ignore[no-untyped-call, unused-ignore]
         self.created += 1  # called under the pool's queue hand-off: one thread at a time
         return connection
 

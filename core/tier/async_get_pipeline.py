@@ -264,7 +264,7 @@ def pipeline_for_url(
 ) -> GetPipeline | None:
     """A :class:`GetPipeline` for a single server's URL, or None where the pool must
     serve every GET: TLS (``rediss://``), or URL options it does not honour."""
-    options = parse_url(url)  # type: ignore[no-untyped-call]
+    options = parse_url(url)  # type: ignore[no-untyped-call, unused-ignore]
     if options.get("connection_class") is SSLConnection:
         return None
     known = {"host", "port", "path", "db", "username", "password", "connection_class"}

@@ -101,7 +101,7 @@ def driver_options() -> dict[str, Any]:
     except ImportError:  # redis-py before 7: the version, looked up once
         from redis.utils import get_lib_version
 
-        return {"lib_version": get_lib_version()}  # type: ignore[no-untyped-call]
+        return {"lib_version": get_lib_version()}  # type: ignore[no-untyped-call, unused-ignore]
     return {"driver_info": DriverInfo().add_upstream_driver("tiercel", _tiercel_version())}
 
 
@@ -194,7 +194,7 @@ def _options(
     netloc = f"{userinfo}@" if userinfo else ""
     netloc += f"[{host[0]}]:{host[1]}" if ":" in host[0] else f"{host[0]}:{host[1]}"
     try:
-        return dict(parse_url(urlunsplit((scheme, netloc, path, query, ""))))  # type: ignore[no-untyped-call]
+        return dict(parse_url(urlunsplit((scheme, netloc, path, query, ""))))  # type: ignore[no-untyped-call, unused-ignore]
     except ValueError as exc:
         # redis-py names the bad option, never the password
         raise _fail(url, str(exc)) from None
@@ -302,12 +302,12 @@ def client_from_url(
     for key in ("username", "password"):
         if f"sentinel_{key}" in options:
             sentinel_kwargs[key] = options.pop(f"sentinel_{key}")
-    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(target.nodes), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call, unused-ignore]
     options.pop("host", None)
     options.pop("port", None)
     options.pop("connection_class", None)  # the Sentinel pool picks its own (TLS or not)
     # As with redis-py's from_url, options written in the URL win over keywords.
-    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         target.service,
         connection_pool_class=_BlockingSentinelPool,
         max_connections=max_connections,
@@ -347,7 +347,7 @@ def _cluster_client(
     return RedisCluster(
         url=first,
         startup_nodes=[
-            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            ClusterNode(host, port)  # type: ignore[no-untyped-call, unused-ignore]
             for host, port in others
         ],
         retry=retry,

@@ -362,7 +362,7 @@ class Notifier:
             while not self._stopping.is_set():
                 try:
                     if pubsub is None:
-                        pubsub = self.client.pubsub()  # type: ignore[no-untyped-call]
+                        pubsub = self.client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]
                         self._outstanding.clear()
                         self._heard_at = time.monotonic()
                         self._outstanding.append((None, self._heard_at))

@@ -239,7 +239,7 @@ class RedisTier:
         try:
             if self._cluster:
                 # one MGET per slot, pipelined: one round trip per node
-                raws = cast(list[bytes | None], self.client.mget_nonatomic(keys))  # type: ignore[union-attr]
+                raws = cast(list[bytes | None], self.client.mget_nonatomic(keys))  # type: ignore[union-attr, unused-ignore]
             else:
                 raws = cast(list[bytes | None], self.client.mget(keys))
         except _OUTAGE_ERRORS:
