@@ -445,6 +445,22 @@ def test_a_fenced_out_holder_cannot_fail_its_successors_waiters(
     assert redis_client.exists(CacheKey.of(key).lease) == 1
 
 
+def test_freeing_a_task_that_never_ran_clears_its_marker_and_says_so(
+    leases: LeaseManager, notifier: Notifier
+) -> None:
+    # A revoked or expired task holds no lease, only the in-flight marker its submitter
+    # claimed; clients that remember it as in flight hear that it is gone.
+    key = value_key()
+    assert leases.claim_inflight(key, "task-1", 60.0) is None
+    with notifier.waiter(key) as waiter:
+        assert not leases.release_abandoned(key, "task-2")  # not its task: nothing changes
+        assert waiter.wait(0.2) is None
+        assert leases.inflight(key) == "task-1"
+        assert not leases.release_abandoned(key, "task-1")  # no lease was held...
+        assert waiter.wait(2.0) == "d"  # ...but the marker was cleared, and published
+    assert leases.inflight(key) is None
+
+
 def test_read_failure_ignores_garbage(leases: LeaseManager, redis_client: redis.Redis) -> None:
     key = value_key()
     redis_client.set(CacheKey.of(key).failure, b"\xff not json")
