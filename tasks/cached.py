@@ -135,7 +135,13 @@ class CachedTask(Task):  # type: ignore[misc]
         mark = memo.mark()
         cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, self.tiercel_args(args), kwargs)
-        found = cache.lookup(key)
+        found = cache.lookup(key, remote=False)
+        if found is None:
+            trusted = cache.local_trust_remaining() > 0
+            own = rt.joins.task_of(key, cache.epoch) if trusted else None
+            if own is not None:  # the key's task is this process's: join it, no round trip
+                return self.tiercel_joined(rt, cache, key, own, args, kwargs, publish, started)
+            found = cache.lookup(key)
         serve, refresh = spec.serves(found)
         if serve:
             assert found is not None
@@ -148,32 +154,51 @@ class CachedTask(Task):  # type: ignore[misc]
             )
             return CachedResult.resolved(key, found.value, public_source(found.source), spec)
         task_id = str(uuid.uuid4())
+        epoch = cache.epoch  # an invalidation from here on voids the claim below
+        ttl = publish.inflight_ttl(rt.settings.inflight_ttl)
+        until = rt.joins.deadline(ttl)
         try:
-            existing = rt.leases.claim_inflight(
-                key, task_id, publish.inflight_ttl(rt.settings.inflight_ttl)
-            )
+            existing, claimed = rt.leases.claim_inflight(key, task_id, ttl), True
         except TierUnavailable:
-            existing = None  # no coalescing without Redis; the task still runs
+            existing, claimed = None, False  # no coalescing without Redis; the task still runs
         if existing is not None:
-            rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
-            return CachedResult.pending(
-                key,
-                rt.results.of(existing, self.app),
-                "joined",
-                rt,
-                cache,
-                spec,
-                self.tiercel_resubmitter(existing, args, kwargs, publish),
-            )
+            return self.tiercel_joined(rt, cache, key, existing, args, kwargs, publish, started)
+        enqueued = self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish)
+        if claimed:
+            rt.joins.remember(key, task_id, until, epoch)
         return CachedResult.pending(
             key,
-            self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish),
+            enqueued,
             "computed",
             rt,
             cache,
             spec,
             self.tiercel_resubmitter(task_id, args, kwargs, publish),
             republish_after=publish.republish_after(rt.settings.republish_after),
+        )
+
+    def tiercel_joined(
+        self,
+        rt: runtime.Runtime,
+        cache: Any,
+        key: str,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        publish: PublishOptions,
+        started: float,
+    ) -> CachedResult:
+        """A pending handle on ``task_id``, which is computing ``key`` already."""
+        spec = self.tiercel_spec
+        rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
+        return CachedResult.pending(
+            key,
+            rt.results.of(task_id, self.app),
+            "joined",
+            rt,
+            cache,
+            spec,
+            self.tiercel_resubmitter(task_id, args, kwargs, publish),
         )
 
     async def asubmit(self, *args: Any, **kwargs: Any) -> CachedResult:
@@ -258,12 +283,14 @@ class CachedTask(Task):  # type: ignore[misc]
                 stale.discard(key)  # one refresh per key, with its first call's arguments
                 self.tiercel_refresh_soon(rt, key, *normalised[index])
         candidates = {key: str(uuid.uuid4()) for key in first_of}
+        epoch = cache.epoch
+        ttl = publish.inflight_ttl(rt.settings.inflight_ttl)
+        until = rt.joins.deadline(ttl)
         try:
-            claims = rt.leases.claim_inflight_many(
-                list(candidates.items()), publish.inflight_ttl(rt.settings.inflight_ttl)
-            )
+            claims = rt.leases.claim_inflight_many(list(candidates.items()), ttl)
+            claimed = True
         except TierUnavailable:
-            claims = [None] * len(candidates)
+            claims, claimed = [None] * len(candidates), False
         handles: dict[str, tuple[AsyncResult, str]] = {}
         for (key, task_id), existing in zip(candidates.items(), claims, strict=True):
             if existing is not None:
@@ -274,6 +301,8 @@ class CachedTask(Task):  # type: ignore[misc]
                     self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish),
                     "computed",
                 )
+                if claimed:
+                    rt.joins.remember(key, task_id, until, epoch)
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
             hit = hits.get(key)

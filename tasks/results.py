@@ -134,7 +134,7 @@ class CachedResult:
         assert self._async is not None
         runtime = self._runtime
         if runtime is None or not runtime.notifier.connected:
-            return self._async.get(timeout=timeout)
+            return self._from_backend(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         after = (
             runtime.settings.republish_after
@@ -151,7 +151,7 @@ class CachedResult:
             while True:
                 if not runtime.notifier.connected:
                     # No notifications while the channel is down: the backend answers.
-                    return self._async.get(timeout=_left(deadline))
+                    return self._from_backend(_left(deadline))
                 # Shared with this process's other waiters of the key, when issued after
                 # this one's last wake-up (tiercel.core.cache.thread_shared_reads): a read
                 # begun before the write never answers a waiter woken by it.
@@ -160,7 +160,7 @@ class CachedResult:
                     self._value = found.value
                     return self._settled(self._value)
                 if self._async.ready():
-                    return self._async.get(timeout=_left(deadline))
+                    return self._from_backend(_left(deadline))
                 if self._resubmit is not None and after > 0 and time.monotonic() >= next_check:
                     next_check = time.monotonic() + after
                     self._republish_if_lost(runtime, after)
@@ -171,7 +171,7 @@ class CachedResult:
                 # reconnected) wakes the waiter at once; the slice only bounds how
                 # long a lost message could delay the backend check (one GET a second).
                 if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
-                    return self._async.get(timeout=_left(deadline))
+                    return self._from_backend(_left(deadline))
 
     async def aget(self, timeout: float | None = None) -> Any:
         """:meth:`get` for asyncio code: the same wait on the loop's listener instead of a
@@ -190,11 +190,11 @@ class CachedResult:
         assert pending is not None  # a result without a value is a pending one
         runtime = self._runtime
         if runtime is None:
-            return await asyncio.to_thread(pending.get, timeout=timeout)
+            return await asyncio.to_thread(self._from_backend, timeout)
         loop = await async_runtime.current()
         listener = loop.listener
         if not listener.connected:
-            return await asyncio.to_thread(pending.get, timeout=timeout)
+            return await asyncio.to_thread(self._from_backend, timeout)
         if timeout is not None and timeout <= 0:
             # Not waiting at all: one read answers, as the blocking get's first look.
             spec = self._spec
@@ -214,7 +214,7 @@ class CachedResult:
         except TimeoutError:
             raise CeleryTimeoutError("The operation timed out.") from None
         if found is MISSING:  # the result backend answers: failed, uncached, or no channel
-            return await asyncio.to_thread(pending.get, timeout=_left(deadline))
+            return await asyncio.to_thread(self._from_backend, _left(deadline))
         self._value = found
         return self._settled(found)
 
@@ -287,6 +287,19 @@ class CachedResult:
             self._async.id,
             period,
         )
+
+    def _from_backend(self, timeout: float | None) -> Any:
+        """The task's outcome from the Celery result backend (its value, or its error)."""
+        assert self._async is not None
+        try:
+            return self._async.get(timeout=timeout)
+        except CeleryTimeoutError:
+            raise
+        except BaseException:
+            # Failed or revoked: this process's later submits of the key must not join it.
+            if self._runtime is not None:
+                self._runtime.joins.forget(self.key, self._async.id)
+            raise
 
     def _usable(self, found: Any) -> bool:
         """May a pending result answer with this cached value? Not when its policy calls it

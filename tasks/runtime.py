@@ -51,6 +51,7 @@ from tiercel.core.tier.notifier import Notifier
 from tiercel.core.tier.redis_tier import RedisTier
 from tiercel.core.tier.renewer import LeaseRenewer
 from tiercel.tasks.event_sender import EventSender
+from tiercel.tasks.local_joins import LocalJoins
 from tiercel.tasks.pools import PoolRegistry
 from tiercel.tasks.process_local import ProcessLocal
 from tiercel.tasks.publisher import SnapshotPublisher, metrics_client
@@ -109,6 +110,8 @@ class Runtime:
         self.reads: ThreadSharedReads[Lookup | None] = ThreadSharedReads()
         #: Handles joining one task share its AsyncResult.
         self.results = SharedResults()
+        #: The tasks this process published, by key: its later submits join them.
+        self.joins = LocalJoins()
         self.notifier = Notifier(
             self.tier.client,
             channel=channel,
@@ -118,6 +121,7 @@ class Runtime:
             on_reset=self._on_reconnect,
             on_clear=lambda: self.cache.clear_local(),
             on_done=self._on_done,
+            on_failed=self._on_failed,
             on_sweep=self.sweep_requested.set,
             liveness=self.liveness,
             on_inspect=lambda key, reply: self.inspector(key, reply),
@@ -204,9 +208,13 @@ class Runtime:
         return observe
 
     def _on_done(self, key: str) -> None:
+        self.joins.forget(key)  # the next submit reads the value, or claims anew
         # A newer value of ``key`` exists elsewhere, unless it is this process's own.
         if not self.coordinator.own_echo(key):
             self.cache.discard_local(key)
+
+    def _on_failed(self, key: str) -> None:
+        self.joins.forget(key)
 
     def identity(self) -> dict[str, Any]:
         """Who this process is: the metrics ``id``, ``hostname``, ``pid``, and its ``role``
@@ -259,6 +267,7 @@ class Runtime:
         # levels and remembered generations can no longer be trusted.
         self.cache.clear_local()
         self.generations.forget()
+        self.joins.clear()
 
     def _warn_if_budget_exceeds_child_limit(self) -> None:
         try:

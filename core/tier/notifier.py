@@ -181,6 +181,7 @@ class Notifier:
         on_reset: Callable[[], None] | None = None,
         on_clear: Callable[[], None] | None = None,
         on_done: Callable[[str], None] | None = None,
+        on_failed: Callable[[str], None] | None = None,
         max_waiters: int = 10_000,
         on_sweep: Callable[[], None] | None = None,
         liveness: ChannelLiveness | None = None,
@@ -197,6 +198,8 @@ class Notifier:
         #: Called with the key of every completed computation: a newer value exists,
         #: so a local copy of that key is outdated.
         self.on_done = on_done
+        #: Called with the key of every failed computation (its waiters are woken too).
+        self.on_failed = on_failed
         self.max_waiters = max_waiters
         #: Called on a sweep message (``s|``): beat asks every process, prefork children
         #: included, to drop its expired local entries; keep it quick (wake a thread).
@@ -509,6 +512,7 @@ class Notifier:
                 self._call(self.on_done, key)
                 self._wake(key, WAKE_DONE)
             case events.Failed(key):
+                self._call(self.on_failed, key)
                 self._wake(key, WAKE_FAILED)
             case events.Invalidated(key):
                 self._call(self.on_invalidate, key)

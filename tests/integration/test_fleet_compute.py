@@ -56,6 +56,61 @@ def test_concurrent_submissions_in_one_client_publish_one_task(
     assert computations(cache_client, counter) == 1
 
 
+def test_a_process_joins_its_own_task_without_a_round_trip(
+    fleet: Fleet, cache_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiercel.tasks import runtime
+
+    rt = runtime.current()
+    n, counter = fresh()
+    first = counted_square.submit(n, counter, 500)
+    assert first.source == "computed"
+    asked: list[str] = []
+
+    def asked_redis(name: str) -> Any:
+        def refuse(*_: Any, **__: Any) -> Any:
+            asked.append(name)
+            raise AssertionError(f"{name}: asked Redis for a task this process published")
+
+        return refuse
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rt.tier, "get_entry", asked_redis("get_entry"))
+        patched.setattr(rt.leases, "claim_inflight", asked_redis("claim_inflight"))
+        again = counted_square.submit(n, counter, 500)
+    assert asked == []
+    assert again.source == "joined" and again.task_id == first.task_id
+    assert again.get(timeout=30) == first.get(timeout=30) == n * n
+    # The write was heard: the next submit is a hit, not a join of a finished task.
+    assert counted_square.submit(n, counter, 500).source in ("memory", "redis")
+    assert computations(cache_client, counter) == 1
+
+
+def test_while_the_channel_is_not_trusted_a_submit_asks_redis(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiercel.tasks import runtime
+
+    rt = runtime.current()
+    n, counter = fresh()
+    first = counted_square.submit(n, counter, 500)
+    claims: list[str | None] = []
+    claim = rt.leases.claim_inflight
+
+    def counted_claim(key: str, task_id: str, ttl: float) -> str | None:
+        claims.append(claim(key, task_id, ttl))
+        return claims[-1]
+
+    with monkeypatch.context() as patched:
+        # Messages may be lost while the channel is not known to be live: what this
+        # process remembers of its own task may be outdated, as a local value may be.
+        patched.setattr(type(rt.liveness), "remaining", lambda _: 0.0)
+        patched.setattr(rt.leases, "claim_inflight", counted_claim)
+        again = counted_square.submit(n, counter, 500)
+    assert claims == [first.task_id], "the join was Redis's answer"
+    assert again.source == "joined" and again.get(timeout=30) == n * n
+
+
 def _client_process(n: int, counter: str, threads: int, out: Any) -> None:
     from celery import signals
 
