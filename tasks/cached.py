@@ -29,6 +29,7 @@ from tiercel.core.cache.hot_memo import call_key
 from tiercel.core.cache.lookup import SOURCE_JOINED, Lookup
 from tiercel.core.cache.memoize import CachedFunction
 from tiercel.core.cache.miss_loop import defer
+from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.missing import MISSING
@@ -180,7 +181,7 @@ class CachedTask(Task):  # type: ignore[misc]
     def tiercel_joined(
         self,
         rt: runtime.Runtime,
-        cache: Any,
+        cache: MultiLevelCache,
         key: str,
         task_id: str,
         args: tuple[Any, ...],

@@ -295,7 +295,7 @@ class CachedResult:
             return self._async.get(timeout=timeout)
         except CeleryTimeoutError:
             raise
-        except BaseException:
+        except Exception:
             # Failed or revoked: this process's later submits of the key must not join it.
             if self._runtime is not None:
                 self._runtime.joins.forget(self.key, self._async.id)
