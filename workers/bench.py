@@ -4,7 +4,8 @@ Draws --requests calls over --keys distinct arguments with Zipf(--zipf)
 popularity, each costing --compute-ms on a worker, from --concurrency client
 threads; invalidates a random key after a request with probability
 --invalidate-rate. Runs the workload through tiercel (cached task, submit()),
-then the same calls through a plain Celery task, and reports throughput,
+then the same calls through a plain Celery task doing the same work (each call
+counts itself in Redis, then sleeps), and reports throughput,
 latency percentiles by where each answer came from, the hit ratio of each tier
 and the computations saved. Uses the fleet the TIERCEL_* URLs (or a running
 `tiercel up`) point at, else starts an embedded one for the run. Each phase
@@ -299,12 +300,14 @@ def measure(args: BenchOptions, fleet_line: str, console: Any) -> dict[str, Any]
 
     import tiercel.workers.app  # noqa: F401  (the configured app: broker and result backend)
     from tiercel.tasks import runtime
-    from tiercel.tasks.examples import counted_square, plain_square
+    from tiercel.tasks.examples import counted_square, plain_counted_square
 
     rt = runtime.current()
     ranks = plan(args.keys, args.zipf, args.requests, args.seed)
     base = random.Random().randrange(10**12)  # fresh keys: every run starts cold
-    counter = f"{rt.namespace}:bench:{uuid.uuid4().hex}:computations"
+    run_id = uuid.uuid4().hex
+    counter = f"{rt.namespace}:bench:{run_id}:computations"
+    plain_counter = f"{rt.namespace}:bench:{run_id}:plain-computations"
     wrong: list[int] = []
 
     def cached(rank: int, timeout: float) -> str:
@@ -319,7 +322,8 @@ def measure(args: BenchOptions, fleet_line: str, console: Any) -> dict[str, Any]
 
     def plain(rank: int, timeout: float) -> str:
         n = base + rank
-        if plain_square.delay(n, args.compute_ms).get(timeout=timeout) != n * n:
+        answer = plain_counted_square.delay(n, plain_counter, args.compute_ms)
+        if answer.get(timeout=timeout) != n * n:
             wrong.append(rank)
         return PLAIN
 
@@ -366,9 +370,15 @@ def measure(args: BenchOptions, fleet_line: str, console: Any) -> dict[str, Any]
                 )
             )
     computations = int(rt.tier.client.get(counter) or 0)
-    rt.tier.client.delete(counter)
+    plain_computations = int(rt.tier.client.get(plain_counter) or 0)
+    rt.tier.client.delete(counter, plain_counter)
     return figures_of(
-        args, fleet_line, phases, computations, cached_wrong, len(wrong) - cached_wrong
+        args,
+        fleet_line,
+        phases,
+        (computations, plain_computations),
+        cached_wrong,
+        len(wrong) - cached_wrong,
     )
 
 
@@ -376,11 +386,13 @@ def figures_of(
     args: BenchOptions,
     fleet_line: str,
     phases: list[Phase],
-    computations: int,
+    counted: tuple[int, int],
     cached_wrong: int,
     plain_wrong: int,
 ) -> dict[str, Any]:
-    """Every reported figure, as JSON-ready data."""
+    """Every reported figure, as JSON-ready data (``counted``: the computations each
+    phase's task counted in Redis, tiercel's then plain Celery's)."""
+    computations, plain_computations = counted
     cached = phases[0]
     done = cached.completed
     memory = cached.sources.get("memory", 0)
@@ -435,7 +447,7 @@ def figures_of(
             "seconds": round(plain.seconds, 3),
             "throughput": round(plain.throughput(), 1),
             "latency_all_ms": plain.percentiles(),
-            "computations": plain.completed,
+            "computations": plain_computations,
         }
         if plain.throughput() > 0:
             figures["speedup"] = round(cached.throughput() / plain.throughput(), 2)

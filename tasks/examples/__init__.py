@@ -61,6 +61,17 @@ def plain_square(n: int, compute_ms: int = 10) -> int:
     return n * n
 
 
+@shared_task(name="tiercel.tasks.examples.plain_counted_square", acks_late=True)
+def plain_counted_square(n: int, counter: str, compute_ms: int = 100) -> int:
+    """:func:`counted_square`'s work as a plain Celery task: the same count in Redis, the
+    same sleep (so a comparison of the two compares the caching, not the work)."""
+    from tiercel.tasks import runtime
+
+    runtime.current().tier.client.incr(counter)
+    time.sleep(compute_ms / 1000)
+    return n * n
+
+
 @shared_task(name="tiercel.tasks.examples.noop")
 def noop() -> None:
     """A task that does nothing: measures a bare queue round trip."""
