@@ -7,7 +7,9 @@
 * A cached task's miss path vs the plain task, one at a time (target <= 1.1x).
 * Stampede: 200 concurrent submissions of one cold key from 4 client processes
   on 2 nodes x 2 processes: computations (exactly 1), and how long after the
-  value was written the submitters got it (target p99 <= 5 ms).
+  value was written the submitters got it (target p99 <= 5 ms); beside it, the
+  floor: the same 4 processes x 50 threads woken by one Redis PUBLISH through a
+  ``threading.Event``, with no tiercel at all.
 * Invalidation: time until every other process has dropped the old value.
 
 The module runs itself in a subprocess (``python -m bench.celery_compute
@@ -205,6 +207,80 @@ def _stampede(clients: int = 4, threads: int = 50) -> list[Row]:
     ]
 
 
+def _wake_floor_client(url: str, channel: str, threads: int, ready: Any, out: Any) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(channel)
+    woken = threading.Event()
+    returned: list[float] = []
+
+    def one() -> None:
+        woken.wait(60)
+        returned.append(time.time())
+
+    waiting = [threading.Thread(target=one) for _ in range(threads)]
+    for thread in waiting:
+        thread.start()
+    while pubsub.get_message(timeout=1.0) is None:  # the subscription is confirmed
+        pass
+    ready.put(os.getpid())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=1.0)
+        if message is not None and message["type"] == "message":
+            break
+    woken.set()
+    for thread in waiting:
+        thread.join()
+    pubsub.close()
+    client.close()
+    out.put(returned)
+
+
+def _wake_floor(url: str, clients: int = 4, threads: int = 50, trials: int = 3) -> Row:
+    """The stampede's shape with no tiercel: in each of ``clients`` processes,
+    ``threads`` threads wait on one ``threading.Event`` that a listener thread sets when
+    one Redis PUBLISH arrives. How late the last of them return is what waking that
+    many threads costs here: the floor under the stampede row."""
+    import redis
+
+    context = multiprocessing.get_context("spawn")
+    publisher = redis.Redis.from_url(url)
+    lags_ms: list[float] = []
+    per_trial: list[float] = []
+    for _ in range(trials):
+        channel = f"bench:wake-floor:{uuid.uuid4().hex}"
+        ready, out = context.Queue(), context.Queue()
+        procs = [
+            context.Process(target=_wake_floor_client, args=(url, channel, threads, ready, out))
+            for _ in range(clients)
+        ]
+        for proc in procs:
+            proc.start()
+        for _ in procs:
+            ready.get(timeout=60)
+        time.sleep(0.5)
+        published_at = time.time()
+        publisher.publish(channel, "wake")
+        trial = [(stamp - published_at) * 1e3 for _ in procs for stamp in out.get(timeout=60)]
+        for proc in procs:
+            proc.join(30)
+        per_trial.append(_percentile(trial, 99))
+        lags_ms.extend(trial)
+    publisher.close()
+    return figure_row(
+        f"stampede floor, no tiercel: {clients} processes x {threads} threads woken by one "
+        "Redis PUBLISH (threading.Event), p99",
+        _percentile(lags_ms, 99),
+        "ms",
+        note=f"p50 {_percentile(lags_ms, 50):.1f} ms over {trials} trials; what waking "
+        "that many threads costs on this machine, beside the stampede row",
+        spread=(min(per_trial), max(per_trial)),
+    )
+
+
 def _worker_waiters(processes: int = 4, trials: int = 5) -> Row:
     """One cold key delivered to every worker process at once (``.delay()`` bypasses
     submit-side coalescing): one computes, the others wait on its lease and must
@@ -346,6 +422,7 @@ def child(quick: bool) -> list[Row]:
         with Fleet(resolve_settings(), two_nodes).running():
             noop.delay().get(timeout=60)
             rows.extend(_stampede())
+            rows.append(_wake_floor(cache.url))
             rows.append(_worker_waiters())
             rows.append(_invalidation(20 if quick else 100))
         from tiercel.tasks import runtime
