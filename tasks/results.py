@@ -128,6 +128,9 @@ class CachedResult:
         the value from the cache as soon as the computation writes it; the
         Celery result backend answers when there is nothing to read (the task
         failed, its value was too large to cache, or the channel is down).
+        Threads of this process waiting for the same task share one wait
+        (:mod:`tiercel.core.cache.thread_shared_waits`): one listens and reads,
+        the others take its value.
         """
         if self._value is not MISSING:
             return self._settled(self._value)
@@ -135,6 +138,18 @@ class CachedResult:
         runtime = self._runtime
         if runtime is None or not runtime.notifier.connected:
             return self._from_backend(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        value = runtime.waits.wait((self.key, self._async.id), timeout, self._cached_value)
+        if value is MISSING:  # the result backend answers: failed, uncached, or no channel
+            return self._from_backend(_left(deadline))
+        self._value = value
+        return self._settled(value)
+
+    def _cached_value(self, timeout: float | None) -> Any:
+        """Wait up to ``timeout`` seconds until the cache holds a usable value (returned),
+        or until the result backend must answer (MISSING); raises TimeoutError."""
+        assert self._async is not None
+        runtime = self._runtime
         deadline = None if timeout is None else time.monotonic() + timeout
         after = (
             runtime.settings.republish_after
@@ -150,17 +165,15 @@ class CachedResult:
         with runtime.notifier.waiter(self.key) as waiter:
             while True:
                 if not runtime.notifier.connected:
-                    # No notifications while the channel is down: the backend answers.
-                    return self._from_backend(_left(deadline))
+                    return MISSING  # no notifications while the channel is down
                 # Shared with this process's other waiters of the key, when issued after
                 # this one's last wake-up (tiercel.core.cache.thread_shared_reads): a read
                 # begun before the write never answers a waiter woken by it.
                 found = runtime.reads.read(self.key, waiter.since, runtime.notifier.epoch, read)
                 if found is not None and self._usable(found):
-                    self._value = found.value
-                    return self._settled(self._value)
+                    return found.value
                 if self._async.ready():
-                    return self._from_backend(_left(deadline))
+                    return MISSING
                 if self._resubmit is not None and after > 0 and time.monotonic() >= next_check:
                     next_check = time.monotonic() + after
                     self._republish_if_lost(runtime, after)
@@ -171,7 +184,7 @@ class CachedResult:
                 # reconnected) wakes the waiter at once; the slice only bounds how
                 # long a lost message could delay the backend check (one GET a second).
                 if waiter.wait(1.0 if left is None else min(left, 1.0)) == "f":
-                    return self._from_backend(_left(deadline))
+                    return MISSING
 
     async def aget(self, timeout: float | None = None) -> Any:
         """:meth:`get` for asyncio code: the same wait on the loop's listener instead of a

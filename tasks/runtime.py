@@ -35,6 +35,7 @@ from tiercel.core.cache.memoize import NAMESPACE_SCOPE, CachedFunction, function
 from tiercel.core.cache.miss_book import generation_moves
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.cache.thread_shared_reads import ThreadSharedReads
+from tiercel.core.cache.thread_shared_waits import ThreadSharedWaits
 from tiercel.core.encoding.codecs import serializer_from_settings
 from tiercel.core.encoding.prefixes import channel_name
 from tiercel.core.local.memory_budget import fits_max_memory_per_child
@@ -108,6 +109,8 @@ class Runtime:
         # The handlers reach the cache built below; none runs before start().
         #: Threads waiting on one key share one read of it (see ``CachedResult.get``).
         self.reads: ThreadSharedReads[Lookup | None] = ThreadSharedReads()
+        #: Threads waiting on one pending task share one wait (see ``CachedResult.get``).
+        self.waits: ThreadSharedWaits[Any] = ThreadSharedWaits()
         #: Handles joining one task share its AsyncResult.
         self.results = SharedResults()
         #: The tasks this process published, by key: its later submits join them.

@@ -111,6 +111,28 @@ def test_while_the_channel_is_not_trusted_a_submit_asks_redis(
     assert again.source == "joined" and again.get(timeout=30) == n * n
 
 
+def test_threads_waiting_on_one_task_share_one_wait(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    from tiercel.tasks import runtime
+
+    rt = runtime.current()
+    n, counter = fresh()
+    before = rt.waits.shared
+
+    def submit_and_get(_: int) -> int:
+        return int(counted_square.submit(n, counter, 400).get(timeout=30))
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(submit_and_get, range(20)))
+    assert answers == [n * n] * 20
+    assert computations(cache_client, counter) == 1
+    # One thread listened and read; the others, waiting when the value was written,
+    # took its answer instead of being woken to read it again.
+    assert rt.waits.shared - before >= 15
+    assert rt.waits.running == 0
+
+
 def _client_process(n: int, counter: str, threads: int, out: Any) -> None:
     from celery import signals
 
