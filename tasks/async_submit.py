@@ -25,7 +25,6 @@ import uuid
 from typing import Any
 
 from tiercel.core.cache.async_memoize import derive_key
-from tiercel.core.cache.lookup import SOURCE_JOINED
 from tiercel.core.errors import TierUnavailable
 from tiercel.tasks import async_runtime
 from tiercel.tasks.publishing import NO_OPTIONS, PublishOptions
@@ -87,16 +86,10 @@ async def asubmit(
     existing = None if winner == task_id else winner
     levels = rt.cache.with_levels(spec.levels)
     if existing is not None:
-        rt.recorder.record(spec.name, SOURCE_JOINED, time.perf_counter() - started, 0.0)
-        return CachedResult.pending(
-            key,
-            rt.results.of(existing, task.app),
-            "joined",
-            rt,
-            levels,
-            spec,
-            task.tiercel_resubmitter(existing, args, kwargs, publish),
+        joined: CachedResult = task.tiercel_joined(
+            rt, levels, key, existing, args, kwargs, publish, started
         )
+        return joined
     return CachedResult.pending(
         key,
         rt.results.of(task_id, task.app),
