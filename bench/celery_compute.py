@@ -140,6 +140,18 @@ def _miss_path(repeats: int, calls: int) -> Row:
     )
 
 
+#: Client processes start fresh (spawn): each imports its own app, nothing inherited.
+_SPAWN = multiprocessing.get_context("spawn")
+
+
+def _started(count: int, target: Any, args: tuple[Any, ...]) -> list[Any]:
+    """``count`` fresh client processes running ``target(*args)``, started."""
+    procs = [_SPAWN.Process(target=target, args=args) for _ in range(count)]
+    for proc in procs:
+        proc.start()
+    return procs
+
+
 def _stampede_client(n: int, counter: str, threads: int, start: Any, out: Any) -> None:
     import tiercel.workers.app  # noqa: F401
     from tiercel.tasks.examples import counted_square
@@ -168,14 +180,8 @@ def _stampede(clients: int = 4, threads: int = 50) -> list[Row]:
     rt = runtime.current()
     n = random.randrange(10**12)
     counter = f"bench:count:{n}"
-    context = multiprocessing.get_context("spawn")
-    start, out = context.Event(), context.Queue()
-    procs = [
-        context.Process(target=_stampede_client, args=(n, counter, threads, start, out))
-        for _ in range(clients)
-    ]
-    for proc in procs:
-        proc.start()
+    start, out = _SPAWN.Event(), _SPAWN.Queue()
+    procs = _started(clients, _stampede_client, (n, counter, threads, start, out))
     time.sleep(3.0)  # every client imported the app and waits at its barrier
     start.set()
     returned = [stamp for _ in procs for stamp in out.get(timeout=120)]
@@ -246,19 +252,13 @@ def _wake_floor(url: str, clients: int = 4, threads: int = 50, trials: int = 3) 
     many threads costs here: the floor under the stampede row."""
     import redis
 
-    context = multiprocessing.get_context("spawn")
     publisher = redis.Redis.from_url(url)
     lags_ms: list[float] = []
     per_trial: list[float] = []
     for _ in range(trials):
         channel = f"bench:wake-floor:{uuid.uuid4().hex}"
-        ready, out = context.Queue(), context.Queue()
-        procs = [
-            context.Process(target=_wake_floor_client, args=(url, channel, threads, ready, out))
-            for _ in range(clients)
-        ]
-        for proc in procs:
-            proc.start()
+        ready, out = _SPAWN.Queue(), _SPAWN.Queue()
+        procs = _started(clients, _wake_floor_client, (url, channel, threads, ready, out))
         for _ in procs:
             ready.get(timeout=60)
         time.sleep(0.5)

@@ -90,16 +90,10 @@ async def asubmit(
             rt, levels, key, existing, args, kwargs, publish, started
         )
         return joined
-    return CachedResult.pending(
-        key,
-        rt.results.of(task_id, task.app),
-        "computed",
-        rt,
-        levels,
-        spec,
-        task.tiercel_resubmitter(task_id, args, kwargs, publish),
-        republish_after=publish.republish_after(rt.settings.republish_after),
+    computing: CachedResult = task.tiercel_computing(
+        rt, levels, key, rt.results.of(task_id, task.app), args, kwargs, publish
     )
+    return computing
 
 
 async def _claim_and_publish(

@@ -142,7 +142,7 @@ class CachedTask(Task):  # type: ignore[misc]
             own = rt.joins.task_of(key, cache.epoch) if trusted else None
             if own is not None:  # the key's task is this process's: join it, no round trip
                 return self.tiercel_joined(rt, cache, key, own, args, kwargs, publish, started)
-            found = cache.lookup(key)
+            found = cache.lookup_remote(key)
         serve, refresh = spec.serves(found)
         if serve:
             assert found is not None
@@ -167,14 +167,27 @@ class CachedTask(Task):  # type: ignore[misc]
         enqueued = self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish)
         if claimed:
             rt.joins.remember(key, task_id, until, epoch)
+        return self.tiercel_computing(rt, cache, key, enqueued, args, kwargs, publish)
+
+    def tiercel_computing(
+        self,
+        rt: runtime.Runtime,
+        cache: MultiLevelCache,
+        key: str,
+        published: AsyncResult,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        publish: PublishOptions,
+    ) -> CachedResult:
+        """A pending handle on ``published``, the task this call just enqueued for ``key``."""
         return CachedResult.pending(
             key,
-            enqueued,
+            published,
             "computed",
             rt,
             cache,
-            spec,
-            self.tiercel_resubmitter(task_id, args, kwargs, publish),
+            self.tiercel_spec,
+            self.tiercel_resubmitter(published.id, args, kwargs, publish),
             republish_after=publish.republish_after(rt.settings.republish_after),
         )
 

@@ -49,7 +49,7 @@ class _Published(NamedTuple):
 class LocalJoins:
     """Task ids this process published, by key, while their in-flight claims hold."""
 
-    __slots__ = ("_by_key", "_clock", "_lock", "joined", "max_entries")
+    __slots__ = ("_by_key", "_clock", "_lock", "max_entries")
 
     def __init__(
         self,
@@ -63,8 +63,6 @@ class LocalJoins:
         self._clock = clock
         self._lock = threading.Lock()
         self._by_key: dict[str, _Published] = {}
-        #: Submits answered from here (joins that cost no round trip).
-        self.joined = 0
 
     def deadline(self, ttl: float) -> float:
         """When a claim made now for ``ttl`` seconds runs out (take it before claiming)."""
@@ -91,7 +89,6 @@ class LocalJoins:
             if entry.epoch != epoch or now >= entry.until:
                 del self._by_key[key]
                 return None
-            self.joined += 1
             return entry.task_id
 
     def forget(self, key: str, task_id: str | None = None) -> None:
@@ -111,4 +108,4 @@ class LocalJoins:
         return len(self._by_key)
 
     def __repr__(self) -> str:
-        return f"LocalJoins({len(self)}/{self.max_entries}, joined={self.joined})"
+        return f"LocalJoins({len(self)}/{self.max_entries})"

@@ -369,8 +369,9 @@ def measure(args: BenchOptions, fleet_line: str, console: Any) -> dict[str, Any]
                     **common,
                 )
             )
-    computations = int(rt.tier.client.get(counter) or 0)
-    plain_computations = int(rt.tier.client.get(plain_counter) or 0)
+    computations, plain_computations = (
+        int(count or 0) for count in rt.tier.client.mget(counter, plain_counter)
+    )
     rt.tier.client.delete(counter, plain_counter)
     return figures_of(
         args,

@@ -242,7 +242,14 @@ class MultiLevelCache:
                 # A local hit promotes with the cost unknown: each level then assumes
                 # the mean cost of what it holds.
                 return Lookup(value, level.name, ttl)
-        if self.tier is None or not remote:
+        if not remote:
+            return None
+        return self.lookup_remote(key)
+
+    def lookup_remote(self, key: str) -> Lookup | None:
+        """The value of ``key`` from the Redis tier alone, promoted; None on a miss (or
+        without a tier). For a caller that has just missed the local levels."""
+        if self.tier is None:
             return None
         drops = self._state.drops
         entry = self.tier.get_entry(key)

@@ -61,14 +61,19 @@ def plain_square(n: int, compute_ms: int = 10) -> int:
     return n * n
 
 
-@shared_task(name="tiercel.tasks.examples.plain_counted_square", acks_late=True)
-def plain_counted_square(n: int, counter: str, compute_ms: int = 100) -> int:
-    """:func:`counted_square`'s work as a plain Celery task: the same count in Redis, the
-    same sleep (so a comparison of the two compares the caching, not the work)."""
+def _count_and_sleep(counter: str, compute_ms: int) -> None:
+    """One computation counted at ``counter`` in the cache Redis (INCR), then its work."""
     from tiercel.tasks import runtime
 
     runtime.current().tier.client.incr(counter)
     time.sleep(compute_ms / 1000)
+
+
+@shared_task(name="tiercel.tasks.examples.plain_counted_square", acks_late=True)
+def plain_counted_square(n: int, counter: str, compute_ms: int = 100) -> int:
+    """:func:`counted_square`'s work as a plain Celery task: the same count in Redis, the
+    same sleep (so a comparison of the two compares the caching, not the work)."""
+    _count_and_sleep(counter, compute_ms)
     return n * n
 
 
@@ -85,10 +90,7 @@ def counted_square(n: int, counter: str, compute_ms: int = 100, fail: bool = Fal
     benchmark can prove how many times the fleet really computed a key.
     ``fail=True`` raises after the count, to exercise error sharing.
     """
-    from tiercel.tasks import runtime
-
-    runtime.current().tier.client.incr(counter)
-    time.sleep(compute_ms / 1000)
+    _count_and_sleep(counter, compute_ms)
     if fail:
         raise ValueError(f"counted_square({n}) failed on purpose")
     return n * n

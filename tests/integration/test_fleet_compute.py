@@ -86,6 +86,20 @@ def test_a_process_joins_its_own_task_without_a_round_trip(
     assert computations(cache_client, counter) == 1
 
 
+def test_a_submit_answered_by_redis_counts_one_local_miss(fleet: Fleet) -> None:
+    from tiercel.tasks import runtime
+
+    rt = runtime.current()
+    n, counter = fresh()
+    key = rt.key(counted_square.tiercel_spec, (n, counter, 10), {})
+    rt.tier.set(key, n * n, ttl=60)  # in Redis only: every local level misses
+    before = [level.stats.misses for level in rt.cache.levels]
+    found = counted_square.submit(n, counter, 10)
+    assert found.source == "redis" and found.get(timeout=5) == n * n
+    after = [level.stats.misses for level in rt.cache.levels]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1] * len(before)
+
+
 def test_while_the_channel_is_not_trusted_a_submit_asks_redis(
     fleet: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
