@@ -8,6 +8,14 @@ timestamp fixed when it is handed over), and one daemon thread of the
 process publishes it through Celery's own event dispatcher, as
 ``Task.send_event`` would.
 
+Batched: the thread gathers what arrives within :data:`LINGER` of the first
+event (at most :data:`BATCH`) and publishes it as one ``task.multi`` message,
+the list form Celery's own worker uses for its task events and every event
+receiver (Flower, ``celery events``) unpacks. Building and publishing one kombu
+message per event cost a prefork child about 0.9 ms of CPU per cached task on
+a 2-core machine, as much as a hit it reported on; one message per batch
+shares that cost. Flower sees an event at most :data:`LINGER` later.
+
 Bounded: at most :data:`CAPACITY` events wait; one that finds the queue
 full is dropped and counted (:attr:`EventSender.dropped`): events are for
 monitoring, and a task never waits for one. :meth:`EventSender.close`
@@ -30,8 +38,10 @@ log = logging.getLogger("tiercel.maintenance")
 
 #: Events waiting to be published, at most.
 CAPACITY: Final = 1024
-#: Events published through one dispatcher (one producer from Celery's pool).
+#: Events published in one message, at most.
 BATCH: Final = 64
+#: Seconds the thread waits, after an event, for more to publish with it.
+LINGER: Final = 0.1
 #: Seconds between two warnings that events are being dropped.
 WARN_EVERY: Final = 60.0
 
@@ -51,9 +61,10 @@ class PendingEvent:
 class EventSender:
     """Publishes events in a thread of this process; see the module docstring."""
 
-    def __init__(self, capacity: int = CAPACITY) -> None:
+    def __init__(self, capacity: int = CAPACITY, linger: float = LINGER) -> None:
         #: Events to publish; None asks the thread to stop.
         self._queue: queue.Queue[PendingEvent | None] = queue.Queue(maxsize=capacity)
+        self._linger = linger
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -112,9 +123,10 @@ class EventSender:
                 return
             batch = [first]
             stop = False
+            deadline = time.monotonic() + self._linger
             while len(batch) < BATCH:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
@@ -130,23 +142,43 @@ class EventSender:
         for event in batch:
             groups.setdefault((id(event.app), event.hostname), []).append(event)
         for events in groups.values():
-            first, published = events[0], 0
+            published = 0
             try:
-                with first.app.events.default_dispatcher(hostname=first.hostname) as dispatcher:
-                    for event in events:
-                        dispatcher.send(
-                            event.type,
-                            uuid=event.task_id,
-                            retry=False,
-                            timestamp=event.timestamp,
-                            **event.fields,
-                        )
-                        published += 1
+                self._publish_one_message(events)
+                published = len(events)
             except Exception:  # an event is a nicety: never stop the thread for one
-                self._count_dropped(len(events) - published)
+                self._count_dropped(len(events))
                 log.debug("sending %d events failed", len(events), exc_info=True)
             with self._lock:
                 self.sent += published
+
+    @staticmethod
+    def _publish_one_message(events: list[PendingEvent]) -> None:
+        """``events`` (one app, one node) as one ``task.multi`` message, through a
+        dispatcher on a producer of the app's pool (as ``default_dispatcher`` builds
+        it) that buffers the ``task`` group until :meth:`flush`."""
+        first = events[0]
+        app = first.app
+        with app.amqp.producer_pool.acquire(block=True) as producer:
+            dispatcher = app.events.Dispatcher(
+                producer.connection,
+                hostname=first.hostname,
+                channel=producer.channel,
+                buffer_while_offline=False,
+                buffer_group=("task",),
+                buffer_limit=len(events) + 1,
+            )
+            try:
+                for event in events:
+                    dispatcher.send(
+                        event.type,
+                        uuid=event.task_id,
+                        timestamp=event.timestamp,
+                        **event.fields,
+                    )
+                dispatcher.flush()
+            finally:
+                dispatcher.close()
 
     def _count_dropped(self, events: int) -> None:
         with self._lock:  # counted from the tasks' thread and the sender's

@@ -10,37 +10,64 @@ from typing import Any
 
 import pytest
 
-from tiercel.tasks.event_sender import EventSender, PendingEvent
+from tiercel.tasks.event_sender import BATCH, EventSender, PendingEvent
 
 
 class Dispatcher:
-    def __init__(self, sent: list[dict[str, Any]], fail: bool) -> None:
-        self.sent, self.fail = sent, fail
+    """Celery's dispatcher as the sender uses it: buffered sends, one message per flush."""
+
+    def __init__(self, app: App, hostname: str | None, **options: Any) -> None:
+        self.app, self.hostname, self.options = app, hostname, options
+        self.buffer: list[dict[str, Any]] = []
+        self.closed = False
 
     def send(self, type_: str, **fields: Any) -> None:
-        if self.fail:
+        self.buffer.append({"type": type_, **fields})
+
+    def flush(self) -> None:
+        if self.app.fail:
             raise ConnectionError("broker down")
-        self.sent.append({"type": type_, **fields})
+        self.app.messages.append(self.buffer)
+        self.buffer = []
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class App:
-    """What the sender uses of a Celery app: ``events.default_dispatcher``."""
+    """What the sender uses of a Celery app: a producer from ``amqp.producer_pool`` and
+    ``events.Dispatcher`` on its connection."""
 
     def __init__(self, *, gate: threading.Event | None = None) -> None:
-        self.sent: list[dict[str, Any]] = []
-        self.hostnames: list[str | None] = []
+        self.messages: list[list[dict[str, Any]]] = []
+        self.dispatchers: list[Dispatcher] = []
         self.fail = False
         self.gate = gate
         self.entered = threading.Event()
         self.events = self
+        self.amqp = self
+        self.producer_pool = self
+        self.connection, self.channel = object(), object()
+
+    @property
+    def sent(self) -> list[dict[str, Any]]:
+        return [event for message in self.messages for event in message]
 
     @contextlib.contextmanager
-    def default_dispatcher(self, hostname: str | None = None) -> Iterator[Dispatcher]:
+    def acquire(self, block: bool) -> Iterator[App]:
+        assert block
         self.entered.set()
         if self.gate is not None:
             self.gate.wait(5)
-        self.hostnames.append(hostname)
-        yield Dispatcher(self.sent, self.fail)
+        yield self
+
+    def Dispatcher(
+        self, connection: object, hostname: str | None = None, **options: Any
+    ) -> Dispatcher:
+        assert connection is self.connection and options["channel"] is self.channel
+        dispatcher = Dispatcher(self, hostname, **options)
+        self.dispatchers.append(dispatcher)
+        return dispatcher
 
 
 def _event(app: App, n: int) -> PendingEvent:
@@ -59,12 +86,43 @@ def test_events_are_published_in_order_with_their_task_and_timestamp() -> None:
     assert app.sent[0] == {
         "type": "task-tiercel-computed",
         "uuid": "task-0",
-        "retry": False,
         "timestamp": events[0].timestamp,
         "n": 0,
     }
-    assert set(app.hostnames) == {"w1@host"}
+    assert {d.hostname for d in app.dispatchers} == {"w1@host"}
+    assert all(d.closed for d in app.dispatchers)
     assert (sender.sent, sender.dropped) == (5, 0)
+
+
+def test_events_sent_close_together_go_out_as_one_task_multi_message() -> None:
+    app, sender = App(), EventSender(linger=5.0)
+    for n in range(5):
+        sender.send(_event(app, n))
+    sender.close()  # the thread was still lingering for more: close publishes them
+
+    assert [[e["n"] for e in message] for message in app.messages] == [[0, 1, 2, 3, 4]]
+    (dispatcher,) = app.dispatchers
+    # Celery's dispatcher buffers the "task" group and publishes it as task.multi.
+    assert dispatcher.options["buffer_group"] == ("task",)
+    assert dispatcher.options["buffer_limit"] > 5
+
+
+def test_a_batch_is_at_most_batch_events() -> None:
+    app, sender = App(), EventSender(linger=5.0)
+    for n in range(BATCH + 3):
+        sender.send(_event(app, n))
+    sender.close()
+    assert [len(message) for message in app.messages] == [BATCH, 3]
+
+
+def test_an_event_waits_at_most_the_linger() -> None:
+    app, sender = App(), EventSender(linger=0.05)
+    started = time.monotonic()
+    sender.send(_event(app, 0))
+    while not app.messages and time.monotonic() - started < 5:
+        time.sleep(0.005)
+    assert [[e["n"] for e in message] for message in app.messages] == [[0]]
+    sender.close()
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking_the_task(
