@@ -107,6 +107,19 @@ def test_events_sent_close_together_go_out_as_one_task_multi_message() -> None:
     assert dispatcher.options["buffer_limit"] > 5
 
 
+def test_events_of_two_nodes_go_out_in_a_message_each_under_their_node() -> None:
+    app, sender = App(), EventSender(linger=5.0)
+    for n in range(4):
+        event = _event(app, n)
+        sender.send(PendingEvent(app, f"w{n % 2}@host", event.task_id, event.type, event.fields))
+    sender.close()
+
+    by_node = {
+        d.hostname: [e["n"] for e in m] for d, m in zip(app.dispatchers, app.messages, strict=True)
+    }
+    assert by_node == {"w0@host": [0, 2], "w1@host": [1, 3]}
+
+
 def test_a_batch_is_at_most_batch_events() -> None:
     app, sender = App(), EventSender(linger=5.0)
     for n in range(BATCH + 3):
