@@ -154,8 +154,9 @@ class EventSender:
     @staticmethod
     def _publish_one_message(events: list[PendingEvent]) -> None:
         """``events`` (one app, one node) as one ``task.multi`` message, through a
-        dispatcher on a producer of the app's pool (as ``default_dispatcher`` builds
-        it) that buffers the ``task`` group until :meth:`flush`."""
+        dispatcher on a producer of the app's pool that buffers the ``task`` group until
+        :meth:`flush` (built as ``app.events.default_dispatcher`` builds its own, which
+        takes no buffering options)."""
         first = events[0]
         app = first.app
         with app.amqp.producer_pool.acquire(block=True) as producer:

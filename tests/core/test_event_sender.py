@@ -128,7 +128,7 @@ def test_a_batch_is_at_most_batch_events() -> None:
     assert [len(message) for message in app.messages] == [BATCH, 3]
 
 
-def test_an_event_waits_at_most_the_linger() -> None:
+def test_a_lone_event_goes_out_when_the_linger_ends_without_a_close() -> None:
     app, sender = App(), EventSender(linger=0.05)
     started = time.monotonic()
     sender.send(_event(app, 0))
