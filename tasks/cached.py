@@ -31,7 +31,7 @@ from tiercel.core.cache.memoize import CachedFunction
 from tiercel.core.cache.miss_loop import defer
 from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.functions import function_name
-from tiercel.core.errors import TierUnavailable
+from tiercel.core.errors import KeyEncodingError, TierUnavailable
 from tiercel.core.missing import MISSING
 from tiercel.tasks import runtime
 from tiercel.tasks.hot_path import CachedTaskProxy, TaskHotPath
@@ -93,6 +93,33 @@ class CachedTask(Task):  # type: ignore[misc]
         """The function's positional arguments for a call with the task's ``args``: with
         ``bind=True`` the task comes first (``tiercel_spec`` ignores it in the key)."""
         return (self, *args) if self.tiercel_bound else tuple(args)
+
+    def tiercel_claim_ahead(
+        self, rt: runtime.Runtime, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Before the body (``task_prerun``, ahead of Celery's STARTED store): a task
+        whose submitter found its key missing in every tier claims the key's lease now,
+        so the answer arrives while Celery stores STARTED instead of after it (see
+        ``FleetCoordinator.claim_ahead``). Anything the body would stumble on (an
+        argument no key can encode, Redis down, a value here already) is left to it."""
+        request = self.request
+        if not _header(request, INFLIGHT_HEADER) or _asked_to_refresh(request):
+            return
+        spec = self.tiercel_spec
+        cache = rt.cache.with_levels(spec.levels)
+        coordinator = rt.coordinator
+        try:
+            key = rt.key(spec, self.tiercel_args(args), kwargs)
+            if cache.holds_locally(key) or not coordinator.available():
+                return
+            coordinator.claim_ahead(
+                key,
+                ttl=spec.stored_ttl(cache.default_ttl),
+                tags=spec.tags,
+                inflight_id=request.id,
+            )
+        except (KeyEncodingError, TierUnavailable):
+            return
 
     def retry(self, *args: Any, **kwargs: Any) -> Any:
         """Celery's ``retry``; the ``Retry`` it raises (or returns, with ``throw=False``)

@@ -350,6 +350,14 @@ class Runtime:
         """How long a hot memo may answer ``found`` for ``spec`` (see ``hot_lifetime``)."""
         return spec.hot_lifetime(found, self.generations)
 
+    def before_task(self, task: Any, args: Any = (), kwargs: Any = None) -> None:
+        """Before each cached task in a worker (``task_prerun``): its fleet answers may
+        wait for Celery's own round trips until :meth:`after_task` (this thread's reply
+        window, see :mod:`tiercel.core.cache.coordinator`), and its lease claim may go
+        out now (``CachedTask.tiercel_claim_ahead``)."""
+        self.coordinator.open_window()
+        task.tiercel_claim_ahead(self, tuple(args or ()), dict(kwargs or {}))
+
     def after_task(
         self,
         task: Any,
@@ -358,11 +366,17 @@ class Runtime:
         args: Any = (),
         kwargs: Any = None,
     ) -> None:
-        """After each task in a worker: keep the levels inside the memory budget, and tell
-        Flower where a cached task's answer came from (``args`` and ``kwargs``, the
-        task's, give its cache key)."""
-        self.pools.enforce_budget()
+        """After each task in a worker: hear the fleet answers a cached task left owed
+        (Celery has stored its result by now), keep the levels inside the memory budget,
+        and tell Flower where a cached task's answer came from (``args`` and ``kwargs``,
+        the task's, give its cache key)."""
         spec = getattr(task, "tiercel_spec", None)
+        if spec is not None:
+            try:
+                self.coordinator.close_window()
+            except Exception:  # the task's result is stored: nothing may fail it now
+                log.warning("reading a cached task's owed fleet answers failed", exc_info=True)
+        self.pools.enforce_budget()
         hot = getattr(task, "tiercel_hot", None)
         memo = hot.current() if hot is not None else None
         announce_source(

@@ -52,6 +52,15 @@ def _on_shutdown(**_: Any) -> None:
     abandoned.close()
 
 
+@signals.task_prerun.connect
+def _on_task_prerun(task: Any = None, args: Any = (), kwargs: Any = None, **_: Any) -> None:
+    if getattr(task, "tiercel_spec", None) is None:
+        return
+    rt = runtime.existing()
+    if rt is not None:
+        rt.before_task(task, args, kwargs)
+
+
 @signals.task_postrun.connect
 def _on_task_postrun(
     task: Any = None,

@@ -85,7 +85,7 @@ class AsyncMemoized(Generic[P, R]):
         if found is None:
             found = await cache.lookup_remote(key)
         compute = self._compute(args, kwargs)
-        ttl = spec.policy.physical_ttl(cache.default_ttl if spec.ttl is None else spec.ttl)
+        ttl = spec.stored_ttl(cache.default_ttl)
         if found is None:
             found = await cache.get_or_compute(
                 key, compute=compute, ttl=ttl, tags=spec.tags, known_missing=True

@@ -8,6 +8,17 @@ its holder computes, and the process's notifier
 (:mod:`tiercel.core.tier.notifier`) that wakes waiters without polling. It
 never sees the cache: what to read, compute and keep locally stays the
 cache's business.
+
+A worker runs each task between two round trips of Celery's own (the
+STARTED and SUCCESS stores of its result backend). Inside a *reply window*
+(:meth:`FleetCoordinator.open_window` before the task, :meth:`close_window`
+after its result is stored), two of the computation's round trips ride along
+instead of waiting on their own: :meth:`FleetCoordinator.claim_ahead` sends
+the lease claim before Celery's STARTED store and the miss loop's claim finds
+the answer waiting; a write-back's answer is read when the window closes,
+after Celery's SUCCESS store (Redis has stored the value by then; only the
+holder's own bookkeeping waits). Each thread owes at most one answer at a
+time: any later fleet call reads the one owed first.
 """
 
 from __future__ import annotations
@@ -18,21 +29,42 @@ import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Final
 
+from tiercel.core.cache.fleet import WriteOutcome
 from tiercel.core.errors import ComputationFailed, TierUnavailable
 from tiercel.core.tier import events
 from tiercel.core.tier.leases import Held, Lease, LeaseManager, Present
 from tiercel.core.tier.notifier import Notifier, Waiter
 from tiercel.core.tier.redis_tier import RedisTier
 from tiercel.core.tier.renewer import LeaseRenewer
+from tiercel.core.tier.sent_script import SentCall
 
 #: Most write-backs whose own ``d|key`` this process is still to hear (oldest forgotten).
 MAX_ECHOES: Final = 4096
 #: Seconds a write-back's own ``d|key`` is expected within; later, it counts as another's.
 ECHO_WINDOW: Final = 5.0
+
+
+@dataclass(frozen=True)
+class _ClaimAhead:
+    """A claim sent before its caller asked for it (see :meth:`FleetCoordinator.claim_ahead`)."""
+
+    key: str
+    inflight_id: str | None
+    call: SentCall[Lease | Held | Present]
+
+
+class _ThreadReplies(threading.local):
+    """One thread's reply window: whether it is open, the answer owed, the claim ahead."""
+
+    window = False
+    #: Reads the owed write-back's answer and tells its caller (None: nothing owed).
+    owed: Callable[[], None] | None = None
+    ahead: _ClaimAhead | None = None
 
 
 class FleetCoordinator:
@@ -62,6 +94,10 @@ class FleetCoordinator:
         # key -> monotonic time of this process's write-backs not yet heard back.
         self._echoes: OrderedDict[str, float] = OrderedDict()
         self._echo_lock = threading.Lock()
+        self._replies = _ThreadReplies()
+        #: Claims sent ahead (:meth:`claim_ahead`), and those given up unused.
+        self.claims_ahead = 0
+        self.claims_ahead_unused = 0
 
     # --- electing one computer ---
 
@@ -86,11 +122,75 @@ class FleetCoordinator:
         inflight_id: str | None,
         unless_present: bool,
     ) -> Lease | Held | Present:
-        """Index the key under its tags, then try its lease."""
+        """Index the key under its tags, then try its lease; a claim of the same key sent
+        ahead on this thread answers instead (see :meth:`claim_ahead`)."""
+        replies = self._replies
+        self._settle_owed(replies)
+        ahead = replies.ahead
+        if ahead is not None:
+            replies.ahead = None
+            if unless_present and ahead.key == key and ahead.inflight_id == inflight_id:
+                got = ahead.call.result()
+                if not isinstance(got, Held):
+                    return got
+                # Held: ask again. The caller registered its waiter after this claim
+                # went out, so the holder's wake-up may already have come and gone.
+                return self.leases.acquire(key, self._owner_of(inflight_id), unless_present=True)
+            self._drop(ahead)
         if tags:
             self.tier.index_tags(key, tags, ttl)
-        owner = f"{self._owner}:{inflight_id}" if inflight_id else self._owner
-        return self.leases.acquire(key, owner, unless_present=unless_present)
+        return self.leases.acquire(key, self._owner_of(inflight_id), unless_present=unless_present)
+
+    def _owner_of(self, inflight_id: str | None) -> str:
+        return f"{self._owner}:{inflight_id}" if inflight_id else self._owner
+
+    # --- the reply window (see the module docstring) ---
+
+    def open_window(self) -> None:
+        """Until :meth:`close_window` on this thread, a write-back's answer is read when
+        the window closes (or at this thread's next fleet call), not at once."""
+        self._replies.window = True
+
+    def close_window(self) -> None:
+        """Read the answer this thread owes and tell its caller; give up a claim sent
+        ahead that nobody used (its lease is released, its waiters look again)."""
+        replies = self._replies
+        replies.window = False
+        self._settle_owed(replies)
+        ahead, replies.ahead = replies.ahead, None
+        if ahead is not None:
+            self._drop(ahead)
+
+    def claim_ahead(
+        self, key: str, *, ttl: float, tags: Sequence[str], inflight_id: str | None
+    ) -> None:
+        """Send ``key``'s claim now (``unless_present``), so that this thread's next
+        :meth:`claim` of it, with the same ``inflight_id``, finds the answer waiting;
+        the tags are indexed first, as :meth:`claim` does. A claim ahead left unused is
+        given up by the next claim or by :meth:`close_window`. Raises TierUnavailable."""
+        replies = self._replies
+        self._settle_owed(replies)
+        earlier, replies.ahead = replies.ahead, None
+        if earlier is not None:
+            self._drop(earlier)
+        if tags:
+            self.tier.index_tags(key, tags, ttl)
+        call = self.leases.send_acquire(key, self._owner_of(inflight_id), unless_present=True)
+        replies.ahead = _ClaimAhead(key, inflight_id, call)
+        self.claims_ahead += 1
+
+    def _drop(self, ahead: _ClaimAhead) -> None:
+        """Give up an unused claim: a lease it took is released, and its waiters wake."""
+        self.claims_ahead_unused += 1
+        with contextlib.suppress(TierUnavailable):  # else the lease expires by its ttl
+            got = ahead.call.result()
+            if isinstance(got, Lease):
+                self.abandon(got, inflight_id=None)
+
+    def _settle_owed(self, replies: _ThreadReplies) -> None:
+        owed, replies.owed = replies.owed, None
+        if owed is not None:
+            owed()
 
     def failure(self, key: str) -> ComputationFailed | None:
         """The failure record the last holder of ``key`` published, as an exception."""
@@ -111,24 +211,50 @@ class FleetCoordinator:
             self.leases.publish_failure(lease, exc, inflight_id=inflight_id)
 
     def write_back(
-        self, lease: Lease, entry: bytes, ttl: float, *, inflight_id: str | None
-    ) -> bool:
-        """Store ``entry`` under fencing, release the lease, wake the waiters."""
+        self,
+        lease: Lease,
+        entry: bytes,
+        ttl: float,
+        *,
+        inflight_id: str | None,
+        then: Callable[[WriteOutcome], None],
+    ) -> None:
+        """Store ``entry`` under fencing, release the lease, wake the waiters; ``then``
+        hears the outcome now, or when this thread's reply window closes."""
+        replies = self._replies
+        self._settle_owed(replies)
         key = lease.key
-        # Noted before the publish: the listener may hear it before this call returns.
+        # Noted before the publish: the listener may hear it before the answer is read.
         with self._echo_lock:
             self._echoes[key] = time.monotonic()
             self._echoes.move_to_end(key)
             while len(self._echoes) > MAX_ECHOES:
                 self._echoes.popitem(last=False)
-        stored = False
-        try:
-            stored = self.leases.write_back(lease, entry, ttl, inflight_id=inflight_id)
-        finally:
-            if not stored:  # nothing of ours to keep: any d|key is another's news
+
+        def answered(outcome: WriteOutcome) -> None:
+            if outcome is not True:  # nothing of ours to keep: any d|key is another's news
                 with self._echo_lock:
                     self._echoes.pop(key, None)
-        return stored
+            then(outcome)
+
+        try:
+            call = self.leases.send_write_back(lease, entry, ttl, inflight_id=inflight_id)
+        except TierUnavailable as exc:
+            answered(exc)
+            return
+
+        def settle() -> None:
+            try:
+                stored = call.result()
+            except TierUnavailable as exc:
+                answered(exc)
+                return
+            answered(stored)
+
+        if replies.window:
+            replies.owed = settle
+        else:
+            settle()
 
     def own_echo(self, key: str) -> bool:
         """True (once) if a ``d|key`` just heard is this process's own write-back of
@@ -182,6 +308,9 @@ class FleetCoordinator:
             "notifier_lapses": (
                 self.notifier.liveness.lapses if self.notifier.liveness is not None else 0
             ),
+            # Lease claims sent ahead of a worker's task body, and those it never used.
+            "claims_ahead": self.claims_ahead,
+            "claims_ahead_unused": self.claims_ahead_unused,
         }
 
     def close(self) -> None:

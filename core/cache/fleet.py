@@ -14,13 +14,17 @@ without a lease ("degraded").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
-from tiercel.core.errors import ComputationFailed
+from tiercel.core.errors import ComputationFailed, TierUnavailable
 from tiercel.core.tier.leases import Held, Lease, Present
+
+#: How a write-back ended: True stored, False fenced out (the lease was lost or the key
+#: invalidated meanwhile), or the TierUnavailable that stopped it.
+WriteOutcome: TypeAlias = "bool | TierUnavailable"
 
 
 class Waiter(Protocol):
@@ -84,10 +88,20 @@ class Fleet(Protocol):
         ...
 
     def write_back(
-        self, lease: Lease, entry: bytes, ttl: float, *, inflight_id: str | None
-    ) -> bool:
+        self,
+        lease: Lease,
+        entry: bytes,
+        ttl: float,
+        *,
+        inflight_id: str | None,
+        then: Callable[[WriteOutcome], None],
+    ) -> None:
         """Store ``entry`` if ``lease`` is still the newest and nothing invalidated the key
-        meanwhile, release the lease and wake the waiters; False when fenced out."""
+        meanwhile, release the lease and wake the waiters; ``then`` hears how it ended,
+        once: before this returns, or later when the fleet layer defers reading the
+        answer (the Redis one does inside a worker's reply window, see
+        :meth:`~tiercel.core.cache.coordinator.FleetCoordinator.open_window`). The
+        store itself is not deferred: other processes see the value at once."""
         ...
 
     def abandon(self, lease: Lease, *, inflight_id: str | None) -> None:

@@ -118,6 +118,11 @@ class CachedFunction(Generic[P, R]):
                 return known
         return self.builder(namespace).key(args, kwargs, generation)
 
+    def stored_ttl(self, default_ttl: float) -> float:
+        """Seconds every tier keeps a value of this function: its ttl (else
+        ``default_ttl``, the cache's) plus its stale window."""
+        return self.policy.physical_ttl(default_ttl if self.ttl is None else self.ttl)
+
     def counted_key(
         self,
         cache: MultiLevelCache,
@@ -191,7 +196,7 @@ class CachedFunction(Generic[P, R]):
                 verdict = self.policy.judge(found.ttl, found.compute_seconds)
             if verdict == FRESH:
                 return found  # the hit path: nothing else to decide
-        ttl = self.policy.physical_ttl(cache.default_ttl if self.ttl is None else self.ttl)
+        ttl = self.stored_ttl(cache.default_ttl)
         errors = self.cache_errors
 
         def compute() -> Any:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tiercel.core.cache import miss_reasons
-from tiercel.core.cache.fleet import Fleet, Waiter
+from tiercel.core.cache.fleet import Fleet, Waiter, WriteOutcome
 from tiercel.core.cache.lookup import SOURCE_COMPUTED, SOURCE_JOINED, CacheState, Lookup
 from tiercel.core.cache.miss_book import MissBook
 from tiercel.core.errors import TierUnavailable
@@ -249,24 +249,34 @@ class MissLoop:
         elapsed = time.perf_counter() - started
         self._state.leased += 1
         encoded = self._encode(value, ttl, tags, elapsed)
-        try:
-            if encoded is None:
-                # Too large or not encodable: nothing to share.
-                self._state.uncacheable += 1
+        if encoded is None:
+            # Too large or not encodable: nothing to share, nothing kept.
+            self._state.uncacheable += 1
+            try:
                 self.fleet.abandon(lease, inflight_id=inflight_id)
-                stored = False
-            else:
-                stored = self.fleet.write_back(lease, encoded[1], ttl, inflight_id=inflight_id)
-                if not stored:
-                    # Fenced out (lease lost) or invalidated while computing: the value
-                    # answers this request only and is kept nowhere.
-                    self._state.fenced += 1
-        except TierUnavailable as exc:
-            self.fleet.unavailable()
-            self._note_degraded(str(exc))
-            stored = True  # keep it locally: the process's levels still serve it
-        if stored:
-            store(value, encoded[0] if encoded else None, elapsed)
+            except TierUnavailable as exc:
+                self.fleet.unavailable()
+                self._note_degraded(str(exc))
+                store(value, None, elapsed)  # the process's levels still serve it
+            return Lookup(value, SOURCE_COMPUTED, ttl)
+        frame, entry = encoded
+        # A local invalidation from here until the answer is heard (the epoch moves)
+        # means the value must not be kept here, whatever Redis answered.
+        epoch = self._state.epoch
+
+        def written(outcome: WriteOutcome) -> None:
+            if isinstance(outcome, TierUnavailable):
+                self.fleet.unavailable()
+                self._note_degraded(str(outcome))
+            elif not outcome:
+                # Fenced out (lease lost) or invalidated while computing: the value
+                # answers this request only and is kept nowhere.
+                self._state.fenced += 1
+                return
+            if self._state.epoch == epoch:
+                store(value, frame, elapsed)
+
+        self.fleet.write_back(lease, entry, ttl, inflight_id=inflight_id, then=written)
         return Lookup(value, SOURCE_COMPUTED, ttl)
 
     def _degraded(

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
-from tiercel.core.cache.fleet import Fleet
-from tiercel.core.errors import ComputationFailed
+from tiercel.core.cache.fleet import Fleet, WriteOutcome
+from tiercel.core.errors import ComputationFailed, TierUnavailable
 from tiercel.core.tier import events
 from tiercel.core.tier.history import FAILED, WRITTEN, History
 from tiercel.core.tier.leases import PRESENT, Held, Lease, Present
@@ -173,8 +173,23 @@ class StubFleet(Fleet):
             store.wake(lease.key, events.Failed.KIND)
 
     def write_back(
-        self, lease: Lease, entry: bytes, ttl: float, *, inflight_id: str | None
-    ) -> bool:
+        self,
+        lease: Lease,
+        entry: bytes,
+        ttl: float,
+        *,
+        inflight_id: str | None,
+        then: Callable[[WriteOutcome], None],
+    ) -> None:
+        """Store under the lease rules; ``then`` hears the outcome before this returns."""
+        try:
+            stored = self._write(lease, entry, ttl)
+        except TierUnavailable as exc:
+            then(exc)
+            return
+        then(stored)
+
+    def _write(self, lease: Lease, entry: bytes, ttl: float) -> bool:
         store = self.store
         store.check()
         with store.lock:

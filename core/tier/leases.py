@@ -54,6 +54,7 @@ from tiercel.core.tier import events, scripts
 from tiercel.core.tier.connections import CacheClient
 from tiercel.core.tier.lease_calls import PRESENT, Held, Lease, LeaseCalls, Present
 from tiercel.core.tier.lease_calls import ms as _ms
+from tiercel.core.tier.sent_script import SentCall, SentScript
 
 __all__ = ["DEFAULT_STATE_TTL", "PRESENT", "Held", "Lease", "LeaseManager", "Present"]
 
@@ -159,6 +160,16 @@ class LeaseManager:
         )
         return self.calls.acquired(result, key, ttl, started)
 
+    def send_acquire(
+        self, key: str, owner: str = "", *, unless_present: bool = False
+    ) -> SentCall[Lease | Held | Present]:
+        """:meth:`acquire` with the default ttl, sent now and answered by ``result()``
+        (see :mod:`tiercel.core.tier.sent_script`). The lease's ttl counts from now."""
+        started = self._timer()
+        keys, args = self.calls.acquire(key, owner, self._ttl_ms, unless_present=unless_present)
+        sent = SentScript.send(self.client, self._acquire, keys, args)
+        return SentCall(sent, lambda result: self.calls.acquired(result, key, self.ttl, started))
+
     def renew(self, lease: Lease) -> bool:
         """Extend ``lease`` by its ttl if it is still ours; False once lost."""
         return bool(self._run(self._renew, *self._renew_call(lease)))
@@ -219,6 +230,14 @@ class LeaseManager:
                 self._write_back, *self.calls.write_back(lease, entry_bytes, ttl, inflight_id)
             )
         )
+
+    def send_write_back(
+        self, lease: Lease, entry_bytes: bytes, ttl: float, *, inflight_id: str | None = None
+    ) -> SentCall[bool]:
+        """:meth:`write_back`, sent now and answered by ``result()`` (True if stored);
+        Redis runs it as soon as it arrives (see :mod:`tiercel.core.tier.sent_script`)."""
+        keys, args = self.calls.write_back(lease, entry_bytes, ttl, inflight_id)
+        return SentCall(SentScript.send(self.client, self._write_back, keys, args), bool)
 
     # --- failures ---
 

@@ -105,7 +105,9 @@ def test_a_waiter_takes_over_the_lease_of_a_holder_that_went_away(store: StubSto
     assert (found.value, found.source) == ("mine", SOURCE_COMPUTED)
     assert waiter.fleet_counts()["takeovers"] == 1
     # the dead holder's late write is fenced out: the newer token won
-    assert not gone.fleet.write_back(lease, b"late", 60, inflight_id=None)
+    outcomes: list[object] = []
+    gone.fleet.write_back(lease, b"late", 60, inflight_id=None, then=outcomes.append)
+    assert outcomes == [False]
     assert gone.cache.lookup("k").value == "mine"  # type: ignore[union-attr]
 
 
@@ -123,6 +125,71 @@ def test_a_value_computed_while_its_key_was_invalidated_is_kept_nowhere(
     assert holder.fleet_counts()["fenced"] == 1
     assert holder.cache.lookup("k") is None
     assert other.cache.lookup("k") is None
+
+
+class AnswersLater(StubFleet):
+    """The stub fleet whose write-back answers wait until :meth:`answer` (as the Redis
+    one's do inside a worker's reply window): the store itself happens at once."""
+
+    def __init__(self, store: StubStore) -> None:
+        super().__init__(store)
+        self.owed: list[Any] = []
+
+    def write_back(self, lease: Lease, entry: bytes, ttl: float, **kw: Any) -> None:
+        then = kw.pop("then")
+        super().write_back(
+            lease, entry, ttl, then=lambda outcome: self.owed.append(lambda: then(outcome)), **kw
+        )
+
+    def answer(self) -> None:
+        while self.owed:
+            self.owed.pop(0)()
+
+
+def _answering_later(store: StubStore) -> tuple[MultiLevelCache, AnswersLater]:
+    fleet = AnswersLater(store)
+    cache = MultiLevelCache(
+        serializer=SERIALIZER,
+        levels=[MemoryLevel("l1", max_entries=100)],
+        tier=StubTier(store, SERIALIZER),
+        fleet=fleet,
+    )
+    return cache, fleet
+
+
+def test_a_holder_keeps_its_value_only_once_the_write_back_is_answered(
+    store: StubStore,
+) -> None:
+    cache, fleet = _answering_later(store)
+    found = cache.get_or_compute("k", compute=lambda: "v", ttl=60)
+    assert found.source == SOURCE_COMPUTED
+    assert cache.lookup("k", remote=False) is None  # stored in the tier, answer owed
+    assert Process(store).cache.lookup("k").value == "v"  # type: ignore[union-attr]
+    fleet.answer()
+    assert cache.lookup("k", remote=False).value == "v"  # type: ignore[union-attr]
+
+
+def test_an_invalidation_heard_before_the_answer_keeps_the_value_out_of_the_levels(
+    store: StubStore,
+) -> None:
+    cache, fleet = _answering_later(store)
+    cache.get_or_compute("k", compute=lambda: "v", ttl=60)
+    cache.invalidate_local(["k"])  # heard from the channel while the answer was owed
+    fleet.answer()
+    assert cache.lookup("k", remote=False) is None
+
+
+def test_a_fenced_answer_heard_late_keeps_nothing(store: StubStore) -> None:
+    cache, fleet = _answering_later(store)
+
+    def invalidated_meanwhile() -> str:
+        Process(store).cache.invalidate("k")
+        return "outdated"
+
+    cache.get_or_compute("k", compute=invalidated_meanwhile, ttl=60)
+    fleet.answer()
+    assert cache.lookup("k") is None
+    assert cache.stats()["fleet"]["fenced"] == 1
 
 
 def test_a_failure_reaches_the_waiters_of_other_processes_and_is_not_cached(

@@ -457,3 +457,63 @@ def test_a_task_message_the_broker_lost_is_republished_by_its_waiter(fleet: Flee
     )
     assert result.get(timeout=30) == n * n
     assert published == [lost]  # once: the re-published task then computed it
+
+
+def test_a_claimed_task_sends_its_claim_before_the_body_and_keeps_its_value_after(
+    fleet: Fleet, cache_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Celery's tracer (``apply`` runs it in this process, signals and all): a task its
+    submitter claimed sends the lease claim from ``task_prerun``, before the body; the
+    body claims nothing itself; the write-back's answer is heard at ``task_postrun``."""
+    from tiercel.tasks import examples, runtime
+    from tiercel.tasks.cached import INFLIGHT_HEADER
+
+    rt = runtime.current()
+    n, counter = fresh()
+    key = rt.key(counted_square.tiercel_spec, (n, counter, 10), {})
+    steps: list[str] = []
+    send_acquire, count_and_sleep = rt.leases.send_acquire, examples._count_and_sleep
+
+    def sent(*args: Any, **kwargs: Any) -> Any:
+        steps.append("claim sent")
+        return send_acquire(*args, **kwargs)
+
+    def body(*args: Any) -> None:
+        steps.append("body")
+        count_and_sleep(*args)
+
+    def refused(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the body claimed the lease again")
+
+    unused = rt.coordinator.claims_ahead_unused
+    with monkeypatch.context() as patched:
+        patched.setattr(rt.leases, "send_acquire", sent)
+        patched.setattr(rt.leases, "acquire", refused)
+        patched.setattr(examples, "_count_and_sleep", body)
+        done = counted_square.apply(
+            (n, counter, 10), task_id=str(uuid.uuid4()), headers={INFLIGHT_HEADER: True}
+        )
+    assert done.get() == n * n
+    assert steps == ["claim sent", "body"]
+    assert rt.coordinator.claims_ahead_unused == unused
+    local = rt.cache.lookup(key, remote=False)  # its own value, kept once the answer came
+    assert local is not None and local.value == n * n
+    assert computations(cache_client, counter) == 1
+
+
+def test_a_task_answered_locally_sends_no_claim_ahead(
+    fleet: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiercel.tasks import runtime
+    from tiercel.tasks.cached import INFLIGHT_HEADER
+
+    rt = runtime.current()
+    n, counter = fresh()
+    assert counted_square.cached_call(n, counter, 10) == n * n  # now in this process's levels
+    sent: list[str] = []
+    monkeypatch.setattr(rt.leases, "send_acquire", lambda key, *_, **__: sent.append(key))
+    done = counted_square.apply(
+        (n, counter, 10), task_id=str(uuid.uuid4()), headers={INFLIGHT_HEADER: True}
+    )
+    assert done.get() == n * n
+    assert sent == []
