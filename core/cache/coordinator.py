@@ -32,7 +32,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from tiercel.core.cache.fleet import WriteOutcome
 from tiercel.core.errors import ComputationFailed, TierUnavailable
@@ -42,6 +42,7 @@ from tiercel.core.tier.notifier import Notifier, Waiter
 from tiercel.core.tier.redis_tier import RedisTier
 from tiercel.core.tier.renewer import LeaseRenewer
 from tiercel.core.tier.sent_script import SentCall
+from tiercel.core.tier.tag_index import tag_index_key
 
 #: Most write-backs whose own ``d|key`` this process is still to hear (oldest forgotten).
 MAX_ECHOES: Final = 4096
@@ -56,6 +57,8 @@ class _ClaimAhead:
     key: str
     inflight_id: str | None
     call: SentCall[Lease | Held | Present]
+    #: How the claim indexed the key under its tags (asked again the same way).
+    indexed: dict[str, Any]
 
 
 class _ThreadReplies(threading.local):
@@ -135,14 +138,31 @@ class FleetCoordinator:
                     return got
                 # Held: ask again. The caller registered its waiter after this claim
                 # went out, so the holder's wake-up may already have come and gone.
-                return self.leases.acquire(key, self._owner_of(inflight_id), unless_present=True)
+                return self.leases.acquire(
+                    key, self._owner_of(inflight_id), unless_present=True, **ahead.indexed
+                )
             self._drop(ahead)
-        if tags:
-            self.tier.index_tags(key, tags, ttl)
-        return self.leases.acquire(key, self._owner_of(inflight_id), unless_present=unless_present)
+        indexed = self._indexed(key, tags, ttl)
+        return self.leases.acquire(
+            key, self._owner_of(inflight_id), unless_present=unless_present, **indexed
+        )
 
     def _owner_of(self, inflight_id: str | None) -> str:
         return f"{self._owner}:{inflight_id}" if inflight_id else self._owner
+
+    def _indexed(self, key: str, tags: Sequence[str], ttl: float) -> dict[str, Any]:
+        """What an acquire of ``key`` is told about its tag indexes. A computation's key
+        is in its tags' indexes before it computes, so a tag invalidation meanwhile finds
+        it and fences the write-back out: on one server the acquire script adds it as it
+        takes the lease (no round trip of its own); a cluster keeps each index in its
+        tag's slot, so the key is indexed first, apart."""
+        if not tags:
+            return {}
+        if not self.leases.indexes_tags:
+            self.tier.index_tags(key, tags, ttl)
+            return {}
+        namespace = self.tier.namespace
+        return {"indexes": [tag_index_key(namespace, tag) for tag in tags], "index_ttl": ttl}
 
     # --- the reply window (see the module docstring) ---
 
@@ -166,17 +186,18 @@ class FleetCoordinator:
     ) -> None:
         """Send ``key``'s claim now (``unless_present``), so that this thread's next
         :meth:`claim` of it, with the same ``inflight_id``, finds the answer waiting;
-        the tags are indexed first, as :meth:`claim` does. A claim ahead left unused is
+        the key is indexed under its tags as :meth:`claim` does it. A claim ahead left unused is
         given up by the next claim or by :meth:`close_window`. Raises TierUnavailable."""
         replies = self._replies
         self._settle_owed(replies)
         earlier, replies.ahead = replies.ahead, None
         if earlier is not None:
             self._drop(earlier)
-        if tags:
-            self.tier.index_tags(key, tags, ttl)
-        call = self.leases.send_acquire(key, self._owner_of(inflight_id), unless_present=True)
-        replies.ahead = _ClaimAhead(key, inflight_id, call)
+        indexed = self._indexed(key, tags, ttl)
+        call = self.leases.send_acquire(
+            key, self._owner_of(inflight_id), unless_present=True, **indexed
+        )
+        replies.ahead = _ClaimAhead(key, inflight_id, call, indexed)
         self.claims_ahead += 1
 
     def _drop(self, ahead: _ClaimAhead) -> None:

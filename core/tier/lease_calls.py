@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -85,19 +86,29 @@ class LeaseCalls:
         """The channel ``key``'s messages are published on."""
         return self.channel if self.channel is not None else CacheKey.of(key).channel
 
-    def acquire(self, key: str, owner: str, ttl_ms: int, *, unless_present: bool) -> ScriptCall:
-        """``acquire.lua``: take the lease, or learn its holder's remaining time."""
+    def acquire(
+        self,
+        key: str,
+        owner: str,
+        ttl_ms: int,
+        *,
+        unless_present: bool,
+        indexes: Sequence[str] = (),
+        index_ttl_ms: int = 0,
+    ) -> ScriptCall:
+        """``acquire.lua``: take the lease, or learn its holder's remaining time; taking
+        it, add ``key`` to each tag index in ``indexes`` (one server only: the index keys
+        are in other cluster slots), their TTL at least ``index_ttl_ms``."""
         keys = CacheKey.of(key)
         return (
+            [keys.lease, keys.fence, keys.epoch, keys.failure, keys.history, key, *indexes],
             [
-                keys.lease,
-                keys.fence,
-                keys.epoch,
-                keys.failure,
-                keys.history,
-                *((key,) if unless_present else ()),
+                ttl_ms,
+                owner or self.owner,
+                self.state_ttl_ms,
+                "1" if unless_present else "",
+                index_ttl_ms,
             ],
-            [ttl_ms, owner or self.owner, self.state_ttl_ms],
         )
 
     @staticmethod

@@ -51,7 +51,7 @@ from redis.commands.core import Script
 from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.errors import TierUnavailable
 from tiercel.core.tier import events, scripts
-from tiercel.core.tier.connections import CacheClient
+from tiercel.core.tier.connections import CacheClient, is_cluster
 from tiercel.core.tier.lease_calls import PRESENT, Held, Lease, LeaseCalls, Present
 from tiercel.core.tier.lease_calls import ms as _ms
 from tiercel.core.tier.sent_script import SentCall, SentScript
@@ -142,8 +142,21 @@ class LeaseManager:
 
     # --- leases ---
 
+    @property
+    def indexes_tags(self) -> bool:
+        """Whether :meth:`acquire` can add the key to its tag indexes in its own script:
+        on one server, yes; a cluster keeps each tag index in its tag's slot."""
+        return not is_cluster(self.client)
+
     def acquire(
-        self, key: str, owner: str = "", *, ttl: float | None = None, unless_present: bool = False
+        self,
+        key: str,
+        owner: str = "",
+        *,
+        ttl: float | None = None,
+        unless_present: bool = False,
+        indexes: Sequence[str] = (),
+        index_ttl: float = 0.0,
     ) -> Lease | Held | Present:
         """Take ``key``'s lease (one round trip), or learn how long its holder keeps it.
 
@@ -151,24 +164,52 @@ class LeaseManager:
         debugging. A successful acquire clears an old failure record. With
         ``unless_present``, a value already stored under ``key`` is reported
         (:class:`Present`) instead of taking the lease, in the same round trip.
+        Taking the lease adds ``key`` to each tag index in ``indexes`` (keys of
+        :func:`~tiercel.core.tier.tag_index.tag_index_key`), their TTL at least
+        ``index_ttl`` seconds, in the same script: only where :attr:`indexes_tags`.
         """
         ttl = self.ttl if ttl is None else ttl
         ttl_ms = self._ttl_ms if ttl == self.ttl else _ms(ttl, "ttl")
         started = self._timer()
-        result = self._run(
-            self._acquire, *self.calls.acquire(key, owner, ttl_ms, unless_present=unless_present)
-        )
+        call = self._acquire_call(key, owner, ttl_ms, unless_present, indexes, index_ttl)
+        result = self._run(self._acquire, *call)
         return self.calls.acquired(result, key, ttl, started)
 
     def send_acquire(
-        self, key: str, owner: str = "", *, unless_present: bool = False
+        self,
+        key: str,
+        owner: str = "",
+        *,
+        unless_present: bool = False,
+        indexes: Sequence[str] = (),
+        index_ttl: float = 0.0,
     ) -> SentCall[Lease | Held | Present]:
         """:meth:`acquire` with the default ttl, sent now and answered by ``result()``
         (see :mod:`tiercel.core.tier.sent_script`). The lease's ttl counts from now."""
         started = self._timer()
-        keys, args = self.calls.acquire(key, owner, self._ttl_ms, unless_present=unless_present)
-        sent = SentScript.send(self.client, self._acquire, keys, args)
+        call = self._acquire_call(key, owner, self._ttl_ms, unless_present, indexes, index_ttl)
+        sent = SentScript.send(self.client, self._acquire, *call)
         return SentCall(sent, lambda result: self.calls.acquired(result, key, self.ttl, started))
+
+    def _acquire_call(
+        self,
+        key: str,
+        owner: str,
+        ttl_ms: int,
+        unless_present: bool,
+        indexes: Sequence[str],
+        index_ttl: float,
+    ) -> tuple[list[str], list[Any]]:
+        if indexes and not self.indexes_tags:
+            raise ValueError("a cluster's tag indexes are in other slots: index them apart")
+        return self.calls.acquire(
+            key,
+            owner,
+            ttl_ms,
+            unless_present=unless_present,
+            indexes=indexes,
+            index_ttl_ms=_ms(index_ttl, "index_ttl") if indexes else 0,
+        )
 
     def renew(self, lease: Lease) -> bool:
         """Extend ``lease`` by its ttl if it is still ours; False once lost."""

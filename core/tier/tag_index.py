@@ -1,9 +1,10 @@
 """Tag indexes: the set of value keys carrying a tag, and draining one to invalidate the tag.
 
-A computation adds its key to each of its tags' indexes *before* it takes the
-lease (:meth:`~tiercel.core.tier.redis_tier.RedisTier.index_tags`), so a tag
-invalidation that runs while it computes finds the key and rejects its
-write-back. An index's TTL is only ever extended (the ``tag_add`` script), to
+A computation's key is in each of its tags' indexes before it computes, so a
+tag invalidation that runs meanwhile finds the key and rejects its write-back:
+on one server the acquire script adds it as it takes the lease; a cluster keeps
+each index in its tag's slot, so the key is added first, apart
+(:meth:`~tiercel.core.tier.redis_tier.RedisTier.index_tags`). An index's TTL is only ever extended (the ``tag_add`` script), to
 the longest TTL of the values added to it; housekeeping removes members whose
 value expired.
 

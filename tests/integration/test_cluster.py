@@ -549,3 +549,26 @@ def test_housekeeping_walks_every_node_of_the_cluster(cluster_url: str) -> None:
         assert client.scard(tag_index) == 0
     finally:
         client.close()
+
+
+def test_on_a_cluster_a_claim_indexes_its_tags_apart_and_a_tag_invalidation_fences_it(
+    cluster_url: str, tier: RedisTier
+) -> None:
+    from tiercel.core.tier.tag_index import tag_index_key
+
+    cache, coordinator = build_cache(cluster_url)
+    try:
+        key = value_key()
+        assert not coordinator.leases.indexes_tags  # the index lives in its tag's slot
+        with pytest.raises(ValueError, match="other slots"):
+            coordinator.leases.acquire(key, indexes=[tag_index_key(NS, "t")], index_ttl=60)
+        got = coordinator.claim(key, ttl=60, tags=("t",), inflight_id=None, unless_present=True)
+        assert isinstance(got, Lease)
+        assert tier.client.sismember(tag_index_key(NS, "t"), key)
+        cache.invalidate_tag("t")
+        outcomes: list[object] = []
+        coordinator.write_back(got, packed("old"), 60, inflight_id=None, then=outcomes.append)
+        assert outcomes == [False]
+    finally:
+        coordinator.close()
+        cache.close()

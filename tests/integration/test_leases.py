@@ -544,3 +544,38 @@ def test_redis_trouble_raises_tier_unavailable() -> None:
     with pytest.raises(TierUnavailable):
         manager.claim_inflight_many([(value_key(), "t")], 1.0)
     client.close()
+
+
+# --- tag indexes, in the acquire script (one server) ---
+
+
+def test_taking_a_lease_indexes_the_key_under_its_tags_in_the_same_script(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
+    from tiercel.core.tier.tag_index import tag_index_key
+
+    key = value_key()
+    indexes = [tag_index_key(NS, "a"), tag_index_key(NS, "b")]
+    redis_client.sadd(indexes[1], "older")
+    redis_client.pexpire(indexes[1], 600_000)  # a longer TTL is never shortened
+    assert leases.indexes_tags
+    assert isinstance(leases.acquire(key, indexes=indexes, index_ttl=60.0), Lease)
+    for index in indexes:
+        assert redis_client.sismember(index, key)
+    assert 59_000 < redis_client.pttl(indexes[0]) <= 60_000
+    assert redis_client.pttl(indexes[1]) > 590_000
+
+
+def test_a_held_or_present_answer_indexes_nothing(
+    leases: LeaseManager, redis_client: redis.Redis
+) -> None:
+    from tiercel.core.tier.tag_index import tag_index_key
+
+    held, present = value_key(), value_key()
+    assert isinstance(leases.acquire(held), Lease)
+    redis_client.set(present, packed(b"v"))
+    index = tag_index_key(NS, "t")
+    assert isinstance(leases.acquire(held, indexes=[index], index_ttl=60.0), Held)
+    answer = leases.acquire(present, unless_present=True, indexes=[index], index_ttl=60.0)
+    assert not isinstance(answer, (Lease, Held))
+    assert redis_client.scard(index) == 0
