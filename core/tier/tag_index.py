@@ -4,7 +4,8 @@ A computation's key is in each of its tags' indexes before it computes, so a
 tag invalidation that runs meanwhile finds the key and rejects its write-back:
 on one server the acquire script adds it as it takes the lease; a cluster keeps
 each index in its tag's slot, so the key is added first, apart
-(:meth:`~tiercel.core.tier.redis_tier.RedisTier.index_tags`). An index's TTL is only ever extended (the ``tag_add`` script), to
+(:meth:`~tiercel.core.tier.redis_tier.RedisTier.index_tags`). An index's TTL is
+only ever extended (the ``tag_add`` script, and the acquire script alike), to
 the longest TTL of the values added to it; housekeeping removes members whose
 value expired.
 
