@@ -191,9 +191,9 @@ class CachedTask(Task):  # type: ignore[misc]
             existing, claimed = None, False  # no coalescing without Redis; the task still runs
         if existing is not None:
             return self.tiercel_joined(rt, cache, key, existing, args, kwargs, publish, started)
-        enqueued = self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish)
-        if claimed:
+        if claimed:  # before publishing: this process's next submits of the key join at once
             rt.joins.remember(key, task_id, until, epoch)
+        enqueued = self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish)
         return self.tiercel_computing(rt, cache, key, enqueued, args, kwargs, publish)
 
     def tiercel_computing(
@@ -284,6 +284,7 @@ class CachedTask(Task):  # type: ignore[misc]
             return rt.results.remember(published)  # shared with this process's joiners
         except BaseException:
             # Nothing was published: do not leave joiners waiting for a task that never runs.
+            rt.joins.forget(key, task_id)
             with contextlib.suppress(TierUnavailable):
                 rt.leases.clear_inflight(key, task_id)
             raise
@@ -337,13 +338,13 @@ class CachedTask(Task):  # type: ignore[misc]
             if existing is not None:
                 handles[key] = (rt.results.of(existing, self.app), "joined")
             else:
+                if claimed:
+                    rt.joins.remember(key, task_id, until, epoch)
                 args, kwargs = normalised[first_of[key]]
                 handles[key] = (
                     self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish),
                     "computed",
                 )
-                if claimed:
-                    rt.joins.remember(key, task_id, until, epoch)
         results: list[CachedResult] = []
         for index, key in enumerate(keys):
             hit = hits.get(key)

@@ -7,9 +7,12 @@ already there): two round trips to learn what this process already knows.
 With 2,000 submits over 200 keys from one client, that is ~3,600 round trips,
 and the client's CPU is what the workers computing the 200 keys lack.
 
-:class:`LocalJoins` remembers each task this process published under its own
-claim, so a later submit of the key in this process joins it with no round
-trip. An entry is used only while it is as true as the Redis marker it copies:
+:class:`LocalJoins` remembers each task this process publishes under its own
+claim, from the moment the claim succeeds (before the publish returns, so that
+the process's concurrent submits of the key join at once; a publish that fails
+takes the entry back), so a later submit of the key in this process joins it
+with no round trip. An entry is used only while it is as true as the Redis
+marker it copies:
 
 * it lives no longer than the marker's TTL (set by the same claim);
 * it is forgotten when the channel says the computation finished (``d|``) or

@@ -42,10 +42,11 @@ class SharedResults:
             return found
 
     def remember(self, result: AsyncResult) -> AsyncResult:
-        """Share ``result`` (a task just published here) with later joiners; returns it."""
+        """Share ``result`` (a task just published here) with later joiners; returns the
+        shared one (a joiner's, if one joined before the publish returned)."""
         with self._lock:
-            self._by_id.setdefault(result.id, result)
-        return result
+            shared: AsyncResult = self._by_id.setdefault(result.id, result)
+        return shared
 
     def __len__(self) -> int:
         return len(self._by_id)

@@ -517,3 +517,32 @@ def test_a_task_answered_locally_sends_no_claim_ahead(
     )
     assert done.get() == n * n
     assert sent == []
+
+
+def test_a_submit_whose_publish_failed_leaves_nothing_to_join(
+    fleet: Fleet, cache_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is marked in flight (in Redis and in this process) before the publish, so
+    that concurrent submits join at once; a publish that raises takes both marks back."""
+    from celery import Task
+
+    from tiercel.core.encoding.cache_key import CacheKey
+    from tiercel.tasks import runtime
+
+    rt = runtime.current()
+    n, counter = fresh()
+    key = rt.key(counted_square.tiercel_spec, (n, counter, 10), {})
+    with monkeypatch.context() as patched:
+
+        def broker_down(*_: Any, **__: Any) -> Any:
+            assert rt.joins.task_of(key, rt.cache.epoch) is not None  # joinable already
+            raise ConnectionError("broker down")
+
+        patched.setattr(Task, "apply_async", broker_down)
+        with pytest.raises(ConnectionError):
+            counted_square.submit(n, counter, 10)
+    assert rt.joins.task_of(key, rt.cache.epoch) is None
+    assert cache_client.get(CacheKey.of(key).inflight) is None
+    again = counted_square.submit(n, counter, 10)
+    assert again.source == "computed" and again.get(timeout=30) == n * n
+    assert computations(cache_client, counter) == 1
