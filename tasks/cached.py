@@ -16,7 +16,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from billiard.exceptions import WorkerLostError
 from celery import Task, shared_task
@@ -33,6 +33,7 @@ from tiercel.core.cache.multilevel import MultiLevelCache
 from tiercel.core.encoding.functions import function_name
 from tiercel.core.errors import KeyEncodingError, TierUnavailable
 from tiercel.core.missing import MISSING
+from tiercel.core.tier.redis_tier import InflightRead
 from tiercel.tasks import runtime
 from tiercel.tasks.hot_path import CachedTaskProxy, TaskHotPath
 from tiercel.tasks.publishing import NO_OPTIONS, PublishOptions, SubmitWith
@@ -164,12 +165,20 @@ class CachedTask(Task):  # type: ignore[misc]
         cache = rt.cache.with_levels(spec.levels)
         key = rt.key(spec, self.tiercel_args(args), kwargs)
         found = cache.lookup(key, remote=False)
+        claim: _Claim | None = None
+        read: InflightRead | None = None
         if found is None:
             trusted = cache.local_trust_remaining() > 0
             own = rt.joins.task_of(key, cache.epoch) if trusted else None
             if own is not None:  # the key's task is this process's: join it, no round trip
                 return self.tiercel_joined(rt, cache, key, own, args, kwargs, publish, started)
-            found = cache.lookup_remote(key)
+            # One round trip: the value if Redis holds one, else the key marked in flight
+            # for the task this call is about to publish (or the task marking it already).
+            claim = _Claim.now(rt, cache, publish)
+            drops = cache.drops
+            read = rt.tier.read_or_claim(key, claim.task_id, claim.ttl)
+            if read.entry is not None:
+                found = cache.accept_entry(key, read.entry, promote=drops == cache.drops)
         serve, refresh = spec.serves(found)
         if serve:
             assert found is not None
@@ -181,18 +190,20 @@ class CachedTask(Task):  # type: ignore[misc]
                 spec.name, found.source, time.perf_counter() - started, found.compute_seconds
             )
             return CachedResult.resolved(key, found.value, public_source(found.source), spec)
-        task_id = str(uuid.uuid4())
-        epoch = cache.epoch  # an invalidation from here on voids the claim below
-        ttl = publish.inflight_ttl(rt.settings.inflight_ttl)
-        until = rt.joins.deadline(ttl)
-        try:
-            existing, claimed = rt.leases.claim_inflight(key, task_id, ttl), True
-        except TierUnavailable:
-            existing, claimed = None, False  # no coalescing without Redis; the task still runs
+        if read is not None and read.state in ("claimed", "joined"):
+            assert claim is not None
+            existing, claimed = read.task_id if read.state == "joined" else None, True
+        else:  # a value that must not answer (stale, an old failure), or Redis said nothing
+            claim = claim or _Claim.now(rt, cache, publish)
+            try:
+                existing, claimed = rt.leases.claim_inflight(key, claim.task_id, claim.ttl), True
+            except TierUnavailable:
+                existing, claimed = None, False  # no coalescing without Redis; it still runs
         if existing is not None:
             return self.tiercel_joined(rt, cache, key, existing, args, kwargs, publish, started)
+        task_id = claim.task_id
         if claimed:  # before publishing: this process's next submits of the key join at once
-            rt.joins.remember(key, task_id, until, epoch)
+            rt.joins.remember(key, task_id, claim.until, claim.epoch)
         enqueued = self.tiercel_enqueue(rt, key, task_id, args, kwargs, publish=publish)
         return self.tiercel_computing(rt, cache, key, enqueued, args, kwargs, publish)
 
@@ -402,6 +413,22 @@ class CachedTask(Task):  # type: ignore[misc]
     def invalidate_all(self) -> int:
         """Forget every value of this task (a version bump); returns the new generation."""
         return runtime.current().invalidate_all(self.tiercel_spec)
+
+
+class _Claim(NamedTuple):
+    """A submit's claim of a key, taken before it is asked for: the task id to publish,
+    the cache's epoch then (an invalidation from then on voids it), the marker's TTL and
+    when this process's copy of it (``LocalJoins``) runs out."""
+
+    task_id: str
+    epoch: int
+    ttl: float
+    until: float
+
+    @classmethod
+    def now(cls, rt: runtime.Runtime, cache: MultiLevelCache, publish: PublishOptions) -> _Claim:
+        ttl = publish.inflight_ttl(rt.settings.inflight_ttl)
+        return cls(str(uuid.uuid4()), cache.epoch, ttl, rt.joins.deadline(ttl))
 
 
 def public_source(source: str) -> str:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, Protocol, cast
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, cast
 
 import redis
 
+from tiercel.core.encoding.cache_key import CacheKey
 from tiercel.core.encoding.entry import Entry
 from tiercel.core.encoding.prefixes import GENERATION
 from tiercel.core.errors import CodecError, TierUnavailable, ValueTooLarge
@@ -44,6 +46,24 @@ def generation_key(namespace: str, scope: str) -> str:
 
 
 # --- the tier ---
+
+
+@dataclass(frozen=True)
+class InflightRead:
+    """What :meth:`RedisTier.read_or_claim` found of a key.
+
+    ``stored``: Redis holds ``entry`` (nothing was claimed); ``claimed``: nothing was
+    stored and the key is now marked in flight for the caller's task; ``joined``: the
+    key was already marked, for the task ``task_id``; ``unread``: nothing was learned
+    (Redis down, the breaker open, or a stored value unreadable).
+    """
+
+    state: Literal["stored", "claimed", "joined", "unread"]
+    entry: Entry | None = None
+    task_id: str | None = None
+
+
+_UNREAD: Final = InflightRead("unread")
 
 
 class PayloadSerializer(Protocol):
@@ -100,6 +120,7 @@ class RedisTier:
         # Deletes a corrupt value only if it still holds the bytes found corrupt, so a
         # valid value written in between survives.
         self._delete_if_equal = scripts.register(client, "delete_if_equal")
+        self._claim_inflight = scripts.register(client, "claim_inflight")
         self._hits = 0
         self._misses = 0
         self._errors = 0
@@ -202,6 +223,42 @@ class RedisTier:
             return None
         self._hits += 1
         return entry
+
+    def read_or_claim(self, key: str, task_id: str, ttl: float) -> InflightRead:
+        """``key``'s entry if Redis holds one, else the key marked in flight for
+        ``task_id`` (for ``ttl`` seconds) unless another task marks it already: a submit
+        that missed its local levels learns both in one round trip. Never raises; counted
+        as a hit or a miss as :meth:`get_entry` counts."""
+        if not self.breaker.allow():
+            self._short_circuited += 1
+            return _UNREAD
+        try:
+            answer = self._claim_inflight(
+                keys=[CacheKey.of(key).inflight, key], args=[task_id, _ttl_ms(ttl)]
+            )
+        except _OUTAGE_ERRORS:
+            self._errors += 1
+            self.breaker.record_failure()
+            return _UNREAD
+        except redis.RedisError:
+            self._errors += 1
+            self.breaker.record_success()
+            return _UNREAD
+        self.breaker.record_success()
+        if isinstance(answer, list):
+            raw = cast(bytes, answer[0])
+            try:
+                entry = Entry.unpack(raw)
+            except CodecError:
+                self._discard_corrupt(key, raw)
+                return _UNREAD
+            self._hits += 1
+            return InflightRead("stored", entry)
+        self._misses += 1
+        if answer is None:
+            return InflightRead("claimed", task_id=task_id)
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        return InflightRead("joined", task_id=text)
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         """Values of the ``keys`` that hit, in one ``MGET``. Never raises."""

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 
+from tiercel.core.tier.redis_tier import InflightRead
 from tiercel.tasks.examples import counted_square
 from tiercel.workers.launcher import Fleet
 
@@ -76,6 +77,7 @@ def test_a_process_joins_its_own_task_without_a_round_trip(
 
     with monkeypatch.context() as patched:
         patched.setattr(rt.tier, "get_entry", asked_redis("get_entry"))
+        patched.setattr(rt.tier, "read_or_claim", asked_redis("read_or_claim"))
         patched.setattr(rt.leases, "claim_inflight", asked_redis("claim_inflight"))
         again = counted_square.submit(n, counter, 500)
     assert asked == []
@@ -108,20 +110,20 @@ def test_while_the_channel_is_not_trusted_a_submit_asks_redis(
     rt = runtime.current()
     n, counter = fresh()
     first = counted_square.submit(n, counter, 500)
-    claims: list[str | None] = []
-    claim = rt.leases.claim_inflight
+    reads: list[InflightRead] = []
+    read_or_claim = rt.tier.read_or_claim
 
-    def counted_claim(key: str, task_id: str, ttl: float) -> str | None:
-        claims.append(claim(key, task_id, ttl))
-        return claims[-1]
+    def counted_read(key: str, task_id: str, ttl: float) -> InflightRead:
+        reads.append(read_or_claim(key, task_id, ttl))
+        return reads[-1]
 
     with monkeypatch.context() as patched:
         # Messages may be lost while the channel is not known to be live: what this
         # process remembers of its own task may be outdated, as a local value may be.
         patched.setattr(type(rt.liveness), "remaining", lambda _: 0.0)
-        patched.setattr(rt.leases, "claim_inflight", counted_claim)
+        patched.setattr(rt.tier, "read_or_claim", counted_read)
         again = counted_square.submit(n, counter, 500)
-    assert claims == [first.task_id], "the join was Redis's answer"
+    assert reads == [InflightRead("joined", task_id=first.task_id)], "Redis's answer"
     assert again.source == "joined" and again.get(timeout=30) == n * n
 
 
@@ -546,3 +548,49 @@ def test_a_submit_whose_publish_failed_leaves_nothing_to_join(
     again = counted_square.submit(n, counter, 10)
     assert again.source == "computed" and again.get(timeout=30) == n * n
     assert computations(cache_client, counter) == 1
+
+
+def test_a_submit_that_misses_everywhere_reads_and_claims_in_one_round_trip(
+    fleet: Fleet, cache_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tiercel.tasks import runtime
+
+    rt = runtime.current()
+    n, counter = fresh()
+    key = rt.key(counted_square.tiercel_spec, (n, counter, 10), {})
+
+    def refused(*_: Any, **__: Any) -> Any:
+        raise AssertionError("a second round trip")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(rt.tier, "get_entry", refused)
+        patched.setattr(rt.leases, "claim_inflight", refused)
+        computed = counted_square.submit(n, counter, 10)
+    assert computed.source == "computed" and computed.get(timeout=30) == n * n
+    rt.cache.discard_local(key)  # in Redis only now: the same trip answers with it
+    rt.joins.forget(key)
+    with monkeypatch.context() as patched:
+        patched.setattr(rt.tier, "get_entry", refused)
+        patched.setattr(rt.leases, "claim_inflight", refused)
+        again = counted_square.submit(n, counter, 10)
+    assert again.source == "redis" and again.get(timeout=5) == n * n
+    assert computations(cache_client, counter) == 1
+
+
+def test_a_stale_value_in_redis_is_claimed_over_in_a_second_trip(
+    fleet: Fleet, cache_client: redis.Redis
+) -> None:
+    """A value the freshness policy refuses (past its ttl, no stale-while-revalidate)
+    came back instead of a claim: the submit then claims, and the task computes."""
+    from tiercel.tasks import runtime
+    from tiercel.tasks.examples import strict_quote
+
+    rt = runtime.current()
+    pair, counter = f"EUR{uuid.uuid4().hex[:6]}", f"test:count:{uuid.uuid4().hex}"
+    assert strict_quote.submit(pair, counter).get(timeout=30)["revision"] == 1
+    key = rt.key(strict_quote.tiercel_spec, (pair, counter), {})
+    time.sleep(1.1)  # past its 1 s ttl, inside its stale window
+    rt.cache.discard_local(key)
+    refreshed = strict_quote.submit(pair, counter)
+    assert refreshed.source == "computed"
+    assert refreshed.get(timeout=30)["revision"] == 2

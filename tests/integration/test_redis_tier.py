@@ -504,3 +504,43 @@ def test_cache_connections_use_tcp_keepalive_sized_from_the_bound(cache_url: str
         pubsub.close()
     finally:
         client.close()
+
+
+# --- read or claim: a submit's one round trip ---
+
+
+def test_read_or_claim_answers_a_stored_value_and_claims_nothing(
+    tier: RedisTier, redis_client: redis.Redis
+) -> None:
+    from tiercel.core.encoding.cache_key import CacheKey
+
+    key = vkey("stored")
+    assert tier.set(key, {"v": 1}, ttl=60)
+    read = tier.read_or_claim(key, "task-1", 30)
+    assert read.state == "stored" and read.entry is not None
+    assert tier.serializer.loads(read.entry.payload) == {"v": 1}
+    assert redis_client.get(CacheKey.of(key).inflight) is None
+
+
+def test_read_or_claim_claims_a_missing_key_once(
+    tier: RedisTier, redis_client: redis.Redis
+) -> None:
+    from tiercel.core.encoding.cache_key import CacheKey
+    from tiercel.core.tier.redis_tier import InflightRead
+
+    key = vkey("missing")
+    assert tier.read_or_claim(key, "task-1", 30) == InflightRead("claimed", task_id="task-1")
+    assert tier.read_or_claim(key, "task-2", 30) == InflightRead("joined", task_id="task-1")
+    assert 29_000 < redis_client.pttl(CacheKey.of(key).inflight) <= 30_000
+
+
+def test_read_or_claim_learns_nothing_from_a_corrupt_value_or_an_open_breaker(
+    tier: RedisTier, redis_client: redis.Redis
+) -> None:
+    key = vkey("corrupt")
+    redis_client.set(key, b"not an entry")
+    assert tier.read_or_claim(key, "task-1", 30).state == "unread"
+    assert redis_client.get(key) is None  # the corrupt bytes were deleted
+    for _ in range(tier.breaker.failures):
+        tier.breaker.record_failure()
+    assert tier.read_or_claim(vkey("any"), "task-1", 30).state == "unread"
