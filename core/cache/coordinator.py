@@ -125,8 +125,9 @@ class FleetCoordinator:
         inflight_id: str | None,
         unless_present: bool,
     ) -> Lease | Held | Present:
-        """Index the key under its tags, then try its lease; a claim of the same key sent
-        ahead on this thread answers instead (see :meth:`claim_ahead`)."""
+        """Try the key's lease, its tags indexed as it is taken (see :meth:`_indexed`); a
+        claim of the same key sent ahead on this thread answers instead (see
+        :meth:`claim_ahead`)."""
         replies = self._replies
         self._settle_owed(replies)
         ahead = replies.ahead
@@ -186,8 +187,9 @@ class FleetCoordinator:
     ) -> None:
         """Send ``key``'s claim now (``unless_present``), so that this thread's next
         :meth:`claim` of it, with the same ``inflight_id``, finds the answer waiting;
-        the key is indexed under its tags as :meth:`claim` does it. A claim ahead left unused is
-        given up by the next claim or by :meth:`close_window`. Raises TierUnavailable."""
+        its tags are indexed as :meth:`claim` indexes them. A claim ahead left unused
+        is given up by the next claim or by :meth:`close_window`. Raises
+        TierUnavailable."""
         replies = self._replies
         self._settle_owed(replies)
         earlier, replies.ahead = replies.ahead, None
