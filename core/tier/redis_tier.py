@@ -166,13 +166,14 @@ class RedisTier:
 
     # --- reads: never raise ---
 
-    def get(self, key: str) -> Any:
-        """The cached value of ``key``, or :data:`MISSING`. Never raises."""
+    def _read(self, command: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``command``'s reply, or :data:`MISSING` while the breaker is open or when
+        Redis failed (counted, and told to the breaker). Never raises."""
         if not self.breaker.allow():
             self._short_circuited += 1
             return MISSING
         try:
-            raw = cast(bytes | None, self.client.get(key))
+            reply = command(*args, **kwargs)
         except _OUTAGE_ERRORS:
             self._errors += 1
             self.breaker.record_failure()
@@ -182,6 +183,13 @@ class RedisTier:
             self.breaker.record_success()
             return MISSING
         self.breaker.record_success()
+        return reply
+
+    def get(self, key: str) -> Any:
+        """The cached value of ``key``, or :data:`MISSING`. Never raises."""
+        raw = self._read(self.client.get, key)
+        if raw is MISSING:
+            return MISSING
         if raw is None:
             self._misses += 1
             return MISSING
@@ -199,20 +207,9 @@ class RedisTier:
         Only the envelope is checked here; the payload is decoded (and
         checked) by whoever uses it, so a value is never decoded twice.
         """
-        if not self.breaker.allow():
-            self._short_circuited += 1
+        raw = self._read(self.client.get, key)
+        if raw is MISSING:
             return None
-        try:
-            raw = cast(bytes | None, self.client.get(key))
-        except _OUTAGE_ERRORS:
-            self._errors += 1
-            self.breaker.record_failure()
-            return None
-        except redis.RedisError:
-            self._errors += 1
-            self.breaker.record_success()
-            return None
-        self.breaker.record_success()
         if raw is None:
             self._misses += 1
             return None
@@ -229,22 +226,13 @@ class RedisTier:
         ``task_id`` (for ``ttl`` seconds) unless another task marks it already: a submit
         that missed its local levels learns both in one round trip. Never raises; counted
         as a hit or a miss as :meth:`get_entry` counts."""
-        if not self.breaker.allow():
-            self._short_circuited += 1
+        answer = self._read(
+            self._claim_inflight,
+            keys=[CacheKey.of(key).inflight, key],
+            args=[task_id, _ttl_ms(ttl)],
+        )
+        if answer is MISSING:
             return _UNREAD
-        try:
-            answer = self._claim_inflight(
-                keys=[CacheKey.of(key).inflight, key], args=[task_id, _ttl_ms(ttl)]
-            )
-        except _OUTAGE_ERRORS:
-            self._errors += 1
-            self.breaker.record_failure()
-            return _UNREAD
-        except redis.RedisError:
-            self._errors += 1
-            self.breaker.record_success()
-            return _UNREAD
-        self.breaker.record_success()
         if isinstance(answer, list):
             raw = cast(bytes, answer[0])
             try:
@@ -290,24 +278,12 @@ class RedisTier:
         """(key, raw) of the keys Redis holds, in one MGET; misses and errors are counted."""
         if not keys:
             return []
-        if not self.breaker.allow():
-            self._short_circuited += 1
+        # One MGET per slot on a cluster, pipelined: one round trip per node.
+        mget = self.client.mget_nonatomic if self._cluster else self.client.mget  # type: ignore[union-attr, unused-ignore]
+        replies = self._read(mget, keys)
+        if replies is MISSING:
             return []
-        try:
-            if self._cluster:
-                # one MGET per slot, pipelined: one round trip per node
-                raws = cast(list[bytes | None], self.client.mget_nonatomic(keys))  # type: ignore[union-attr, unused-ignore]
-            else:
-                raws = cast(list[bytes | None], self.client.mget(keys))
-        except _OUTAGE_ERRORS:
-            self._errors += 1
-            self.breaker.record_failure()
-            return []
-        except redis.RedisError:
-            self._errors += 1
-            self.breaker.record_success()
-            return []
-        self.breaker.record_success()
+        raws = cast(list[bytes | None], replies)
         present = [(key, raw) for key, raw in zip(keys, raws, strict=True) if raw is not None]
         self._misses += len(keys) - len(present)
         return present
