@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -105,8 +106,16 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)  # readers never see half a file
 
 
+#: The name :func:`save` gives a run (``bench-20261208-033911[-quick].json``): only these
+#: are pruned. A run copied under a name of its own (``bench-2026-12-08.json``, the file
+#: the README's figures cite) is never deleted.
+_TIMESTAMPED = re.compile(r"bench-\d{8}-\d{6}(-quick)?\.json")
+
+
 def _prune(results: Path, keep: int = KEEP_RUNS) -> None:
-    runs = sorted(results.glob("bench-2*.json"))
+    runs = sorted(
+        path for path in results.glob("bench-*.json") if _TIMESTAMPED.fullmatch(path.name)
+    )
     for old in runs[:-keep]:
         old.unlink(missing_ok=True)
 

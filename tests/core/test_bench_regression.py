@@ -142,3 +142,16 @@ def test_a_noisy_burst_that_overlaps_the_old_spread_is_not_flagged() -> None:
     old = _ratio("hit", [1.0, 1.1, 1.2], [1.0, 1.0, 1.0])  # spread 1.0-1.2
     new = _ratio("hit", [1.1, 1.6, 1.9], [1.0, 1.0, 1.0])  # median 1.6, one repeat at 1.1
     assert regression.compare([new], [old]) == []
+
+
+def test_saving_prunes_old_timestamped_runs_and_never_a_named_one(tmp_path: Path) -> None:
+    from bench.__main__ import KEEP_RUNS
+
+    named = [tmp_path / "bench-2026-11-26.json", tmp_path / "bench-2026-12-08.json"]
+    for path in named:
+        path.write_text("{}")
+    for second in range(KEEP_RUNS + 3):
+        save(_record([], at=1.7e9 + second), tmp_path, only=False)
+    timestamped = sorted(p.name for p in tmp_path.glob("bench-2*.json") if p not in named)
+    assert len(timestamped) == KEEP_RUNS
+    assert all(path.exists() for path in named)
