@@ -249,10 +249,7 @@ class MultiLevelCache:
     def holds_locally(self, key: str) -> bool:
         """True if a local level may answer ``key`` now (trusted, live). Counts nothing,
         promotes nothing: for deciding, not answering."""
-        trust = self.trust
-        if trust is not None and not trust.clock() < trust.trusted_until:
-            return False
-        return any(key in level for level in self.levels)
+        return self.local_trust_remaining() > 0 and any(key in level for level in self.levels)
 
     def lookup_remote(self, key: str) -> Lookup | None:
         """The value of ``key`` from the Redis tier alone, promoted; None on a miss (or

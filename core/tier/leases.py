@@ -103,6 +103,9 @@ class LeaseManager:
         if state_ttl < ttl:
             raise ValueError(f"state_ttl={state_ttl!r} must be at least the lease ttl ({ttl!r})")
         self.client = client
+        #: Whether :meth:`acquire` can add the key to its tag indexes in its own script:
+        #: on one server, yes; a cluster keeps each tag index in its tag's slot.
+        self.indexes_tags = not is_cluster(client)
         self.channel = channel
         self._timer = timer
         self._wall_clock = wall_clock
@@ -141,12 +144,6 @@ class LeaseManager:
         return self._call(lambda: scripts.run_many(self.client, script, calls))
 
     # --- leases ---
-
-    @property
-    def indexes_tags(self) -> bool:
-        """Whether :meth:`acquire` can add the key to its tag indexes in its own script:
-        on one server, yes; a cluster keeps each tag index in its tag's slot."""
-        return not is_cluster(self.client)
 
     def acquire(
         self,
